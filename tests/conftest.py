@@ -1,0 +1,40 @@
+"""Fixtures shared by all test folders. Nothing here may reach the network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_TRACKING_URI", "")  # tests set their own file:// store
+
+TESTS_DIR = Path(__file__).resolve().parent
+DATA_FILES = TESTS_DIR / "data_files"
+
+
+@pytest.fixture(scope="session")
+def data_files() -> Path:
+    return DATA_FILES
+
+
+@pytest.fixture(scope="session")
+def official_tiny_dir() -> Path:
+    """The published-layout tiny checkpoint with the published code's expected outputs."""
+    return DATA_FILES / "official_tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A small BPE tokenizer trained on radiology-like text, with the image tokens added."""
+    from radfm.model.tokenizer import train_tokenizer
+
+    corpus = [
+        "Findings: a large bright sphere in the left upper lung. Impression: pneumothorax.",
+        "Is this image captured by CT? yes no MRI X-ray ultrasound mammography",
+        "Does the patient have pneumonia? The lesion is small and dark, right lower region.",
+        "Please caption this scan with findings. No abnormality detected.",
+    ] * 10
+    return train_tokenizer(corpus, vocab_size=400)

@@ -1,0 +1,1 @@
+"""MONAI transforms for RadFM preprocessing (no model imports)."""
