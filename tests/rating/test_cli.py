@@ -1,0 +1,91 @@
+"""`radfm rate` through the real CLI entry point."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from radfm.cli import main
+from radfm.rating import store
+
+
+def test_create_add_rater_export(tmp_path, prediction_files, capsys):
+    study = tmp_path / "study"
+    a, b, c = (str(p) for p in prediction_files)
+    # space-separated files after --predictions, and a comma list for raters
+    main(["rate", "create", "--study", str(study), "--predictions", a, b, c, "--raters", "alice,bob"])
+    out = capsys.readouterr().out
+    assert "3 cases, models radfm, baseline, other" in out
+    tokens = dict(re.findall(r"rater (\w+): token (\S+)", out))
+    assert set(tokens) == {"alice", "bob"}
+
+    main(["rate", "add_rater", "carol", "--study", str(study)])
+    carol = capsys.readouterr().out.strip()
+    with store.connect(study) as conn:
+        assert store.rater_for_token(conn, carol)["name"] == "carol"
+        assert store.rater_for_token(conn, tokens["alice"])["name"] == "alice"
+        store.set_score(conn, 1, 1, 4)
+        store.set_score(conn, 2, 2, 2)
+
+    main(["rate", "export", "--study", str(study), "--output", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert "summary.md" in out and (tmp_path / "out" / "summary.png").is_file()
+    assert len((tmp_path / "out" / "ratings.csv").read_text().splitlines()) == 3
+
+
+def test_comma_list_of_predictions(tmp_path, prediction_files, capsys):
+    joined = ",".join(str(p) for p in prediction_files[:2])
+    main(["rate", "create", "--study", str(tmp_path / "s"), "--predictions", joined, "--tasks", "vqa"])
+    assert "2 cases, models radfm, baseline" in capsys.readouterr().out
+
+
+def test_serve_refuses_a_folder_that_is_not_a_study(tmp_path):
+    from radfm.rating.app import create_app
+
+    with pytest.raises(FileNotFoundError, match="no rating study database"):
+        create_app(tmp_path)
+
+
+def test_serve_runs_on_loopback_and_stops(study):
+    """`radfm rate serve` as a real process: answers on 127.0.0.1, then is terminated."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    folder, _ = study
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "radfm.cli", "rate", "serve", "--study", str(folder), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/signin", timeout=1)
+                break
+            except httpx.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"server did not start: {process.stdout.read()}")
+                time.sleep(0.2)
+        assert response.status_code == 200 and "Sign in" in response.text
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_loopback_detection():
+    from radfm.rating.cli import _is_loopback
+
+    assert _is_loopback("127.0.0.1") and _is_loopback("localhost") and _is_loopback("::1")
+    assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.4")
