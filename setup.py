@@ -57,6 +57,7 @@ setup(
         "psutil>=5.9",
     ],
     extras_require={
+        "vocab": ["simple-icd-10-cm>=1.5"],  # only to rebuild radfm/data/vocab/icd10cm_terms.txt
         "test": [
             "pytest>=8.0",
             "pydicom-data>=1.0",
