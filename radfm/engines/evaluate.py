@@ -1,0 +1,295 @@
+"""``radfm evaluate``: run a model over a manifest, then score it (RadBench-style).
+
+    radfm evaluate --manifest phantoms/test.jsonl --model DIR --output runs/eval [--tasks vqa,report]
+
+Writes into OUTPUT: ``predictions.jsonl`` (one line per case, appended and fsync'ed after every
+batch), ``metrics.json``, ``report.md`` and ``metrics.png``.
+
+- Resumable: a rerun reads ``predictions.jsonl``, skips every case already recorded and drops a
+  torn last line left by a kill mid-write, so each case is predicted and scored exactly once.
+- A case that fails (unreadable scan, prompt too long, ...) is recorded with ``error`` and the
+  run carries on; ``--retry_failed`` predicts recorded failures again on the next run.
+- Prompts: ``radfm`` (the sample's own instruction, zero-shot, the paper's protocol for RadFM)
+  or ``flamingo`` (Med-Flamingo zero/few-shot format with ``--shots K`` exemplars drawn from the
+  manifest's train split of the same dataset and task; see :mod:`radfm.metrics.fewshot`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from radfm.metrics.fewshot import Exemplar, few_shot_prompt, select_exemplars
+from radfm.metrics.predictions import PredictionRecord, read_jsonl
+from radfm.metrics.suite import CLOSED_TASKS
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS_NAME = "predictions.jsonl"
+PROMPT_FORMATS = ("radfm", "flamingo")
+
+# (prompts, images per prompt) -> answers; images are [3, H, W, D] tensors.
+PredictBatch = Callable[[list[str], list[list[Any]]], list[str]]
+LoadImage = Callable[[str], Any]
+
+
+@dataclass
+class EvalCase:
+    """One case to predict: its prompt, the image files in prompt order, and what it is scored against."""
+
+    id: str
+    dataset: str
+    task: str
+    prompt: str
+    image_paths: list[str]
+    reference: str
+    instruction: str
+    closed_set: list[str] | None = None
+
+
+# ---------------------------------------------------------------- case selection ----
+def _as_list(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return [str(part) for part in value]
+
+
+def closed_set_of(sample: Any) -> list[str] | None:
+    """yes/no for inductive tasks, a label list given in the sample's extra ``closed_set``, else None."""
+    extra = getattr(sample, "extra", None) or {}
+    if isinstance(extra.get("closed_set"), list):
+        return [str(choice) for choice in extra["closed_set"]]
+    return ["yes", "no"] if sample.task in CLOSED_TASKS else None
+
+
+def select_samples(samples: Iterable[Any], *, tasks: Sequence[str] = (), datasets: Sequence[str] = (),
+                   split: str | None = "test", limit: int | None = None) -> list[Any]:
+    """Instruction samples of the chosen split/tasks/datasets (interleaved samples are not evaluable)."""
+    chosen = []
+    for sample in samples:
+        if getattr(sample, "is_interleaved", False) or sample.instruction is None:
+            continue
+        if split and sample.split not in (split, None):
+            continue
+        if tasks and sample.task not in tasks:
+            continue
+        if datasets and sample.dataset not in datasets:
+            continue
+        chosen.append(sample)
+    return chosen[:limit] if limit else chosen
+
+
+def build_cases(samples: Sequence[Any], *, prompt_format: str = "radfm", shots: int = 0,
+                exemplar_pool: Sequence[Any] = (), seed: int = 0) -> list[EvalCase]:
+    """EvalCases for samples; ids must be unique (a duplicate would be scored twice)."""
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
+    if shots and prompt_format != "flamingo":
+        raise ValueError("few-shot exemplars (--shots) need --prompt_format flamingo")
+    seen: set[str] = set()
+    pools: dict[tuple[str, str], list[tuple[Exemplar, list[str]]]] = {}
+    for sample in exemplar_pool:
+        if sample.instruction is not None and sample.response is not None:
+            exemplar = Exemplar(sample.instruction, sample.response, len(sample.images), sample.id)
+            pools.setdefault((sample.dataset, sample.task), []).append((exemplar, [i.path for i in sample.images]))
+    cases = []
+    for sample in samples:
+        if sample.id in seen:
+            raise ValueError(f"manifest has the id {sample.id!r} twice; ids must be unique to score each case once")
+        seen.add(sample.id)
+        paths = [image.path for image in sample.images]
+        prompt = sample.instruction
+        if prompt_format == "flamingo":
+            pool = pools.get((sample.dataset, sample.task), [])
+            chosen = select_exemplars([e for e, _ in pool], shots, exclude_id=sample.id, seed=seed,
+                                      query_key=sample.id) if shots else []
+            exemplar_paths = {e.id: p for e, p in pool}
+            prompt = few_shot_prompt(chosen, sample.instruction, num_images=len(paths))
+            paths = [p for e in chosen for p in exemplar_paths[e.id]] + paths  # images in prompt order
+        cases.append(EvalCase(sample.id, sample.dataset, sample.task or "unknown", prompt, paths,
+                              sample.response or "", sample.instruction, closed_set_of(sample)))
+    return cases
+
+
+# ---------------------------------------------------------------- resumable loop ----
+def _recover(path: Path) -> list[PredictionRecord]:
+    """Records already written; a torn last line (killed mid-write) is removed from the file."""
+    if not path.is_file():
+        return []
+    records = read_jsonl(path, tolerate_truncated_tail=True)
+    text = path.read_text(encoding="utf-8")
+    complete = [line for line in text.splitlines() if line.strip()]
+    if len(complete) != len(records) or (text and not text.endswith("\n")):
+        logger.warning("%s: dropping a torn last line left by an interrupted run", path)
+        kept = "".join(json.dumps(r.to_json()) + "\n" for r in records)
+        tmp = path.with_name(f".{path.name}.repair")
+        tmp.write_text(kept, encoding="utf-8")
+        os.replace(tmp, path)
+    return records
+
+
+def _record(case: EvalCase, model_name: str, prediction: str = "", error: str | None = None) -> PredictionRecord:
+    return PredictionRecord(id=case.id, dataset=case.dataset, task=case.task, reference=case.reference,
+                            prediction=prediction, instruction=case.instruction, model=model_name, error=error,
+                            closed_set=case.closed_set, images=list(case.image_paths))
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def run_predictions(cases: Sequence[EvalCase], predict_batch: PredictBatch, load_image: LoadImage,
+                    predictions_path: str | Path, *, model_name: str, batch_size: int = 4,
+                    retry_failed: bool = False, progress: bool = True) -> dict[str, int]:
+    """Predict every case not yet in ``predictions_path``, appending one JSON line per case.
+
+    Each batch is flushed and fsync'ed before the next starts, so a kill loses at most the batch
+    in flight. Per-case failures (image loading, or generation when the case runs alone) are
+    recorded with ``error``. Returns counts: ``skipped`` (already done), ``predicted``, ``failed``.
+    """
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    path = Path(predictions_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = {r.id for r in _recover(path) if r.error is None or not retry_failed}
+    todo = [case for case in cases if case.id not in done]
+    counts = {"skipped": len(cases) - len(todo), "predicted": 0, "failed": 0}
+    bar = tqdm(total=len(cases), initial=counts["skipped"], desc="evaluating", unit="case", disable=not progress)
+    with path.open("a", encoding="utf-8") as handle:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            records = _predict_batch(batch, predict_batch, load_image, model_name)
+            handle.write("".join(json.dumps(r.to_json()) + "\n" for r in records))
+            handle.flush()
+            os.fsync(handle.fileno())
+            for r in records:
+                counts["failed" if r.error else "predicted"] += 1
+            bar.update(len(batch))
+    bar.close()
+    return counts
+
+
+def _predict_batch(batch: Sequence[EvalCase], predict_batch: PredictBatch, load_image: LoadImage,
+                   model_name: str) -> list[PredictionRecord]:
+    """Records for one batch, in batch order; a failing batch is retried case by case."""
+    results: dict[str, PredictionRecord] = {}
+    ready: list[tuple[EvalCase, list[Any]]] = []
+    for case in batch:
+        try:
+            ready.append((case, [load_image(p) for p in case.image_paths]))
+        except Exception as error:  # unreadable scan: record it, carry on
+            results[case.id] = _record(case, model_name, error=_error_text(error))
+    if ready:
+        try:
+            answers = predict_batch([c.prompt for c, _ in ready], [images for _, images in ready])
+            if len(answers) != len(ready):
+                raise RuntimeError(f"model returned {len(answers)} answers for {len(ready)} prompts")
+            for (case, _), answer in zip(ready, answers):
+                results[case.id] = _record(case, model_name, prediction=answer)
+        except Exception:
+            # Find the culprit(s): run each case alone so one bad case does not fail the batch.
+            for case, images in ready:
+                try:
+                    results[case.id] = _record(case, model_name, prediction=predict_batch([case.prompt], [images])[0])
+                except Exception as error:
+                    results[case.id] = _record(case, model_name, error=_error_text(error))
+    return [results[case.id] for case in batch]
+
+
+# ---------------------------------------------------------------- model glue ----
+def model_predictor(model: Any, tokenizer: Any, *, max_new_tokens: int = 64,
+                    **generate_kwargs: Any) -> PredictBatch:
+    """A PredictBatch over ``radfm.model.generation.generate_text`` (greedy unless told otherwise)."""
+    import torch
+
+    from radfm.model.generation import generate_text
+
+    def predict(prompts: list[str], images: list[list[Any]]) -> list[str]:
+        with torch.inference_mode():
+            return generate_text(model, tokenizer, prompts, images, max_new_tokens=max_new_tokens, **generate_kwargs)
+
+    return predict
+
+
+def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] | None = None,
+             datasets: str | Sequence[str] | None = None, split: str = "test", batch_size: int = 4,
+             max_new_tokens: int = 64, limit: int | None = None, prompt_format: str = "radfm", shots: int = 0,
+             retry_failed: bool = False, model_name: str | None = None, device: str = "cpu", dtype: str | None = None,
+             data_root: str | None = None, bertscore: bool = True, bertscore_model: str | None = None,
+             terms: str | None = None, n_resamples: int = 1000, seed: int = 0) -> str:
+    """Evaluate a model on a manifest: predictions.jsonl, metrics.json, report.md, metrics.png in OUTPUT.
+
+    Args:
+        manifest: sample manifest (JSONL, see docs/data.md).
+        model: model directory (``save_pretrained`` / ``radfm convert`` output) or the preset ``tiny``.
+        output: folder for the results; rerunning with the same folder resumes.
+        tasks: tasks to evaluate (comma-separated), default all.
+        datasets: datasets to evaluate (comma-separated), default all.
+        split: manifest split to evaluate (samples without a split are included); "" for all.
+        batch_size: prompts per generate call.
+        max_new_tokens: answer length limit.
+        limit: evaluate only the first LIMIT selected samples.
+        prompt_format: "radfm" (instruction as is) or "flamingo" (Med-Flamingo zero/few-shot format).
+        shots: few-shot exemplars per query (flamingo format), drawn from the train split, seeded.
+        retry_failed: predict cases recorded with an error again.
+        model_name: name in predictions and reports (default: the model folder name).
+        device: torch device. dtype: e.g. bfloat16.
+        data_root: folder image paths must stay inside (default: the manifest's folder).
+        bertscore / bertscore_model / terms / n_resamples / seed: scoring options, as in ``radfm score``.
+    Returns:
+        the path of report.md.
+    """
+    from radfm.data.manifest import load_manifest
+    from radfm.metrics.score import build_options
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    output_dir = Path(output)
+    all_samples = load_manifest(manifest, data_root=data_root)
+    samples = select_samples(all_samples, tasks=_as_list(tasks), datasets=_as_list(datasets),
+                             split=split or None, limit=limit)
+    if not samples:
+        raise ValueError(f"{manifest}: no instruction samples match split={split!r}, tasks={tasks!r}, datasets={datasets!r}")
+    pool = [s for s in all_samples if s.split == "train"] if shots else []
+    cases = build_cases(samples, prompt_format=prompt_format, shots=shots, exemplar_pool=pool, seed=seed)
+
+    from radfm.model.factory import create_model_and_transforms
+
+    loaded_model, preprocess, tokenizer = create_model_and_transforms(model, device=device, dtype=dtype)
+    loaded_model.eval()
+    name = model_name or Path(str(model)).name or str(model)
+
+    def load_image(path: str) -> Any:
+        return preprocess(path).to(device=loaded_model.device, dtype=loaded_model.dtype)
+
+    predict = model_predictor(loaded_model, tokenizer, max_new_tokens=max_new_tokens)
+    predictions_path = output_dir / PREDICTIONS_NAME
+    counts = run_predictions(cases, predict, load_image, predictions_path, model_name=name,
+                             batch_size=batch_size, retry_failed=retry_failed)
+    logger.info("predictions: %(predicted)d new, %(failed)d failed, %(skipped)d already done", counts)
+    return score_predictions(predictions_path, output_dir, case_ids=[c.id for c in cases], name=name,
+                             options=build_options(bertscore=bertscore, bertscore_model=bertscore_model, terms=terms,
+                                                   n_resamples=n_resamples, seed=seed, device=device))
+
+
+def score_predictions(predictions_path: Path, output_dir: Path, *, case_ids: Sequence[str], name: str,
+                      options: Any) -> str:
+    """Score the cases of this run (ids in ``case_ids``) from predictions.jsonl into output_dir."""
+    from radfm.metrics.predictions import deduplicate
+    from radfm.metrics.suite import score_records
+    from radfm.metrics.score import write_outputs
+
+    wanted = set(case_ids)
+    records, dropped = deduplicate([r for r in read_jsonl(predictions_path) if r.id in wanted])
+    if dropped:
+        options.notes.append(f"{dropped} earlier record(s) replaced by a retry")
+    results = {name: score_records(records, options)}
+    paths = write_outputs(output_dir, results, options, {name: str(predictions_path)})
+    return str(paths["report"])

@@ -1,0 +1,152 @@
+"""The "answerer": scans + prompt -> text, the one interface the CLI, service and Slicer share.
+
+Split in two steps so that a service can read and preprocess uploads in parallel while the
+model itself runs one request at a time:
+
+* ``prepare(scan_paths) -> images``  (CPU work, thread safe, raises ``ScanReadError``)
+* ``answer(prompt, images, options) -> text``  (model work, callers serialise it)
+
+Anything with these two methods, an ``identity`` and ``max_images`` can be plugged into the
+service (tests use a tiny random model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from radfm.interop.identity import ModelIdentity, identity_of_model, identity_of_model_dir
+
+
+@dataclass
+class GenerationOptions:
+    """Decoding settings; ``validate`` names the bad field. Greedy by default (reproducible)."""
+
+    max_new_tokens: int = 256
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    num_beams: int = 1
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def validate(self, max_new_tokens_limit: int | None = None) -> GenerationOptions:
+        checks = [
+            ("max_new_tokens", 1 <= self.max_new_tokens, "at least 1"),
+            ("temperature", self.temperature > 0, "> 0"),
+            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+            ("top_k", self.top_k >= 0, ">= 0"),
+            ("num_beams", self.num_beams >= 1, ">= 1"),
+            ("repetition_penalty", self.repetition_penalty > 0, "> 0"),
+        ]
+        if max_new_tokens_limit is not None:
+            checks.append(("max_new_tokens", self.max_new_tokens <= max_new_tokens_limit, f"<= {max_new_tokens_limit}"))
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"generation option {name}={getattr(self, name)!r}: expected {expected}")
+        return self
+
+    def hf_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``model.generate`` (sampling knobs only when sampling)."""
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
+                                  "repetition_penalty": self.repetition_penalty, "do_sample": self.do_sample}
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        return kwargs
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Answerer(Protocol):
+    identity: ModelIdentity
+    max_images: int
+
+    def prepare(self, scan_paths: Sequence[Path]) -> list[Any]: ...
+
+    def answer(self, prompt: str, images: list[Any], options: GenerationOptions) -> str: ...
+
+
+def build_prompt(prompt: str, num_images: int) -> str:
+    """The prompt with one ``<image>`` per scan: placeholders as written, or prepended when absent.
+
+    Raises ``ValueError`` when the prompt has placeholders but not one per scan.
+    """
+    from radfm.model.tokenizer import with_placeholders
+
+    if not prompt.strip():
+        raise ValueError("the prompt is empty")
+    return with_placeholders(prompt, num_images)
+
+
+def readable_cause(error: BaseException) -> str | None:
+    """The first ``ValueError`` message in an exception chain (MONAI wraps ``ScanReadError`` in a RuntimeError)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, ValueError):
+            return str(error)
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+class ModelAnswerer:
+    """A RadFM model + tokenizer + preprocessing behind the answerer interface."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        preprocess: Callable[..., Any] | None = None,
+        identity: ModelIdentity | None = None,
+        preprocess_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self._preprocess = preprocess
+        self.preprocess_options = dict(preprocess_options or {})  # e.g. window, series_uid
+        self.identity = identity or identity_of_model(model)
+        self.max_images = int(getattr(getattr(model, "config", None), "max_images", 10))
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path, options=None, preprocess_options: dict[str, Any] | None = None) -> ModelAnswerer:
+        """Load a saved model folder with :func:`radfm.interop.bigmodel.load_model` (``options``: ``LoadOptions``)."""
+        from radfm.interop.bigmodel import load_model
+
+        model, tokenizer, preprocess = load_model(model_dir, options)
+        return cls(model, tokenizer, preprocess, identity=identity_of_model_dir(model_dir),
+                   preprocess_options=preprocess_options)
+
+    def prepare(self, scan_paths: Sequence[Path]) -> list[Any]:
+        """Each scan (file or DICOM folder) -> ``[3, H, W, D]`` float tensor (see ``preprocess_scan``)."""
+        preprocess = self._preprocess
+        if preprocess is None:
+            from radfm.transforms import preprocess_scan as preprocess
+        images = []
+        for path in scan_paths:
+            try:
+                images.append(preprocess(str(path), **self.preprocess_options))
+            except Exception as error:
+                reason = readable_cause(error)
+                if reason is None:
+                    raise
+                raise ValueError(reason) from error
+        return images
+
+    def answer(self, prompt: str, images: list[Any], options: GenerationOptions) -> str:
+        """Generated text for ``prompt`` (with one ``<image>`` per image) about ``images``."""
+        import torch
+
+        from radfm.model.generation import generate_text
+
+        if len(images) > self.max_images:
+            raise ValueError(f"{len(images)} images given; this model takes at most {self.max_images} per prompt")
+        prompt = build_prompt(prompt, len(images))
+        if options.seed is not None:
+            torch.manual_seed(options.seed)
+        images = [torch.as_tensor(image).float() for image in images]  # MetaTensor -> plain tensor
+        with torch.inference_mode():
+            return generate_text(self.model, self.tokenizer, [prompt], [images], **options.hf_kwargs())[0]

@@ -1,0 +1,260 @@
+"""Loading a saved RadFM for inference on ordinary hardware.
+
+* ``dtype``: bf16/fp16 halve the weights (the 14B model: ~24 GiB instead of ~49 GiB).
+* ``device_map``: accelerate places the language model's decoder layers over GPUs, CPU RAM
+  and disk (``max_memory`` caps each), e.g. the 14B model on 2×24 GB GPUs. The vision
+  encoder, perceiver, projection and image-token rows always sit with the token embeddings
+  (the image tokens are spliced into those embeddings), on the "main" device.
+* ``quantize``: "8bit"/"4bit" through bitsandbytes (accelerate's ``load_and_quantize_model``)
+  for the language model's Linear layers; needs ``bitsandbytes`` and a CUDA GPU.
+
+The returned model is the same ``RadFM`` class either way; accelerate's hooks move activations
+between devices, so ``generate_text`` works unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# the demo model the quick start produces; the default for generate/serve
+DEMO_MODEL_DIR = Path(__file__).resolve().parents[2] / "bundles/radfm/models/demo"
+VISION_SIDE = ("vision_encoder", "perceiver", "projection", "figure_token_weight")
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+@dataclass
+class LoadOptions:
+    """How to load: dtype, one device or a device map, memory caps, disk offload, quantization."""
+
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N   (ignored with device_map)
+    device_map: str | dict | None = None  # auto | balanced | balanced_low_0 | sequential | {module: device}
+    max_memory: str | dict | None = None  # "0=22GiB,1=22GiB,cpu=64GiB" or a dict
+    offload_folder: str | None = None
+    quantize: str | None = None  # None | 8bit | 4bit
+
+    def describe(self) -> str:
+        parts = [f"dtype={self.dtype}"]
+        parts.append(f"device_map={self.device_map}" if self.device_map else f"device={self.device}")
+        if self.max_memory:
+            parts.append(f"max_memory={self.max_memory}")
+        if self.quantize:
+            parts.append(f"quantize={self.quantize}")
+        return ", ".join(parts)
+
+
+def resolve_model_dir(model: str | None) -> Path:
+    """``model`` or the demo model; a clear error when neither exists."""
+    if model is None:
+        if (DEMO_MODEL_DIR / "config.json").is_file():
+            return DEMO_MODEL_DIR
+        raise FileNotFoundError(
+            f"no --model given and the demo model {DEMO_MODEL_DIR} does not exist; "
+            "run `radfm demo` first or pass --model DIR (a `save_pretrained` folder, see `radfm convert`)"
+        )
+    path = Path(model)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a RadFM model folder (no config.json); convert weights with `radfm convert`")
+    return path
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | str) -> torch.dtype:
+    """``auto``: bf16 on a GPU that supports it, else fp16 on GPU, fp32 on CPU."""
+    from radfm.model.checkpoint import parse_dtype
+
+    if dtype in (None, "auto"):
+        if torch.device(device).type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return parse_dtype(dtype)
+
+
+def parse_max_memory(max_memory: str | dict | None) -> dict[int | str, int | str] | None:
+    """``"0=22GiB,1=22GiB,cpu=64GiB"`` -> ``{0: "22GiB", 1: "22GiB", "cpu": "64GiB"}``; dicts pass (keys normalised)."""
+    if max_memory is None or max_memory == "":
+        return None
+    if isinstance(max_memory, str):
+        pairs = [item.split("=", 1) for item in max_memory.split(",") if item.strip()]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError(f"max_memory {max_memory!r}: expected 'DEVICE=SIZE,…' such as '0=22GiB,cpu=64GiB'")
+        max_memory = {key.strip(): value.strip() for key, value in pairs}
+    parsed: dict[int | str, int | str] = {}
+    for key, value in max_memory.items():
+        key = str(key).strip().removeprefix("cuda:")
+        if not (key.isdigit() or key in ("cpu", "disk", "mps")):
+            raise ValueError(f"max_memory device {key!r}: expected a GPU index, 'cpu' or 'disk'")
+        parsed[int(key) if key.isdigit() else key] = value
+    return parsed
+
+
+def _checkpoint_location(model_dir: Path) -> Path:
+    from radfm.model.checkpoint import INDEX_NAME, SINGLE_WEIGHTS_NAME
+
+    for name in (INDEX_NAME, SINGLE_WEIGHTS_NAME):
+        if (model_dir / name).is_file():
+            return model_dir / name
+    raise FileNotFoundError(f"{model_dir} holds no weights ({INDEX_NAME} or {SINGLE_WEIGHTS_NAME})")
+
+
+def _module_bytes(module: torch.nn.Module, dtype: torch.dtype) -> int:
+    size = torch.finfo(dtype).bits // 8
+    return sum(p.numel() * size for p in module.parameters())
+
+
+def plan_device_map(model, strategy: str | dict, max_memory: dict | None, dtype: torch.dtype) -> dict[str, Any]:
+    """Device map for a (meta) ``RadFM``: the LLM split by accelerate, the vision side with the embeddings.
+
+    ``strategy`` is an accelerate strategy name or a ready map (returned unchanged after a check
+    that the vision side shares the embeddings' device).
+    """
+    from accelerate import infer_auto_device_map
+    from accelerate.utils import get_balanced_memory, get_max_memory
+
+    llm = model.language_model
+    embed_name = _embedding_module_name(llm)
+    if isinstance(strategy, dict):
+        device_map = dict(strategy)
+        main = _device_of(device_map, f"language_model.{embed_name}")
+        for name in VISION_SIDE:
+            if _device_of(device_map, name) != main:
+                raise ValueError(f"device_map puts {name} on {_device_of(device_map, name)} but the token embeddings on {main}; they must match")
+        return device_map
+    if strategy not in DEVICE_MAP_STRATEGIES:
+        raise ValueError(f"device_map {strategy!r}: expected one of {DEVICE_MAP_STRATEGIES} or a dict")
+    no_split = list(getattr(llm, "_no_split_modules", None) or [])
+    budget = get_max_memory(max_memory)
+    if strategy in ("auto", "balanced", "balanced_low_0"):
+        budget = get_balanced_memory(llm, max_memory=budget, no_split_module_classes=no_split, dtype=dtype,
+                                     low_zero=strategy == "balanced_low_0")
+    # the vision side joins the first device that will hold the embeddings: reserve room for it
+    vision_bytes = sum(_module_bytes(getattr(model, n), dtype) for n in VISION_SIDE[:3]) + model.figure_token_weight.numel() * 4
+    first = next(iter(budget))
+    budget = dict(budget)
+    budget[first] = max(0, _as_bytes(budget[first]) - vision_bytes)
+    llm_map = infer_auto_device_map(llm, max_memory=budget, no_split_module_classes=no_split, dtype=dtype)
+    device_map = {("language_model." + k if k else "language_model"): v for k, v in llm_map.items()}
+    main = _device_of(device_map, f"language_model.{embed_name}")
+    if main == "disk":
+        raise ValueError("max_memory leaves no room for the token embeddings on a GPU or in CPU RAM")
+    device_map.update({name: main for name in VISION_SIDE})
+    return device_map
+
+
+def _embedding_module_name(llm) -> str:
+    embeddings = llm.get_input_embeddings()
+    for name, module in llm.named_modules():
+        if module is embeddings:
+            return name
+    raise ValueError("cannot find the language model's input embeddings module")
+
+
+def _device_of(device_map: dict[str, Any], module_name: str) -> Any:
+    """Device of ``module_name`` under ``device_map`` (longest matching prefix)."""
+    best, device = -1, None
+    for key, value in device_map.items():
+        if (key == "" or module_name == key or module_name.startswith(key + ".")) and len(key) > best:
+            best, device = len(key), value
+    if device is None:
+        raise ValueError(f"device_map does not place {module_name!r}")
+    return device
+
+
+def _as_bytes(size: int | str) -> int:
+    from accelerate.utils import convert_file_size_to_int
+
+    return size if isinstance(size, int) else convert_file_size_to_int(size)
+
+
+def load_model(model_dir: str | Path, options: LoadOptions | None = None, **overrides: Any):
+    """``(model, tokenizer, preprocess)`` for a ``save_pretrained`` folder under ``options``.
+
+    ``preprocess`` is ``None`` (callers use ``radfm.transforms.preprocess_scan``).
+    """
+    from transformers import AutoTokenizer
+
+    options = options or LoadOptions(**overrides)
+    model_dir = Path(model_dir)
+    if options.quantize is None and options.device_map is None:
+        from radfm.model.factory import create_model_and_transforms
+
+        device = resolve_device(options.device)
+        model, preprocess, tokenizer = create_model_and_transforms(model_dir, device=device, dtype=resolve_dtype(options.dtype, device))
+        return model, tokenizer, preprocess
+
+    from radfm.model.checkpoint import build_empty_model
+    from radfm.model.config import RadFMConfig
+
+    config = RadFMConfig.from_json_file(model_dir / "config.json")
+    gpu = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    dtype = resolve_dtype(options.dtype, gpu)
+    max_memory = parse_max_memory(options.max_memory)
+    model = build_empty_model(config)
+    strategy = options.device_map or "auto"
+    device_map = plan_device_map(model, strategy, max_memory, dtype)
+    if "disk" in set(device_map.values()) and options.offload_folder is None:
+        raise ValueError("the device map offloads weights to disk: pass --offload_folder DIR")
+    if options.quantize is not None:
+        model = _load_quantized(model, model_dir, options, device_map, max_memory, dtype)
+    else:
+        import warnings
+
+        from accelerate import load_checkpoint_and_dispatch
+
+        with warnings.catch_warnings():
+            # figure_token_weight is a parameter of the root module, not a submodule: accelerate
+            # places it while loading but warns that the key names no submodule
+            warnings.filterwarnings("ignore", message="The following device_map keys do not match")
+            model = load_checkpoint_and_dispatch(
+                model, str(_checkpoint_location(model_dir)), device_map=device_map,
+                offload_folder=options.offload_folder, dtype=dtype, strict=True,
+            )
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model.tokenizer = tokenizer
+    return model.eval(), tokenizer, None
+
+
+def _load_quantized(model, model_dir: Path, options: LoadOptions, device_map, max_memory, dtype):
+    """8-/4-bit language model via bitsandbytes; the vision side stays in ``dtype``."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as error:
+        raise RuntimeError("quantized loading needs bitsandbytes: pip install bitsandbytes (CUDA GPU required)") from error
+    if not torch.cuda.is_available():
+        raise RuntimeError("quantized loading (bitsandbytes) needs a CUDA GPU")
+    if options.quantize not in ("8bit", "4bit"):
+        raise ValueError(f"quantize {options.quantize!r}: expected '8bit' or '4bit'")
+    from accelerate.utils import BnbQuantizationConfig, load_and_quantize_model
+
+    skip = [*VISION_SIDE, "lm_head"]
+    if options.quantize == "8bit":
+        config = BnbQuantizationConfig(load_in_8bit=True, skip_modules=skip, torch_dtype=dtype)
+    else:
+        config = BnbQuantizationConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                       bnb_4bit_compute_dtype=dtype, skip_modules=skip, torch_dtype=dtype)
+    return load_and_quantize_model(
+        model, config, weights_location=str(model_dir), device_map=device_map, max_memory=max_memory,
+        offload_folder=options.offload_folder,
+    )
+
+
+def load_device_map_json(text: str) -> dict[str, Any]:
+    """A device map given as JSON on the command line (``{"language_model.model.layers.0": 0, …}``)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"device_map {text!r}: not a strategy name nor JSON ({error})") from error
+    if not isinstance(value, dict):
+        raise ValueError("device_map JSON must be an object {module: device}")
+    return {k: (int(v) if isinstance(v, str) and re.fullmatch(r"\d+", v) else v) for k, v in value.items()}

@@ -1,0 +1,151 @@
+"""``radfm info``: parameter counts per part, dtypes, devices, and the 14B memory plan."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I8": "int8", "U8": "uint8"}
+PARTS = ("vision_encoder", "perceiver", "projection", "figure_token_weight", "language_model")
+
+
+def part_of(name: str) -> str:
+    """Which part of RadFM a parameter name belongs to."""
+    return next((part for part in PARTS if name == part or name.startswith(part + ".")), "other")
+
+
+def describe_model(model) -> dict[str, Any]:
+    """``{part: {"parameters", "dtypes", "devices"}}`` for a built model (meta, loaded or dispatched).
+
+    Offloaded weights show as device "meta"; ``hf_device_map`` (when dispatched) gives where they run.
+    """
+    counts: dict[str, int] = defaultdict(int)
+    dtypes: dict[str, Counter] = defaultdict(Counter)
+    devices: dict[str, Counter] = defaultdict(Counter)
+    for name, param in model.named_parameters():
+        part = part_of(name)
+        counts[part] += param.numel()
+        dtypes[part][str(param.dtype).removeprefix("torch.")] += param.numel()
+        devices[part][str(param.device)] += param.numel()
+    device_map = getattr(model, "hf_device_map", None)
+    if device_map:
+        devices = defaultdict(Counter)
+        for name, param in model.named_parameters():
+            devices[part_of(name)][str(_mapped_device(device_map, name))] += param.numel()
+    parts = {
+        part: {"parameters": counts[part], "dtypes": sorted(dtypes[part]), "devices": sorted(devices[part])}
+        for part in (*PARTS, "other") if counts.get(part)
+    }
+    llm = model.language_model
+    return {
+        "parts": parts,
+        "total_parameters": sum(counts.values()),
+        "language_model": {"type": type(llm).__name__, "layers": getattr(llm.config, "num_hidden_layers", None),
+                           "hidden": getattr(llm.config, "hidden_size", None), "vocab": model.config.base_vocab_size},
+        "max_images": model.config.max_images,
+    }
+
+
+def _mapped_device(device_map: dict, name: str):
+    best, device = -1, "?"
+    for key, value in device_map.items():
+        if (key == "" or name == key or name.startswith(key + ".")) and len(key) > best:
+            best, device = len(key), value
+    return device
+
+
+def stored_dtypes(model_dir: Path) -> dict[str, list[str]]:
+    """Dtypes of the saved tensors per part, read from safetensors headers (no weights loaded)."""
+    from safetensors import safe_open
+
+    found: dict[str, set[str]] = defaultdict(set)
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                stored = str(handle.get_slice(name).get_dtype()).upper()
+                found[part_of(name)].add(_SAFETENSORS_DTYPES.get(stored, stored.lower()))
+    return {part: sorted(values) for part, values in found.items()}
+
+
+def compute_devices() -> list[str]:
+    """Devices this machine offers, with memory (what `--device auto` would use first)."""
+    devices = []
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            devices.append(f"cuda:{index} {props.name} ({props.total_memory / 1024**3:.1f} GiB)")
+    try:
+        import psutil
+
+        devices.append(f"cpu ({psutil.virtual_memory().total / 1024**3:.1f} GiB RAM)")
+    except ImportError:
+        devices.append("cpu")
+    return devices
+
+
+def markdown_report(summary: dict[str, Any], title: str, stored: dict[str, list[str]] | None = None) -> str:
+    lines = [f"# {title}", "", "| part | parameters | dtype | device |", "|---|---:|---|---|"]
+    for part, values in summary["parts"].items():
+        dtype = ", ".join((stored or {}).get(part, values["dtypes"]))
+        lines.append(f"| {part} | {values['parameters']:,} | {dtype} | {', '.join(values['devices'])} |")
+    lines.append(f"| **total** | **{summary['total_parameters']:,}** | | |")
+    llm = summary["language_model"]
+    lines += ["", f"Language model: {llm['type']}, {llm['layers']} layers, hidden {llm['hidden']}, vocabulary {llm['vocab']}; "
+              f"up to {summary['max_images']} images per prompt."]
+    return "\n".join(lines)
+
+
+def info(
+    model: str | None = None,
+    preset: str | None = None,
+    plan: bool = False,
+    spec: str | None = None,
+    json_output: bool = False,
+    output: str | None = None,
+) -> None:
+    """Print parameter counts per part, dtypes and devices of a model (no weights are loaded).
+
+    Args:
+        model: saved model folder (default: the demo model, else the "radfm-14b" preset sizes).
+        preset: describe a preset instead ("tiny" or "radfm-14b").
+        plan: append the 14B memory plan (peak GPU/CPU memory per loading mode).
+        spec: the published key list (official_state_dict_keys.tsv) for the plan.
+        json_output: print JSON instead of Markdown.
+        output: also write the report to this file.
+    """
+    from radfm.interop.bigmodel import DEMO_MODEL_DIR, resolve_model_dir
+    from radfm.model.checkpoint import build_empty_model
+    from radfm.model.config import RadFMConfig
+
+    stored = None
+    if preset is not None:
+        config, title = RadFMConfig.preset(preset), f"RadFM preset {preset!r}"
+    elif model is not None or (DEMO_MODEL_DIR / "config.json").is_file():
+        model_dir = resolve_model_dir(model)
+        config, title = RadFMConfig.from_json_file(model_dir / "config.json"), f"RadFM model {model_dir}"
+        stored = stored_dtypes(model_dir)
+    else:
+        config, title = RadFMConfig.preset("radfm-14b"), "RadFM preset 'radfm-14b' (no model folder given)"
+    summary = describe_model(build_empty_model(config))  # meta device: counts without memory
+    for part in summary["parts"].values():
+        part["devices"] = ["not loaded"]
+    summary["compute_devices"] = compute_devices()
+    if stored is not None:
+        summary["stored_dtypes"] = stored
+    if json_output:
+        text = json.dumps(summary, indent=2)
+    else:
+        text = markdown_report(summary, title, stored) + "\n\nThis machine: " + "; ".join(summary["compute_devices"])
+        if plan:
+            from radfm.interop.memory_plan import memory_plan
+
+            text += "\n\n" + memory_plan(spec=spec)
+    if output is not None:
+        from radfm.interop.files import write_text_atomic
+
+        write_text_atomic(output, text + "\n")
+    print(text)

@@ -1,0 +1,125 @@
+"""Turn uploaded files into scans: one scan per NIfTI/PNG/JPEG/NRRD file, one per DICOM series.
+
+Shared by the service (multipart uploads) and the Slicer client (which builds the same
+request). Kinds are recognised from the bytes first (DICOM preamble, PNG/JPEG/gzip
+magic) and the file name second, so a DICOM file without ``.dcm`` still works.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+
+SCAN_SUFFIXES = {
+    ".nii.gz": "nifti", ".nii": "nifti", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg",
+    ".nrrd": "nrrd", ".dcm": "dicom", ".dicom": "dicom",
+}
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class UploadError(ValueError):
+    """A bad upload; ``status_code`` is the HTTP status the service answers with."""
+
+    def __init__(self, message: str, status_code: int = 400) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+@dataclass
+class Scan:
+    """One image for the model: a file (NIfTI, PNG, …) or a folder holding one DICOM series."""
+
+    kind: str
+    path: Path
+    names: list[str] = field(default_factory=list)  # uploaded file names that make up the scan
+    series_uid: str | None = None
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "files": self.names, "series_uid": self.series_uid}
+
+
+def suffix_kind(name: str) -> tuple[str, str] | None:
+    """``(suffix, kind)`` from a file name, or ``None`` when the suffix is not a scan type."""
+    lower = name.lower()
+    for suffix, kind in SCAN_SUFFIXES.items():
+        if lower.endswith(suffix):
+            return suffix, kind
+    return None
+
+
+def detect_kind(name: str, head: bytes) -> str:
+    """Scan kind of an uploaded file from its first bytes (>= 352) and its name.
+
+    Raises :class:`UploadError` (415) naming the file when it is not a supported scan.
+    """
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"NRRD"):
+        return "nrrd"
+    if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
+        return "nifti"
+    by_name = suffix_kind(name)
+    if by_name is not None:
+        kind = by_name[1]
+        if kind == "nifti" and not head.startswith(b"\x1f\x8b") and name.lower().endswith(".gz"):
+            raise UploadError(f"{name}: named .nii.gz but not gzip data", 415)
+        if kind in ("nifti", "dicom"):  # DICOM without preamble, gzipped NIfTI: trust the name
+            return kind
+        raise UploadError(f"{name}: named like a {kind} file but its content is not {kind}", 415)
+    raise UploadError(
+        f"{name}: not a supported scan (expected DICOM, NIfTI .nii/.nii.gz, PNG, JPEG or NRRD)", 415
+    )
+
+
+def safe_name(name: str, index: int) -> str:
+    """A file-system safe name for upload ``index`` that keeps its scan suffix (readers go by suffix)."""
+    base = _SAFE_NAME.sub("_", Path(name or "upload").name).strip("._") or "upload"
+    return f"{index:04d}_{base}"
+
+
+def group_scans(saved: list[tuple[str, Path, str]], workdir: Path) -> list[Scan]:
+    """Group saved uploads ``(original name, path, kind)`` into scans, in upload order.
+
+    DICOM files are moved into one folder per SeriesInstanceUID; every other file is a scan.
+    """
+    scans: list[Scan] = []
+    series: dict[str, Scan] = {}
+    for name, path, kind in saved:
+        if kind != "dicom":
+            target = path
+            if kind == "nifti" and not path.name.lower().endswith((".nii", ".nii.gz")):
+                target = path.with_name(path.name + (".nii.gz" if _is_gzip(path) else ".nii"))
+                path.rename(target)
+            elif suffix_kind(path.name) is None or suffix_kind(path.name)[1] != kind:
+                target = path.with_name(path.name + {"png": ".png", "jpeg": ".jpg", "nrrd": ".nrrd"}[kind])
+                path.rename(target)
+            scans.append(Scan(kind=kind, path=target, names=[name]))
+            continue
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            series_uid = str(header.SeriesInstanceUID)
+            _ = header.Rows  # an image instance, not e.g. a DICOMDIR or SR
+        except Exception as error:
+            raise UploadError(f"{name}: not a readable DICOM image ({type(error).__name__}: {error})", 422) from error
+        if series_uid not in series:
+            folder = workdir / f"series_{len(series):03d}"
+            folder.mkdir()
+            series[series_uid] = Scan(kind="dicom", path=folder, series_uid=series_uid)
+            scans.append(series[series_uid])
+        scan = series[series_uid]
+        shutil.move(str(path), scan.path / (path.name if path.name.lower().endswith(".dcm") else path.name + ".dcm"))
+        scan.names.append(name)
+    return scans
+
+
+def _is_gzip(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(2) == b"\x1f\x8b"

@@ -1,0 +1,1 @@
+"""Plain-Python helpers of the RadFM Slicer module (no Slicer imports; tested in CI)."""

@@ -1,0 +1,40 @@
+"""Factory, tied-weight saving and the memory-safe loader."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from radfm.model.config import RadFMConfig
+from radfm.model.factory import create_model_and_transforms
+from radfm.model.radfm import RadFM
+
+
+def test_tiny_preset_factory_gives_matching_tokenizer(tmp_path):
+    model, preprocess, tokenizer = create_model_and_transforms("tiny")
+    assert tokenizer.convert_tokens_to_ids("<image>") == model.config.base_vocab_size
+    assert callable(preprocess)
+    model.save_pretrained(tmp_path / "m")
+    again, _, tokenizer2 = create_model_and_transforms(tmp_path / "m", dtype="bfloat16")
+    assert again.dtype == torch.bfloat16
+    assert tokenizer2.get_vocab() == tokenizer.get_vocab()
+    with pytest.raises(ValueError, match="neither a model directory nor a preset"):
+        create_model_and_transforms(tmp_path / "missing")
+
+
+def test_tied_embeddings_survive_save_and_load(tmp_path, tiny_base_vocab):
+    base = RadFMConfig.preset("tiny")
+    llm = dict(base.llm, model_type="qwen2", vocab_size=tiny_base_vocab, tie_word_embeddings=True)
+    model = RadFM(RadFMConfig(llm=llm, vision=base.vision, perceiver=base.perceiver))
+    model.save_pretrained(tmp_path / "tied")
+    loaded = RadFM.from_pretrained(tmp_path / "tied")
+    lm = loaded.language_model
+    assert lm.lm_head.weight is lm.get_input_embeddings().weight
+    assert torch.equal(lm.lm_head.weight, model.language_model.lm_head.weight)
+
+
+def test_save_is_atomic_over_an_existing_directory(tmp_path, tiny_model):
+    target = tmp_path / "model"
+    tiny_model.save_pretrained(target)
+    tiny_model.save_pretrained(target)  # replacing works and leaves no temp folders behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -1,0 +1,319 @@
+"""DICOM reading with pydicom: single files (incl. multi-frame) and series folders.
+
+Why not ``monai.data.PydicomReader`` for folders: it stacks every file of a folder in
+InstanceNumber order and cannot separate several series; here slices are grouped by
+SeriesInstanceUID, sorted by position along the slice normal and checked for a common
+orientation. Pixel decoding is pydicom's; files whose transfer syntax pydicom cannot decode
+here fall back to ITK (GDCM).
+
+Arrays come back channel first: ``[C, rows, columns]`` or ``[C, rows, columns, slices]``,
+with the modality LUT (RescaleSlope/Intercept, e.g. CT -> HU) applied and MONOCHROME1
+inverted so that bright always means high values. The affine maps (row, column, slice)
+indices to RAS millimetres.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ScanReadError
+
+# header fields read when scanning a folder (no pixel data)
+_HEADER_TAGS = [
+    "SeriesInstanceUID", "SeriesDescription", "SeriesNumber", "Modality", "Rows", "Columns",
+    "ImagePositionPatient", "ImageOrientationPatient", "InstanceNumber", "NumberOfFrames",
+    "PixelSpacing", "ImagerPixelSpacing",
+]
+
+
+@dataclass
+class DicomSeriesInfo:
+    """One series found in a folder; ``files`` sorted in slice order once read."""
+
+    uid: str
+    modality: str = ""
+    description: str = ""
+    number: str = ""
+    files: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return (f"SeriesInstanceUID={self.uid} (modality {self.modality or '?'}, "
+                f"{len(self.files)} file(s), description {self.description!r}, number {self.number or '?'})")
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """True when the file carries the DICM preamble (what ``pydicom.misc.is_dicom`` checks)."""
+    from pydicom.misc import is_dicom
+
+    try:
+        return is_dicom(str(path))
+    except OSError:
+        return False
+
+
+def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeriesInfo]:
+    """All image series under ``folder`` (searched recursively), largest first.
+
+    Files that are not DICOM, DICOMDIR index files and objects without pixel rows are skipped.
+    """
+    import pydicom
+
+    by_uid: dict[str, DicomSeriesInfo] = {}
+    for path in sorted(Path(folder).rglob("*")):
+        if not path.is_file() or path.name.upper() == "DICOMDIR":
+            continue
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        except Exception:  # not DICOM or unreadable: a folder may hold notes, thumbnails...
+            continue
+        if "Rows" not in ds or "SeriesInstanceUID" not in ds:
+            continue  # SR, presentation states, DICOMDIR records: no image
+        uid = str(ds.SeriesInstanceUID)
+        info = by_uid.setdefault(uid, DicomSeriesInfo(
+            uid=uid, modality=str(ds.get("Modality", "")), description=str(ds.get("SeriesDescription", "")),
+            number=str(ds.get("SeriesNumber", ""))))
+        info.files.append(str(path))
+    return sorted(by_uid.values(), key=lambda s: (-len(s.files), s.uid))
+
+
+def choose_series(folder: str | os.PathLike, series_uid: str | None) -> DicomSeriesInfo:
+    """The series to read from ``folder``: the only one, or the one named by ``series_uid``."""
+    series = list_dicom_series(folder)
+    if not series:
+        raise ScanReadError(f"{folder}: no DICOM images found in this folder (expected a folder of DICOM slices)")
+    listing = "\n  ".join(s.describe() for s in series)
+    if series_uid is not None:
+        for s in series:
+            if s.uid == series_uid:
+                return s
+        raise ScanReadError(f"{folder}: no series with SeriesInstanceUID={series_uid}; the folder holds:\n  {listing}")
+    if len(series) > 1:
+        raise ScanReadError(f"{folder}: the folder holds {len(series)} DICOM series; choose one with "
+                            f"series_uid=...:\n  {listing}")
+    return series[0]
+
+
+def _pixels(ds: Any, path: str) -> np.ndarray:
+    """Decoded pixels as stored: [rows, cols], [frames, rows, cols] (+ a trailing RGB axis)."""
+    try:
+        arr = ds.pixel_array
+    except Exception as pydicom_error:  # a codec pydicom lacks here: GDCM inside ITK has most of them
+        try:
+            import itk
+
+            arr = itk.array_from_image(itk.imread(path))
+            if int(ds.get("NumberOfFrames", 1) or 1) == 1 and arr.ndim >= 3 and arr.shape[0] == 1 \
+                    and int(ds.get("SamplesPerPixel", 1)) == 1:
+                arr = arr[0]
+        except Exception:
+            raise ScanReadError(f"{path}: cannot decode the DICOM pixel data "
+                                f"(transfer syntax {ds.file_meta.get('TransferSyntaxUID', '?')}): {pydicom_error}") from None
+    if str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        arr = apply_color_lut(arr, ds)
+    return arr
+
+
+def _apply_modality_lut(arr: np.ndarray, ds: Any) -> np.ndarray:
+    """RescaleSlope/Intercept without a float64 copy: integers stay integers when they fit."""
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    if slope == 1 and intercept == 0:
+        return arr
+    if slope == 1 and intercept.is_integer() and arr.dtype.kind in "iu":
+        lo, hi = int(arr.min()) + int(intercept), int(arr.max()) + int(intercept)
+        target = np.int16 if -(2 ** 15) <= lo and hi < 2 ** 15 else np.int32
+        out = arr.astype(target)
+        out += target(int(intercept))
+        return out
+    out = arr.astype(np.float32)
+    out *= np.float32(slope)
+    out += np.float32(intercept)
+    return out
+
+
+def _invert_monochrome1(arr: np.ndarray) -> np.ndarray:
+    """MONOCHROME1 stores bright as low values; flip so that bright is high like everywhere else."""
+    lo, hi = arr.min(), arr.max()
+    if arr.dtype.kind in "iu":  # int32 holds lo + hi - x for any 16-bit input; one copy, one pass
+        out = arr.astype(np.int32)
+        np.subtract(np.int32(int(lo) + int(hi)), out, out=out)
+        return out
+    return (lo + hi) - arr
+
+
+def _pixel_spacing(ds: Any) -> tuple[float, float]:
+    """(row spacing, column spacing) in mm; 1 mm when the file does not say."""
+    for item in (ds, *_functional_group(ds, "PixelMeasuresSequence")):
+        for name in ("PixelSpacing", "ImagerPixelSpacing"):
+            value = item.get(name)
+            if value and len(value) == 2 and float(value[0]) > 0 and float(value[1]) > 0:
+                return float(value[0]), float(value[1])
+    return 1.0, 1.0
+
+
+def _functional_group(ds: Any, sequence: str) -> list:
+    """Items of ``sequence`` in the shared functional groups of an enhanced multi-frame file."""
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared and sequence in shared[0]:
+        return list(shared[0].get(sequence))
+    return []
+
+
+def _orientation(ds: Any) -> np.ndarray | None:
+    """ImageOrientationPatient as [row cosine(3), column cosine(3)], or None when absent."""
+    iop = ds.get("ImageOrientationPatient")
+    if iop is None:
+        for item in _functional_group(ds, "PlaneOrientationSequence"):
+            iop = item.get("ImageOrientationPatient")
+    return None if iop is None else np.asarray([float(v) for v in iop], dtype=np.float64)
+
+
+def _frame_positions(ds: Any) -> list[np.ndarray] | None:
+    """ImagePositionPatient per frame of an enhanced multi-frame file, or None."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if not per_frame:
+        return None
+    try:
+        return [np.asarray([float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient]) for f in per_frame]
+    except (AttributeError, IndexError):
+        return None
+
+
+def _affine_ras(iop: np.ndarray, first_position: np.ndarray, spacing_rc: tuple[float, float],
+                slice_step: np.ndarray) -> np.ndarray:
+    """4x4 affine from (row, column, slice) indices to RAS mm (DICOM is LPS: x and y negate)."""
+    row_cosine, column_cosine = iop[:3], iop[3:]
+    affine = np.eye(4)
+    affine[:3, 0] = column_cosine * spacing_rc[0]  # moving down one row follows the column cosine
+    affine[:3, 1] = row_cosine * spacing_rc[1]
+    affine[:3, 2] = slice_step
+    affine[:3, 3] = first_position
+    affine[:2, :] *= -1
+    return affine
+
+
+def _channel_first(arr: np.ndarray, samples_per_pixel: int, frames: int) -> np.ndarray:
+    """[frames?, rows, cols, samples?] -> [C, rows, cols, frames?] (views only, no copy)."""
+    if samples_per_pixel == 1:
+        arr = arr[None]
+    else:
+        arr = np.moveaxis(arr, -1, 0)
+    if frames > 1:
+        arr = np.moveaxis(arr, 1, -1)  # frames last: [C, rows, cols, frames]
+    return arr
+
+
+def _base_meta(ds: Any, path: str) -> dict[str, Any]:
+    return {
+        "filename_or_obj": path,
+        "modality": str(ds.get("Modality", "")) or None,
+        "photometric_interpretation": str(ds.get("PhotometricInterpretation", "")),
+        "series_uid": str(ds.get("SeriesInstanceUID", "")) or None,
+        "source_format": "dicom",
+    }
+
+
+def read_dicom_file(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+    """One DICOM file (single- or multi-frame) -> (array [C, rows, cols(, frames)], metadata)."""
+    import pydicom
+
+    path = str(path)
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as error:
+        raise ScanReadError(f"{path}: not a readable DICOM file ({type(error).__name__}: {error})") from None
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise ScanReadError(f"{path}: DICOM object without pixel data (SOP class "
+                            f"{ds.get('SOPClassUID', '?')}); expected an image")
+    arr = _apply_modality_lut(_pixels(ds, path), ds)
+    if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+        arr = _invert_monochrome1(arr)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples > 1 and arr.shape[-1] != samples:  # palette colour expanded to RGB
+        samples = arr.shape[-1]
+    if str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR":
+        samples = 3
+    data = _channel_first(arr, samples, frames)
+    meta = _base_meta(ds, path)
+    spacing_rc = _pixel_spacing(ds)
+    iop = _orientation(ds)
+    positions = _frame_positions(ds) if frames > 1 else None
+    position = ds.get("ImagePositionPatient")
+    if frames > 1 and iop is not None and positions and len(positions) == frames:
+        step = (positions[-1] - positions[0]) / (frames - 1)
+        meta["affine"] = _affine_ras(iop, positions[0], spacing_rc, step)
+        meta["orientation_known"] = True
+    elif iop is not None and position is not None and frames == 1:
+        normal = np.cross(iop[:3], iop[3:])
+        thickness = float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
+        meta["affine"] = _affine_ras(iop, np.asarray([float(v) for v in position]), spacing_rc, normal * thickness)
+        meta["orientation_known"] = True
+    else:  # no geometry (e.g. multi-frame without functional groups, most radiographs): keep as stored
+        meta["affine"] = np.diag([spacing_rc[0], spacing_rc[1], 1.0, 1.0])
+        meta["orientation_known"] = False
+    return data, meta
+
+
+def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """A folder of DICOM slices -> (array [C, rows, cols, slices] (or [C, rows, cols] for one slice), metadata)."""
+    import pydicom
+
+    folder = str(folder)
+    series = choose_series(folder, series_uid)
+    if len(series.files) == 1:
+        data, meta = read_dicom_file(series.files[0])
+        meta["filename_or_obj"] = folder
+        return data, meta
+    headers = []
+    for path in series.files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        headers.append(ds)
+    if any(int(h.get("NumberOfFrames", 1) or 1) > 1 for h in headers):
+        raise ScanReadError(f"{folder}: series {series.uid} mixes multi-frame files; pass one file at a time")
+    sizes = {(int(h.Rows), int(h.Columns)) for h in headers}
+    if len(sizes) > 1:
+        raise ScanReadError(f"{folder}: series {series.uid} has slices of different sizes {sorted(sizes)}; "
+                            "expected one rows x columns for a volume")
+    orientations = [_orientation(h) for h in headers]
+    have_geometry = all(o is not None for o in orientations) and all("ImagePositionPatient" in h for h in headers)
+    if have_geometry:
+        if any(not np.allclose(o, orientations[0], atol=1e-3) for o in orientations):
+            raise ScanReadError(f"{folder}: series {series.uid} has slices with different orientations "
+                                "(a localizer?); expected parallel slices")
+        normal = np.cross(orientations[0][:3], orientations[0][3:])
+        positions = [np.asarray([float(v) for v in h.ImagePositionPatient]) for h in headers]
+        along = np.asarray([float(p @ normal) for p in positions])
+        order = np.argsort(along, kind="stable")
+        gaps = np.diff(along[order])
+        if np.any(np.abs(gaps) < 1e-4):
+            raise ScanReadError(f"{folder}: series {series.uid} has several slices at the same position "
+                                "(multi-echo or time series?); expected one 3D volume")
+    else:
+        order = np.argsort([int(h.get("InstanceNumber", i) or i) for i, h in enumerate(headers)], kind="stable")
+    files = [series.files[i] for i in order]
+    first_data, first_meta = read_dicom_file(files[0])
+    volume = np.empty(first_data.shape + (len(files),), dtype=first_data.dtype)
+    volume[..., 0] = first_data
+    for k, path in enumerate(files[1:], start=1):
+        slice_data, _ = read_dicom_file(path)
+        if slice_data.dtype != volume.dtype:  # rescale differs per slice: widen once
+            both_integer = volume.dtype.kind in "iu" and slice_data.dtype.kind in "iu"
+            volume = volume.astype(np.int32 if both_integer else np.float32)
+        volume[..., k] = slice_data
+    meta = dict(first_meta, filename_or_obj=folder, series_uid=series.uid, number_of_files=len(files))
+    if have_geometry:
+        sorted_positions = [positions[i] for i in order]
+        step = (sorted_positions[-1] - sorted_positions[0]) / (len(files) - 1)
+        meta["affine"] = _affine_ras(orientations[0], sorted_positions[0], _pixel_spacing(headers[0]), step)
+        meta["uneven_slice_spacing"] = bool(gaps.size and (gaps.max() - gaps.min()) > 0.1 * abs(gaps.mean()))
+        meta["orientation_known"] = True
+    return volume, meta
+

@@ -1,0 +1,148 @@
+"""One-call preprocessing (`preprocess_scan`), the bundle pipeline factory, and `radfm preprocess`.
+
+Pipeline (array and dictionary versions are the same steps):
+``LoadScan -> DropAlpha -> OrientToRAS -> ScaleResizeToRadFM(window, nonfinite) -> ToThreeChannels``
+giving a float32 ``MetaTensor [3, 512, 512, 4]`` (2D) or ``[3, 256, 256, target_depth(D)]`` (3D)
+with values in [0, 1] and the source metadata kept.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose
+
+from .errors import ScanReadError
+from .intensity import DropAlpha, DropAlphad, ToThreeChannels, ToThreeChannelsd, WindowSpec
+from .readers import LoadScan, LoadScand
+from .spatial import OrientToRAS, OrientToRASd, ScaleResizeToRadFM, ScaleResizeToRadFMd
+
+
+def _array_steps(*, window: WindowSpec, series_uid: str | None, nonfinite: str, axcodes: str) -> list:
+    return [
+        LoadScan(series_uid=series_uid),
+        DropAlpha(),
+        OrientToRAS(axcodes=axcodes),
+        ScaleResizeToRadFM(window=window, nonfinite=nonfinite),
+        ToThreeChannels(),
+    ]
+
+
+def preprocess_transforms(*, window: WindowSpec = None, series_uid: str | None = None, nonfinite: str = "error",
+                          axcodes: str = "RAS") -> Compose:
+    """Array pipeline: path -> ``MetaTensor [3, H, W, D]`` float32 in [0, 1].
+
+    Note: ``Compose`` wraps errors as ``RuntimeError("applying transform ...")`` with the
+    ``ScanReadError`` as its cause; :func:`preprocess_scan` raises the ``ScanReadError`` itself.
+    """
+    return Compose(_array_steps(window=window, series_uid=series_uid, nonfinite=nonfinite, axcodes=axcodes))
+
+
+def preprocess_pipeline(keys: Sequence[str] | str = ("image",), *, window: WindowSpec = None,
+                        series_uid: str | None = None, nonfinite: str = "error", axcodes: str = "RAS",
+                        load: bool = True) -> Compose:
+    """Dictionary pipeline for bundles: each key holds a path (``load=True``) or a loaded MetaTensor.
+
+    Options: ``window`` None | "lung" | "mediastinum" | "bone" | "brain" | (low, high) HU;
+    ``series_uid`` for folders with several DICOM series; ``nonfinite`` "error" | "replace";
+    ``axcodes`` orientation of 3D volumes (default "RAS").
+    """
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    steps = [LoadScand(keys, series_uid=series_uid)] if load else []
+    steps += [
+        DropAlphad(keys),
+        OrientToRASd(keys, axcodes=axcodes),
+        ScaleResizeToRadFMd(keys, window=window, nonfinite=nonfinite),
+        ToThreeChannelsd(keys),
+    ]
+    return Compose(steps)
+
+
+def preprocess_scan(path: str | os.PathLike, *, window: WindowSpec = None, series_uid: str | None = None,
+                    nonfinite: str = "error", axcodes: str = "RAS") -> MetaTensor:
+    """A scan file or DICOM folder -> float32 ``MetaTensor [3, H, W, D]`` in [0, 1], as RadFM expects.
+
+    2D -> [3, 512, 512, 4]; 3D -> [3, 256, 256, target_depth(D)]. Raises ``ScanReadError`` naming
+    the file on unreadable, unsupported or invalid input. See docs/transforms.md for options.
+    """
+    image: Any = path
+    for step in _array_steps(window=window, series_uid=series_uid, nonfinite=nonfinite, axcodes=axcodes):
+        image = step(image)  # run directly, not via Compose: bad input surfaces as ScanReadError
+    if image.dtype != torch.float32 or image.ndim != 4 or image.shape[0] != 3:  # a broken step, not bad input
+        raise RuntimeError(f"{path}: preprocessing produced {image.dtype} {tuple(image.shape)}")
+    return image
+
+
+def describe(image: MetaTensor) -> str:
+    """Human-readable summary of a preprocessed image: shape, dtype, range and source metadata."""
+    meta = image.meta
+    lines = [
+        f"source:          {meta.get('filename_or_obj')}",
+        f"format:          {meta.get('source_format')}  modality: {meta.get('modality') or 'not stated'}",
+        f"original shape:  {meta.get('original_shape')} [C, *spatial] dtype {meta.get('original_dtype')}",
+        f"original spacing:{tuple(round(s, 4) for s in meta.get('spacing', ()))} mm",
+        f"model input:     shape {tuple(image.shape)} [C, H, W, D], dtype {image.dtype}",
+        f"value range:     [{float(image.min()):.4f}, {float(image.max()):.4f}], mean {float(image.mean()):.4f}",
+        f"orientation:     {_axcodes(image)}",
+    ]
+    if meta.get("series_uid"):
+        lines.append(f"series:          {meta['series_uid']}")
+    return "\n".join(lines)
+
+
+def _axcodes(image: MetaTensor) -> str:
+    if image.meta.get("spatial_dims") == 2:
+        return "2D image: rows and columns as stored"
+    if image.meta.get("orientation_known") is False:
+        return "as stored (the file has no geometry)"
+    import nibabel as nib
+
+    return "".join(nib.orientations.aff2axcodes(np.asarray(image.affine)))
+
+
+def save_middle_slice_png(image: MetaTensor | torch.Tensor, path: str | os.PathLike) -> Path:
+    """Write the middle depth slice of ``[3, H, W, D]`` in [0, 1] as an 8-bit RGB PNG (atomically)."""
+    from PIL import Image
+
+    path = Path(path)
+    tensor = image.as_tensor() if isinstance(image, MetaTensor) else image
+    middle = tensor[..., tensor.shape[-1] // 2]  # [3, H, W]
+    pixels = (middle.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    os.close(handle)
+    try:
+        Image.fromarray(pixels, mode="RGB").save(temp)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+    return path
+
+
+def preprocess_cli(path: str, window: Any = None, series_uid: str | None = None, nonfinite: str = "error",
+                   axcodes: str = "RAS", png: str | None = None) -> None:
+    """Preprocess one scan and print what RadFM receives (shape, dtype, range, metadata).
+
+    Args:
+        path: a NIfTI/DICOM/NRRD/MHA/PNG/JPEG/.npy file or a folder holding a DICOM series.
+        window: CT window: lung, mediastinum, bone, brain or "[low,high]" in HU (default: none).
+        series_uid: SeriesInstanceUID to read when the folder holds several series.
+        nonfinite: "error" (default) or "replace" NaN/Inf voxels.
+        axcodes: orientation for 3D volumes (default RAS).
+        png: write the middle slice of the model input to this PNG file.
+    """
+    try:
+        image = preprocess_scan(path, window=window, series_uid=series_uid, nonfinite=nonfinite, axcodes=axcodes)
+    except (ScanReadError, ValueError) as error:
+        raise SystemExit(f"radfm preprocess: {error}") from None
+    print(describe(image))
+    if png:
+        print(f"middle slice:    {save_middle_slice_png(image, png)}")

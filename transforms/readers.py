@@ -1,0 +1,218 @@
+"""Load any scan a radiologist has on disk as a channel-first MetaTensor in its stored dtype.
+
+Formats: NIfTI (.nii/.nii.gz, MONAI ``NibabelReader``), DICOM file (incl. multi-frame) or a
+folder holding a DICOM series (pydicom, see ``dicom.py``), NRRD (``NrrdReader``), MetaImage
+.mha/.mhd (``ITKReader``), PNG/JPEG (``PILReader``), .npy (``NumpyReader``, no pickles).
+
+Output: ``MetaTensor [C, H, W]`` for 2D images (rows, columns as stored) or
+``[C, H, W, D]`` for volumes, dtype as stored (int16 CT stays int16: the float32 copy is
+made later, chunk by chunk, by the resize). A volume with one slice is returned as 2D.
+Metadata: ``filename_or_obj``, ``original_shape``, ``original_dtype``, ``spacing``,
+``original_affine``, ``spatial_dims``, ``modality`` (when the file says), ``orientation_known``,
+``source_format`` and, for DICOM, ``series_uid`` and ``photometric_interpretation``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+from monai.utils import TransformBackends
+
+from .dicom import is_dicom_file, read_dicom_file, read_dicom_series
+from .errors import ScanReadError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
+ITK_SUFFIXES = (".mha", ".mhd")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+NUMPY_SUFFIXES = (".npy",)
+SUPPORTED = ("a DICOM series folder, " + ", ".join(
+    NIFTI_SUFFIXES + DICOM_SUFFIXES + NRRD_SUFFIXES + ITK_SUFFIXES + IMAGE_SUFFIXES + NUMPY_SUFFIXES))
+
+# PIL modes that PILReader cannot hand over as plain grey/RGB(A) arrays
+_PIL_CONVERT = {"P": "RGBA", "PA": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "1": "L"}
+
+
+def scan_format(path: str | os.PathLike) -> str:
+    """The reader a path needs: nifti, dicom, dicom_series, nrrd, itk, image or numpy."""
+    path = Path(path)
+    name = path.name.lower()
+    if path.is_dir():
+        return "dicom_series"
+    if not path.exists():
+        raise ScanReadError(f"{path}: no such file or folder")
+    for fmt, suffixes in (("nifti", NIFTI_SUFFIXES), ("dicom", DICOM_SUFFIXES), ("nrrd", NRRD_SUFFIXES),
+                          ("itk", ITK_SUFFIXES), ("image", IMAGE_SUFFIXES), ("numpy", NUMPY_SUFFIXES)):
+        if name.endswith(suffixes):
+            return fmt
+    if is_dicom_file(path):  # PACS exports often have no extension
+        return "dicom"
+    raise ScanReadError(f"{path}: unsupported file type {''.join(path.suffixes) or '(no extension)'}; "
+                        f"expected {SUPPORTED}")
+
+
+def _monai_read(reader: Any, path: str) -> tuple[np.ndarray, dict[str, Any]]:
+    image = reader.read(path)
+    array, meta = reader.get_data(image)
+    return np.asanyarray(array), dict(meta)
+
+
+def _read_pil(path: str) -> tuple[np.ndarray, dict[str, Any]]:
+    from monai.data import PILReader
+
+    def convert(image):  # palette/CMYK/bilevel -> grey or RGB(A) so that channels mean colours
+        return image.convert(_PIL_CONVERT[image.mode]) if image.mode in _PIL_CONVERT else image
+
+    array, meta = _monai_read(PILReader(converter=convert, reverse_indexing=False), path)
+    array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)  # [C, rows, cols]
+    return array, {"affine": np.eye(4), "orientation_known": False}
+
+
+def _read_numpy(path: str) -> tuple[np.ndarray, dict[str, Any]]:
+    from monai.data import NumpyReader
+
+    array, _ = _monai_read(NumpyReader(allow_pickle=False), path)
+    if array.ndim in (2, 3):
+        array = array[None]  # [H, W] image or [H, W, D] volume
+    elif not (array.ndim == 4 and array.shape[0] in (1, 3)):
+        raise ScanReadError(f"{path}: .npy array of shape {tuple(array.shape)}; expected [H, W], [H, W, D] "
+                            "or channel-first [C, H, W, D] with C = 1 or 3")
+    return array, {"affine": np.eye(4), "orientation_known": False}
+
+
+def _read_spatial(reader: Any, path: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """NIfTI / NRRD / MHA: spatial axes first, extra axes after; returns [C=1, x, y(, z)]."""
+    array, meta = _monai_read(reader, path)
+    shape = tuple(array.shape)
+    while array.ndim > 3 and array.shape[-1] == 1:  # (x, y, z, 1): a 3D volume stored as 4D
+        array = array[..., 0]
+    if array.ndim > 3:
+        raise ScanReadError(f"{path}: {array.ndim}D image of shape {shape} (a time series or multi-volume "
+                            "file?); expected one 2D image or 3D volume; split it and pass one volume")
+    affine = np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64)
+    if affine.shape != (4, 4):  # 2D headers give a 3x3 affine: add the missing depth axis
+        full = np.eye(4)
+        full[:2, :2], full[:2, 3] = affine[:2, :2], affine[:2, 2]
+        affine = full
+    return array[None], {"affine": affine, "orientation_known": True}
+
+
+def read_scan_array(path: str | os.PathLike, series_uid: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read ``path`` -> (array [C, *spatial] as stored, metadata); errors are ``ScanReadError``."""
+    path_text = str(path)
+    fmt = scan_format(path)
+    try:
+        if fmt == "dicom_series":
+            array, meta = read_dicom_series(path_text, series_uid=series_uid)
+        elif fmt == "dicom":
+            array, meta = read_dicom_file(path_text)
+        elif fmt == "image":
+            array, meta = _read_pil(path_text)
+        elif fmt == "numpy":
+            array, meta = _read_numpy(path_text)
+        else:
+            from monai.data import ITKReader, NibabelReader, NrrdReader
+
+            reader = {"nifti": NibabelReader, "nrrd": NrrdReader, "itk": ITKReader}[fmt]()
+            array, meta = _read_spatial(reader, path_text)
+    except ScanReadError:
+        raise
+    except Exception as error:  # corrupt or truncated files: say which file and what was expected
+        raise ScanReadError(f"{path_text}: cannot read as {fmt} ({type(error).__name__}: {error}); "
+                            f"expected a valid {fmt} file") from None
+    meta.setdefault("filename_or_obj", path_text)
+    meta.setdefault("source_format", fmt)
+    meta.setdefault("modality", None)
+    return array, meta
+
+
+def _native_for_torch(array: np.ndarray) -> np.ndarray:
+    """Byte order and dtypes torch can hold without copying where possible."""
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if array.dtype in (np.float16, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8,
+                       np.float32, np.uint16, np.uint32):
+        return array
+    raise ScanReadError(f"unsupported pixel type {array.dtype}")
+
+
+def to_meta_tensor(array: np.ndarray, meta: dict[str, Any]) -> MetaTensor:
+    """[C, *spatial] array + reader metadata -> MetaTensor; a single-slice volume becomes 2D."""
+    source = meta.get("filename_or_obj", "<in-memory image>")
+    original_shape = tuple(int(s) for s in array.shape)
+    if array.ndim == 4 and array.shape[-1] == 1:
+        array = array[..., 0]  # one slice: a 2D image, keeps rows/columns
+    if array.ndim not in (3, 4):
+        raise ScanReadError(f"{source}: array of shape {original_shape}; expected a 2D image or 3D volume")
+    if min(array.shape[1:]) < 1:
+        raise ScanReadError(f"{source}: empty image of shape {original_shape}")
+    array = _native_for_torch(array)
+    affine = np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64)
+    spatial_dims = array.ndim - 1
+    kept = {
+        "filename_or_obj": source,
+        "original_shape": original_shape,
+        "original_dtype": str(array.dtype),
+        "original_affine": affine.copy(),
+        "spacing": tuple(float(v) for v in np.linalg.norm(affine[:3, :spatial_dims], axis=0)),
+        "spatial_dims": spatial_dims,
+    }
+    for key in ("modality", "series_uid", "photometric_interpretation", "source_format", "orientation_known",
+                "uneven_slice_spacing", "number_of_files"):
+        if meta.get(key) is not None:
+            kept[key] = meta[key]
+    if not array.flags.writeable:  # memory-mapped read-only arrays: torch wants writable memory
+        array = np.array(array)
+    return MetaTensor(torch.as_tensor(array), affine=torch.as_tensor(affine), meta=kept)
+
+
+def read_scan(path: str | os.PathLike, series_uid: str | None = None) -> MetaTensor:
+    """Read a scan -> ``MetaTensor [C, H, W]`` (2D) or ``[C, H, W, D]`` (3D) in its stored dtype."""
+    array, meta = read_scan_array(path, series_uid=series_uid)
+    return to_meta_tensor(array, meta)
+
+
+class LoadScan(Transform):
+    """Array transform: path (file or DICOM folder) -> ``MetaTensor [C, H, W(, D)]`` as stored.
+
+    Args:
+        series_uid: SeriesInstanceUID to read when a folder holds several series.
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, series_uid: str | None = None) -> None:
+        self.series_uid = series_uid
+
+    def __call__(self, path: str | os.PathLike) -> MetaTensor:
+        return read_scan(path, series_uid=self.series_uid)
+
+
+class LoadScand(MapTransform):
+    """Dictionary version of :class:`LoadScan`: replaces each path under ``keys`` by its MetaTensor."""
+
+    backend = LoadScan.backend
+
+    def __init__(self, keys: KeysCollection, series_uid: str | None = None, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadScan(series_uid=series_uid)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.loader(d[key])
+        return d
+
+
+__all__: Sequence[str] = ["LoadScan", "LoadScand", "read_scan", "read_scan_array", "scan_format", "to_meta_tensor"]
