@@ -54,13 +54,16 @@ def radfm_spatial_size(spatial_shape: tuple[int, ...]) -> tuple[int, int, int]:
     raise ValueError(f"spatial shape {tuple(spatial_shape)}: expected (H, W) or (H, W, D)")
 
 
-def _resize_2d(x: torch.Tensor, value_map: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
-    """[C, H, W] any dtype -> float32 [C, 512, 512, 4]."""
+def _resize_2d(x: torch.Tensor, value_map: Callable[[torch.Tensor], torch.Tensor] | None,
+               after: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """[C, H, W] any dtype -> float32 [C, 512, 512, 4]; ``after`` maps the resized plane."""
     plane = torch.empty(x.shape, dtype=torch.float32).copy_(x)
     if value_map is not None:
         plane = value_map(plane)
     if tuple(plane.shape[1:]) != SIZE_2D:
         plane = F.interpolate(plane[None], size=SIZE_2D, mode="bilinear", align_corners=False)[0]
+    if after is not None:  # before the depth repetition: 4x fewer values to map
+        plane = after(plane)
     return plane[..., None].expand(*plane.shape, DEPTH_2D).contiguous()
 
 
@@ -115,7 +118,7 @@ def resize_to_radfm(x: torch.Tensor, value_map: Callable[[torch.Tensor], torch.T
     after = value_map if getattr(value_map, "affine_only", False) and x.numel() > _out_numel(x) else None
     before = None if after is not None else value_map
     if x.ndim == 3:
-        out = _resize_2d(x, before)
+        return _resize_2d(x, before, after)
     else:
         out = _resize_3d(x, radfm_spatial_size(tuple(x.shape[1:])), before)
     return out if after is None else after(out)
