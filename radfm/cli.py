@@ -8,6 +8,7 @@ of one subcommand does not break the others. ``radfm SUBCOMMAND --help`` shows i
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 
 # subcommand -> ("module:attribute", one-line summary)
@@ -53,7 +54,12 @@ def main(argv: list[str] | None = None) -> None:
     if name not in SUBCOMMANDS:
         print(f"radfm: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
         raise SystemExit(2)
-    fire.Fire(load_subcommand(name), command=rest, name=f"radfm {name}")
+    target = load_subcommand(name)
+    if inspect.isclass(target):  # a command group: an instance lets `radfm data --help` list its commands
+        target = target()
+    # fire shell-quotes a name with a space ('radfm score'); as program "radfm" with the
+    # subcommand as a member, help and usage read "radfm score" unquoted
+    fire.Fire({name: target}, command=[name, *rest], name="radfm")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from radfm.model.config import PerceiverConfig, RadFMConfig, VisionConfig
+from radfm.utils.io import atomic_write_text
 
 
 # ---- timing helpers -------------------------------------------------------------------------
@@ -292,9 +293,7 @@ def main() -> None:
     text = "\n".join(report)
     print("\n" + text)
     if args.output:
-        tmp = args.output.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, args.output)
+        atomic_write_text(args.output, text)
 
 
 if __name__ == "__main__":

@@ -124,6 +124,8 @@ def make_cases(workdir: Path) -> list[tuple[str, Path, int]]:
     from nilearn.datasets import load_mni152_template
     from pydicom.data import get_testdata_file
 
+    from radfm.utils.io import atomic_path
+
     mni = workdir / "mni152_t1.nii.gz"
     template = load_mni152_template()
     nib.save(template, mni)
@@ -136,9 +138,8 @@ def make_cases(workdir: Path) -> list[tuple[str, Path, int]]:
             plane = np.where(body, 40, -1000).astype(np.int16)
             plane += rng.integers(-20, 20, size=(512, 512), dtype=np.int16)
             volume[:, :, k] = plane
-        temp = ct.with_suffix(".tmp.nii")
-        nib.save(nib.Nifti1Image(volume, np.diag([-0.7, -0.7, 1.0, 1.0])), temp)
-        os.replace(temp, ct)
+        with atomic_path(ct) as temp:  # keeps the ".nii" suffix nibabel needs
+            nib.save(nib.Nifti1Image(volume, np.diag([-0.7, -0.7, 1.0, 1.0])), temp)
     radiograph = Path(get_testdata_file("RG1_UNCR.dcm"))
     return [
         ("MNI152 T1 (nilearn)", mni, int(np.prod(template.shape)) * template.get_data_dtype().itemsize),
@@ -196,9 +197,9 @@ def main(argv: list[str] | None = None) -> None:
         table = benchmark(args.repeats, workdir)
     if args.output:
         output = Path(args.output)
-        temp_path = output.with_name(output.name + ".tmp")
-        temp_path.write_text(table)
-        os.replace(temp_path, output)
+        from radfm.utils.io import atomic_write_text
+
+        atomic_write_text(output, table)
         print(f"wrote {output}")
     print(table)
 

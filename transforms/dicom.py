@@ -124,9 +124,15 @@ def _apply_modality_lut(arr: np.ndarray, ds: Any) -> np.ndarray:
     """RescaleSlope/Intercept without a float64 copy: integers stay integers when they fit."""
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    return apply_rescale(arr, slope, intercept)
+
+
+def apply_rescale(arr: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """``slope * arr + intercept`` leanly: unchanged for (1, 0); integers stay integers (int16 when
+    they fit) for slope 1 and an integer intercept; otherwise one float32 copy (never float64)."""
     if slope == 1 and intercept == 0:
         return arr
-    if slope == 1 and intercept.is_integer() and arr.dtype.kind in "iu":
+    if slope == 1 and float(intercept).is_integer() and arr.dtype.kind in "iu":
         lo, hi = int(arr.min()) + int(intercept), int(arr.max()) + int(intercept)
         target = np.int16 if -(2 ** 15) <= lo and hi < 2 ** 15 else np.int32
         out = arr.astype(target)
@@ -139,10 +145,19 @@ def _apply_modality_lut(arr: np.ndarray, ds: Any) -> np.ndarray:
 
 
 def _invert_monochrome1(arr: np.ndarray) -> np.ndarray:
-    """MONOCHROME1 stores bright as low values; flip so that bright is high like everywhere else."""
+    """MONOCHROME1 stores bright as low values; flip so that bright is high like everywhere else.
+
+    ``lo + hi - x`` lies in [lo, hi], so integers are flipped in place in their own dtype (no
+    int32 copy), as ``hi - x`` (in [0, hi - lo]) then ``+ lo``, when ``hi - lo`` fits the dtype.
+    """
     lo, hi = arr.min(), arr.max()
-    if arr.dtype.kind in "iu":  # int32 holds lo + hi - x for any 16-bit input; one copy, one pass
-        out = arr.astype(np.int32)
+    if arr.dtype.kind in "iu":
+        if int(hi) - int(lo) <= np.iinfo(arr.dtype).max:
+            out = arr if arr.flags.writeable else arr.copy()  # pydicom's decoded array is ours to reuse
+            np.subtract(arr.dtype.type(hi), out, out=out)
+            out += arr.dtype.type(lo)
+            return out
+        out = arr.astype(np.int32)  # int32 holds lo + hi - x for any 16-bit input
         np.subtract(np.int32(int(lo) + int(hi)), out, out=out)
         return out
     return (lo + hi) - arr

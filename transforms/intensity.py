@@ -80,13 +80,22 @@ def finite_value_range(x: torch.Tensor, source: str) -> tuple[float, float]:
     return float(finite.min()), float(finite.max())
 
 
+def pending_rescale(x: Any) -> tuple[float, float] | None:
+    """A stored-value scaling not yet applied (``meta["rescale"]``, see ``LoadScan(defer_rescale=True)``)."""
+    rescale = x.meta.get("rescale") if isinstance(x, MetaTensor) else None
+    return None if rescale is None else (float(rescale[0]), float(rescale[1]))
+
+
 def intensity_mapping(x: torch.Tensor, *, window: WindowSpec = None, nonfinite: str = "error",
-                      source: str | None = None) -> tuple[Callable[[torch.Tensor], torch.Tensor], float, float]:
+                      source: str | None = None,
+                      rescale: tuple[float, float] | None = None,
+                      ) -> tuple[Callable[[torch.Tensor], torch.Tensor], float, float]:
     """The elementwise map (float32 in, [0, 1] out, in place) that windows and min-max scales ``x``.
 
     Computed once from ``x``'s value range so that it can be applied chunk by chunk, or after a
-    linear resize (which commutes with an affine map). Returns (map, low, high) where low/high
-    are the intensities that go to 0 and 1.
+    linear resize (which commutes with an affine map). ``rescale`` = (slope, intercept) turns
+    stored values into real ones first (a deferred NIfTI scaling). Returns (map, low, high)
+    where low/high are the (rescaled) intensities that go to 0 and 1.
     """
     source = source or source_name(x)
     if isinstance(x, MetaTensor):
@@ -100,7 +109,9 @@ def intensity_mapping(x: torch.Tensor, *, window: WindowSpec = None, nonfinite: 
             raise ScanReadError(f"{source}: the image holds NaN or Inf values; expected finite intensities "
                                 "(pass nonfinite='replace' to replace them by the finite min/max)")
         low, high = finite_value_range(x, source)
-        replace = (low, high)
+        replace = (low, high)  # in stored units: replaced before the rescale
+    if rescale is not None:
+        low, high = sorted((rescale[0] * low + rescale[1], rescale[0] * high + rescale[1]))
     if bounds is not None:
         low, high = min(max(low, bounds[0]), bounds[1]), min(max(high, bounds[0]), bounds[1])
     scale = 0.0 if high <= low else 1.0 / (high - low)  # constant image -> zeros, never 0/0
@@ -108,6 +119,8 @@ def intensity_mapping(x: torch.Tensor, *, window: WindowSpec = None, nonfinite: 
     def apply(chunk: torch.Tensor) -> torch.Tensor:
         if replace is not None:
             torch.nan_to_num(chunk, nan=replace[0], posinf=replace[1], neginf=replace[0], out=chunk)
+        if rescale is not None:
+            chunk.mul_(rescale[0]).add_(rescale[1])
         if bounds is not None:
             chunk.clamp_(bounds[0], bounds[1])
         chunk.sub_(low).mul_(scale)
@@ -117,6 +130,13 @@ def intensity_mapping(x: torch.Tensor, *, window: WindowSpec = None, nonfinite: 
     # the resize may then apply it to the (usually much smaller) output instead
     apply.affine_only = bounds is None and replace is None  # type: ignore[attr-defined]
     return apply, low, high
+
+
+def _without_rescale(out: Any) -> Any:
+    """Drop the (now applied) pending-rescale note from a MetaTensor result."""
+    if isinstance(out, MetaTensor):
+        out.meta.pop("rescale", None)
+    return out
 
 
 def _as_float32_copy(x: torch.Tensor) -> torch.Tensor:
@@ -141,8 +161,12 @@ class CTWindow(Transform):
         if self.bounds is None:
             return img
         x = convert_to_tensor(img, track_meta=isinstance(img, MetaTensor))
-        out = _as_float32_copy(x).clamp_(*self.bounds)
-        return convert_to_dst_type(out, dst=img, dtype=torch.float32)[0]
+        out = _as_float32_copy(x)
+        rescale = pending_rescale(img)
+        if rescale is not None:  # clip real values (HU), not stored ones
+            out.mul_(rescale[0]).add_(rescale[1])
+        out.clamp_(*self.bounds)
+        return _without_rescale(convert_to_dst_type(out, dst=img, dtype=torch.float32)[0])
 
 
 class MinMaxScale(Transform):
@@ -158,9 +182,10 @@ class MinMaxScale(Transform):
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         x = convert_to_tensor(img, track_meta=isinstance(img, MetaTensor))
-        mapping, _, _ = intensity_mapping(x, nonfinite=self.nonfinite, source=source_name(img))
+        mapping, _, _ = intensity_mapping(x, nonfinite=self.nonfinite, source=source_name(img),
+                                          rescale=pending_rescale(img))
         out = mapping(_as_float32_copy(x))
-        return convert_to_dst_type(out, dst=img, dtype=torch.float32)[0]
+        return _without_rescale(convert_to_dst_type(out, dst=img, dtype=torch.float32)[0])
 
 
 class DropAlpha(Transform):
@@ -174,21 +199,29 @@ class DropAlpha(Transform):
 
 
 class ToThreeChannels(Transform):
-    """Channel-first image -> exactly 3 channels: grey repeated, RGB kept, alpha dropped."""
+    """Channel-first image -> exactly 3 channels: grey repeated, RGB kept, alpha dropped.
+
+    Grey tensors are repeated as an ``expand`` view (no copy: channel stride 0, all three
+    channels share one plane's memory); numpy input gets a real copy (numpy broadcast views are
+    read-only). ``contiguous=True`` materialises the result (and any view it came in as).
+    In-place ops on a view need ``.clone()``/``.contiguous()`` first; ``torch.stack``/collate copy.
+    """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, contiguous: bool = False) -> None:
+        self.contiguous = contiguous
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         img = DropAlpha()(img)
         channels = img.shape[0]
-        if channels == 3:
-            return img
-        if channels != 1:
+        if channels not in (1, 3):
             raise ScanReadError(f"{source_name(img)}: {channels} channels; expected 1 (grey), 2 (grey+alpha), "
                                 "3 (RGB) or 4 (RGBA)")
         if isinstance(img, np.ndarray):
-            return np.repeat(img, 3, axis=0)
-        return img.repeat(3, *([1] * (img.ndim - 1)))
+            return img if channels == 3 else np.repeat(img, 3, axis=0)
+        out = img if channels == 3 else img.expand(3, *img.shape[1:])  # MetaTensor keeps meta and affine
+        return out.contiguous() if self.contiguous else out
 
 
 class _Mapped(MapTransform):
@@ -238,6 +271,6 @@ class ToThreeChannelsd(_Mapped):
 
     backend = ToThreeChannels.backend
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, contiguous: bool = False, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.transform = ToThreeChannels()
+        self.transform = ToThreeChannels(contiguous=contiguous)

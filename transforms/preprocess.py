@@ -9,7 +9,6 @@ with values in [0, 1] and the source metadata kept.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,61 +18,74 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose
 
+from radfm.utils.io import atomic_path
+
 from .errors import ScanReadError
 from .intensity import DropAlpha, DropAlphad, ToThreeChannels, ToThreeChannelsd, WindowSpec
 from .readers import LoadScan, LoadScand
 from .spatial import OrientToRAS, OrientToRASd, ScaleResizeToRadFM, ScaleResizeToRadFMd
 
 
-def _array_steps(*, window: WindowSpec, series_uid: str | None, nonfinite: str, axcodes: str) -> list:
+def _array_steps(*, window: WindowSpec, series_uid: str | None, nonfinite: str, axcodes: str,
+                 contiguous: bool = False) -> list:
     return [
-        LoadScan(series_uid=series_uid),
+        LoadScan(series_uid=series_uid, defer_rescale=True),  # the resize applies a NIfTI scaling leanly
         DropAlpha(),
         OrientToRAS(axcodes=axcodes),
         ScaleResizeToRadFM(window=window, nonfinite=nonfinite),
-        ToThreeChannels(),
+        ToThreeChannels(contiguous=contiguous),
     ]
 
 
 def preprocess_transforms(*, window: WindowSpec = None, series_uid: str | None = None, nonfinite: str = "error",
-                          axcodes: str = "RAS") -> Compose:
-    """Array pipeline: path -> ``MetaTensor [3, H, W, D]`` float32 in [0, 1].
+                          axcodes: str = "RAS", contiguous: bool = False) -> Compose:
+    """Array pipeline: path -> ``MetaTensor [3, H, W, D]`` float32 in [0, 1] (a view unless ``contiguous``).
 
     Note: ``Compose`` wraps errors as ``RuntimeError("applying transform ...")`` with the
     ``ScanReadError`` as its cause; :func:`preprocess_scan` raises the ``ScanReadError`` itself.
     """
-    return Compose(_array_steps(window=window, series_uid=series_uid, nonfinite=nonfinite, axcodes=axcodes))
+    return Compose(_array_steps(window=window, series_uid=series_uid, nonfinite=nonfinite, axcodes=axcodes,
+                                contiguous=contiguous))
 
 
 def preprocess_pipeline(keys: Sequence[str] | str = ("image",), *, window: WindowSpec = None,
                         series_uid: str | None = None, nonfinite: str = "error", axcodes: str = "RAS",
-                        load: bool = True) -> Compose:
+                        load: bool = True, contiguous: bool = False) -> Compose:
     """Dictionary pipeline for bundles: each key holds a path (``load=True``) or a loaded MetaTensor.
 
     Options: ``window`` None | "lung" | "mediastinum" | "bone" | "brain" | (low, high) HU;
     ``series_uid`` for folders with several DICOM series; ``nonfinite`` "error" | "replace";
-    ``axcodes`` orientation of 3D volumes (default "RAS").
+    ``axcodes`` orientation of 3D volumes (default "RAS"); ``contiguous`` materialise the
+    zero-copy channel/depth repetition (see :func:`preprocess_scan`).
     """
     keys = [keys] if isinstance(keys, str) else list(keys)
-    steps = [LoadScand(keys, series_uid=series_uid)] if load else []
+    steps = [LoadScand(keys, series_uid=series_uid, defer_rescale=True)] if load else []
     steps += [
         DropAlphad(keys),
         OrientToRASd(keys, axcodes=axcodes),
         ScaleResizeToRadFMd(keys, window=window, nonfinite=nonfinite),
-        ToThreeChannelsd(keys),
+        ToThreeChannelsd(keys, contiguous=contiguous),
     ]
     return Compose(steps)
 
 
 def preprocess_scan(path: str | os.PathLike, *, window: WindowSpec = None, series_uid: str | None = None,
-                    nonfinite: str = "error", axcodes: str = "RAS") -> MetaTensor:
+                    nonfinite: str = "error", axcodes: str = "RAS", contiguous: bool = False) -> MetaTensor:
     """A scan file or DICOM folder -> float32 ``MetaTensor [3, H, W, D]`` in [0, 1], as RadFM expects.
 
     2D -> [3, 512, 512, 4]; 3D -> [3, 256, 256, target_depth(D)]. Raises ``ScanReadError`` naming
     the file on unreadable, unsupported or invalid input. See docs/transforms.md for options.
+
+    Views: the grey -> 3 channel and 2D -> depth 4 repetitions are ``expand`` views of one
+    float32 ``[1, H, W, D]`` / ``[C, H, W, 1]`` result (stride 0 along those axes), not copies.
+    Reading, ``torch.stack``/collate, ``.to(device)`` and the model work as usual; in-place ops
+    (``out.mul_``, ``out[0] = ...``) need ``.clone()``/``.contiguous()`` first; ``torch.save``
+    stores only the base (a smaller cache). ``contiguous=True`` returns a materialised tensor.
     """
     image: Any = path
-    for step in _array_steps(window=window, series_uid=series_uid, nonfinite=nonfinite, axcodes=axcodes):
+    steps = _array_steps(window=window, series_uid=series_uid, nonfinite=nonfinite, axcodes=axcodes,
+                         contiguous=contiguous)
+    for step in steps:
         image = step(image)  # run directly, not via Compose: bad input surfaces as ScanReadError
     if image.dtype != torch.float32 or image.ndim != 4 or image.shape[0] != 3:  # a broken step, not bad input
         raise RuntimeError(f"{path}: preprocessing produced {image.dtype} {tuple(image.shape)}")
@@ -115,15 +127,8 @@ def save_middle_slice_png(image: MetaTensor | torch.Tensor, path: str | os.PathL
     tensor = image.as_tensor() if isinstance(image, MetaTensor) else image
     middle = tensor[..., tensor.shape[-1] // 2]  # [3, H, W]
     pixels = (middle.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_path(path) as temp:  # the temp name keeps ".png", so PIL knows the format
         Image.fromarray(pixels, mode="RGB").save(temp)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
     return path
 
 

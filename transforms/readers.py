@@ -26,7 +26,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends
 
-from .dicom import is_dicom_file, read_dicom_file, read_dicom_series
+from .dicom import apply_rescale, is_dicom_file, read_dicom_file, read_dicom_series
 from .errors import ScanReadError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -89,9 +89,40 @@ def _read_numpy(path: str) -> tuple[np.ndarray, dict[str, Any]]:
     return array, {"affine": np.eye(4), "orientation_known": False}
 
 
-def _read_spatial(reader: Any, path: str) -> tuple[np.ndarray, dict[str, Any]]:
+def _unscaled_nibabel_reader() -> Any:
+    """MONAI ``NibabelReader`` that returns the stored integers and keeps scl_slope/scl_inter aside.
+
+    nibabel applies the NIfTI scaling itself in float64 (8x a uint8 volume); we apply it leanly
+    (:func:`apply_rescale`) or defer it to the resize (``defer_rescale``).
+    """
+    from monai.data import NibabelReader
+
+    class UnscaledNibabelReader(NibabelReader):
+        rescale: tuple[float, float] = (1.0, 0.0)
+
+        def _get_array_data(self, img, filename=None):
+            proxy = img.dataobj
+            slope, inter = float(getattr(proxy, "slope", 1.0)), float(getattr(proxy, "inter", 0.0))
+            if not hasattr(proxy, "get_unscaled") or not (np.isfinite(slope) and np.isfinite(inter)) \
+                    or (slope, inter) == (1.0, 0.0) or slope == 0:
+                return np.asanyarray(proxy)
+            self.rescale = (slope, inter)
+            return np.asanyarray(proxy.get_unscaled())
+
+    return UnscaledNibabelReader()
+
+
+def _read_spatial(reader: Any, path: str, defer_rescale: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
     """NIfTI / NRRD / MHA: spatial axes first, extra axes after; returns [C=1, x, y(, z)]."""
     array, meta = _monai_read(reader, path)
+    extra: dict[str, Any] = {}
+    slope, inter = getattr(reader, "rescale", (1.0, 0.0))
+    if (slope, inter) != (1.0, 0.0):
+        lossless = slope == 1 and float(inter).is_integer() and array.dtype.kind in "iu"
+        if defer_rescale and not lossless:  # keep the stored integers; the resize applies the scaling
+            extra["rescale"] = (slope, inter)
+        else:
+            array = apply_rescale(array, slope, inter)
     shape = tuple(array.shape)
     while array.ndim > 3 and array.shape[-1] == 1:  # (x, y, z, 1): a 3D volume stored as 4D
         array = array[..., 0]
@@ -103,11 +134,17 @@ def _read_spatial(reader: Any, path: str) -> tuple[np.ndarray, dict[str, Any]]:
         full = np.eye(4)
         full[:2, :2], full[:2, 3] = affine[:2, :2], affine[:2, 2]
         affine = full
-    return array[None], {"affine": affine, "orientation_known": True}
+    return array[None], {"affine": affine, "orientation_known": True, **extra}
 
 
-def read_scan_array(path: str | os.PathLike, series_uid: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read ``path`` -> (array [C, *spatial] as stored, metadata); errors are ``ScanReadError``."""
+def read_scan_array(path: str | os.PathLike, series_uid: str | None = None,
+                    defer_rescale: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read ``path`` -> (array [C, *spatial] as stored, metadata); errors are ``ScanReadError``.
+
+    ``defer_rescale``: a NIfTI scl_slope/scl_inter that would need floats is not applied but
+    returned as ``meta["rescale"] = (slope, intercept)``, for :class:`ResizeToRadFM` /
+    :class:`ScaleResizeToRadFM` (and ``CTWindow``/``MinMaxScale``) to apply leanly.
+    """
     path_text = str(path)
     fmt = scan_format(path)
     try:
@@ -120,10 +157,10 @@ def read_scan_array(path: str | os.PathLike, series_uid: str | None = None) -> t
         elif fmt == "numpy":
             array, meta = _read_numpy(path_text)
         else:
-            from monai.data import ITKReader, NibabelReader, NrrdReader
+            from monai.data import ITKReader, NrrdReader
 
-            reader = {"nifti": NibabelReader, "nrrd": NrrdReader, "itk": ITKReader}[fmt]()
-            array, meta = _read_spatial(reader, path_text)
+            reader = {"nifti": _unscaled_nibabel_reader, "nrrd": NrrdReader, "itk": ITKReader}[fmt]()
+            array, meta = _read_spatial(reader, path_text, defer_rescale=defer_rescale)
     except ScanReadError:
         raise
     except Exception as error:  # corrupt or truncated files: say which file and what was expected
@@ -169,7 +206,7 @@ def to_meta_tensor(array: np.ndarray, meta: dict[str, Any]) -> MetaTensor:
         "spatial_dims": spatial_dims,
     }
     for key in ("modality", "series_uid", "photometric_interpretation", "source_format", "orientation_known",
-                "uneven_slice_spacing", "number_of_files"):
+                "uneven_slice_spacing", "number_of_files", "rescale"):
         if meta.get(key) is not None:
             kept[key] = meta[key]
     if not array.flags.writeable:  # memory-mapped read-only arrays: torch wants writable memory
@@ -177,9 +214,10 @@ def to_meta_tensor(array: np.ndarray, meta: dict[str, Any]) -> MetaTensor:
     return MetaTensor(torch.as_tensor(array), affine=torch.as_tensor(affine), meta=kept)
 
 
-def read_scan(path: str | os.PathLike, series_uid: str | None = None) -> MetaTensor:
-    """Read a scan -> ``MetaTensor [C, H, W]`` (2D) or ``[C, H, W, D]`` (3D) in its stored dtype."""
-    array, meta = read_scan_array(path, series_uid=series_uid)
+def read_scan(path: str | os.PathLike, series_uid: str | None = None, defer_rescale: bool = False) -> MetaTensor:
+    """Read a scan -> ``MetaTensor [C, H, W]`` (2D) or ``[C, H, W, D]`` (3D) in its stored dtype
+    (``defer_rescale``: see :func:`read_scan_array`)."""
+    array, meta = read_scan_array(path, series_uid=series_uid, defer_rescale=defer_rescale)
     return to_meta_tensor(array, meta)
 
 
@@ -188,15 +226,19 @@ class LoadScan(Transform):
 
     Args:
         series_uid: SeriesInstanceUID to read when a folder holds several series.
+        defer_rescale: leave a float NIfTI scaling to the resize (``meta["rescale"]``): the
+            stored uint8/int16 stays as is instead of a float32 copy. Only for pipelines that
+            resize with ``ResizeToRadFM``/``ScaleResizeToRadFM`` (as ``preprocess_scan`` does).
     """
 
     backend = [TransformBackends.TORCH]
 
-    def __init__(self, series_uid: str | None = None) -> None:
+    def __init__(self, series_uid: str | None = None, defer_rescale: bool = False) -> None:
         self.series_uid = series_uid
+        self.defer_rescale = defer_rescale
 
     def __call__(self, path: str | os.PathLike) -> MetaTensor:
-        return read_scan(path, series_uid=self.series_uid)
+        return read_scan(path, series_uid=self.series_uid, defer_rescale=self.defer_rescale)
 
 
 class LoadScand(MapTransform):
@@ -204,9 +246,10 @@ class LoadScand(MapTransform):
 
     backend = LoadScan.backend
 
-    def __init__(self, keys: KeysCollection, series_uid: str | None = None, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, series_uid: str | None = None, defer_rescale: bool = False,
+                 allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.loader = LoadScan(series_uid=series_uid)
+        self.loader = LoadScan(series_uid=series_uid, defer_rescale=defer_rescale)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

@@ -4,12 +4,12 @@
 * 3D volume ``[C, H, W, D]`` -> ``[C, 256, 256, target_depth(D)]``: trilinear resize.
 * Images smaller than one 32x32x4 patch (or than the grid) are upsampled the same way.
 
-Volumes up to 16M voxels are converted to float32 and resized with one trilinear interpolate.
-Larger ones are resized separably (linear interpolation is a product of 1D interpolations, so
-this equals one trilinear ``F.interpolate`` with ``align_corners=False``): first each slab of
-slices along the slowest memory axis is converted to float32 and resized in-plane, then one
-1D resize runs along that axis. Memory: the stored volume plus ~1/4 of a float32 copy,
-instead of the full float32 copy (2x an int16 volume) a one-shot interpolate needs.
+2D: the slice is repeated to depth 4 as an ``expand`` view (stride 0), not a copy.
+Resize (2D and 3D alike) is separable, since linear interpolation is a product of 1D ones, so it
+equals one bilinear/trilinear ``F.interpolate`` with ``align_corners=False``: each output slice
+along the slowest memory axis blends the two stored slices it needs (converted to float32 a few
+at a time), then that chunk is resized in-plane. Memory: the stored volume + the float32 output
++ ~1 MB of chunks, never a full-size float32 copy of the input.
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ SIZE_2D = (512, 512)
 SIZE_3D = (256, 256)
 DEPTH_2D = 4
 DEPTH_MULTIPLE, MIN_DEPTH, MAX_DEPTH = 4, 4, 64
-CHUNK_VOXELS = 1 << 22  # ~16 MB of float32 per slab: big enough to keep the loops few
-SMALL_VOLUME_VOXELS = 1 << 24  # up to 64 MB as float32 the one-shot resize wins on time; above, memory
+CHUNK_VOXELS = 1 << 18  # ~1 MB of float32 per chunk: small next to any output, few loops
 
 
 def target_depth(depth: int) -> int:
@@ -54,53 +53,65 @@ def radfm_spatial_size(spatial_shape: tuple[int, ...]) -> tuple[int, int, int]:
     raise ValueError(f"spatial shape {tuple(spatial_shape)}: expected (H, W) or (H, W, D)")
 
 
-def _resize_2d(x: torch.Tensor, value_map: Callable[[torch.Tensor], torch.Tensor] | None,
-               after: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """[C, H, W] any dtype -> float32 [C, 512, 512, 4]; ``after`` maps the resized plane."""
-    plane = torch.empty(x.shape, dtype=torch.float32).copy_(x)
-    if value_map is not None:
-        plane = value_map(plane)
-    if tuple(plane.shape[1:]) != SIZE_2D:
-        plane = F.interpolate(plane[None], size=SIZE_2D, mode="bilinear", align_corners=False)[0]
-    if after is not None:  # before the depth repetition: 4x fewer values to map
-        plane = after(plane)
-    return plane[..., None].expand(*plane.shape, DEPTH_2D).contiguous()
+def _linear_taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """1D linear resize ``n_in -> n_out`` (align_corners=False) as (index0, index1, weight1) per output.
+
+    The same source coordinates as ``F.interpolate``: ``(j + 0.5) * n_in / n_out - 0.5``, clamped at 0.
+    """
+    if n_in == n_out:
+        index = torch.arange(n_out)
+        return index, index, torch.zeros(n_out)
+    scale = torch.tensor(n_in / n_out, dtype=torch.float32)
+    source = ((torch.arange(n_out, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_(min=0)
+    index0 = source.to(torch.int64).clamp_(max=n_in - 1)
+    index1 = (index0 + 1).clamp_(max=n_in - 1)
+    return index0, index1, (source - index0).clamp_(0, 1)
 
 
-def _resize_3d(x: torch.Tensor, size: tuple[int, int, int],
-               value_map: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
-    """[C, H, W, D] any dtype -> float32 [C, *size]; separable, slab by slab (see module doc)."""
-    channels = x.shape[0]
-    if x.numel() <= SMALL_VOLUME_VOXELS:  # small: one float32 copy + one trilinear call is faster
-        volume = torch.empty(x.shape, dtype=torch.float32).copy_(x)
-        if value_map is not None:
-            volume = value_map(volume)
-        return F.interpolate(volume[None], size=size, mode="trilinear", align_corners=False)[0]
-    # visit the spatial axes in memory order (slowest first) so that every slab copy reads
+def _resize_separable(x: torch.Tensor, size: tuple[int, ...],
+                      value_map: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+    """[C, *spatial] any dtype -> contiguous float32 [C, *size] (2 or 3 spatial axes), lean (module doc).
+
+    Linear interpolation is separable: the slowest-in-memory axis is resized by blending the two
+    stored slices each output slice needs (converted to float32 a few at a time), then each
+    blended chunk is resized in-plane with ``F.interpolate``. Only the output and small chunks
+    are ever float32; the stored input is read, never copied whole.
+    """
+    channels, spatial_dims = x.shape[0], x.ndim - 1
+    # visit the spatial axes in memory order (slowest first) so that every gathered slice reads
     # contiguous memory: NIfTI volumes are column-major, DICOM stacks row-major
-    order = sorted(range(3), key=lambda a: -abs(x.stride(1 + a)))
-    view = x.permute(0, *(1 + a for a in order))  # [C, L, P, Q]
-    length = view.shape[1]
-    plane_size = (size[order[1]], size[order[2]])
-    in_plane = int(view.shape[2] * view.shape[3] * channels)
-    slab = max(1, CHUNK_VOXELS // max(in_plane, 1))
-    resized = torch.empty((channels, length, *plane_size), dtype=torch.float32)
-    for start in range(0, length, slab):
-        stop = min(start + slab, length)
-        block = torch.empty((channels, stop - start, *view.shape[2:]), dtype=torch.float32)
-        block.copy_(view[:, start:stop])
-        if value_map is not None:
-            block = value_map(block)
-        if tuple(block.shape[2:]) != plane_size:
-            block = F.interpolate(block, size=plane_size, mode="bilinear", align_corners=False)
-        resized[:, start:stop] = block
-    if length != size[order[0]]:
-        flat = resized.view(channels, 1, length, plane_size[0] * plane_size[1])
-        # bilinear with an unchanged second axis is exactly a 1D linear resize along the first
-        resized = F.interpolate(flat, size=(size[order[0]], flat.shape[-1]), mode="bilinear", align_corners=False)
-        resized = resized.view(channels, size[order[0]], *plane_size)
-    inverse = [0] + [1 + order.index(a) for a in range(3)]
-    return resized.permute(*inverse).contiguous()
+    order = sorted(range(spatial_dims), key=lambda a: -abs(x.stride(1 + a)))
+    view = x.permute(0, *(1 + a for a in order))  # [C, L, *plane] as stored
+    out = torch.empty((channels, *size), dtype=torch.float32)
+    out_view = out.permute(0, *(1 + a for a in order))  # [C, L', *plane'], writes land in `out`
+    plane_in, plane_out = tuple(view.shape[2:]), tuple(out_view.shape[2:])
+    mode = "bilinear" if len(plane_in) == 2 else "linear"
+    index0, index1, weight = _linear_taps(view.shape[1], out_view.shape[1])
+    per_slice = channels * max(int(np.prod(plane_in)), int(np.prod(plane_out)))
+    step = max(1, CHUNK_VOXELS // max(per_slice, 1))
+    for start in range(0, out_view.shape[1], step):
+        stop = min(start + step, out_view.shape[1])
+        chunk = _float_slices(view, index0[start:stop], value_map)  # [C, k, *plane_in]
+        w = weight[start:stop]
+        if bool((w > 0).any()):  # blend with the next stored slice: out = a + w (b - a)
+            chunk.lerp_(_float_slices(view, index1[start:stop], value_map),
+                        w.view(1, -1, *([1] * len(plane_in))))
+        if plane_in != plane_out:
+            chunk = F.interpolate(chunk, size=plane_out, mode=mode, align_corners=False)
+        out_view[:, start:stop] = chunk
+        del chunk  # free before the next chunk is allocated
+    return out
+
+
+def _float_slices(view: torch.Tensor, index: torch.Tensor,
+                  value_map: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+    """Stored slices ``view[:, index]`` -> a fresh float32 [C, k, *plane] (value map applied)."""
+    chunk = torch.empty((view.shape[0], len(index), *view.shape[2:]), dtype=torch.float32)
+    if view.dtype in (torch.uint16, torch.uint32):  # torch converts these "shell" dtypes slowly: numpy casts
+        np.copyto(chunk.numpy(), view.numpy()[:, index.numpy()], casting="unsafe")
+    else:
+        chunk.copy_(view.index_select(1, index))  # the gathered stored-dtype chunk is <= this float32 one
+    return chunk if value_map is None else value_map(chunk)
 
 
 def resize_to_radfm(x: torch.Tensor, value_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -108,24 +119,25 @@ def resize_to_radfm(x: torch.Tensor, value_map: Callable[[torch.Tensor], torch.T
     """[C, H, W] -> float32 [C, 512, 512, 4]; [C, H, W, D] -> float32 [C, 256, 256, target_depth(D)].
 
     ``value_map`` (elementwise, in place on float32) is applied to the full-resolution values
-    before interpolation, slab by slab, e.g. windowing and min-max scaling.
+    before interpolation, chunk by chunk, e.g. windowing and min-max scaling; an affine-only map
+    is applied to the (smaller) output instead. 2D: the result is ``expand``-ed to depth 4, a
+    view of one [C, 512, 512, 1] plane (stride 0 along depth; clone before writing into it).
     """
     if isinstance(x, MetaTensor):
         x = x.as_tensor()
     if x.ndim not in (3, 4):
         raise ScanReadError(f"{source or '<in-memory image>'}: array of shape {tuple(x.shape)}; "
                             "expected channel-first [C, H, W] or [C, H, W, D]")
-    after = value_map if getattr(value_map, "affine_only", False) and x.numel() > _out_numel(x) else None
-    before = None if after is not None else value_map
-    if x.ndim == 3:
-        return _resize_2d(x, before, after)
-    else:
-        out = _resize_3d(x, radfm_spatial_size(tuple(x.shape[1:])), before)
-    return out if after is None else after(out)
-
-
-def _out_numel(x: torch.Tensor) -> int:
-    return int(x.shape[0] * np.prod(radfm_spatial_size(tuple(x.shape[1:]))))
+    size = radfm_spatial_size(tuple(x.shape[1:]))
+    plane_size = size[:2] if x.ndim == 3 else size
+    out_numel = x.shape[0] * int(np.prod(plane_size))
+    after = value_map if getattr(value_map, "affine_only", False) and x.numel() > out_numel else None
+    out = _resize_separable(x, plane_size, None if after is not None else value_map)
+    if after is not None:
+        out = after(out)
+    if x.ndim == 3:  # the slice repeated to depth 4 as a view: no copies of the plane
+        out = out[..., None].expand(*out.shape, DEPTH_2D)
+    return out
 
 
 def _resize_affine(in_size: tuple[int, ...], out_size: tuple[int, ...]) -> np.ndarray:
@@ -148,7 +160,17 @@ class ResizeToRadFM(InvertibleTransform):
     backend = [TransformBackends.TORCH]
 
     def _value_map(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        return None
+        from .intensity import pending_rescale
+
+        rescale = pending_rescale(x)
+        if rescale is None:
+            return None
+
+        def apply(chunk: torch.Tensor) -> torch.Tensor:  # a deferred NIfTI scaling: stored -> real values
+            return chunk.mul_(rescale[0]).add_(rescale[1])
+
+        apply.affine_only = True  # type: ignore[attr-defined]
+        return apply
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         x = convert_to_tensor(img, track_meta=isinstance(img, MetaTensor))
@@ -158,7 +180,8 @@ class ResizeToRadFM(InvertibleTransform):
         out_spatial = tuple(int(s) for s in out.shape[1:])
         if not isinstance(img, MetaTensor):
             return convert_to_dst_type(out, dst=img, dtype=torch.float32)[0]
-        result = MetaTensor(out, meta=dict(x.meta), applied_operations=list(x.applied_operations))
+        meta = {k: v for k, v in x.meta.items() if k != "rescale"}  # the value map applied it
+        result = MetaTensor(out, meta=meta, applied_operations=list(x.applied_operations))
         result.affine = x.affine
         padded_in = in_spatial + (1,) * (3 - len(in_spatial))
         # 2D: the new depth axis keeps unit steps (the 4 copies sit one slice thickness apart)
@@ -200,9 +223,10 @@ class ScaleResizeToRadFM(ResizeToRadFM):
         self.nonfinite = _check_policy(nonfinite)
 
     def _value_map(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        from .intensity import intensity_mapping
+        from .intensity import intensity_mapping, pending_rescale
 
-        mapping, _, _ = intensity_mapping(x, window=self.window, nonfinite=self.nonfinite, source=source_name(x))
+        mapping, _, _ = intensity_mapping(x, window=self.window, nonfinite=self.nonfinite, source=source_name(x),
+                                          rescale=pending_rescale(x))
         return mapping
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from torch.utils.data import Dataset
 from radfm.data.manifest import Sample, load_manifest
 from radfm.data.sampler import image_dims
 from radfm.data.sequences import SequenceBuilder
+from radfm.utils.io import atomic_path
 
 
 def _default_preprocess(path: str, **options):
@@ -93,14 +93,8 @@ class ManifestDataset(Dataset):
         image = self.preprocess(path, **self.preprocess_options)
         image = torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image, dtype=torch.float32)
         if self.cache_dir is not None:
-            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".tmp")
-            os.close(fd)
-            try:
+            with atomic_path(cached) as tmp:
                 torch.save(image.contiguous().clone(), tmp)
-                os.replace(tmp, cached)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
         return image
 
     def __getitem__(self, index: int) -> dict:

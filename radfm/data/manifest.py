@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from radfm.model.tokenizer import count_placeholders
+from radfm.utils.io import atomic_write_text  # also imported from here by older code
 
 TASKS = (
     "modality_inductive",
@@ -189,21 +189,6 @@ def load_manifest(path: str | os.PathLike, *, data_root: str | os.PathLike | Non
             seen[sample.id] = line_no
             samples.append(sample)
     return samples
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_manifest(samples: Iterable[Sample], path: str | os.PathLike) -> int:

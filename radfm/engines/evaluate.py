@@ -26,6 +26,8 @@ from typing import Any, Callable, Iterable, Sequence
 from radfm.metrics.fewshot import Exemplar, few_shot_prompt, select_exemplars
 from radfm.metrics.predictions import PredictionRecord, read_jsonl
 from radfm.metrics.suite import CLOSED_TASKS
+from radfm.utils.cli import as_list
+from radfm.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -52,14 +54,6 @@ class EvalCase:
 
 
 # ---------------------------------------------------------------- case selection ----
-def _as_list(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return [str(part) for part in value]
-
-
 def closed_set_of(sample: Any) -> list[str] | None:
     """yes/no for inductive tasks, a label list given in the sample's extra ``closed_set``, else None."""
     extra = getattr(sample, "extra", None) or {}
@@ -127,10 +121,7 @@ def _recover(path: Path) -> list[PredictionRecord]:
     complete = [line for line in text.splitlines() if line.strip()]
     if len(complete) != len(records) or (text and not text.endswith("\n")):
         logger.warning("%s: dropping a torn last line left by an interrupted run", path)
-        kept = "".join(json.dumps(r.to_json()) + "\n" for r in records)
-        tmp = path.with_name(f".{path.name}.repair")
-        tmp.write_text(kept, encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(json.dumps(r.to_json()) + "\n" for r in records))
     return records
 
 
@@ -253,7 +244,7 @@ def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     output_dir = Path(output)
     all_samples = load_manifest(manifest, data_root=data_root)
-    samples = select_samples(all_samples, tasks=_as_list(tasks), datasets=_as_list(datasets),
+    samples = select_samples(all_samples, tasks=as_list(tasks), datasets=as_list(datasets),
                              split=split or None, limit=limit)
     if not samples:
         raise ValueError(f"{manifest}: no instruction samples match split={split!r}, tasks={tasks!r}, datasets={datasets!r}")

@@ -9,7 +9,7 @@ from typing import Any
 
 from radfm.interop.answerer import GenerationOptions, ModelAnswerer, build_prompt
 from radfm.interop.bigmodel import LoadOptions, resolve_model_dir
-from radfm.interop.files import write_text_atomic
+from radfm.utils.io import atomic_write_text
 
 
 def run_generate(
@@ -112,7 +112,7 @@ def generate(
         raise SystemExit(2) from None
     text = jsonlib.dumps(record, indent=2)
     if output is not None:
-        write_text_atomic(output, text + "\n")
+        atomic_write_text(output, text + "\n")
     print(text if json else record["answer"])
 
 

@@ -76,10 +76,10 @@ def _read_disk_cache() -> dict[str, str]:
 
 def _write_disk_cache(cache: dict[str, str]) -> None:
     """Best effort: a read-only home only costs a re-hash next time."""
-    from radfm.interop.files import write_text_atomic
+    from radfm.utils.io import atomic_write_text
 
     try:
-        write_text_atomic(_cache_file(), json.dumps(cache, indent=1))
+        atomic_write_text(_cache_file(), json.dumps(cache, indent=1))
     except OSError:
         pass
 

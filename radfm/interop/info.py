@@ -145,7 +145,7 @@ def info(
 
             text += "\n\n" + memory_plan(spec=spec)
     if output is not None:
-        from radfm.interop.files import write_text_atomic
+        from radfm.utils.io import atomic_write_text
 
-        write_text_atomic(output, text + "\n")
+        atomic_write_text(output, text + "\n")
     print(text)

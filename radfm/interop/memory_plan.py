@@ -266,7 +266,7 @@ def memory_plan(spec: str | None = None, context: int = 2048, output: str | None
     )
     text = header + table + "\n"
     if output is not None:
-        from radfm.interop.files import write_text_atomic
+        from radfm.utils.io import atomic_write_text
 
-        write_text_atomic(output, text)
+        atomic_write_text(output, text)
     return text

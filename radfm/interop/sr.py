@@ -20,8 +20,6 @@ are listed as pertinent other evidence.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from radfm.interop.identity import ModelIdentity, identity_of_model_dir
+from radfm.utils.io import atomic_path
 
 PROMPT_CONCEPT = hd.sr.CodedConcept(value="PROMPT", scheme_designator="99RADFM", meaning="Model prompt")
 REPORT_TITLE = hd.sr.CodedConcept(value="18748-4", scheme_designator="LN", meaning="Diagnostic Imaging Report")
@@ -173,15 +172,8 @@ def build_sr(
 def write_dataset(dataset: Dataset, output: str | Path) -> Path:
     """Write ``dataset`` to ``output`` atomically (temp file in the same folder, then rename)."""
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".part")
-    os.close(handle)
-    try:
-        dataset.save_as(temp_name, enforce_file_format=True)
-        os.replace(temp_name, output)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(output) as temp:
+        dataset.save_as(temp, enforce_file_format=True)
     return output
 
 

@@ -8,29 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Callable
 
 from radfm.metrics.suite import CLOSED_HEADLINE, OPEN_HEADLINE, REPORT_TASK_EXTRA, GroupResult
+from radfm.utils.io import atomic_path, atomic_write_text
 
 # model name -> its group results
 ModelResults = dict[str, list[GroupResult]]
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path`` (same folder, so the rename is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(tmp_name))
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 def metrics_document(results: ModelResults, settings: dict[str, object]) -> dict[str, object]:
@@ -41,7 +26,7 @@ def metrics_document(results: ModelResults, settings: dict[str, object]) -> dict
 
 def write_metrics_json(path: Path, results: ModelResults, settings: dict[str, object]) -> None:
     document = metrics_document(results, settings)
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(document, indent=2, allow_nan=True) + "\n", encoding="utf-8"))
+    atomic_write_text(path, json.dumps(document, indent=2, allow_nan=True) + "\n")
 
 
 def _group_keys(results: ModelResults) -> list[tuple[str, str, str]]:
@@ -118,7 +103,7 @@ def render_markdown(results: ModelResults, settings: dict[str, object], sources:
 
 def write_markdown(path: Path, results: ModelResults, settings: dict[str, object], sources: dict[str, str] | None = None) -> None:
     text = render_markdown(results, settings, sources)
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write_text(path, text)
 
 
 def headline_metric(group: GroupResult) -> str | None:
@@ -169,5 +154,6 @@ def write_bar_plot(path: Path, results: ModelResults) -> None:
     for axis in list(axes.flat)[len(keys):]:
         axis.axis("off")
     figure.tight_layout()
-    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120, format="png")
     plt.close(figure)

@@ -15,6 +15,7 @@ from radfm.metrics.predictions import deduplicate, model_name, read_predictions
 from radfm.metrics.report import ModelResults, write_bar_plot, write_markdown, write_metrics_json
 from radfm.metrics.suite import ScoringOptions, score_records
 from radfm.metrics.terms import VocabularyTermExtractor, default_term_extractor
+from radfm.utils.cli import as_list
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def build_options(*, bertscore: bool = True, bertscore_model: str | None = None,
 
     notes: list[str] = []
     if terms:
-        paths = [Path(p) for p in _as_list(terms)]
+        paths = [Path(p) for p in as_list(terms)]
         for path in paths:
             if not path.is_file():
                 raise FileNotFoundError(f"term vocabulary file not found: {path}")
@@ -41,7 +42,7 @@ def build_options(*, bertscore: bool = True, bertscore_model: str | None = None,
     if not bertscore:
         notes.append("BERT-Sim skipped (--no-bertscore)")
     return ScoringOptions(n_resamples=int(n_resamples), seed=int(seed), bertscore=scorer, term_extractor=extractor,
-                          closed_datasets=frozenset(_as_list(closed_datasets)), notes=notes)
+                          closed_datasets=frozenset(as_list(closed_datasets)), notes=notes)
 
 
 def score_files(paths: Sequence[str | Path], options: ScoringOptions,
@@ -108,16 +109,7 @@ def score(*predictions: str, output: str = "scores", names: str | Sequence[str] 
     options = build_options(bertscore=bertscore, bertscore_model=bertscore_model, bertscore_layers=bertscore_layers,
                             terms=terms, n_resamples=n_resamples, seed=seed, closed_datasets=closed_datasets,
                             device=device)
-    name_list = _as_list(names) or None
+    name_list = as_list(names) or None
     results, sources = score_files([str(p) for p in predictions], options, name_list)
     paths = write_outputs(output, results, options, sources)
     return str(paths["report"])
-
-
-def _as_list(value: str | Sequence[str] | None) -> list[str]:
-    """fire passes "a,b" as a tuple or a string; accept both."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return [str(part) for part in value]

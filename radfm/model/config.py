@@ -9,12 +9,12 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from radfm.model.tokenizer import DEFAULT_MAX_IMAGES, TOKENS_PER_IMAGE
+from radfm.utils.io import atomic_write_text
 
 
 @dataclass
@@ -196,11 +196,7 @@ class RadFMConfig:
 
     def to_json_file(self, path: str | os.PathLike) -> None:
         """Write atomically (temp file then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-            handle.write(self.to_json_string() + "\n")
-        os.replace(handle.name, path)
+        atomic_write_text(path, self.to_json_string() + "\n")
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> RadFMConfig:

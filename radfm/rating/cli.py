@@ -6,20 +6,7 @@ import ipaddress
 import sys
 from pathlib import Path
 
-
-def _as_list(value: object) -> list[str]:
-    """fire passes lists, tuples or comma-separated strings; accept all of them."""
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        items: list[str] = []
-        for item in value:
-            items += _as_list(item)
-        return items
-    text = str(value).strip()
-    if text.startswith("[") and text.endswith("]"):  # '[a.jsonl,b.jsonl]' that fire left as a string
-        text = text[1:-1]
-    return [part.strip().strip("'\"") for part in text.split(",") if part.strip().strip("'\"")]
+from radfm.utils.cli import as_list
 
 
 class RateCommands:
@@ -61,13 +48,13 @@ class RateCommands:
 
         result = create_study(
             study,
-            _as_list(predictions) + _as_list(more_predictions),
-            tasks=_as_list(tasks) or None,
+            as_list(predictions) + as_list(more_predictions),
+            tasks=as_list(tasks) or None,
             per_task=per_task,
             seed=seed,
             link=link,
             skip_errors=not keep_errors,
-            raters=_as_list(raters),
+            raters=as_list(raters),
         )
         print(f"created study {result['study']}: {result['cases']} cases, models {', '.join(result['models'])}")
         for note in result["notes"]:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,19 +22,9 @@ from radfm.rating.summary import (
     score_summaries,
     win_tie_lose,
 )
+from radfm.utils.io import atomic_write_bytes
 
 CSV_FIELDS = ["rater", "case_id", "dataset", "task", "model", "score", "updated_at"]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def ratings_csv(ratings: list[Rating]) -> str:
@@ -177,10 +165,10 @@ def export_study(
         raise ValueError(f"reference: model {reference!r} is not in this study ({', '.join(models)})")
     output_dir.mkdir(parents=True, exist_ok=True)
     written = {"csv": output_dir / "ratings.csv"}
-    _write_atomic(written["csv"], ratings_csv(ratings).encode("utf-8"))
+    atomic_write_bytes(written["csv"], ratings_csv(ratings).encode("utf-8"))
     if not ratings:
         written["markdown"] = output_dir / "summary.md"
-        _write_atomic(written["markdown"], b"# Rating study summary\n\nNo ratings yet.\n")
+        atomic_write_bytes(written["markdown"], b"# Rating study summary\n\nNo ratings yet.\n")
         return written
     summaries = score_summaries(ratings, n_resamples=n_resamples, seed=seed)
     pairs = win_tie_lose(ratings, models)
@@ -196,9 +184,9 @@ def export_study(
     )
     if len(models) >= 2:
         written["plot"] = output_dir / "summary.png"
-        _write_atomic(written["plot"], summary_plot(summaries, pairs, models=models, reference=reference))
+        atomic_write_bytes(written["plot"], summary_plot(summaries, pairs, models=models, reference=reference))
     else:
         markdown = markdown.replace("![mean scores and win/tie/lose](summary.png)\n", "")
     written["markdown"] = output_dir / "summary.md"
-    _write_atomic(written["markdown"], markdown.encode("utf-8"))
+    atomic_write_bytes(written["markdown"], markdown.encode("utf-8"))
     return written

@@ -45,7 +45,7 @@ def test_sr_round_trip_references_series_and_records_model(ct_series_dir, tmp_pa
     document = hd.sr.srread(output)  # highdicom parses it back as a Comprehensive SR
     assert isinstance(document, hd.sr.ComprehensiveSR)
     assert len(document.get_evidence()) == len(sources)
-    assert not list(tmp_path.joinpath("out").glob(".*part"))  # no temp file left behind
+    assert not list(tmp_path.joinpath("out").glob(".*"))  # no (hidden) temp file left behind
 
 
 def test_sr_needs_a_dicom_source(small_scans, tmp_path):

@@ -34,8 +34,7 @@ def test_spatial_size_rule():
 
 @pytest.mark.parametrize("layout", ["C", "F"])
 def test_separable_resize_equals_trilinear(monkeypatch, layout):
-    monkeypatch.setattr(spatial, "CHUNK_VOXELS", 500)  # force many slabs
-    monkeypatch.setattr(spatial, "SMALL_VOLUME_VOXELS", 0)  # and the slab path
+    monkeypatch.setattr(spatial, "CHUNK_VOXELS", 500)  # force many chunks
     rng = np.random.default_rng(0)
     volume = rng.integers(-1000, 2000, size=(1, 37, 29, 23)).astype(np.int16)
     if layout == "F":
