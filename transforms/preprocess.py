@@ -3,7 +3,8 @@
 Pipeline (array and dictionary versions are the same steps):
 ``LoadScan -> DropAlpha -> OrientToRAS -> ScaleResizeToRadFM(window, nonfinite) -> ToThreeChannels``
 giving a float32 ``MetaTensor [3, 512, 512, 4]`` (2D) or ``[3, 256, 256, target_depth(D)]`` (3D)
-with values in [0, 1] and the source metadata kept.
+with values in [0, 1] and the source metadata kept. ``size_2d``/``size_3d``/``max_depth`` choose
+another grid (a model trained at a smaller resolution records its grid in ``preprocess.json``).
 """
 
 from __future__ import annotations
@@ -23,57 +24,71 @@ from radfm.utils.io import atomic_path
 from .errors import ScanReadError
 from .intensity import DropAlpha, DropAlphad, ToThreeChannels, ToThreeChannelsd, WindowSpec
 from .readers import LoadScan, LoadScand
-from .spatial import OrientToRAS, OrientToRASd, ScaleResizeToRadFM, ScaleResizeToRadFMd
+from .spatial import MAX_DEPTH, SIZE_2D, SIZE_3D, OrientToRAS, OrientToRASd, ScaleResizeToRadFM, ScaleResizeToRadFMd
 
 
 def _array_steps(*, window: WindowSpec, series_uid: str | None, nonfinite: str, axcodes: str,
-                 contiguous: bool = False) -> list:
+                 contiguous: bool = False, size_2d: Sequence[int] = SIZE_2D, size_3d: Sequence[int] = SIZE_3D,
+                 max_depth: int = MAX_DEPTH) -> list:
+    # the resize step is built first: a bad grid fails before any file is read
+    resize = ScaleResizeToRadFM(window=window, nonfinite=nonfinite, size_2d=size_2d, size_3d=size_3d,
+                                max_depth=max_depth)
     return [
         LoadScan(series_uid=series_uid, defer_rescale=True),  # the resize applies a NIfTI scaling leanly
         DropAlpha(),
         OrientToRAS(axcodes=axcodes),
-        ScaleResizeToRadFM(window=window, nonfinite=nonfinite),
+        resize,
         ToThreeChannels(contiguous=contiguous),
     ]
 
 
 def preprocess_transforms(*, window: WindowSpec = None, series_uid: str | None = None, nonfinite: str = "error",
-                          axcodes: str = "RAS", contiguous: bool = False) -> Compose:
+                          axcodes: str = "RAS", contiguous: bool = False, size_2d: Sequence[int] = SIZE_2D,
+                          size_3d: Sequence[int] = SIZE_3D, max_depth: int = MAX_DEPTH) -> Compose:
     """Array pipeline: path -> ``MetaTensor [3, H, W, D]`` float32 in [0, 1] (a view unless ``contiguous``).
 
+    Grid options as in :func:`preprocess_scan`.
     Note: ``Compose`` wraps errors as ``RuntimeError("applying transform ...")`` with the
     ``ScanReadError`` as its cause; :func:`preprocess_scan` raises the ``ScanReadError`` itself.
     """
     return Compose(_array_steps(window=window, series_uid=series_uid, nonfinite=nonfinite, axcodes=axcodes,
-                                contiguous=contiguous))
+                                contiguous=contiguous, size_2d=size_2d, size_3d=size_3d, max_depth=max_depth))
 
 
 def preprocess_pipeline(keys: Sequence[str] | str = ("image",), *, window: WindowSpec = None,
                         series_uid: str | None = None, nonfinite: str = "error", axcodes: str = "RAS",
-                        load: bool = True, contiguous: bool = False) -> Compose:
+                        load: bool = True, contiguous: bool = False, size_2d: Sequence[int] = SIZE_2D,
+                        size_3d: Sequence[int] = SIZE_3D, max_depth: int = MAX_DEPTH) -> Compose:
     """Dictionary pipeline for bundles: each key holds a path (``load=True``) or a loaded MetaTensor.
 
     Options: ``window`` None | "lung" | "mediastinum" | "bone" | "brain" | (low, high) HU;
     ``series_uid`` for folders with several DICOM series; ``nonfinite`` "error" | "replace";
     ``axcodes`` orientation of 3D volumes (default "RAS"); ``contiguous`` materialise the
-    zero-copy channel/depth repetition (see :func:`preprocess_scan`).
+    zero-copy channel/depth repetition (see :func:`preprocess_scan`); ``size_2d``, ``size_3d``,
+    ``max_depth`` the grid (see :func:`preprocess_scan`).
     """
     keys = [keys] if isinstance(keys, str) else list(keys)
+    resize = ScaleResizeToRadFMd(keys, window=window, nonfinite=nonfinite, size_2d=size_2d, size_3d=size_3d,
+                                 max_depth=max_depth)
     steps = [LoadScand(keys, series_uid=series_uid, defer_rescale=True)] if load else []
     steps += [
         DropAlphad(keys),
         OrientToRASd(keys, axcodes=axcodes),
-        ScaleResizeToRadFMd(keys, window=window, nonfinite=nonfinite),
+        resize,
         ToThreeChannelsd(keys, contiguous=contiguous),
     ]
     return Compose(steps)
 
 
 def preprocess_scan(path: str | os.PathLike, *, window: WindowSpec = None, series_uid: str | None = None,
-                    nonfinite: str = "error", axcodes: str = "RAS", contiguous: bool = False) -> MetaTensor:
+                    nonfinite: str = "error", axcodes: str = "RAS", contiguous: bool = False,
+                    size_2d: Sequence[int] = SIZE_2D, size_3d: Sequence[int] = SIZE_3D,
+                    max_depth: int = MAX_DEPTH) -> MetaTensor:
     """A scan file or DICOM folder -> float32 ``MetaTensor [3, H, W, D]`` in [0, 1], as RadFM expects.
 
-    2D -> [3, 512, 512, 4]; 3D -> [3, 256, 256, target_depth(D)]. Raises ``ScanReadError`` naming
+    2D -> [3, *size_2d, 4] (default [3, 512, 512, 4]); 3D -> [3, *size_3d, target_depth(D, max_depth)]
+    (default [3, 256, 256, D'], D' <= 64). Sizes must be multiples of 32 and ``max_depth`` a
+    multiple of 4, >= 4 (``ValueError`` otherwise). Raises ``ScanReadError`` naming
     the file on unreadable, unsupported or invalid input. See docs/transforms.md for options.
 
     Views: the grey -> 3 channel and 2D -> depth 4 repetitions are ``expand`` views of one
@@ -84,7 +99,7 @@ def preprocess_scan(path: str | os.PathLike, *, window: WindowSpec = None, serie
     """
     image: Any = path
     steps = _array_steps(window=window, series_uid=series_uid, nonfinite=nonfinite, axcodes=axcodes,
-                         contiguous=contiguous)
+                         contiguous=contiguous, size_2d=size_2d, size_3d=size_3d, max_depth=max_depth)
     for step in steps:
         image = step(image)  # run directly, not via Compose: bad input surfaces as ScanReadError
     if image.dtype != torch.float32 or image.ndim != 4 or image.shape[0] != 3:  # a broken step, not bad input
@@ -133,7 +148,8 @@ def save_middle_slice_png(image: MetaTensor | torch.Tensor, path: str | os.PathL
 
 
 def preprocess_cli(path: str, window: Any = None, series_uid: str | None = None, nonfinite: str = "error",
-                   axcodes: str = "RAS", png: str | None = None) -> None:
+                   axcodes: str = "RAS", png: str | None = None, size_2d: Any = SIZE_2D, size_3d: Any = SIZE_3D,
+                   max_depth: int = MAX_DEPTH) -> None:
     """Preprocess one scan and print what RadFM receives (shape, dtype, range, metadata).
 
     Args:
@@ -143,11 +159,27 @@ def preprocess_cli(path: str, window: Any = None, series_uid: str | None = None,
         nonfinite: "error" (default) or "replace" NaN/Inf voxels.
         axcodes: orientation for 3D volumes (default RAS).
         png: write the middle slice of the model input to this PNG file.
+        size_2d: grid of 2D images as "[H,W]", multiples of 32 (default 512,512).
+        size_3d: in-plane grid of 3D volumes as "[H,W]", multiples of 32 (default 256,256).
+        max_depth: most slices of a 3D input, a multiple of 4 (default 64).
     """
     try:
-        image = preprocess_scan(path, window=window, series_uid=series_uid, nonfinite=nonfinite, axcodes=axcodes)
+        image = preprocess_scan(path, window=window, series_uid=series_uid, nonfinite=nonfinite, axcodes=axcodes,
+                                size_2d=_cli_size(size_2d, "size_2d"), size_3d=_cli_size(size_3d, "size_3d"),
+                                max_depth=max_depth)
     except (ScanReadError, ValueError) as error:
         raise SystemExit(f"radfm preprocess: {error}") from None
     print(describe(image))
     if png:
         print(f"middle slice:    {save_middle_slice_png(image, png)}")
+
+
+def _cli_size(value: Any, name: str) -> Any:
+    """A CLI size: fire gives "[64,64]" as a list/tuple, but "64,64" or "64x64" as a string."""
+    if isinstance(value, str):
+        parts = [p for p in value.replace("x", ",").strip("[]() ").split(",") if p.strip()]
+        try:
+            return tuple(int(p) for p in parts)
+        except ValueError:
+            raise SystemExit(f"radfm preprocess: --{name}={value!r}: expected two integers, e.g. 64,64") from None
+    return value

@@ -3,6 +3,8 @@
 * 2D image ``[C, H, W]`` -> ``[C, 512, 512, 4]``: bilinear resize, then the slice repeated to depth 4.
 * 3D volume ``[C, H, W, D]`` -> ``[C, 256, 256, target_depth(D)]``: trilinear resize.
 * Images smaller than one 32x32x4 patch (or than the grid) are upsampled the same way.
+* The grid is configurable (``size_2d``, ``size_3d``, ``max_depth`` keywords; defaults are the
+  paper's 512² x 4 / 256² x D' / 64), e.g. for a small model trained at 64² x 4 / 64² x D' <= 8.
 
 2D: the slice is repeated to depth 4 as an ``expand`` view (stride 0), not a copy.
 Resize (2D and 3D alike) is separable, since linear interpolation is a product of 1D ones, so it
@@ -14,7 +16,7 @@ at a time), then that chunk is resized in-plane. Memory: the stored volume + the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,25 +33,58 @@ SIZE_2D = (512, 512)
 SIZE_3D = (256, 256)
 DEPTH_2D = 4
 DEPTH_MULTIPLE, MIN_DEPTH, MAX_DEPTH = 4, 4, 64
+PATCH_SIZE = 32  # the vision encoder's in-plane patch size: grid sizes must be multiples of it
 CHUNK_VOXELS = 1 << 18  # ~1 MB of float32 per chunk: small next to any output, few loops
 
 
-def target_depth(depth: int) -> int:
+def check_plane_size(size: Sequence[int], name: str = "size") -> tuple[int, int]:
+    """``(H, W)`` as ints, each a positive multiple of the 32-voxel patch size (else ``ValueError``)."""
+    if isinstance(size, (str, bytes)) or not isinstance(size, Sequence) or len(size) != 2:
+        raise ValueError(f"{name}={size!r}: expected two sizes (H, W), each a multiple of {PATCH_SIZE}")
+    try:
+        plane = (int(size[0]), int(size[1]))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={size!r}: expected two integer sizes (H, W)") from None
+    if any(s <= 0 or s % PATCH_SIZE or s != v for s, v in zip(plane, size)):
+        raise ValueError(f"{name}={list(size)}: each size must be a positive multiple of {PATCH_SIZE} (the patch size)")
+    return plane
+
+
+def check_max_depth(max_depth: int) -> int:
+    """``max_depth`` as an int: a multiple of 4 (the depth patch size), at least 4 (else ``ValueError``)."""
+    if isinstance(max_depth, bool) or not isinstance(max_depth, (int, np.integer)):
+        raise ValueError(f"max_depth={max_depth!r}: expected an integer multiple of {DEPTH_MULTIPLE}, >= {MIN_DEPTH}")
+    if max_depth < MIN_DEPTH or max_depth % DEPTH_MULTIPLE:
+        raise ValueError(f"max_depth={max_depth}: expected a multiple of {DEPTH_MULTIPLE}, >= {MIN_DEPTH}")
+    return int(max_depth)
+
+
+def check_grid(size_2d: Sequence[int] = SIZE_2D, size_3d: Sequence[int] = SIZE_3D,
+               max_depth: int = MAX_DEPTH) -> tuple[tuple[int, int], tuple[int, int], int]:
+    """Validated ``(size_2d, size_3d, max_depth)``: sizes multiples of 32, max_depth a multiple of 4 >= 4."""
+    return check_plane_size(size_2d, "size_2d"), check_plane_size(size_3d, "size_3d"), check_max_depth(max_depth)
+
+
+def target_depth(depth: int, max_depth: int = MAX_DEPTH) -> int:
     """Depth a volume of ``depth`` slices is resized to: the nearest multiple of 4 (ties round up),
-    clamped to [4, 64]. Examples: 1 -> 4, 5 -> 4, 6 -> 8, 30 -> 32, 300 -> 64."""
+    clamped to [4, max_depth]. Examples (max_depth 64): 1 -> 4, 5 -> 4, 6 -> 8, 30 -> 32, 300 -> 64."""
+    max_depth = check_max_depth(max_depth)
     depth = int(depth)
     if depth < 1:
         raise ValueError(f"depth={depth}: expected at least one slice")
     nearest = DEPTH_MULTIPLE * int(np.floor(depth / DEPTH_MULTIPLE + 0.5))
-    return int(min(max(nearest, MIN_DEPTH), MAX_DEPTH))
+    return int(min(max(nearest, MIN_DEPTH), max_depth))
 
 
-def radfm_spatial_size(spatial_shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """Output spatial size for an input of spatial shape (H, W) or (H, W, D)."""
+def radfm_spatial_size(spatial_shape: tuple[int, ...], *, size_2d: Sequence[int] = SIZE_2D,
+                       size_3d: Sequence[int] = SIZE_3D, max_depth: int = MAX_DEPTH) -> tuple[int, int, int]:
+    """Output spatial size for an input of spatial shape (H, W) -> (*size_2d, 4) or (H, W, D) ->
+    (*size_3d, target_depth(D, max_depth))."""
+    size_2d, size_3d, max_depth = check_grid(size_2d, size_3d, max_depth)
     if len(spatial_shape) == 2:
-        return (*SIZE_2D, DEPTH_2D)
+        return (*size_2d, DEPTH_2D)
     if len(spatial_shape) == 3:
-        return (*SIZE_3D, target_depth(spatial_shape[2]))
+        return (*size_3d, target_depth(spatial_shape[2], max_depth))
     raise ValueError(f"spatial shape {tuple(spatial_shape)}: expected (H, W) or (H, W, D)")
 
 
@@ -115,8 +150,11 @@ def _float_slices(view: torch.Tensor, index: torch.Tensor,
 
 
 def resize_to_radfm(x: torch.Tensor, value_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                    source: str | None = None) -> torch.Tensor:
+                    source: str | None = None, *, size_2d: Sequence[int] = SIZE_2D,
+                    size_3d: Sequence[int] = SIZE_3D, max_depth: int = MAX_DEPTH) -> torch.Tensor:
     """[C, H, W] -> float32 [C, 512, 512, 4]; [C, H, W, D] -> float32 [C, 256, 256, target_depth(D)].
+
+    The grid is ``size_2d`` x 4 / ``size_3d`` x ``target_depth(D, max_depth)`` (defaults above).
 
     ``value_map`` (elementwise, in place on float32) is applied to the full-resolution values
     before interpolation, chunk by chunk, e.g. windowing and min-max scaling; an affine-only map
@@ -128,7 +166,7 @@ def resize_to_radfm(x: torch.Tensor, value_map: Callable[[torch.Tensor], torch.T
     if x.ndim not in (3, 4):
         raise ScanReadError(f"{source or '<in-memory image>'}: array of shape {tuple(x.shape)}; "
                             "expected channel-first [C, H, W] or [C, H, W, D]")
-    size = radfm_spatial_size(tuple(x.shape[1:]))
+    size = radfm_spatial_size(tuple(x.shape[1:]), size_2d=size_2d, size_3d=size_3d, max_depth=max_depth)
     plane_size = size[:2] if x.ndim == 3 else size
     out_numel = x.shape[0] * int(np.prod(plane_size))
     after = value_map if getattr(value_map, "affine_only", False) and x.numel() > out_numel else None
@@ -155,9 +193,14 @@ class ResizeToRadFM(InvertibleTransform):
 
     Input any dtype; output float32 (values are interpolated, not rescaled). The affine is
     updated; :meth:`inverse` resizes back to the input grid (2D: the first of the 4 slices).
+    ``size_2d``/``size_3d``/``max_depth`` choose another grid (multiples of 32; of 4, >= 4).
     """
 
     backend = [TransformBackends.TORCH]
+
+    def __init__(self, size_2d: Sequence[int] = SIZE_2D, size_3d: Sequence[int] = SIZE_3D,
+                 max_depth: int = MAX_DEPTH) -> None:
+        self.size_2d, self.size_3d, self.max_depth = check_grid(size_2d, size_3d, max_depth)
 
     def _value_map(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
         from .intensity import pending_rescale
@@ -176,7 +219,8 @@ class ResizeToRadFM(InvertibleTransform):
         x = convert_to_tensor(img, track_meta=isinstance(img, MetaTensor))
         in_spatial = tuple(int(s) for s in x.shape[1:])
         source = source_name(img)
-        out = resize_to_radfm(x, self._value_map(x), source=source)
+        out = resize_to_radfm(x, self._value_map(x), source=source, size_2d=self.size_2d, size_3d=self.size_3d,
+                              max_depth=self.max_depth)
         out_spatial = tuple(int(s) for s in out.shape[1:])
         if not isinstance(img, MetaTensor):
             return convert_to_dst_type(out, dst=img, dtype=torch.float32)[0]
@@ -215,9 +259,11 @@ class ScaleResizeToRadFM(ResizeToRadFM):
     scaling is applied slab by slab before interpolation. Options as in :func:`intensity_mapping`.
     """
 
-    def __init__(self, window: Any = None, nonfinite: str = "error") -> None:
+    def __init__(self, window: Any = None, nonfinite: str = "error", size_2d: Sequence[int] = SIZE_2D,
+                 size_3d: Sequence[int] = SIZE_3D, max_depth: int = MAX_DEPTH) -> None:
         from .intensity import _check_policy, resolve_window
 
+        super().__init__(size_2d=size_2d, size_3d=size_3d, max_depth=max_depth)
         resolve_window(window)  # fail at construction on a bad window
         self.window = window
         self.nonfinite = _check_policy(nonfinite)
@@ -286,9 +332,10 @@ class ResizeToRadFMd(_MappedInvertible):
 
     backend = ResizeToRadFM.backend
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, size_2d: Sequence[int] = SIZE_2D, size_3d: Sequence[int] = SIZE_3D,
+                 max_depth: int = MAX_DEPTH, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.transform = ResizeToRadFM()
+        self.transform = ResizeToRadFM(size_2d=size_2d, size_3d=size_3d, max_depth=max_depth)
 
 
 class ScaleResizeToRadFMd(_MappedInvertible):
@@ -297,9 +344,11 @@ class ScaleResizeToRadFMd(_MappedInvertible):
     backend = ScaleResizeToRadFM.backend
 
     def __init__(self, keys: KeysCollection, window: Any = None, nonfinite: str = "error",
+                 size_2d: Sequence[int] = SIZE_2D, size_3d: Sequence[int] = SIZE_3D, max_depth: int = MAX_DEPTH,
                  allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.transform = ScaleResizeToRadFM(window=window, nonfinite=nonfinite)
+        self.transform = ScaleResizeToRadFM(window=window, nonfinite=nonfinite, size_2d=size_2d, size_3d=size_3d,
+                                            max_depth=max_depth)
 
 
 class OrientToRASd(_MappedInvertible):

@@ -117,6 +117,10 @@ class ModelAnswerer:
         from radfm.interop.bigmodel import load_model
 
         model, tokenizer, preprocess = load_model(model_dir, options)
+        if preprocess is None:  # big-model loading skips the factory: the folder's preprocess.json still applies
+            from radfm.model.factory import model_preprocess
+
+            preprocess = model_preprocess(model_dir)
         return cls(model, tokenizer, preprocess, identity=identity_of_model_dir(model_dir),
                    preprocess_options=preprocess_options)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -29,14 +31,59 @@ def tiny_tokenizer(max_images: int = 10):
     return train_tokenizer(_TINY_CORPUS * 4, vocab_size=400, max_images=max_images)
 
 
-def _preprocess_with(defaults: dict[str, Any]) -> Callable[..., Any]:
-    def preprocess(path, **options):
-        """``radfm.transforms.preprocess_scan(path, **options)`` → ``[3, H, W, D]`` in [0, 1]."""
-        from radfm.transforms import preprocess_scan  # lazy: keeps model import light
+PREPROCESS_FILE = "preprocess.json"
+# Options of preprocess_scan a model folder may record (series_uid is per scan, not per model).
+MODEL_PREPROCESS_KEYS = ("size_2d", "size_3d", "max_depth", "window", "nonfinite", "axcodes", "contiguous")
+# "loader" only records provenance. The demo model's file names the former small-grid loader, whose
+# grid options mean the same in preprocess_scan.
+KNOWN_LOADERS = ("radfm.transforms.preprocess_scan", "radfm.engines.images.ScanLoader")
 
-        return preprocess_scan(path, **{**defaults, **options})
 
-    return preprocess
+def preprocess_options(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``preprocess_scan`` keyword options recorded in ``model_dir/preprocess.json`` ({} if none).
+
+    Keys: ``size_2d`` [H, W], ``size_3d`` [H, W], ``max_depth`` (the grid the model was trained
+    at), optionally ``window``, ``nonfinite``, ``axcodes``, ``contiguous``, and ``loader`` (one of
+    ``KNOWN_LOADERS``, dropped). Unknown keys or a bad grid raise ``ValueError`` naming the file.
+    """
+    path = Path(os.fspath(model_dir)) / PREPROCESS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not readable JSON ({error})") from error
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: expected a JSON object of preprocess_scan options, got {type(spec).__name__}")
+    options = dict(spec)
+    loader = options.pop("loader", KNOWN_LOADERS[0])
+    if loader not in KNOWN_LOADERS:
+        raise ValueError(f"{path}: unknown loader {loader!r}; expected one of {list(KNOWN_LOADERS)}")
+    unknown = sorted(set(options) - set(MODEL_PREPROCESS_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unknown preprocessing option(s) {unknown}; expected some of "
+                         f"{list(MODEL_PREPROCESS_KEYS)} (and 'loader')")
+    from radfm.transforms.spatial import MAX_DEPTH, SIZE_2D, SIZE_3D, check_grid  # lazy: light model import
+
+    try:  # fail at load time, naming the file, rather than on the first scan
+        grid = check_grid(options.get("size_2d", SIZE_2D), options.get("size_3d", SIZE_3D),
+                          options.get("max_depth", MAX_DEPTH))
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    for key, value in zip(("size_2d", "size_3d", "max_depth"), grid):
+        if key in options:
+            options[key] = value  # JSON lists -> tuples
+    if isinstance(options.get("window"), list):
+        options["window"] = tuple(options["window"])  # (low, high) HU
+    return options
+
+
+def model_preprocess(model_dir: str | os.PathLike | None = None, **overrides: Any) -> Callable[..., Any]:
+    """``functools.partial(preprocess_scan, **preprocess_options(model_dir), **overrides)``: path -> [3, H, W, D]."""
+    from radfm.transforms import preprocess_scan  # lazy: keeps model import light
+
+    recorded = preprocess_options(model_dir) if model_dir is not None else {}
+    return functools.partial(preprocess_scan, **{**recorded, **overrides})
 
 
 def create_model_and_transforms(
@@ -44,13 +91,15 @@ def create_model_and_transforms(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
-    **preprocess_options: Any,
+    **preprocess_overrides: Any,
 ):
     """``(model, preprocess, tokenizer)`` from a ``save_pretrained`` directory or the ``"tiny"`` preset.
 
     ``"tiny"`` gives a randomly initialised small model with a small trained tokenizer (tests,
-    demos). ``preprocess(path, **options)`` is ``radfm.transforms.preprocess_scan`` with
-    ``preprocess_options`` as defaults. The published weights must first be converted with
+    demos). ``preprocess(path, **options)`` is ``functools.partial(radfm.transforms.preprocess_scan,
+    **recorded, **preprocess_overrides)``, where ``recorded`` are the options in the model folder's
+    ``preprocess.json`` (its grid, e.g. a small demo model's 64² x 4 / 64² x D' <= 8; see
+    :func:`preprocess_options`); call-time options override both. The published weights must first be converted with
     ``radfm convert`` (or loaded with ``RadFM.from_official``).
     """
     from radfm.model.checkpoint import parse_dtype
@@ -58,6 +107,7 @@ def create_model_and_transforms(
     dtype = parse_dtype(dtype)
     name = os.fspath(model_dir_or_preset)
     path = Path(name)
+    recorded = preprocess_options(path) if path.is_dir() else {}  # a bad file fails before the weights load
     if name == "tiny" and not path.exists():
         tokenizer = tiny_tokenizer()
         base = tokenizer.convert_tokens_to_ids("<image>")
@@ -78,4 +128,6 @@ def create_model_and_transforms(
         raise ValueError("the radfm-14b preset has no weights here; convert the published checkpoint with `radfm convert`")
     else:
         raise ValueError(f"{name!r} is neither a model directory nor a preset ('tiny')")
-    return model.eval(), _preprocess_with(preprocess_options), tokenizer
+    from radfm.transforms import preprocess_scan  # lazy: keeps model import light
+
+    return model.eval(), functools.partial(preprocess_scan, **{**recorded, **preprocess_overrides}), tokenizer

@@ -1,0 +1,87 @@
+"""A model folder's preprocess.json sets the grid of the factory's ``preprocess`` (functools.partial)."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from radfm.model.factory import create_model_and_transforms, model_preprocess, preprocess_options
+from radfm.model.tokenizer import encode_prompt
+from radfm.transforms import preprocess_scan
+
+DEMO_RECORD = {"loader": "radfm.engines.images.ScanLoader", "size_2d": [64, 64], "size_3d": [64, 64], "max_depth": 8}
+
+
+@pytest.fixture(scope="module")
+def saved_tiny(tmp_path_factory):
+    """A saved tiny model folder (weights + tokenizer), no preprocess.json."""
+    model, _, _ = create_model_and_transforms("tiny")
+    folder = tmp_path_factory.mktemp("tiny_model")
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def volume_path(tmp_path):
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((40, 30, 30), dtype=np.float32), np.eye(4)), path)
+    return path
+
+
+def test_preprocess_options_reads_the_demo_record(tmp_path):
+    assert preprocess_options(tmp_path) == {}  # no file: the standard grid
+    (tmp_path / "preprocess.json").write_text(json.dumps({**DEMO_RECORD, "window": [-100, 300]}))
+    assert preprocess_options(tmp_path) == {"size_2d": (64, 64), "size_3d": (64, 64), "max_depth": 8,
+                                            "window": (-100, 300)}
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"size_2d": [64, 64], "resolution": 3}, r"unknown preprocessing option\(s\) \['resolution'\]"),
+    ({"loader": "os.system"}, "unknown loader 'os.system'"),
+    ({"size_3d": [60, 64]}, r"preprocess.json: size_3d=\[60, 64\].*multiple of 32"),
+    ({"max_depth": 10}, r"preprocess.json: max_depth=10"),
+    ([64, 64], "expected a JSON object"),
+])
+def test_bad_preprocess_json_is_a_clear_error(tmp_path, record, message):
+    (tmp_path / "preprocess.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=message):
+        preprocess_options(tmp_path)
+
+
+def test_unreadable_preprocess_json(tmp_path):
+    (tmp_path / "preprocess.json").write_text("{size_2d: 64")
+    with pytest.raises(ValueError, match="preprocess.json: not readable JSON"):
+        preprocess_options(tmp_path)
+
+
+def test_factory_preprocess_uses_the_model_grid(saved_tiny, volume_path, tmp_path):
+    model, preprocess, _ = create_model_and_transforms(saved_tiny)
+    assert isinstance(preprocess, functools.partial) and preprocess.func is preprocess_scan
+    assert tuple(preprocess(volume_path).shape) == (3, 256, 256, 32)  # standard grid without preprocess.json
+
+    (saved_tiny / "preprocess.json").write_text(json.dumps(DEMO_RECORD))
+    try:
+        model, preprocess, tokenizer = create_model_and_transforms(saved_tiny)
+        assert preprocess.keywords == {"size_2d": (64, 64), "size_3d": (64, 64), "max_depth": 8}
+        image = preprocess(volume_path)
+        assert tuple(image.shape) == (3, 64, 64, 8)
+        assert tuple(preprocess(volume_path, max_depth=16).shape) == (3, 64, 64, 16)  # call-time override
+        # the model takes the small grid as is
+        ids = encode_prompt(tokenizer, "<image> what modality?", base_vocab_size=model.config.base_vocab_size)
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([ids]), images=[[image.as_tensor()]])
+        assert out.logits.shape[:2] == (1, len(ids))
+        _, windowed, _ = create_model_and_transforms(saved_tiny, window="lung")
+        assert windowed.keywords["window"] == "lung" and windowed.keywords["max_depth"] == 8
+        assert tuple(model_preprocess(saved_tiny)(volume_path).shape) == (3, 64, 64, 8)
+
+        (saved_tiny / "preprocess.json").write_text(json.dumps({"size_2d": [64, 64], "typo": 1}))
+        with pytest.raises(ValueError, match="typo"):
+            create_model_and_transforms(saved_tiny)
+    finally:
+        (saved_tiny / "preprocess.json").unlink()
