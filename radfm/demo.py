@@ -1,44 +1,51 @@
 """Quick-start job (``make demo``, ``radfm demo``, ``python -m radfm.demo``).
 
-Interim version, until the demo model exists: preprocess scans that ship with a fresh install
-(pydicom's CT and MR slices and a small CT series folder) and print exactly what the model will receive.
+Runs the RadFM bundle's ``inference.json`` with the shipped demo model on the shipped phantom
+scans (an X-ray PNG, a CT and an MRI NIfTI) and prints each prompt with its answer: one prompt
+holds two scans (2D + 3D). The demo model is a small model trained on synthetic phantoms by
+``scripts/train_demo.py``; it knows nothing about real anatomy or disease.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
-
-def sample_scans() -> list[Path]:
-    """Scans available offline on a fresh install: pydicom's bundled CT and MR slices (2D) and a
-    five-slice CT series folder (3D) from its DICOMDIR test files."""
-    import pydicom.data
-    from pydicom.data import get_testdata_file
-
-    series = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests" / "98892001" / "CT5N"
-    scans = [Path(get_testdata_file(name)) for name in ("CT_small.dcm", "MR_small.dcm")]
-    return scans + ([series] if series.is_dir() else [])
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "radfm"
 
 
-def main(png_dir: str | None = None) -> None:
-    """Preprocess the shipped sample scans and print the model inputs (shape, dtype, range, metadata).
+def main(model_dir: str | None = None, max_new_tokens: int = 16) -> None:
+    """Answer the quick-start prompts about the shipped phantom scans and print them.
 
     Args:
-        png_dir: optional folder to write the middle slice of each model input as PNG.
+        model_dir: a RadFM model folder (default: the bundle's demo model). A converted
+            published checkpoint works too (see bundles/radfm/large_files.yml).
+        max_new_tokens: longest answer, in tokens.
     """
-    from radfm.transforms import describe, preprocess_scan
-    from radfm.transforms.preprocess import save_middle_slice_png
+    import torch
+    from monai.bundle import run
 
-    print("RadFM quick start: preprocessing shipped sample scans (the demo model is not available yet)\n")
-    for path in sample_scans():
-        image = preprocess_scan(path)
-        print(describe(image))
-        if png_dir:
-            print(f"middle slice:    {save_middle_slice_png(image, Path(png_dir) / (path.stem + '.png'))}")
-        print()
-    print("Each image enters the model as [3, H, W, D] float32 in [0, 1]: "
-          "2D -> [3, 512, 512, 4], 3D -> [3, 256, 256, D'] (D' = multiple of 4 nearest D, in [4, 64]).")
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    model_dir = model_dir or str(BUNDLE / "models" / "demo")
+    if not (Path(model_dir) / "config.json").is_file():
+        raise SystemExit(f"radfm demo: no model in {model_dir} (expected config.json and safetensors weights); "
+                         "rebuild the demo model with `python scripts/train_demo.py`")
+    print("RadFM quick start: the demo model (a small RadFM trained on synthetic phantoms by "
+          "scripts/train_demo.py) answers questions about the shipped phantom scans.\n")
+    run(
+        config_file=str(BUNDLE / "configs" / "inference.json"),
+        meta_file=str(BUNDLE / "configs" / "metadata.json"),
+        bundle_root=str(BUNDLE),
+        model_dir=model_dir,
+        max_new_tokens=max_new_tokens,
+    )
+    truth = json.loads((BUNDLE / "sample_data" / "truth.json").read_text(encoding="utf-8"))
+    print("Ground truth of the scans:")
+    for name, facts in truth.items():
+        lesions = "; ".join(f"{les['brightness']} {les['shape']} ({les['size']}) {les['location']}" for les in facts["lesions"])
+        print(f"  {name}: {facts['modality']}; {', '.join(facts['diseases']) or 'normal'}; lesions: {lesions or 'none'}")
+    print("\nEvaluation of the demo model on held-out phantoms: bundles/radfm/models/demo/EVAL.md")
     sys.stdout.flush()
 
 

@@ -34,9 +34,8 @@ def tiny_tokenizer(max_images: int = 10):
 PREPROCESS_FILE = "preprocess.json"
 # Options of preprocess_scan a model folder may record (series_uid is per scan, not per model).
 MODEL_PREPROCESS_KEYS = ("size_2d", "size_3d", "max_depth", "window", "nonfinite", "axcodes", "contiguous")
-# "loader" only records provenance. The demo model's file names the former small-grid loader, whose
-# grid options mean the same in preprocess_scan.
-KNOWN_LOADERS = ("radfm.transforms.preprocess_scan", "radfm.engines.images.ScanLoader")
+# "loader" only records provenance: the one preprocessing every model runs through.
+KNOWN_LOADERS = ("radfm.transforms.preprocess_scan",)
 
 
 def preprocess_options(model_dir: str | os.PathLike) -> dict[str, Any]:

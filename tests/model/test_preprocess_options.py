@@ -14,7 +14,7 @@ from radfm.model.factory import create_model_and_transforms, model_preprocess, p
 from radfm.model.tokenizer import encode_prompt
 from radfm.transforms import preprocess_scan
 
-DEMO_RECORD = {"loader": "radfm.engines.images.ScanLoader", "size_2d": [64, 64], "size_3d": [64, 64], "max_depth": 8}
+DEMO_RECORD = {"loader": "radfm.transforms.preprocess_scan", "size_2d": [64, 64], "size_3d": [64, 64], "max_depth": 8}
 
 
 @pytest.fixture(scope="module")

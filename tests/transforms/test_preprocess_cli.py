@@ -1,4 +1,4 @@
-"""`radfm preprocess` and the interim quick-start job."""
+"""`radfm preprocess` (the quick-start job itself is tested in tests/bundles/test_demo.py)."""
 
 from __future__ import annotations
 
@@ -23,13 +23,3 @@ def test_preprocess_cli_bad_input_is_a_clean_exit(tmp_path):
     (tmp_path / "x.pdf").write_bytes(b"%PDF")
     with pytest.raises(SystemExit, match="unsupported file type"):
         radfm_main(["preprocess", str(tmp_path / "x.pdf")])
-
-
-def test_demo_main(capsys, tmp_path):
-    from radfm.demo import main
-
-    main(png_dir=str(tmp_path))
-    printed = capsys.readouterr().out
-    assert printed.count("model input:     shape (3, 512, 512, 4)") == 2
-    assert "shape (3, 256, 256, 4)" in printed  # the CT series folder is 3D
-    assert len(list(tmp_path.glob("*.png"))) == 3

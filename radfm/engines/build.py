@@ -1,0 +1,116 @@
+"""Building blocks the bundle configs call: the model (with tokenizer), LoRA, the optimizer."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def load_model(
+    model: str | os.PathLike = "tiny",
+    *,
+    tokenizer_dir: str | os.PathLike | None = None,
+    config_overrides: dict[str, Any] | None = None,
+    gradient_checkpointing: bool = False,
+    seed: int | None = 0,
+    device: str | torch.device = "cpu",
+    vision_init: str | os.PathLike | None = None,
+):
+    """A ``RadFM`` with ``.tokenizer`` attached.
+
+    ``model``: a ``save_pretrained`` directory (weights loaded), a ``RadFMConfig`` JSON file or a
+    preset name (random init; then ``tokenizer_dir`` gives the tokenizer, default the preset's
+    own small tokenizer). ``config_overrides``: ``{"vision": {...}, "perceiver": {...}, "llm": {...}}``
+    entries merged into a fresh config (ignored for a weights directory). ``seed`` fixes the init.
+    ``vision_init``: a safetensors file of vision-encoder weights to start from (e.g. an encoder
+    first trained as a classifier); shapes must match the config.
+    """
+    from radfm.model.config import RadFMConfig
+    from radfm.model.radfm import RadFM
+
+    source = Path(os.fspath(model))
+    if source.is_dir():
+        net = RadFM.from_pretrained(source)
+        if tokenizer_dir is not None:
+            net.tokenizer = _load_tokenizer(tokenizer_dir)
+        if net.tokenizer is None:
+            raise ValueError(f"model directory {source} has no tokenizer; pass tokenizer_dir")
+    else:
+        tokenizer = _load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else None
+        if tokenizer is None:
+            from radfm.model.factory import tiny_tokenizer
+
+            tokenizer = tiny_tokenizer()
+        base = tokenizer.convert_tokens_to_ids("<image>")
+        if source.is_file():
+            values = RadFMConfig.from_json_file(source).to_dict()
+        elif os.sep in os.fspath(model) or os.fspath(model).endswith(".json"):
+            raise FileNotFoundError(f"model {os.fspath(model)!r}: no such model directory or config file")
+        else:
+            values = RadFMConfig.preset(os.fspath(model)).to_dict()
+        for part, entries in (config_overrides or {}).items():
+            if part not in ("vision", "perceiver", "llm"):
+                raise ValueError(f"config_overrides key {part!r}: expected 'vision', 'perceiver' or 'llm'")
+            values[part].update(entries)
+        values["llm"]["vocab_size"] = base
+        if seed is not None:
+            torch.manual_seed(seed)
+        net = RadFM(RadFMConfig.from_dict(values))
+        net.tokenizer = tokenizer
+    if vision_init is not None:
+        from safetensors.torch import load_file
+
+        state = load_file(os.fspath(vision_init))
+        missing, unexpected = net.vision_encoder.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"vision_init {vision_init}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if gradient_checkpointing:
+        net.gradient_checkpointing_enable()
+    return net.to(device)
+
+
+def _load_tokenizer(tokenizer_dir: str | os.PathLike):
+    from transformers import AutoTokenizer
+
+    from radfm.model.tokenizer import add_image_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer_dir))
+    add_image_tokens(tokenizer)
+    return tokenizer
+
+
+def apply_lora(model, *, rank: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules: Any = "all-linear"):
+    """Wrap ``model.language_model`` with peft LoRA adapters; the base LLM weights stay frozen.
+
+    The vision encoder, perceiver and projection still train in full. Returns ``model``.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                        task_type="CAUSAL_LM")
+    model.language_model = get_peft_model(model.language_model, config)
+    return model
+
+
+def make_optimizer(model: torch.nn.Module, lr: float = 1e-4, weight_decay: float = 0.0,
+                   betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
+    """AdamW over every parameter that can train (LoRA: adapters only in the LLM).
+
+    Parameters frozen later by the freeze schedule stay in the optimizer; they receive no
+    gradient while frozen and are skipped.
+    """
+    params = [p for n, p in model.named_parameters() if p.requires_grad or "language_model" in n]
+    if any("lora_" in n for n, _ in model.named_parameters()):
+        params = [p for n, p in model.named_parameters() if "language_model" not in n or "lora_" in n]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
+
+
+def optimizer_steps(data_loader: Any, epochs: int, accumulation_steps: int = 1) -> int:
+    """Optimizer steps in a run: ``epochs × ceil(len(loader) / accumulation_steps)``."""
+    return max(1, epochs * -(-len(data_loader) // accumulation_steps))

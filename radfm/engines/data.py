@@ -1,0 +1,182 @@
+"""Datasets, collate and loaders for RadFM training and closed-set validation.
+
+A manifest (``radfm.data.manifest``) becomes tokenised, weighted sequences
+(``radfm.data.sequences.SequenceBuilder``) plus preprocessed images
+(``radfm.transforms.preprocess_scan`` unless another ``image_loader`` is given).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from radfm.engines.sampler import ResumableSampler
+
+ImageLoader = Callable[[str], torch.Tensor]
+
+
+def default_image_loader(**options: Any) -> ImageLoader:
+    """``path -> [3, H, W, D]`` float tensor with the standard RadFM preprocessing."""
+    from radfm.transforms import preprocess_scan
+
+    def load(path: str) -> torch.Tensor:
+        return torch.as_tensor(preprocess_scan(path, **options)).float()
+
+    return load
+
+
+def _load_samples(manifest: str | Path | Sequence, split: str | None):
+    from radfm.data.manifest import load_manifest
+
+    samples = load_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
+    if split is not None:
+        samples = [s for s in samples if s.split in (None, split)]
+    if not samples:
+        raise ValueError(f"no samples in {manifest!s:.200} for split {split!r}")
+    return samples
+
+
+class RadFMTrainDataset(torch.utils.data.Dataset):
+    """Manifest samples as ``{"ids", "input_ids", "loss_weights", "attention_mask", "images"}``.
+
+    ``cache_images`` keeps preprocessed images in memory (phantoms; small datasets).
+    """
+
+    def __init__(
+        self,
+        manifest: str | Path | Sequence,
+        tokenizer: Any,
+        base_vocab_size: int,
+        *,
+        split: str | None = "train",
+        max_length: int = 2048,
+        image_loader: ImageLoader | None = None,
+        cache_images: bool = False,
+        term_weighting: bool = True,
+    ) -> None:
+        from radfm.data.sequences import SequenceBuilder
+
+        self.samples = _load_samples(manifest, split)
+        self.builder = SequenceBuilder(
+            tokenizer, base_vocab_size, max_length=max_length, matcher=None if term_weighting else False
+        )
+        self.image_loader = image_loader or default_image_loader()
+        self.cache: dict[str, torch.Tensor] | None = {} if cache_images else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _image(self, path: str) -> torch.Tensor:
+        if self.cache is None:
+            return self.image_loader(path)
+        if path not in self.cache:
+            self.cache[path] = self.image_loader(path)
+        return self.cache[path]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        seq = self.builder(sample)
+        images = [self._image(ref.path) for ref in sample.images[: seq["num_images"]]]
+        return {
+            "ids": sample.id,
+            "input_ids": seq["input_ids"],
+            "loss_weights": seq["loss_weights"],
+            "attention_mask": seq["attention_mask"],
+            "images": images,
+        }
+
+
+def collate_radfm(samples: Sequence[dict[str, Any]], pad_token_id: int = 0) -> dict[str, Any]:
+    """Left-pad to the longest sequence: ``input_ids``/``attention_mask``/``loss_weights`` ``[B, L]``.
+
+    Padding carries weight 0 and mask 0; ``images`` stays a list of per-sample lists.
+    """
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
+    length = max(int(s["input_ids"].shape[0]) for s in samples)
+    batch = len(samples)
+    input_ids = torch.full((batch, length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros(batch, length, dtype=torch.long)
+    loss_weights = torch.zeros(batch, length, dtype=torch.float32)
+    for row, s in enumerate(samples):
+        n = int(s["input_ids"].shape[0])
+        input_ids[row, length - n :] = s["input_ids"]
+        attention_mask[row, length - n :] = 1
+        loss_weights[row, length - n :] = s["loss_weights"]
+    return {
+        "ids": [s["ids"] for s in samples],
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "loss_weights": loss_weights,
+        "images": [list(s["images"]) for s in samples],
+    }
+
+
+def make_train_loader(
+    dataset: torch.utils.data.Dataset, batch_size: int = 1, *, seed: int = 0, shuffle: bool = True, num_workers: int = 0
+) -> torch.utils.data.DataLoader:
+    """A loader whose order depends only on ``seed`` and the epoch (exact resume, DDP sharding).
+
+    The loader gets its own generator so that starting an epoch does not draw from the
+    global RNG (which a resumed run restores).
+    """
+    sampler = ResumableSampler(dataset, shuffle=shuffle, seed=seed)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=collate_radfm,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+class ClosedSetDataset(torch.utils.data.Dataset):
+    """Validation cases with a closed answer set: ``{"ids", "prompt", "images", "reference", "choices"}``.
+
+    Samples whose ``extra["closed_set"]`` is missing default to yes/no for inductive tasks
+    and are skipped otherwise.
+    """
+
+    def __init__(
+        self,
+        manifest: str | Path | Sequence,
+        *,
+        split: str | None = "val",
+        image_loader: ImageLoader | None = None,
+        tasks: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> None:
+        cases = []
+        for sample in _load_samples(manifest, split):
+            if sample.is_interleaved or (tasks is not None and sample.task not in tasks):
+                continue
+            choices = sample.extra.get("closed_set")
+            if choices is None and sample.task in ("modality_inductive", "diagnosis_inductive"):
+                choices = ["yes", "no"]
+            if choices:
+                cases.append((sample, list(choices)))
+        self.cases = cases[:limit] if limit else cases
+        self.image_loader = image_loader or default_image_loader()
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample, choices = self.cases[index]
+        return {
+            "ids": sample.id,
+            "task": sample.task,
+            "prompt": sample.instruction,
+            "images": [self.image_loader(ref.path) for ref in sample.images],
+            "reference": sample.response,
+            "choices": choices,
+        }
+
+
+def collate_cases(cases: Sequence[dict[str, Any]]) -> dict[str, list]:
+    """Validation cases as lists per key (no tensors to stack)."""
+    return {key: [case[key] for case in cases] for key in cases[0]}

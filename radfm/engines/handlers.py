@@ -1,0 +1,112 @@
+"""Small ignite handlers for the bundles: progress bar, final safetensors export, MLflow params."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+
+logger = logging.getLogger(__name__)
+
+
+def is_rank0() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+class ProgressBar:
+    """ignite's tqdm progress bar showing the running loss (rank 0 only)."""
+
+    def __init__(self, output_key: str = "loss", persist: bool = False) -> None:
+        self.output_key = output_key
+        self.persist = persist
+
+    def attach(self, engine: Engine) -> None:
+        if not is_rank0():
+            return
+        from ignite.handlers import ProgressBar as IgniteBar
+
+        key = self.output_key
+
+        def transform(output: Any) -> dict[str, float]:
+            if isinstance(output, list) and output:
+                output = output[0]
+            if isinstance(output, dict) and key in output and output[key] is not None:
+                return {key: float(output[key])}
+            return {}
+
+        IgniteBar(persist=self.persist).attach(engine, output_transform=transform)
+
+
+class SavePretrained:
+    """At ``COMPLETED``, write the model (safetensors + config + tokenizer) with ``save_pretrained``.
+
+    LoRA adapters are merged into the LLM weights of the copy written, so the output loads
+    with plain ``RadFM.from_pretrained``.
+    """
+
+    def __init__(self, model: torch.nn.Module, output_dir: str, merge_lora: bool = True) -> None:
+        self.model = model
+        self.output_dir = output_dir
+        self.merge_lora = merge_lora
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        model = self._gathered_fsdp_model()  # collective: every rank must take part
+        if not is_rank0():
+            return
+        model = model if model is not None else getattr(self.model, "module", self.model)
+        language_model = model.language_model
+        if self.merge_lora and hasattr(language_model, "merge_and_unload"):
+            import copy
+
+            model = copy.deepcopy(model)
+            model.language_model = model.language_model.merge_and_unload()
+        model.save_pretrained(self.output_dir)
+        logger.info("saved model to %s", Path(self.output_dir).resolve())
+
+    def _gathered_fsdp_model(self) -> torch.nn.Module | None:
+        """For an FSDP model: a full CPU copy on rank 0 (None elsewhere and without FSDP)."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if not isinstance(self.model, FullyShardedDataParallel):
+            return None
+        from radfm.engines.distributed import FullStateModel
+        from radfm.model.radfm import RadFM
+
+        state = FullStateModel(self.model).state_dict()
+        if not is_rank0():
+            return None
+        inner = self.model.module
+        full = RadFM(inner.config)
+        full.load_state_dict(state)
+        full.tokenizer = getattr(self.model, "tokenizer", None) or getattr(inner, "tokenizer", None)
+        return full
+
+
+class TrackingParams:
+    """Hands ``params`` (learning rate, batch size, model sizes ...) to MONAI's ``MLFlowHandler``.
+
+    ``--tracking mlflow`` appends an ``MLFlowHandler`` to the trainer handlers; before it starts
+    its run, this handler puts ``params`` in its ``experiment_param`` so they are logged as
+    MLflow params. Without tracking it does nothing.
+    """
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from monai.handlers import MLFlowHandler
+
+        for handler, _args, _kwargs in engine._event_handlers.get(Events.STARTED, []):
+            owner = getattr(handler, "__self__", None)
+            if isinstance(owner, MLFlowHandler):
+                owner.experiment_param = {**(owner.experiment_param or {}), **self.params}

@@ -1,0 +1,28 @@
+"""The quick start (`make demo`): the shipped demo model answers about the shipped phantom scans."""
+
+from __future__ import annotations
+
+import json
+
+from .conftest import RADFM_BUNDLE
+
+
+def test_demo_model_is_small_safetensors():
+    demo = RADFM_BUNDLE / "models" / "demo"
+    weights = list(demo.glob("*.safetensors"))
+    assert weights and sum(p.stat().st_size for p in weights) <= 20 * 2**20
+    assert not list(demo.glob("*.bin")) and (demo / "tokenizer.json").is_file() and (demo / "config.json").is_file()
+    results = json.loads((demo / "eval.json").read_text())
+    assert results["settings"]["eval_seed"] != results["settings"]["seed"]  # held out by a new seed
+
+
+def test_demo_prints_answers_for_a_two_scan_prompt(capsys):
+    from radfm.demo import main
+
+    main(max_new_tokens=6)
+    out = capsys.readouterr().out
+    assert out.count("  Q: ") == 4 and out.count("  A: ") == 4
+    two_scans = out.split("[xray_phantom.png, ct_phantom.nii.gz]")[1].split("\n\n")[0]
+    answer = two_scans.split("A: ")[1]
+    # the demo model names modalities reliably (100% on held-out phantoms): X-ray (2D) and CT (3D)
+    assert "X-ray" in answer and "CT" in answer, answer

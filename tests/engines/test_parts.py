@@ -1,0 +1,126 @@
+"""Small parts: CLI config names, LoRA + freeze counts, image loader, closed-set metric, inference helpers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from radfm.engines.cli import NAMED_CONFIGS, _resolve
+from radfm.engines.freeze import count_trainable, set_language_model_trainable
+
+
+def test_cli_resolves_named_configs_and_rejects_unknown(tmp_path):
+    assert _resolve("instruct") == [str(NAMED_CONFIGS["instruct"])]
+    assert all(path.is_file() for path in NAMED_CONFIGS.values())
+    with pytest.raises(FileNotFoundError, match="pretrain"):
+        _resolve(str(tmp_path / "missing.json"))
+
+
+def test_lora_trains_only_adapters_in_the_llm():
+    from radfm.engines.build import apply_lora, load_model, make_optimizer
+
+    model = apply_lora(load_model("tiny", seed=0), rank=4)
+    total = sum(p.numel() for p in model.parameters())
+    llm_total = sum(p.numel() for p in model.language_model.parameters())
+    lora = sum(p.numel() for n, p in model.language_model.named_parameters() if "lora_" in n)
+    assert 0 < lora < llm_total
+    set_language_model_trainable(model, False, lora=True)
+    assert count_trainable(model) == total - llm_total
+    set_language_model_trainable(model, True, lora=True)
+    assert count_trainable(model) == total - llm_total + lora
+    optimizer_params = {id(p) for group in make_optimizer(model).param_groups for p in group["params"]}
+    base_llm = [p for n, p in model.language_model.named_parameters() if "lora_" not in n]
+    assert not any(id(p) in optimizer_params for p in base_llm)
+
+
+def test_closed_set_accuracy_metric():
+    from radfm.engines.validation import ClosedSetAccuracy
+
+    metric = ClosedSetAccuracy()
+    per_task = ClosedSetAccuracy("vqa")
+    for m in (metric, per_task):
+        m.reset()
+        m.update((["vqa", "vqa", "modality_inductive"], [True, False, True]))
+    assert metric.compute() == pytest.approx(2 / 3) and per_task.compute() == pytest.approx(0.5)
+
+
+def test_image_loader_for_reads_preprocess_json(tmp_path):
+    from PIL import Image
+
+    from radfm.engines.inference import image_loader_for
+
+    png = tmp_path / "a.png"
+    Image.fromarray((np.arange(100 * 60).reshape(100, 60) % 256).astype(np.uint8)).save(png)
+    (tmp_path / "preprocess.json").write_text(json.dumps({"loader": "radfm.transforms.preprocess_scan",
+                                                          "size_2d": [64, 64], "size_3d": [64, 64], "max_depth": 8}))
+    image = image_loader_for(tmp_path)(str(png))
+    assert image.shape == (3, 64, 64, 4) and float(image.max()) <= 1.0
+    assert image_loader_for(None)(str(png)).shape == (3, 512, 512, 4)  # no folder: the paper's grid
+    (tmp_path / "preprocess.json").write_text(json.dumps({"loader": "os.system"}))
+    with pytest.raises(ValueError, match="loader"):
+        image_loader_for(tmp_path)
+
+
+def test_collate_left_pads_with_zero_weight():
+    from radfm.engines.data import collate_radfm
+
+    a = {"ids": "a", "input_ids": torch.tensor([1, 5, 6]), "loss_weights": torch.tensor([0.0, 1.0, 3.0]), "images": []}
+    b = {"ids": "b", "input_ids": torch.tensor([1, 7]), "loss_weights": torch.tensor([0.0, 1.0]), "images": []}
+    batch = collate_radfm([a, b])
+    assert batch["input_ids"].tolist() == [[1, 5, 6], [0, 1, 7]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 1, 1]]
+    assert batch["loss_weights"].tolist() == [[0.0, 1.0, 3.0], [0.0, 0.0, 1.0]]
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    from radfm.engines.build import load_model
+    from radfm.engines.loss import weighted_next_token_loss
+    from radfm.model.tokenizer import image_token_ids
+
+    def grads(checkpointing: bool) -> dict[str, torch.Tensor]:
+        model = load_model("tiny", seed=0, gradient_checkpointing=checkpointing).train()
+        vocab = model.config.base_vocab_size
+        ids = torch.tensor([[1, *image_token_ids(vocab, 0), 5, 6, 7, 2]])
+        weights = torch.zeros(ids.shape)
+        weights[0, -3:] = 1.0
+        torch.manual_seed(1)
+        out = model(input_ids=ids, images=[[torch.rand(3, 64, 64, 8, generator=torch.Generator().manual_seed(0))]])
+        weighted_next_token_loss(out.logits, ids, weights).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, checkpointed = grads(False), grads(True)
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(plain[name], checkpointed[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    from radfm.engines.trainer import RadFMTrainer
+
+    from .conftest import ToyDataset, ToyRadFM, toy_collate
+
+    torch.manual_seed(0)
+    model = ToyRadFM()
+    start = model.vision_encoder.weight.detach().clone()
+    loader = torch.utils.data.DataLoader(ToyDataset(8), batch_size=4, collate_fn=toy_collate)
+    trainer = RadFMTrainer(device="cpu", max_epochs=1, train_data_loader=loader, network=model,
+                           optimizer=torch.optim.AdamW(model.parameters(), lr=1e-2), precision="bf16")
+    trainer.run()
+    assert torch.isfinite(trainer.state.output[0]["loss"])
+    assert model.vision_encoder.weight.dtype == torch.float32  # autocast, not a cast of the weights
+    assert not torch.equal(start, model.vision_encoder.weight)
+    with pytest.raises(ValueError, match="precision"):
+        RadFMTrainer(device="cpu", max_epochs=1, train_data_loader=loader, network=model,
+                     optimizer=torch.optim.AdamW(model.parameters()), precision="fp8")
+
+
+def test_radfm_train_cli_help_and_bad_config(capsys, tmp_path):
+    from radfm.cli import main
+
+    main(["train", "--help"])
+    assert "Train with a MONAI bundle config" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="training config"):
+        main(["train", str(tmp_path / "nope.json")])
