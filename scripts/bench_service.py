@@ -73,6 +73,9 @@ def main() -> None:
     else:
         model_dir, model_label = tiny_model(work), "a tiny RANDOM model (preset 'tiny'; the demo model did not exist)"
     scan = make_scan(work)
+    from radfm.model.factory import model_preprocess
+
+    model_input_shape = tuple(model_preprocess(model_dir)(scan).shape)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "radfm.cli", "serve", "--model", str(model_dir), "--port", str(port),
@@ -119,7 +122,7 @@ def main() -> None:
     report = f"""# `radfm serve` benchmark: {args.requests} concurrent requests
 
 - Model: {model_label}; weights sha256 {health['model']['weights_sha256'][:16]}…
-- Request: one 96×96×32 NIfTI volume (preprocessed to 3×256×256×32) + prompt, max_new_tokens {args.max_new_tokens}, greedy
+- Request: one 96×96×32 NIfTI volume (preprocessed to {'×'.join(map(str, model_input_shape))}, the model's grid) + prompt, max_new_tokens {args.max_new_tokens}, greedy
 - Machine: {cpu} CPU cores visible, device `{args.device}`; service started with `{' '.join(command[2:4])} …` as a subprocess
 - Command: `{' '.join([Path(sys.executable).name, *sys.argv])}`
 
