@@ -83,3 +83,17 @@ class FullStateOptimizer:
 
         flat = FullyShardedDataParallel.optim_state_dict_to_load(self.model, self.optimizer, state)
         self.optimizer.load_state_dict(flat)
+
+
+def destroy_process_group() -> None:
+    """Tear down torch.distributed after a run and reset ignite's cached distributed context.
+
+    Ignite remembers the native process group it saw during the run; without the reset a later
+    run in the same process (tests, notebooks) asks a destroyed group for its rank.
+    """
+    import ignite.distributed as idist
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    idist.utils._set_model(idist.utils._SerialModel())  # no public reset that skips destroying the group
