@@ -150,17 +150,32 @@ def _invert_monochrome1(arr: np.ndarray) -> np.ndarray:
     ``lo + hi - x`` lies in [lo, hi], so integers are flipped in place in their own dtype (no
     int32 copy), as ``hi - x`` (in [0, hi - lo]) then ``+ lo``, when ``hi - lo`` fits the dtype.
     """
-    lo, hi = arr.min(), arr.max()
+    lo, hi = _stored_range(arr)
     if arr.dtype.kind in "iu":
-        if int(hi) - int(lo) <= np.iinfo(arr.dtype).max:
+        lo, hi = int(lo), int(hi)
+        if hi - lo <= np.iinfo(arr.dtype).max:
             out = arr if arr.flags.writeable else arr.copy()  # pydicom's decoded array is ours to reuse
             np.subtract(arr.dtype.type(hi), out, out=out)
             out += arr.dtype.type(lo)
             return out
         out = arr.astype(np.int32)  # int32 holds lo + hi - x for any 16-bit input
-        np.subtract(np.int32(int(lo) + int(hi)), out, out=out)
+        np.subtract(np.int32(lo + hi), out, out=out)
         return out
     return (lo + hi) - arr
+
+
+def _monochrome1_rescale(arr: np.ndarray) -> tuple[float, float]:
+    """The inversion ``lo + hi - x`` as a pending (slope, intercept), for the resize to apply leanly."""
+    lo, hi = _stored_range(arr)
+    return -1.0, float(lo) + float(hi)
+
+
+def _stored_range(arr: np.ndarray) -> tuple[float, float]:
+    from .intensity import value_range  # torch's reduction: faster than numpy's min + max on uint16
+
+    if not arr.dtype.isnative or arr.dtype.kind not in "iuf":
+        return arr.min(), arr.max()
+    return value_range(arr)
 
 
 def _pixel_spacing(ds: Any) -> tuple[float, float]:
@@ -235,8 +250,12 @@ def _base_meta(ds: Any, path: str) -> dict[str, Any]:
     }
 
 
-def read_dicom_file(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
-    """One DICOM file (single- or multi-frame) -> (array [C, rows, cols(, frames)], metadata)."""
+def read_dicom_file(path: str | os.PathLike, defer_rescale: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """One DICOM file (single- or multi-frame) -> (array [C, rows, cols(, frames)], metadata).
+
+    ``defer_rescale``: a MONOCHROME1 image is not inverted here but returned with
+    ``meta["rescale"] = (-1, lo + hi)``, which the resize applies to its (smaller) output.
+    """
     import pydicom
 
     path = str(path)
@@ -248,8 +267,12 @@ def read_dicom_file(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]
         raise ScanReadError(f"{path}: DICOM object without pixel data (SOP class "
                             f"{ds.get('SOPClassUID', '?')}); expected an image")
     arr = _apply_modality_lut(_pixels(ds, path), ds)
+    pending: dict[str, Any] = {}
     if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-        arr = _invert_monochrome1(arr)
+        if defer_rescale:
+            pending["rescale"] = _monochrome1_rescale(arr)
+        else:
+            arr = _invert_monochrome1(arr)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if samples > 1 and arr.shape[-1] != samples:  # palette colour expanded to RGB
@@ -274,6 +297,7 @@ def read_dicom_file(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]
     else:  # no geometry (e.g. multi-frame without functional groups, most radiographs): keep as stored
         meta["affine"] = np.diag([spacing_rc[0], spacing_rc[1], 1.0, 1.0])
         meta["orientation_known"] = False
+    meta.update(pending)
     return data, meta
 
 

@@ -141,8 +141,8 @@ def read_scan_array(path: str | os.PathLike, series_uid: str | None = None,
                     defer_rescale: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
     """Read ``path`` -> (array [C, *spatial] as stored, metadata); errors are ``ScanReadError``.
 
-    ``defer_rescale``: a NIfTI scl_slope/scl_inter that would need floats is not applied but
-    returned as ``meta["rescale"] = (slope, intercept)``, for :class:`ResizeToRadFM` /
+    ``defer_rescale``: a NIfTI scl_slope/scl_inter that would need floats (or a DICOM MONOCHROME1
+    inversion) is not applied but returned as ``meta["rescale"] = (slope, intercept)``, for :class:`ResizeToRadFM` /
     :class:`ScaleResizeToRadFM` (and ``CTWindow``/``MinMaxScale``) to apply leanly.
     """
     path_text = str(path)
@@ -151,7 +151,7 @@ def read_scan_array(path: str | os.PathLike, series_uid: str | None = None,
         if fmt == "dicom_series":
             array, meta = read_dicom_series(path_text, series_uid=series_uid)
         elif fmt == "dicom":
-            array, meta = read_dicom_file(path_text)
+            array, meta = read_dicom_file(path_text, defer_rescale=defer_rescale)
         elif fmt == "image":
             array, meta = _read_pil(path_text)
         elif fmt == "numpy":
@@ -226,8 +226,9 @@ class LoadScan(Transform):
 
     Args:
         series_uid: SeriesInstanceUID to read when a folder holds several series.
-        defer_rescale: leave a float NIfTI scaling to the resize (``meta["rescale"]``): the
-            stored uint8/int16 stays as is instead of a float32 copy. Only for pipelines that
+        defer_rescale: leave a float NIfTI scaling or a DICOM MONOCHROME1 inversion to the
+            resize (``meta["rescale"]``): the stored uint8/int16/uint16 stays as is instead of a
+            float32 copy or an inverting pass. Only for pipelines that
             resize with ``ResizeToRadFM``/``ScaleResizeToRadFM`` (as ``preprocess_scan`` does).
     """
 

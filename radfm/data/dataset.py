@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from radfm.data.manifest import Sample, load_manifest
-from radfm.data.sampler import image_dims
+from radfm.data.sampler import sample_dims
 from radfm.data.sequences import SequenceBuilder
 from radfm.utils.io import atomic_path
 
@@ -71,7 +71,7 @@ class ManifestDataset(Dataset):
     @property
     def dims(self) -> list[int]:
         """Per sample 2 or 3 (3 if any of its scans is 3D), for ``ModalityBatchSampler``."""
-        return [max((image_dims(im.path) for im in s.images), default=2) for s in self.samples]
+        return [sample_dims(s) for s in self.samples]
 
     @property
     def groups(self) -> list[str]:

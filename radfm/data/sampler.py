@@ -5,7 +5,9 @@ samples, optionally mixing datasets with given ratios, (2) groups them by dimens
 (3) cuts each group into batches, (4) shuffles the batch order, and (5) gives each rank a
 disjoint, equally long share of the batches (the tail that does not divide evenly is
 dropped so that ranks run the same number of steps). Everything is seeded by
-``seed`` and the epoch set with ``set_epoch``.
+``seed`` and the epoch set with ``set_epoch``; ``skip_next_epoch`` resumes mid-epoch.
+With ``ratios`` the 2D/3D split, and so the number of batches, can differ between epochs;
+without them every epoch has the same batches in a new order.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ def image_dims(path: str) -> int:
         ds = pydicom.dcmread(str(p), stop_before_pixels=True)
         return 3 if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 else 2
     return 3
+
+
+def sample_dims(sample) -> int:
+    """2 or 3 for a manifest ``Sample``: 3 if any of its scans is 3D, 2 otherwise (also without scans)."""
+    return max((image_dims(ref.path) for ref in sample.images), default=2)
 
 
 def _dist_info(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
@@ -110,9 +117,15 @@ class ModalityBatchSampler(Sampler[list[int]]):
         self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
         self.num_replicas, self.rank = _dist_info(num_replicas, rank)
         self.epoch = 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch's draw (call at every epoch start: MONAI does it only for ``DistributedSampler``)."""
         self.epoch = epoch
+
+    def skip_next_epoch(self, num_batches: int) -> None:
+        """Drop the first ``num_batches`` of this rank's batches the next time it is iterated (resume)."""
+        self._skip = num_batches
 
     def _epoch_indices(self, rng: np.random.Generator) -> np.ndarray:
         if not self.ratios:
@@ -151,7 +164,8 @@ class ModalityBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._all_batches()
         per_rank = len(batches) // self.num_replicas
-        yield from batches[self.rank:per_rank * self.num_replicas:self.num_replicas]
+        skip, self._skip = self._skip, 0
+        yield from batches[self.rank:per_rank * self.num_replicas:self.num_replicas][skip:]
 
     def __len__(self) -> int:
         return len(self._all_batches()) // self.num_replicas

@@ -2,7 +2,7 @@
 
 Saving uses ignite's ``Checkpoint`` with an atomic ``DiskSaver`` (temp file, then rename);
 loading uses MONAI's ``CheckpointLoader`` (``torch.load(weights_only=True)``) and then tells
-the ``ResumableSampler`` how many samples of the interrupted epoch were already seen.
+the training sampler how much of the interrupted epoch was already seen.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader
 
-from radfm.engines.sampler import ResumableSampler
+from torch.utils.data import DistributedSampler
+
+from radfm.data.sampler import ModalityBatchSampler
 
 logger = logging.getLogger(__name__)
 _STEP_RE = re.compile(r"_(\d+)\.pt$")
@@ -76,11 +78,14 @@ class ResumeFromCheckpoint(CheckpointLoader):
     """At ``STARTED``, load the newest checkpoint of ``load_dir`` (if any) and skip seen samples.
 
     ``load_dict`` must hold the same objects as the saver's ``save_dict`` (with an
-    ``RNGState``; the trainer is added at ``attach``); ``sampler`` is the training ``ResumableSampler``.
+    ``RNGState``; the trainer is added at ``attach``). ``sampler`` is the training sampler
+    (``radfm.engines.data.train_sampler``): a ``ResumableSampler`` skips ``seen batches ×
+    batch_size`` samples, a ``ModalityBatchSampler`` skips the seen batches and is given the
+    epoch at every epoch start (MONAI's workflow does that only for a ``DistributedSampler``).
     """
 
     def __init__(
-        self, load_dir: str, load_dict: dict[str, Any], sampler: ResumableSampler | None = None, batch_size: int = 1
+        self, load_dir: str, load_dict: dict[str, Any], sampler: Any = None, batch_size: int = 1
     ) -> None:
         self.load_dir = load_dir
         self.sampler = sampler
@@ -91,6 +96,8 @@ class ResumeFromCheckpoint(CheckpointLoader):
         """Registers at ``STARTED``; the engine's own state is restored from ``"trainer"``."""
         self.load_dict.setdefault("trainer", engine)
         super().attach(engine)
+        if self.sampler is not None and not isinstance(self.sampler, DistributedSampler):
+            engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self.sampler.set_epoch(e.state.epoch))
 
     def __call__(self, engine: Engine) -> None:
         path = latest_checkpoint(self.load_dir)
@@ -101,5 +108,6 @@ class ResumeFromCheckpoint(CheckpointLoader):
         super().__call__(engine)
         seen = engine.state.iteration % engine.state.epoch_length if engine.state.epoch_length else 0
         if seen and self.sampler is not None:
-            self.sampler.skip_next_epoch(seen * self.batch_size)
+            batch_sampler = isinstance(self.sampler, ModalityBatchSampler)
+            self.sampler.skip_next_epoch(seen if batch_sampler else seen * self.batch_size)
         logger.info("resumed from %s at iteration %d (epoch %d)", path, engine.state.iteration, engine.state.epoch)

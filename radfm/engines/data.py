@@ -116,13 +116,39 @@ def collate_radfm(samples: Sequence[dict[str, Any]], pad_token_id: int = 0) -> d
 
 
 def make_train_loader(
-    dataset: torch.utils.data.Dataset, batch_size: int = 1, *, seed: int = 0, shuffle: bool = True, num_workers: int = 0
+    dataset: torch.utils.data.Dataset,
+    batch_size: int = 1,
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_workers: int = 0,
+    batching: str = "mixed",
+    batch_size_3d: int = 1,
 ) -> torch.utils.data.DataLoader:
     """A loader whose order depends only on ``seed`` and the epoch (exact resume, DDP sharding).
 
+    ``batching``: ``"mixed"`` batches of ``batch_size`` samples whatever their scans
+    (``ResumableSampler``); ``"modality"`` the paper's batches, never mixing 2D and 3D:
+    ``batch_size`` 2D samples or ``batch_size_3d`` 3D samples (``ModalityBatchSampler``; a
+    sample with any 3D scan is 3D, one without scans 2D). The trainer's
+    ``ResumeFromCheckpoint`` sets the epoch on either sampler (:func:`train_sampler`).
     The loader gets its own generator so that starting an epoch does not draw from the
     global RNG (which a resumed run restores).
     """
+    generator = torch.Generator().manual_seed(seed)
+    if batching == "modality":
+        from radfm.data.sampler import ModalityBatchSampler, sample_dims
+
+        samples = getattr(dataset, "samples", None)
+        if samples is None:
+            raise ValueError("batching='modality' needs a dataset with .samples (manifest samples)")
+        dims = [sample_dims(s) for s in samples]
+        batch_sampler = ModalityBatchSampler(dims, batch_size_2d=batch_size, batch_size_3d=batch_size_3d,
+                                             seed=seed, shuffle=shuffle)
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_radfm,
+                                           num_workers=num_workers, generator=generator)
+    if batching != "mixed":
+        raise ValueError(f"batching must be 'mixed' or 'modality', got {batching!r}")
     sampler = ResumableSampler(dataset, shuffle=shuffle, seed=seed)
     return torch.utils.data.DataLoader(
         dataset,
@@ -130,8 +156,15 @@ def make_train_loader(
         sampler=sampler,
         collate_fn=collate_radfm,
         num_workers=num_workers,
-        generator=torch.Generator().manual_seed(seed),
+        generator=generator,
     )
+
+
+def train_sampler(loader: torch.utils.data.DataLoader) -> Any:
+    """The loader's resumable sampler: its ``ModalityBatchSampler`` or its ``ResumableSampler``."""
+    from radfm.data.sampler import ModalityBatchSampler
+
+    return loader.batch_sampler if isinstance(loader.batch_sampler, ModalityBatchSampler) else loader.sampler
 
 
 class ClosedSetDataset(torch.utils.data.Dataset):

@@ -30,7 +30,7 @@ def pretrained(phantom_data, tmp_path_factory):
     """pretrain.json from the tiny preset with MLflow tracking into a local store."""
     tmp_path = tmp_path_factory.mktemp("pretrain")
     workflow = run_bundle(RADFM_BUNDLE / "configs" / "pretrain.json", META, tracking="mlflow",
-                          experiment_name="radfm_test",
+                          experiment_name="radfm_test", batching="mixed",  # instruct below: the default
                           **{**_common(phantom_data, tmp_path, "pretrain"),
                              # an expression, as in the config: MONAI appends the executed-config
                              # file name to it with `+`
@@ -63,6 +63,7 @@ def test_pretrain_freezes_llm_and_tracks_mlflow(pretrained):
     assert len(runs) == 1
     run = runs[0]
     assert run.data.params["learning_rate"] == "0.0001" and run.data.params["frozen_llm_epochs"] == "1"
+    assert run.data.params["batching"] == "mixed"
     assert "train_loss" in run.data.metrics and "val_accuracy" in run.data.metrics
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
     assert any(path.endswith(".json") for path in artifacts), artifacts  # the resolved config
@@ -74,7 +75,14 @@ def test_instruct_from_pretrained_and_inference_cli(pretrained, phantom_data, tm
                           checkpoint_every=2, **_common(phantom_data, tmp_path, "instruct"))
     out = tmp_path / "runs" / "instruct"
     assert (out / "model" / "model.safetensors").is_file()
-    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == ["train_checkpoint_4.pt"]
+    loader = workflow.parser.get_parsed_content("train#dataloader")
+    from radfm.data.sampler import ModalityBatchSampler
+
+    assert isinstance(loader.batch_sampler, ModalityBatchSampler)  # the default: the paper's 2D x 4 / 3D x 1
+    sizes = {len(batch) for batch in loader.batch_sampler}
+    assert sizes <= {1, 2, 3, 4} and 1 in sizes
+    # the last checkpoint is the epoch's end (every 2 iterations and at the epoch end; n_saved=1)
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == [f"train_checkpoint_{len(loader)}.pt"]
     metrics = workflow.parser.get_parsed_content("validate#evaluator").state.metrics
     assert 0.0 <= metrics["val_accuracy"] <= 1.0
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from ignite.engine import Events
 
+from radfm.data.sampler import ModalityBatchSampler
 from radfm.engines.checkpoint import ResumeFromCheckpoint, TrainingCheckpoint, latest_checkpoint
 from radfm.engines.freeze import FreezeLanguageModel, count_trainable
 from radfm.engines.rng import RNGState
@@ -20,14 +21,20 @@ class Crash(RuntimeError):
     pass
 
 
-def build(ckpt_dir, *, frozen_epochs=0, accumulation=2, kill_at=None, epochs=2, batch_size=4):
+def build(ckpt_dir, *, frozen_epochs=0, accumulation=2, kill_at=None, epochs=2, batch_size=4, batching="mixed"):
     torch.manual_seed(0)
     model = ToyRadFM()
     dataset = ToyDataset()
-    sampler = ResumableSampler(dataset, seed=3)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, collate_fn=toy_collate, generator=torch.Generator()
-    )
+    if batching == "modality":  # the paper's batches: 4 x 2D or 1 x 3D (16 + 8 samples: 12 batches)
+        sampler = ModalityBatchSampler([3 if i % 3 == 0 else 2 for i in range(len(dataset))],
+                                       batch_size_2d=batch_size, batch_size_3d=1, seed=3)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=toy_collate,
+                                             generator=torch.Generator())
+    else:
+        sampler = ResumableSampler(dataset, seed=3)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, collate_fn=toy_collate, generator=torch.Generator()
+        )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     steps = epochs * -(-len(loader) // accumulation)
     scheduler = warmup_cosine_scheduler(optimizer, 2, steps)
@@ -60,6 +67,34 @@ def test_kill_mid_epoch_and_resume_gives_identical_weights(tmp_path):
     trainer, model_resumed = build(tmp_path / "b")
     trainer.run()
     assert trainer.state.iteration == 12
+    for (name, a), (_, b) in zip(model_straight.state_dict().items(), model_resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_modality_batches_resume_exactly_and_reshuffle_each_epoch(tmp_path):
+    def record(trainer):
+        seen = []
+        trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: seen.append((e.state.epoch, e.state.batch["ids"])))
+        return seen
+
+    trainer, model_straight = build(tmp_path / "a", batching="modality")
+    straight = record(trainer)
+    trainer.run()
+    assert trainer.state.iteration == 24
+    assert {len(ids) for _, ids in straight} == {1, 4}
+    by_epoch = [[ids for epoch, ids in straight if epoch == k] for k in (1, 2)]
+    assert by_epoch[0] != by_epoch[1]  # set_epoch reached the batch sampler: a new order
+    assert sorted(sum(by_epoch[0], [])) == sorted(sum(by_epoch[1], []))
+
+    trainer, _ = build(tmp_path / "b", batching="modality", kill_at=19)  # dies inside epoch 2
+    with pytest.raises(Crash):
+        trainer.run()
+    assert latest_checkpoint(tmp_path / "b").name.endswith("_18.pt")
+    torch.manual_seed(1234)
+    trainer, model_resumed = build(tmp_path / "b", batching="modality")
+    resumed = record(trainer)
+    trainer.run()
+    assert resumed == straight[18:]  # the same remaining batches, in the same order
     for (name, a), (_, b) in zip(model_straight.state_dict().items(), model_resumed.state_dict().items()):
         assert torch.equal(a, b), name
 

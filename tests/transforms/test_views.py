@@ -10,7 +10,9 @@ import pytest
 import torch
 from monai.data import MetaTensor, list_data_collate
 
-from radfm.transforms import ToThreeChannels, preprocess_pipeline, preprocess_scan, read_scan
+from radfm.transforms import (MinMaxScale, ResizeToRadFM, ScaleResizeToRadFM, ToThreeChannels, preprocess_pipeline,
+                              preprocess_scan, read_scan)
+from radfm.transforms.intensity import value_range
 
 
 def test_grey_2d_output_is_an_expanded_view_equal_to_the_materialised_one(ct_small):
@@ -76,6 +78,26 @@ def test_deferred_nifti_scaling_matches_the_scaled_read(mni_t1):
     out = preprocess_scan(mni_t1, window=(0.1, 0.9))
     assert "rescale" not in out.meta
     assert float(out.max()) == pytest.approx(1.0, abs=1e-6) and float(out.min()) == 0.0
+
+
+def test_deferred_monochrome1_inversion_matches_the_inverted_read(chest_radiograph):
+    stored = read_scan(chest_radiograph, defer_rescale=True)  # as stored: bright is low
+    inverted = read_scan(chest_radiograph)
+    low, high = (int(v) for v in value_range(inverted))
+    assert stored.dtype == inverted.dtype == torch.uint16
+    assert stored.meta["rescale"] == (-1.0, float(low + high))
+    assert "rescale" not in inverted.meta
+    torch.testing.assert_close(inverted.as_tensor().float(), (low + high) - stored.as_tensor().float())
+    for step in (MinMaxScale(), ResizeToRadFM(), ScaleResizeToRadFM()):  # every consumer applies it
+        torch.testing.assert_close(step(stored).as_tensor(), step(inverted).as_tensor(), atol=2e-3, rtol=1e-4)
+        assert "rescale" not in step(stored).meta
+
+
+@pytest.mark.parametrize("high", [4095, 32767, 32768, 65535])
+def test_value_range_of_uint16_on_both_sides_of_2_to_the_15(high):
+    values = np.array([[7, high], [300, 12]], dtype=np.uint16)
+    for x in (values, torch.from_numpy(values), torch.from_numpy(values).T):
+        assert value_range(x) == (7.0, float(high))
 
 
 class _Scans(torch.utils.data.Dataset):
