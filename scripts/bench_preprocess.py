@@ -140,7 +140,7 @@ def make_cases(workdir: Path) -> list[tuple[str, Path, int]]:
             volume[:, :, k] = plane
         with atomic_path(ct) as temp:  # keeps the ".nii" suffix nibabel needs
             nib.save(nib.Nifti1Image(volume, np.diag([-0.7, -0.7, 1.0, 1.0])), temp)
-    radiograph = Path(get_testdata_file("RG1_UNCR.dcm"))
+    radiograph = Path(get_testdata_file("RG1_UNCR.dcm", download=False))
     return [
         ("MNI152 T1 (nilearn)", mni, int(np.prod(template.shape)) * template.get_data_dtype().itemsize),
         ("CT 512x512x300 int16 (generated)", ct, 512 * 512 * 300 * 2),

@@ -13,7 +13,7 @@ import torch
 @pytest.fixture(scope="session")
 def ct_series_dir() -> Path:
     """pydicom's 4-slice CT series (16×16 slices, one study, one series)."""
-    folder = Path(pydicom.data.get_testdata_file("CT_small.dcm")).parent / "dicomdirtests/77654033/CT2"
+    folder = Path(pydicom.data.get_testdata_file("CT_small.dcm", download=False)).parent / "dicomdirtests/77654033/CT2"
     assert len(list(folder.iterdir())) == 4
     return folder
 

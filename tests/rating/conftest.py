@@ -31,7 +31,7 @@ def _write_scans(folder: Path) -> dict[str, Path]:
     gradient = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))
     Image.fromarray(gradient).save(picture)
 
-    dicom = Path(get_testdata_file("CT_small.dcm"))
+    dicom = Path(get_testdata_file("CT_small.dcm", download=False))
     return {"nifti": nifti, "png": picture, "dicom": dicom}
 
 

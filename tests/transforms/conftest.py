@@ -13,7 +13,7 @@ import pytest
 def _pydicom_file(name: str) -> Path:
     from pydicom.data import get_testdata_file
 
-    path = get_testdata_file(name)
+    path = get_testdata_file(name, download=False)  # tests never download
     if path is None:
         pytest.skip(f"{name} is not installed (pydicom / pydicom-data)")
     return Path(path)

@@ -137,7 +137,7 @@ def test_dicom_without_extension_and_without_pixels(tmp_path, ct_small):
 
     shutil.copy(ct_small, tmp_path / "IM0001")
     assert tuple(preprocess_scan(tmp_path / "IM0001").shape) == (3, 512, 512, 4)
-    shutil.copy(get_testdata_file("rtplan.dcm"), tmp_path / "plan.dcm")
+    shutil.copy(get_testdata_file("rtplan.dcm", download=False), tmp_path / "plan.dcm")
     with pytest.raises(ScanReadError, match="plan.dcm: DICOM object without pixel data"):
         preprocess_scan(tmp_path / "plan.dcm")
 
