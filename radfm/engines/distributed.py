@@ -1,7 +1,7 @@
 """FSDP for the full-size model: wrapping policy, and full (gathered) state dicts for checkpoints.
 
-Used by ``bundles/radfm/configs/multi_gpu_fsdp.json``. Needs CUDA and an initialised process
-group; not exercised by the CPU test suite.
+Used by ``bundles/radfm/configs/multi_gpu_fsdp.json``. Needs an initialised process group: NCCL
+on GPUs, or gloo on CPU (how the test suite runs it, with 2 processes).
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ from torch import nn
 
 
 def _unit_classes(model: nn.Module) -> set[type[nn.Module]]:
-    """Module classes that become their own FSDP unit: the LLM's decoder layers and the ViT blocks."""
-    names = set(getattr(model.language_model, "_no_split_modules", None) or [])
-    classes = {type(m) for m in model.modules() if type(m).__name__ in names}
-    from radfm.model import vision
+    """Module classes that become their own FSDP unit: the LLM's decoder layers.
 
-    for name in ("ViTBlock",):
-        if hasattr(vision, name):
-            classes.add(getattr(vision, name))
-    return classes
+    Every rank runs every decoder layer exactly once per forward, as FSDP's collectives need.
+    The vision encoder is not split into units: it runs once per group of same-shaped scans,
+    so ranks holding different mixes of 2D/3D scans would call its blocks a different number
+    of times and their all-gathers would not match. It stays in the root unit (gathered once
+    per forward; it is small next to the LLM).
+    """
+    names = set(getattr(model.language_model, "_no_split_modules", None) or [])
+    return {type(m) for m in model.language_model.modules() if type(m).__name__ in names}
 
 
 def wrap_fsdp(model: nn.Module, *, device: torch.device, param_dtype: torch.dtype | None = torch.bfloat16) -> nn.Module:
@@ -53,8 +54,10 @@ class FullStateModel:
     def _context(self):
         from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel, StateDictType
 
+        # offloading is for GPU shards; on CPU (gloo) torch's offload of CPU tensors crashes (SIGSEGV)
+        on_gpu = any(p.is_cuda for p in self.model.parameters())
         return FullyShardedDataParallel.state_dict_type(
-            self.model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True, rank0_only=False)
+            self.model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=on_gpu, rank0_only=False)
         )
 
     def state_dict(self) -> dict[str, Any]:

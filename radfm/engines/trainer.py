@@ -125,9 +125,12 @@ class RadFMTrainer(SupervisedTrainer):
 
         if should_step:
             if engine.max_grad_norm is not None:
-                params = [p for p in engine.network.parameters() if p.grad is not None]
-                if params:
-                    torch.nn.utils.clip_grad_norm_(params, engine.max_grad_norm)
+                if hasattr(engine.network, "clip_grad_norm_"):  # FSDP: each rank holds a shard of the
+                    engine.network.clip_grad_norm_(engine.max_grad_norm)  # gradients; the norm is global
+                else:
+                    params = [p for p in engine.network.parameters() if p.grad is not None]
+                    if params:
+                        torch.nn.utils.clip_grad_norm_(params, engine.max_grad_norm)
             engine.optimizer.step()
             if engine.lr_scheduler is not None:
                 engine.lr_scheduler.step()
