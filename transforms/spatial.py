@@ -11,7 +11,7 @@ Resize (2D and 3D alike) is separable, since linear interpolation is a product o
 equals one bilinear/trilinear ``F.interpolate`` with ``align_corners=False``: each output slice
 along the slowest memory axis blends the two stored slices it needs (converted to float32 a few
 at a time), then that chunk is resized in-plane. Memory: the stored volume + the float32 output
-+ ~1 MB of chunks, never a full-size float32 copy of the input.
++ a few 256 KB chunks, never a full-size float32 copy of the input.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ SIZE_3D = (256, 256)
 DEPTH_2D = 4
 DEPTH_MULTIPLE, MIN_DEPTH, MAX_DEPTH = 4, 4, 64
 PATCH_SIZE = 32  # the vision encoder's in-plane patch size: grid sizes must be multiples of it
-CHUNK_VOXELS = 1 << 18  # ~1 MB of float32 per chunk: small next to any output, few loops
+CHUNK_VOXELS = 1 << 16  # 256 KB of float32 per chunk: small next to any output, still few loops
 
 
 def check_plane_size(size: Sequence[int], name: str = "size") -> tuple[int, int]:
