@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from radfm.data.dataset import ManifestDataset
 from radfm.engines.sampler import ResumableSampler
 
 ImageLoader = Callable[[str], torch.Tensor]
@@ -39,10 +40,13 @@ def _load_samples(manifest: str | Path | Sequence, split: str | None):
     return samples
 
 
-class RadFMTrainDataset(torch.utils.data.Dataset):
+class RadFMTrainDataset(ManifestDataset):
     """Manifest samples as ``{"ids", "input_ids", "loss_weights", "attention_mask", "images"}``.
 
-    ``cache_images`` keeps preprocessed images in memory (phantoms; small datasets).
+    A :class:`radfm.data.dataset.ManifestDataset` (sequences from ``SequenceBuilder``, images
+    through ``image_loader``) in the trainer's batch format. ``split`` keeps the samples of that
+    split and those without one. ``cache_images`` keeps preprocessed images in memory
+    (phantoms; small datasets).
     """
 
     def __init__(
@@ -59,34 +63,22 @@ class RadFMTrainDataset(torch.utils.data.Dataset):
     ) -> None:
         from radfm.data.sequences import SequenceBuilder
 
-        self.samples = _load_samples(manifest, split)
-        self.builder = SequenceBuilder(
-            tokenizer, base_vocab_size, max_length=max_length, matcher=None if term_weighting else False
-        )
-        self.image_loader = image_loader or default_image_loader()
-        self.cache: dict[str, torch.Tensor] | None = {} if cache_images else None
+        builder = SequenceBuilder(tokenizer, base_vocab_size, max_length=max_length,
+                                  matcher=None if term_weighting else False)
+        super().__init__(_load_samples(manifest, split), builder, preprocess=image_loader or default_image_loader())
+        self.memory_cache: dict[str, torch.Tensor] | None = {} if cache_images else None
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def _image(self, path: str) -> torch.Tensor:
-        if self.cache is None:
-            return self.image_loader(path)
-        if path not in self.cache:
-            self.cache[path] = self.image_loader(path)
-        return self.cache[path]
+    def load_image(self, path: str) -> torch.Tensor:
+        if self.memory_cache is None:
+            return super().load_image(path)
+        if path not in self.memory_cache:
+            self.memory_cache[path] = super().load_image(path)
+        return self.memory_cache[path]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = self.samples[index]
-        seq = self.builder(sample)
-        images = [self._image(ref.path) for ref in sample.images[: seq["num_images"]]]
-        return {
-            "ids": sample.id,
-            "input_ids": seq["input_ids"],
-            "loss_weights": seq["loss_weights"],
-            "attention_mask": seq["attention_mask"],
-            "images": images,
-        }
+        item = super().__getitem__(index)
+        keys = ("input_ids", "loss_weights", "attention_mask", "images")
+        return {"ids": item["id"], **{key: item[key] for key in keys}}
 
 
 def collate_radfm(samples: Sequence[dict[str, Any]], pad_token_id: int = 0) -> dict[str, Any]:
