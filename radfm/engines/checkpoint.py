@@ -15,7 +15,6 @@ from typing import Any
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader
-
 from torch.utils.data import DistributedSampler
 
 from radfm.data.sampler import ModalityBatchSampler
