@@ -158,7 +158,7 @@ def _load_config(hidden: int, layers: int) -> RadFMConfig:
 
 def write_official_checkpoint(path: Path, hidden: int, layers: int) -> None:
     """A random checkpoint in the published layout (incl. leftovers the loader must drop)."""
-    from radfm.model.checkpoint import official_key_to_ours
+    from radfm.model.official import official_key_to_ours
     from radfm.model.radfm import RadFM
 
     model = RadFM(_load_config(hidden, layers))
@@ -211,7 +211,7 @@ import json, resource, sys, torch
 mode, path, llm_json, dtype = sys.argv[1:5]
 from radfm.model.config import RadFMConfig
 from radfm.model.radfm import RadFM
-from radfm.model.checkpoint import map_official_keys, infer_official_sizes
+from radfm.model.official import infer_official_sizes, map_official_keys
 llm = json.loads(llm_json)
 import transformers.models.llama.modeling_llama  # library code counts as startup, not as loading
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

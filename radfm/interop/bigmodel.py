@@ -72,7 +72,7 @@ def resolve_device(device: str) -> torch.device:
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | str) -> torch.dtype:
     """``auto``: bf16 on a GPU that supports it, else fp16 on GPU, fp32 on CPU."""
-    from radfm.model.checkpoint import parse_dtype
+    from radfm.model.weights import parse_dtype
 
     if dtype in (None, "auto"):
         if torch.device(device).type == "cuda":
@@ -100,7 +100,7 @@ def parse_max_memory(max_memory: str | dict | None) -> dict[int | str, int | str
 
 
 def _checkpoint_location(model_dir: Path) -> Path:
-    from radfm.model.checkpoint import INDEX_NAME, SINGLE_WEIGHTS_NAME
+    from radfm.model.pretrained import INDEX_NAME, SINGLE_WEIGHTS_NAME
 
     for name in (INDEX_NAME, SINGLE_WEIGHTS_NAME):
         if (model_dir / name).is_file():
@@ -193,14 +193,14 @@ def load_model(model_dir: str | Path, options: LoadOptions | None = None, **over
         model, preprocess, tokenizer = create_model_and_transforms(model_dir, device=device, dtype=resolve_dtype(options.dtype, device))
         return model, tokenizer, preprocess
 
-    from radfm.model.checkpoint import build_empty_model
     from radfm.model.config import RadFMConfig
+    from radfm.model.radfm import RadFM
 
     config = RadFMConfig.from_json_file(model_dir / "config.json")
     gpu = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     dtype = resolve_dtype(options.dtype, gpu)
     max_memory = parse_max_memory(options.max_memory)
-    model = build_empty_model(config)
+    model = RadFM.empty(config)
     strategy = options.device_map or "auto"
     device_map = plan_device_map(model, strategy, max_memory, dtype)
     if "disk" in set(device_map.values()) and options.offload_folder is None:
@@ -247,14 +247,3 @@ def _load_quantized(model, model_dir: Path, options: LoadOptions, device_map, ma
         model, config, weights_location=str(model_dir), device_map=device_map, max_memory=max_memory,
         offload_folder=options.offload_folder,
     )
-
-
-def load_device_map_json(text: str) -> dict[str, Any]:
-    """A device map given as JSON on the command line (``{"language_model.model.layers.0": 0, …}``)."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"device_map {text!r}: not a strategy name nor JSON ({error})") from error
-    if not isinstance(value, dict):
-        raise ValueError("device_map JSON must be an object {module: device}")
-    return {k: (int(v) if isinstance(v, str) and re.fullmatch(r"\d+", v) else v) for k, v in value.items()}

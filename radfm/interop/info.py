@@ -118,8 +118,8 @@ def info(
         output: also write the report to this file.
     """
     from radfm.interop.bigmodel import DEMO_MODEL_DIR, resolve_model_dir
-    from radfm.model.checkpoint import build_empty_model
     from radfm.model.config import RadFMConfig
+    from radfm.model.radfm import RadFM
 
     stored = None
     if preset is not None:
@@ -130,7 +130,7 @@ def info(
         stored = stored_dtypes(model_dir)
     else:
         config, title = RadFMConfig.preset("radfm-14b"), "RadFM preset 'radfm-14b' (no model folder given)"
-    summary = describe_model(build_empty_model(config))  # meta device: counts without memory
+    summary = describe_model(RadFM.empty(config))  # meta device: counts without memory
     for part in summary["parts"].values():
         part["devices"] = ["not loaded"]
     summary["compute_devices"] = compute_devices()

@@ -12,7 +12,7 @@ _LAZY = {
     "PerceiverConfig": "radfm.model.config",
     "create_model_and_transforms": "radfm.model.factory",
     "generate_text": "radfm.model.generation",
-    "CheckpointError": "radfm.model.checkpoint",
+    "CheckpointError": "radfm.model.weights",
 }
 
 __all__ = sorted(_LAZY)

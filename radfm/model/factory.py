@@ -101,7 +101,7 @@ def create_model_and_transforms(
     :func:`preprocess_options`); call-time options override both. The published weights must first be converted with
     ``radfm convert`` (or loaded with ``RadFM.from_official``).
     """
-    from radfm.model.checkpoint import parse_dtype
+    from radfm.model.weights import parse_dtype
 
     dtype = parse_dtype(dtype)
     name = os.fspath(model_dir_or_preset)

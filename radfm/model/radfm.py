@@ -15,15 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from radfm.model import official, pretrained
 from radfm.model.config import RadFMConfig
 from radfm.model.embedding import embed_with_images
 from radfm.model.perceiver import PerceiverResampler
 from radfm.model.tokenizer import TOKENS_PER_IMAGE
 from radfm.model.vision import VisionEncoder3D, check_image_shape
+from radfm.model.weights import build_empty
 
 logger = logging.getLogger(__name__)
-
-ImageBatch = Sequence[Sequence[torch.Tensor]]
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
@@ -78,11 +78,14 @@ class RadFM(nn.Module):
         return cls(config, language_model=llm)
 
     @classmethod
+    def empty(cls, config: RadFMConfig) -> RadFM:
+        """The network with parameters on the meta device (no memory), ready for weights to be assigned."""
+        return build_empty(cls, config)
+
+    @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, device: str | torch.device = "cpu", dtype=None) -> RadFM:
         """Load our format (``save_pretrained``): config.json + sharded safetensors (+ tokenizer)."""
-        from radfm.model.checkpoint import load_pretrained
-
-        return load_pretrained(directory, device=device, dtype=dtype)
+        return pretrained.load_pretrained(cls, directory, device=device, dtype=dtype)
 
     @classmethod
     def from_official(
@@ -95,22 +98,19 @@ class RadFM(nn.Module):
         config: RadFMConfig | None = None,
         progress: bool = True,
     ) -> RadFM:
-        """Load the published ``pytorch_model.bin`` (see ``radfm.model.checkpoint.load_official``).
+        """Load the published ``pytorch_model.bin`` (see ``radfm.model.official.load_official``).
 
         ``llm_config``: the LLaMA config (dict, config.json or its folder); ``dtype`` e.g.
         ``torch.bfloat16`` casts tensor by tensor; vision/perceiver sizes are read off the file.
         """
-        from radfm.model.checkpoint import load_official
-
-        return load_official(
+        return official.load_official(
+            cls,
             bin_path, llm_config=llm_config, dtype=dtype, device=device, config=config, progress=progress
         )
 
     def save_pretrained(self, directory: str | os.PathLike, *, tokenizer=None, max_shard_size: int | str = "2GB") -> None:
         """Write config.json, sharded safetensors and the tokenizer (given or attached)."""
-        from radfm.model.checkpoint import save_pretrained
-
-        save_pretrained(self, directory, tokenizer=tokenizer, max_shard_size=max_shard_size)
+        pretrained.save_pretrained(self, directory, tokenizer=tokenizer, max_shard_size=max_shard_size)
 
     # ---- properties ------------------------------------------------------------------
     @property

@@ -27,11 +27,6 @@ def image_token_ids(base_vocab_size: int, image_index: int) -> list[int]:
     return [base_vocab_size, *range(first, first + TOKENS_PER_IMAGE), base_vocab_size + 1]
 
 
-def is_image_token(token_id: int, base_vocab_size: int) -> bool:
-    """True for ``<image>``, ``</image>`` and every ``<imageK>`` id."""
-    return token_id >= base_vocab_size
-
-
 def count_placeholders(text: str) -> int:
     """Number of ``<image>`` placeholders in ``text``."""
     return len(_PLACEHOLDER_RE.findall(text))

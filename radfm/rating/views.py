@@ -70,10 +70,6 @@ def slot_label(slot: int) -> str:
     return f"Answer {letters}"
 
 
-def case_count(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT COUNT(*) FROM cases").fetchone()[0])
-
-
 def load_case(conn: sqlite3.Connection, rater_pk: int, number: int) -> CaseView | None:
     """Case ``number`` (1-based) as rater ``rater_pk`` sees it, or None when out of range."""
     row = conn.execute("SELECT * FROM cases WHERE position=?", (number - 1,)).fetchone()

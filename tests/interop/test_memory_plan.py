@@ -16,10 +16,10 @@ def counts():
 @pytest.fixture(scope="module")
 def meta_14b():
     """The 14B network on the meta device (sizes only, no memory)."""
-    from radfm.model.checkpoint import build_empty_model
     from radfm.model.config import RadFMConfig
+    from radfm.model.radfm import RadFM
 
-    return build_empty_model(RadFMConfig.preset("radfm-14b"))
+    return RadFM.empty(RadFMConfig.preset("radfm-14b"))
 
 
 def test_counts_match_the_model_built_from_the_14b_preset(counts, meta_14b):

@@ -8,9 +8,10 @@ import json
 import pytest
 import torch
 
-from radfm.model.checkpoint import CheckpointError, build_empty_model, map_official_keys
 from radfm.model.config import RadFMConfig
+from radfm.model.official import map_official_keys
 from radfm.model.radfm import RadFM
+from radfm.model.weights import CheckpointError
 
 CASES = ("xray2d", "ct3d_two_scans")
 
@@ -111,7 +112,7 @@ def test_radfm_14b_on_meta_matches_published_key_list(data_files):
     assert unknown == []
     assert any(k.endswith("rotary_emb.inv_freq") for k in dropped)
     assert "lang_model.model.embed_tokens.weight" in dropped  # shared, kept once
-    model = build_empty_model(RadFMConfig.preset("radfm-14b"))
+    model = RadFM.empty(RadFMConfig.preset("radfm-14b"))
     assert next(model.parameters()).device.type == "meta"
     ours = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     expected = {mapping[key]: published[key] for key in mapping}
