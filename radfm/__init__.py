@@ -1,7 +1,8 @@
 """RadFM toolkit.
 
-``from radfm import RadFM, RadFMConfig`` gives the model; ``radfm.transforms`` holds the
-MONAI preprocessing and imports no model code. Heavy submodules load lazily so that
+``model, tokenizer, preprocessing = radfm.load("path/to/model_folder")`` is the one way to load
+a model (see :func:`radfm.model.loading.load`); ``from radfm import RadFM, RadFMConfig`` gives
+the network; ``radfm.transforms`` holds the MONAI preprocessing and imports no model code. Heavy submodules load lazily so that
 ``import radfm.transforms`` stays light.
 """
 
@@ -15,7 +16,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "RadFM": "radfm.model.radfm",
     "RadFMConfig": "radfm.model.config",
-    "create_model_and_transforms": "radfm.model.factory",
+    "load": "radfm.model.loading",
+    "LoadedModel": "radfm.model.loading",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -47,7 +47,7 @@ def main() -> None:
     from radfm.data.phantoms import make_phantoms
     from radfm.data.sampler import ModalityBatchSampler, collate_samples
     from radfm.data.sequences import SequenceBuilder
-    from radfm.model.factory import tiny_tokenizer
+    from radfm.model.loading import tiny_tokenizer
 
     torch.manual_seed(0)
     tokenizer = tiny_tokenizer()

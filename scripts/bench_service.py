@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 def tiny_model(folder: Path) -> Path:
     """Save a tiny random RadFM (the "tiny" preset) with its small tokenizer."""
-    from radfm.model.factory import create_model_and_transforms
+    import radfm
 
-    model, _, tokenizer = create_model_and_transforms("tiny")
+    model, tokenizer, _ = radfm.load("tiny")
     model.save_pretrained(folder / "tiny", tokenizer=tokenizer)
     return folder / "tiny"
 
@@ -73,9 +73,9 @@ def main() -> None:
     else:
         model_dir, model_label = tiny_model(work), "a tiny RANDOM model (preset 'tiny'; the demo model did not exist)"
     scan = make_scan(work)
-    from radfm.model.factory import model_preprocess
+    import radfm
 
-    model_input_shape = tuple(model_preprocess(model_dir)(scan).shape)
+    model_input_shape = tuple(radfm.load(model_dir).preprocess(scan).shape)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "radfm.cli", "serve", "--model", str(model_dir), "--port", str(port),

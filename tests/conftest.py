@@ -38,3 +38,18 @@ def tiny_tokenizer():
         "Please caption this scan with findings. No abnormality detected.",
     ] * 10
     return train_tokenizer(corpus, vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A randomly initialised tiny RadFM (4 LLM layers) saved with its tokenizer."""
+    import torch
+
+    from radfm import RadFM, RadFMConfig
+
+    torch.manual_seed(0)
+    base = tiny_tokenizer.convert_tokens_to_ids("<image>")
+    model = RadFM(RadFMConfig.preset("tiny", vocab_size=base, num_hidden_layers=4)).eval()
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    model.save_pretrained(folder, tokenizer=tiny_tokenizer)
+    return folder

@@ -36,7 +36,9 @@ def load_model(
 
     source = Path(os.fspath(model))
     if source.is_dir():
-        net = RadFM.from_pretrained(source)
+        from radfm.model.loading import load
+
+        net = load(source, device="cpu", dtype="float32").model
         if tokenizer_dir is not None:
             net.tokenizer = _load_tokenizer(tokenizer_dir)
         if net.tokenizer is None:
@@ -44,7 +46,7 @@ def load_model(
     else:
         tokenizer = _load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else None
         if tokenizer is None:
-            from radfm.model.factory import tiny_tokenizer
+            from radfm.model.loading import tiny_tokenizer
 
             tokenizer = tiny_tokenizer()
         base = tokenizer.convert_tokens_to_ids("<image>")

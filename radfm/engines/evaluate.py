@@ -251,14 +251,14 @@ def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] 
     pool = [s for s in all_samples if s.split == "train"] if shots else []
     cases = build_cases(samples, prompt_format=prompt_format, shots=shots, exemplar_pool=pool, seed=seed)
 
-    from radfm.model.factory import create_model_and_transforms
+    from radfm.model.loading import load
 
-    loaded_model, preprocess, tokenizer = create_model_and_transforms(model, device=device, dtype=dtype)
-    loaded_model.eval()
+    loaded = load(model, device=device, dtype=dtype)
+    loaded_model, tokenizer = loaded.model, loaded.tokenizer
     name = model_name or Path(str(model)).name or str(model)
 
     def load_image(path: str) -> Any:
-        return preprocess(path).to(device=loaded_model.device, dtype=loaded_model.dtype)
+        return loaded.preprocess(path).to(device=loaded_model.device, dtype=loaded_model.dtype)
 
     predict = model_predictor(loaded_model, tokenizer, max_new_tokens=max_new_tokens)
     predictions_path = output_dir / PREDICTIONS_NAME

@@ -19,7 +19,7 @@ def image_loader_for(model_dir: str | os.PathLike | None) -> ImageLoader:
     its ``preprocess.json`` (the demo model records a smaller grid there), else the standard one."""
     if model_dir is None:
         return default_image_loader()
-    from radfm.model.factory import preprocess_options
+    from radfm.model.loading import preprocess_options
 
     return default_image_loader(**preprocess_options(model_dir))
 

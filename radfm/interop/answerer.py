@@ -112,16 +112,13 @@ class ModelAnswerer:
         self.max_images = int(getattr(getattr(model, "config", None), "max_images", 10))
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | Path, options=None, preprocess_options: dict[str, Any] | None = None) -> ModelAnswerer:
-        """Load a saved model folder with :func:`radfm.interop.bigmodel.load_model` (``options``: ``LoadOptions``)."""
-        from radfm.interop.bigmodel import load_model
+    def from_model_dir(cls, model_dir: str | Path, preprocess_options: dict[str, Any] | None = None,
+                       **load_options: Any) -> ModelAnswerer:
+        """Load a saved model folder with :func:`radfm.load` (``load_options``: its device/dtype/placement)."""
+        from radfm.model.loading import load
 
-        model, tokenizer, preprocess = load_model(model_dir, options)
-        if preprocess is None:  # big-model loading skips the factory: the folder's preprocess.json still applies
-            from radfm.model.factory import model_preprocess
-
-            preprocess = model_preprocess(model_dir)
-        return cls(model, tokenizer, preprocess, identity=identity_of_model_dir(model_dir),
+        loaded = load(model_dir, **load_options)
+        return cls(loaded.model, loaded.tokenizer, loaded.preprocess, identity=identity_of_model_dir(model_dir),
                    preprocess_options=preprocess_options)
 
     def prepare(self, scan_paths: Sequence[Path]) -> list[Any]:

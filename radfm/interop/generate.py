@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from radfm.interop.answerer import GenerationOptions, ModelAnswerer, build_prompt
-from radfm.interop.bigmodel import LoadOptions, resolve_model_dir
+from radfm.model.loading import resolve_model_dir
 from radfm.utils.io import atomic_write_text
 
 
@@ -102,9 +102,9 @@ def generate(
     if series_uid is not None:
         preprocess_options["series_uid"] = str(series_uid)
     model_dir = resolve_model_dir(model)
-    load = LoadOptions(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
-                       offload_folder=offload_folder, quantize=quantize)
-    answerer = ModelAnswerer.from_model_dir(model_dir, options=load, preprocess_options=preprocess_options)
+    answerer = ModelAnswerer.from_model_dir(model_dir, preprocess_options=preprocess_options, dtype=dtype, device=device,
+                                            device_map=device_map, max_memory=max_memory,
+                                            offload_folder=offload_folder, quantization=quantize)
     try:
         record = run_generate(answerer, scan_paths, prompt, options)
     except (ValueError, FileNotFoundError) as error:  # ScanReadError is a ValueError naming the file

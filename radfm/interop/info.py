@@ -117,7 +117,7 @@ def info(
         json_output: print JSON instead of Markdown.
         output: also write the report to this file.
     """
-    from radfm.interop.bigmodel import DEMO_MODEL_DIR, resolve_model_dir
+    from radfm.model.loading import DEMO_MODEL_DIR, resolve_model_dir
     from radfm.model.config import RadFMConfig
     from radfm.model.radfm import RadFM
 

@@ -383,7 +383,7 @@ def serve(
     import uvicorn
 
     from radfm.interop.answerer import ModelAnswerer
-    from radfm.interop.bigmodel import LoadOptions, resolve_model_dir
+    from radfm.model.loading import resolve_model_dir
 
     if host not in LOOPBACK_HOSTS and not allow_remote:
         raise SystemExit(
@@ -393,10 +393,10 @@ def serve(
     model_dir = resolve_model_dir(model)
     import radfm.transforms  # noqa: F401  (imports ITK/MONAI now, not during the first request)
 
-    options = LoadOptions(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
-                          offload_folder=offload_folder, quantize=quantize)
-    print(f"loading {model_dir} ({options.describe()}) ...", flush=True)
-    answerer = ModelAnswerer.from_model_dir(model_dir, options=options)
+    placement = dict(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
+                     offload_folder=offload_folder, quantization=quantize)
+    print(f"loading {model_dir} ({', '.join(f'{k}={v}' for k, v in placement.items() if v is not None)}) ...", flush=True)
+    answerer = ModelAnswerer.from_model_dir(model_dir, **placement)
     limits = ServiceLimits(max_request_bytes=max_request_mb * 1024 * 1024, max_files=max_files,
                            max_queue=max_queue, max_new_tokens=max_new_tokens_limit)
     print(f"RadFM service on http://{host}:{port} (model {answerer.identity.name}, "

@@ -10,7 +10,8 @@ _LAZY = {
     "RadFMConfig": "radfm.model.config",
     "VisionConfig": "radfm.model.config",
     "PerceiverConfig": "radfm.model.config",
-    "create_model_and_transforms": "radfm.model.factory",
+    "load": "radfm.model.loading",
+    "LoadedModel": "radfm.model.loading",
     "generate_text": "radfm.model.generation",
     "CheckpointError": "radfm.model.weights",
 }

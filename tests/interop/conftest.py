@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import torch
 
 
 @pytest.fixture(scope="session")
@@ -34,24 +33,10 @@ def small_scans(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
-    """A randomly initialised tiny RadFM (4 LLM layers) saved with its tokenizer."""
-    from radfm import RadFM, RadFMConfig
-
-    torch.manual_seed(0)
-    base = tiny_tokenizer.convert_tokens_to_ids("<image>")
-    model = RadFM(RadFMConfig.preset("tiny", vocab_size=base, num_hidden_layers=4)).eval()
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    model.save_pretrained(folder, tokenizer=tiny_tokenizer)
-    return folder
-
-
-@pytest.fixture(scope="session")
 def tiny_answerer(tiny_model_dir):
     from radfm.interop.answerer import ModelAnswerer
-    from radfm.interop.bigmodel import LoadOptions
 
-    return ModelAnswerer.from_model_dir(tiny_model_dir, LoadOptions(device="cpu", dtype="float32"))
+    return ModelAnswerer.from_model_dir(tiny_model_dir, device="cpu", dtype="float32")
 
 
 class ConcurrencyProbe:

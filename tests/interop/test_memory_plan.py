@@ -83,7 +83,7 @@ def test_accelerate_places_the_14b_on_two_gpus(meta_14b, strategy, expected_gib)
 
     import torch
 
-    from radfm.interop.bigmodel import _device_of, plan_device_map
+    from radfm.model.placement import _device_of, plan_device_map
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Device 0 is not available" on this CPU machine

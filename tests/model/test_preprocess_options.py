@@ -1,8 +1,7 @@
-"""A model folder's preprocess.json sets the grid of the factory's ``preprocess`` (functools.partial)."""
+"""A model folder's preprocess.json sets the grid of ``radfm.load``'s preprocessing."""
 
 from __future__ import annotations
 
-import functools
 import json
 
 import nibabel as nib
@@ -10,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from radfm.model.factory import create_model_and_transforms, model_preprocess, preprocess_options
+from monai.transforms import Compose
+
+from radfm.model.loading import load, preprocess_options
 from radfm.model.tokenizer import encode_prompt
-from radfm.transforms import preprocess_scan
 
 DEMO_RECORD = {"loader": "radfm.transforms.preprocess_scan", "size_2d": [64, 64], "size_3d": [64, 64], "max_depth": 8}
 
@@ -20,7 +20,7 @@ DEMO_RECORD = {"loader": "radfm.transforms.preprocess_scan", "size_2d": [64, 64]
 @pytest.fixture(scope="module")
 def saved_tiny(tmp_path_factory):
     """A saved tiny model folder (weights + tokenizer), no preprocess.json."""
-    model, _, _ = create_model_and_transforms("tiny")
+    model, _, _ = load("tiny")
     folder = tmp_path_factory.mktemp("tiny_model")
     model.save_pretrained(folder)
     return folder
@@ -59,29 +59,38 @@ def test_unreadable_preprocess_json(tmp_path):
         preprocess_options(tmp_path)
 
 
-def test_factory_preprocess_uses_the_model_grid(saved_tiny, volume_path, tmp_path):
-    model, preprocess, _ = create_model_and_transforms(saved_tiny)
-    assert isinstance(preprocess, functools.partial) and preprocess.func is preprocess_scan
-    assert tuple(preprocess(volume_path).shape) == (3, 256, 256, 32)  # standard grid without preprocess.json
+def test_load_preprocessing_uses_the_model_grid(saved_tiny, volume_path, tmp_path):
+    loaded = load(saved_tiny)
+    assert isinstance(loaded.preprocessing, Compose)
+    assert tuple(loaded.preprocessing(volume_path).shape) == (3, 256, 256, 32)  # standard grid without preprocess.json
 
     (saved_tiny / "preprocess.json").write_text(json.dumps(DEMO_RECORD))
     try:
-        model, preprocess, tokenizer = create_model_and_transforms(saved_tiny)
-        assert preprocess.keywords == {"size_2d": (64, 64), "size_3d": (64, 64), "max_depth": 8}
-        image = preprocess(volume_path)
+        loaded = load(saved_tiny)
+        model, tokenizer, preprocessing = loaded
+        assert loaded.preprocess_options == {"size_2d": (64, 64), "size_3d": (64, 64), "max_depth": 8}
+        image = preprocessing(volume_path)
         assert tuple(image.shape) == (3, 64, 64, 8)
-        assert tuple(preprocess(volume_path, max_depth=16).shape) == (3, 64, 64, 16)  # call-time override
+        torch.testing.assert_close(loaded.preprocess(volume_path), image)  # the same steps, per-scan entry point
+        assert tuple(loaded.preprocess(volume_path, max_depth=16).shape) == (3, 64, 64, 16)  # call-time override
         # the model takes the small grid as is
         ids = encode_prompt(tokenizer, "<image> what modality?", base_vocab_size=model.config.base_vocab_size)
         with torch.no_grad():
             out = model(input_ids=torch.tensor([ids]), images=[[image.as_tensor()]])
         assert out.logits.shape[:2] == (1, len(ids))
-        _, windowed, _ = create_model_and_transforms(saved_tiny, window="lung")
-        assert windowed.keywords["window"] == "lung" and windowed.keywords["max_depth"] == 8
-        assert tuple(model_preprocess(saved_tiny)(volume_path).shape) == (3, 64, 64, 8)
+        windowed = load(saved_tiny, window="lung")
+        assert windowed.preprocess_options["window"] == "lung" and windowed.preprocess_options["max_depth"] == 8
 
         (saved_tiny / "preprocess.json").write_text(json.dumps({"size_2d": [64, 64], "typo": 1}))
         with pytest.raises(ValueError, match="typo"):
-            create_model_and_transforms(saved_tiny)
+            load(saved_tiny)
     finally:
         (saved_tiny / "preprocess.json").unlink()
+
+
+def test_weights_false_builds_the_architecture_only(saved_tiny):
+    built = load(saved_tiny, weights=False).model
+    stored = load(saved_tiny).model
+    assert built.config.to_dict() == stored.config.to_dict()
+    assert built.tokenizer.get_vocab() == stored.tokenizer.get_vocab()
+    assert not torch.equal(built.projection.weight, stored.projection.weight)  # fresh weights, for a CheckpointLoader

@@ -1,17 +1,18 @@
-"""Device-map loading on CPU: half of the LLM layers offloaded to disk gives identical outputs."""
+"""radfm.load with device maps on CPU: half of the LLM layers offloaded to disk gives identical outputs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from radfm.interop.bigmodel import LoadOptions, load_model, parse_max_memory
+from radfm.model.loading import load
+from radfm.model.placement import parse_max_memory
 from radfm.model.generation import generate_text
 
 
 @pytest.fixture(scope="module")
 def plain(tiny_model_dir):
-    model, tokenizer, _ = load_model(tiny_model_dir, LoadOptions(device="cpu", dtype="float32"))
+    model, tokenizer, _ = load(tiny_model_dir, device="cpu", dtype="float32")
     return model, tokenizer
 
 
@@ -39,8 +40,8 @@ def _offload_half_map(num_layers: int) -> dict[str, str]:
 def test_disk_offload_of_half_the_layers_gives_identical_outputs(tiny_model_dir, tmp_path, plain, inputs):
     model, tokenizer = plain
     layers = model.config.llm["num_hidden_layers"]
-    offloaded, _, _ = load_model(tiny_model_dir, LoadOptions(device_map=_offload_half_map(layers), dtype="float32",
-                                                             offload_folder=str(tmp_path / "offload")))
+    offloaded, _, _ = load(tiny_model_dir, device_map=_offload_half_map(layers), dtype="float32",
+                           offload_folder=str(tmp_path / "offload"))
     on_meta = {n for n, p in offloaded.named_parameters() if p.device.type == "meta"}
     assert any(f"layers.{layers - 1}." in n for n in on_meta) and not any("layers.0." in n for n in on_meta)
     assert list((tmp_path / "offload").glob("*.dat"))  # the weights really went to disk
@@ -56,9 +57,8 @@ def test_auto_device_map_with_memory_cap_spills_to_disk(tiny_model_dir, tmp_path
     model, _ = plain
     vision_bytes = sum(p.numel() * 4 for n, p in model.named_parameters() if not n.startswith("language_model"))
     llm_bytes = sum(p.numel() * 4 for p in model.language_model.parameters())
-    capped, _, _ = load_model(tiny_model_dir, LoadOptions(device_map="sequential", dtype="float32",
-                                                          max_memory={"cpu": vision_bytes + llm_bytes // 2},
-                                                          offload_folder=str(tmp_path / "off")))
+    capped, _, _ = load(tiny_model_dir, device_map="sequential", dtype="float32",
+                        max_memory={"cpu": vision_bytes + llm_bytes // 2}, offload_folder=str(tmp_path / "off"))
     placed = set(capped.hf_device_map.values())
     assert placed == {"cpu", "disk"}
     assert capped.hf_device_map["vision_encoder"] == capped.hf_device_map["language_model.model.embed_tokens"] == "cpu"
@@ -70,24 +70,24 @@ def test_auto_device_map_with_memory_cap_spills_to_disk(tiny_model_dir, tmp_path
 def test_disk_offload_needs_a_folder(tiny_model_dir, plain):
     layers = plain[0].config.llm["num_hidden_layers"]
     with pytest.raises(ValueError, match="offload_folder"):
-        load_model(tiny_model_dir, LoadOptions(device_map=_offload_half_map(layers)))
+        load(tiny_model_dir, device_map=_offload_half_map(layers))
 
 
 def test_vision_side_must_share_the_embedding_device(tiny_model_dir, plain, tmp_path):
     device_map = _offload_half_map(plain[0].config.llm["num_hidden_layers"])
     device_map["perceiver"] = "disk"
     with pytest.raises(ValueError, match="perceiver"):
-        load_model(tiny_model_dir, LoadOptions(device_map=device_map, offload_folder=str(tmp_path)))
+        load(tiny_model_dir, device_map=device_map, offload_folder=str(tmp_path))
 
 
 def test_bf16_loading(tiny_model_dir):
-    model, _, _ = load_model(tiny_model_dir, LoadOptions(device="cpu", dtype="bfloat16"))
+    model, _, _ = load(tiny_model_dir, device="cpu", dtype="bfloat16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
 def test_quantized_loading_is_guarded(tiny_model_dir):
     with pytest.raises(RuntimeError, match="bitsandbytes|CUDA"):
-        load_model(tiny_model_dir, LoadOptions(quantize="4bit"))
+        load(tiny_model_dir, quantization="4bit")
 
 
 def test_parse_max_memory():

@@ -1,79 +1,39 @@
-"""Loading a saved RadFM for inference on ordinary hardware.
+"""Placing a saved RadFM on ordinary hardware: dtype, device maps over GPUs/CPU/disk, 8-/4-bit.
 
 * ``dtype``: bf16/fp16 halve the weights (the 14B model: ~24 GiB instead of ~49 GiB).
 * ``device_map``: accelerate places the language model's decoder layers over GPUs, CPU RAM
-  and disk (``max_memory`` caps each), e.g. the 14B model on 2×24 GB GPUs. The vision
+  and disk (``max_memory`` caps each), e.g. the 14B model on 2x24 GB GPUs. The vision
   encoder, perceiver, projection and image-token rows always sit with the token embeddings
   (the image tokens are spliced into those embeddings), on the "main" device.
-* ``quantize``: "8bit"/"4bit" through bitsandbytes (accelerate's ``load_and_quantize_model``)
+* ``quantization``: "8bit"/"4bit" through bitsandbytes (accelerate's ``load_and_quantize_model``)
   for the language model's Linear layers; needs ``bitsandbytes`` and a CUDA GPU.
 
-The returned model is the same ``RadFM`` class either way; accelerate's hooks move activations
-between devices, so ``generate_text`` works unchanged.
+Used by :func:`radfm.model.loading.load` (the one loader); the model class is passed in.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-# the demo model the quick start produces; the default for generate/serve
-DEMO_MODEL_DIR = Path(__file__).resolve().parents[2] / "bundles/radfm/models/demo"
+from radfm.model.pretrained import INDEX_NAME, SINGLE_WEIGHTS_NAME
+from radfm.model.weights import parse_dtype
+
 VISION_SIDE = ("vision_encoder", "perceiver", "projection", "figure_token_weight")
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
-@dataclass
-class LoadOptions:
-    """How to load: dtype, one device or a device map, memory caps, disk offload, quantization."""
-
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    device: str = "auto"  # auto | cpu | cuda | cuda:N   (ignored with device_map)
-    device_map: str | dict | None = None  # auto | balanced | balanced_low_0 | sequential | {module: device}
-    max_memory: str | dict | None = None  # "0=22GiB,1=22GiB,cpu=64GiB" or a dict
-    offload_folder: str | None = None
-    quantize: str | None = None  # None | 8bit | 4bit
-
-    def describe(self) -> str:
-        parts = [f"dtype={self.dtype}"]
-        parts.append(f"device_map={self.device_map}" if self.device_map else f"device={self.device}")
-        if self.max_memory:
-            parts.append(f"max_memory={self.max_memory}")
-        if self.quantize:
-            parts.append(f"quantize={self.quantize}")
-        return ", ".join(parts)
-
-
-def resolve_model_dir(model: str | None) -> Path:
-    """``model`` or the demo model; a clear error when neither exists."""
-    if model is None:
-        if (DEMO_MODEL_DIR / "config.json").is_file():
-            return DEMO_MODEL_DIR
-        raise FileNotFoundError(
-            f"no --model given and the demo model {DEMO_MODEL_DIR} does not exist; "
-            "run `radfm demo` first or pass --model DIR (a `save_pretrained` folder, see `radfm convert`)"
-        )
-    path = Path(model)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a RadFM model folder (no config.json); convert weights with `radfm convert`")
-    return path
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto``: the GPU when there is one, else the CPU."""
+    if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | str) -> torch.dtype:
     """``auto``: bf16 on a GPU that supports it, else fp16 on GPU, fp32 on CPU."""
-    from radfm.model.weights import parse_dtype
-
     if dtype in (None, "auto"):
         if torch.device(device).type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -100,8 +60,6 @@ def parse_max_memory(max_memory: str | dict | None) -> dict[int | str, int | str
 
 
 def _checkpoint_location(model_dir: Path) -> Path:
-    from radfm.model.pretrained import INDEX_NAME, SINGLE_WEIGHTS_NAME
-
     for name in (INDEX_NAME, SINGLE_WEIGHTS_NAME):
         if (model_dir / name).is_file():
             return model_dir / name
@@ -177,55 +135,45 @@ def _as_bytes(size: int | str) -> int:
     return size if isinstance(size, int) else convert_file_size_to_int(size)
 
 
-def load_model(model_dir: str | Path, options: LoadOptions | None = None, **overrides: Any):
-    """``(model, tokenizer, preprocess)`` for a ``save_pretrained`` folder under ``options``.
-
-    ``preprocess`` is ``None`` (callers use ``radfm.transforms.preprocess_scan``).
-    """
-    from transformers import AutoTokenizer
-
-    options = options or LoadOptions(**overrides)
-    model_dir = Path(model_dir)
-    if options.quantize is None and options.device_map is None:
-        from radfm.model.factory import create_model_and_transforms
-
-        device = resolve_device(options.device)
-        model, preprocess, tokenizer = create_model_and_transforms(model_dir, device=device, dtype=resolve_dtype(options.dtype, device))
-        return model, tokenizer, preprocess
-
+def load_placed(
+    model_class: type[torch.nn.Module],
+    model_dir: Path,
+    *,
+    dtype: str | torch.dtype | None,
+    device_map: str | dict | None,
+    max_memory: str | dict | None,
+    offload_folder: str | None,
+    quantization: str | None,
+) -> torch.nn.Module:
+    """``model_class`` from a ``save_pretrained`` folder, spread by ``device_map`` and/or quantized."""
     from radfm.model.config import RadFMConfig
-    from radfm.model.radfm import RadFM
+    from radfm.model.weights import build_empty
 
     config = RadFMConfig.from_json_file(model_dir / "config.json")
     gpu = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    dtype = resolve_dtype(options.dtype, gpu)
-    max_memory = parse_max_memory(options.max_memory)
-    model = RadFM.empty(config)
-    strategy = options.device_map or "auto"
-    device_map = plan_device_map(model, strategy, max_memory, dtype)
-    if "disk" in set(device_map.values()) and options.offload_folder is None:
+    dtype = resolve_dtype(dtype, gpu)
+    max_memory = parse_max_memory(max_memory)
+    model = build_empty(model_class, config)
+    device_map = plan_device_map(model, device_map or "auto", max_memory, dtype)
+    if "disk" in set(device_map.values()) and offload_folder is None:
         raise ValueError("the device map offloads weights to disk: pass --offload_folder DIR")
-    if options.quantize is not None:
-        model = _load_quantized(model, model_dir, options, device_map, max_memory, dtype)
-    else:
-        import warnings
+    if quantization is not None:
+        return _load_quantized(model, model_dir, quantization, device_map, max_memory, offload_folder, dtype)
+    import warnings
 
-        from accelerate import load_checkpoint_and_dispatch
+    from accelerate import load_checkpoint_and_dispatch
 
-        with warnings.catch_warnings():
-            # figure_token_weight is a parameter of the root module, not a submodule: accelerate
-            # places it while loading but warns that the key names no submodule
-            warnings.filterwarnings("ignore", message="The following device_map keys do not match")
-            model = load_checkpoint_and_dispatch(
-                model, str(_checkpoint_location(model_dir)), device_map=device_map,
-                offload_folder=options.offload_folder, dtype=dtype, strict=True,
-            )
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model.tokenizer = tokenizer
-    return model.eval(), tokenizer, None
+    with warnings.catch_warnings():
+        # figure_token_weight is a parameter of the root module, not a submodule: accelerate
+        # places it while loading but warns that the key names no submodule
+        warnings.filterwarnings("ignore", message="The following device_map keys do not match")
+        return load_checkpoint_and_dispatch(
+            model, str(_checkpoint_location(model_dir)), device_map=device_map,
+            offload_folder=offload_folder, dtype=dtype, strict=True,
+        )
 
 
-def _load_quantized(model, model_dir: Path, options: LoadOptions, device_map, max_memory, dtype):
+def _load_quantized(model, model_dir: Path, quantization: str, device_map, max_memory, offload_folder, dtype):
     """8-/4-bit language model via bitsandbytes; the vision side stays in ``dtype``."""
     try:
         import bitsandbytes  # noqa: F401
@@ -233,17 +181,17 @@ def _load_quantized(model, model_dir: Path, options: LoadOptions, device_map, ma
         raise RuntimeError("quantized loading needs bitsandbytes: pip install bitsandbytes (CUDA GPU required)") from error
     if not torch.cuda.is_available():
         raise RuntimeError("quantized loading (bitsandbytes) needs a CUDA GPU")
-    if options.quantize not in ("8bit", "4bit"):
-        raise ValueError(f"quantize {options.quantize!r}: expected '8bit' or '4bit'")
+    if quantization not in ("8bit", "4bit"):
+        raise ValueError(f"quantization {quantization!r}: expected '8bit' or '4bit'")
     from accelerate.utils import BnbQuantizationConfig, load_and_quantize_model
 
     skip = [*VISION_SIDE, "lm_head"]
-    if options.quantize == "8bit":
+    if quantization == "8bit":
         config = BnbQuantizationConfig(load_in_8bit=True, skip_modules=skip, torch_dtype=dtype)
     else:
         config = BnbQuantizationConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                        bnb_4bit_compute_dtype=dtype, skip_modules=skip, torch_dtype=dtype)
     return load_and_quantize_model(
         model, config, weights_location=str(model_dir), device_map=device_map, max_memory=max_memory,
-        offload_folder=options.offload_folder,
+        offload_folder=offload_folder,
     )

@@ -1,25 +1,26 @@
-"""Factory, tied-weight saving and the memory-safe loader."""
+"""radfm.load, tied-weight saving and the memory-safe loader."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from monai.transforms import Compose
 
 from radfm.model.config import RadFMConfig
-from radfm.model.factory import create_model_and_transforms
+from radfm.model.loading import load
 from radfm.model.radfm import RadFM
 
 
-def test_tiny_preset_factory_gives_matching_tokenizer(tmp_path):
-    model, preprocess, tokenizer = create_model_and_transforms("tiny")
+def test_tiny_preset_gives_matching_tokenizer(tmp_path):
+    model, tokenizer, preprocessing = load("tiny")
     assert tokenizer.convert_tokens_to_ids("<image>") == model.config.base_vocab_size
-    assert callable(preprocess)
+    assert isinstance(preprocessing, Compose)
     model.save_pretrained(tmp_path / "m")
-    again, _, tokenizer2 = create_model_and_transforms(tmp_path / "m", dtype="bfloat16")
+    again, tokenizer2, _ = load(tmp_path / "m", dtype="bfloat16")
     assert again.dtype == torch.bfloat16
     assert tokenizer2.get_vocab() == tokenizer.get_vocab()
     with pytest.raises(ValueError, match="neither a model directory nor a preset"):
-        create_model_and_transforms(tmp_path / "missing")
+        load(tmp_path / "missing")
 
 
 def test_tied_embeddings_survive_save_and_load(tmp_path, tiny_base_vocab):
