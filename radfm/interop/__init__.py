@@ -1,7 +1,8 @@
-"""Clinical interoperability: CLI generation, DICOM SR export, the local service, big-model loading.
+"""Clinical interoperability: CLI generation, DICOM SR export, the local service, conversion.
 
 Modules: ``generate`` (``radfm generate``), ``sr`` (``radfm export-sr``), ``service``
-(``radfm serve``), ``info`` / ``memory_plan`` (``radfm info``), ``bigmodel`` (dtype, device
-maps, offload, bitsandbytes), ``answerer`` (scans + prompt -> text), ``uploads``, ``identity``.
+(``radfm serve``), ``info`` / ``memory_plan`` (``radfm info``), ``convert`` (``radfm convert``),
+``answerer`` (scans + prompt -> text), ``uploads``, ``identity``. Models load through
+``radfm.load`` (``radfm/model/loading.py``).
 Nothing is imported here so that ``radfm`` subcommands stay light.
 """
