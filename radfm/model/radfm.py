@@ -104,8 +104,7 @@ class RadFM(nn.Module):
         ``torch.bfloat16`` casts tensor by tensor; vision/perceiver sizes are read off the file.
         """
         return official.load_official(
-            cls,
-            bin_path, llm_config=llm_config, dtype=dtype, device=device, config=config, progress=progress
+            cls, bin_path, llm_config=llm_config, dtype=dtype, device=device, config=config, progress=progress
         )
 
     def save_pretrained(self, directory: str | os.PathLike, *, tokenizer=None, max_shard_size: int | str = "2GB") -> None:
