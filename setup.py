@@ -18,9 +18,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=radfm_packages + transform_packages,
-    package_dir={"radfm.transforms": "transforms"},
+    packages=radfm_packages + transform_packages + ["radfm.bundles"],
+    package_dir={"radfm.transforms": "transforms", "radfm.bundles": "bundles"},
     package_data={
+        "radfm.bundles": ["**/*"],
         "radfm.data": ["prompts/*.json", "vocab/*.txt", "samples/*"],
         "radfm.rating": ["static/*", "templates/*"],
     },
@@ -62,6 +63,7 @@ setup(
         "vocab": ["simple-icd-10-cm>=1.5"],  # only to rebuild radfm/data/vocab/icd10cm_terms.txt
         "test": [
             "pytest>=8.0",
+            "setuptools>=70.1",  # builds the wheel offline in tests/test_wheel.py (bdist_wheel built in)
             "pydicom-data>=1.0",
             "nilearn>=0.10",
             "httpx>=0.27",

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "radfm"
+from radfm.utils.resources import bundle_dir
 
 
 def main(model_dir: str | None = None, max_new_tokens: int = 16) -> None:
@@ -27,20 +27,21 @@ def main(model_dir: str | None = None, max_new_tokens: int = 16) -> None:
     from monai.bundle import run
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    model_dir = model_dir or str(BUNDLE / "models" / "demo")
+    bundle = bundle_dir("radfm")
+    model_dir = model_dir or str(bundle / "models" / "demo")
     if not (Path(model_dir) / "config.json").is_file():
         raise SystemExit(f"radfm demo: no model in {model_dir} (expected config.json and safetensors weights); "
                          "rebuild the demo model with `python scripts/train_demo.py`")
     print("RadFM quick start: the demo model (a small RadFM trained on synthetic phantoms by "
           "scripts/train_demo.py) answers questions about the shipped phantom scans.\n")
     run(
-        config_file=str(BUNDLE / "configs" / "inference.json"),
-        meta_file=str(BUNDLE / "configs" / "metadata.json"),
-        bundle_root=str(BUNDLE),
+        config_file=str(bundle / "configs" / "inference.json"),
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        bundle_root=str(bundle),
         model_dir=model_dir,
         max_new_tokens=max_new_tokens,
     )
-    truth = json.loads((BUNDLE / "sample_data" / "truth.json").read_text(encoding="utf-8"))
+    truth = json.loads((bundle / "sample_data" / "truth.json").read_text(encoding="utf-8"))
     print("Ground truth of the scans:")
     for name, facts in truth.items():
         lesions = "; ".join(f"{les['brightness']} {les['shape']} ({les['size']}) {les['location']}" for les in facts["lesions"])

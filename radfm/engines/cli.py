@@ -5,19 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
+from radfm.utils.resources import bundle_dir
+
+# name -> (bundle, config file)
 NAMED_CONFIGS = {
-    "pretrain": BUNDLES / "radfm" / "configs" / "pretrain.json",
-    "instruct": BUNDLES / "radfm" / "configs" / "instruct.json",
-    "classification": BUNDLES / "radfm_classification" / "configs" / "train.json",
+    "pretrain": ("radfm", "pretrain.json"),
+    "instruct": ("radfm", "instruct.json"),
+    "classification": ("radfm_classification", "train.json"),
 }
+
+
+def named_config(name: str) -> Path:
+    """The config file behind a short name (``instruct`` -> the RadFM bundle's instruct.json)."""
+    bundle, file_name = NAMED_CONFIGS[name]
+    return bundle_dir(bundle) / "configs" / file_name
 
 
 def _resolve(config: str | list[str] | tuple[str, ...]) -> list[str]:
     configs = [config] if isinstance(config, str) else list(config)
     paths = []
     for item in configs:
-        path = NAMED_CONFIGS.get(item, Path(item))
+        path = named_config(item) if item in NAMED_CONFIGS else Path(item)
         if not Path(path).is_file():
             raise FileNotFoundError(
                 f"training config {item!r} not found; give a JSON path or one of {sorted(NAMED_CONFIGS)}"
@@ -60,7 +68,7 @@ def train(
     config_files = _resolve(config)
     configs_dir = Path(config_files[0]).parent
     if distributed:
-        config_files.append(str(BUNDLES / "radfm" / "configs" / "multi_gpu_train.json"))
+        config_files.append(str(bundle_dir("radfm") / "configs" / "multi_gpu_train.json"))
     meta = meta_file or str(configs_dir / "metadata.json")
     logging_file = configs_dir / "logging.conf"
     run(

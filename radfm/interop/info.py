@@ -117,14 +117,14 @@ def info(
         json_output: print JSON instead of Markdown.
         output: also write the report to this file.
     """
-    from radfm.model.loading import DEMO_MODEL_DIR, resolve_model_dir
+    from radfm.model.loading import demo_model_dir, resolve_model_dir
     from radfm.model.config import RadFMConfig
     from radfm.model.radfm import RadFM
 
     stored = None
     if preset is not None:
         config, title = RadFMConfig.preset(preset), f"RadFM preset {preset!r}"
-    elif model is not None or (DEMO_MODEL_DIR / "config.json").is_file():
+    elif model is not None or (demo_model_dir() / "config.json").is_file():
         model_dir = resolve_model_dir(model)
         config, title = RadFMConfig.from_json_file(model_dir / "config.json"), f"RadFM model {model_dir}"
         stored = stored_dtypes(model_dir)

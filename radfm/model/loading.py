@@ -21,8 +21,6 @@ from radfm.model.config import RadFMConfig
 from radfm.model.placement import load_placed, resolve_device, resolve_dtype
 from radfm.model.radfm import RadFM
 
-# the demo model the quick start produces; the default for generate/serve
-DEMO_MODEL_DIR = Path(__file__).resolve().parents[2] / "bundles/radfm/models/demo"
 
 # A few sentences so the "tiny" preset has a working tokenizer without any download.
 _TINY_CORPUS = [
@@ -88,13 +86,21 @@ def preprocess_options(model_dir: str | os.PathLike) -> dict[str, Any]:
     return options
 
 
+def demo_model_dir() -> Path:
+    """The demo model shipped in the RadFM bundle (the default of generate/serve/info)."""
+    from radfm.utils.resources import bundle_dir
+
+    return bundle_dir("radfm") / "models" / "demo"
+
+
 def resolve_model_dir(model: str | os.PathLike | None) -> Path:
     """``model`` or the demo model; a clear error when neither exists."""
     if model is None:
-        if (DEMO_MODEL_DIR / "config.json").is_file():
-            return DEMO_MODEL_DIR
+        demo = demo_model_dir()
+        if (demo / "config.json").is_file():
+            return demo
         raise FileNotFoundError(
-            f"no --model given and the demo model {DEMO_MODEL_DIR} does not exist; "
+            f"no --model given and the demo model {demo} does not exist; "
             "pass --model DIR (a `save_pretrained` folder, see `radfm convert`)"
         )
     path = Path(model)

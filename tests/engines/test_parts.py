@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from radfm.engines.cli import NAMED_CONFIGS, _resolve
+from radfm.engines.cli import NAMED_CONFIGS, _resolve, named_config
 from radfm.engines.freeze import count_trainable, set_language_model_trainable
 
 
 def test_cli_resolves_named_configs_and_rejects_unknown(tmp_path):
-    assert _resolve("instruct") == [str(NAMED_CONFIGS["instruct"])]
-    assert all(path.is_file() for path in NAMED_CONFIGS.values())
+    assert _resolve("instruct") == [str(named_config("instruct"))]
+    assert all(named_config(name).is_file() for name in NAMED_CONFIGS)
     with pytest.raises(FileNotFoundError, match="pretrain"):
         _resolve(str(tmp_path / "missing.json"))
 
