@@ -179,12 +179,14 @@ class RadFMConfig:
 
     # ---- JSON ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict: ``{"llm", "vision", "perceiver", "max_images"}``."""
         out = asdict(self)
         out["vision"]["pos_table"] = list(self.vision.pos_table)
         return out
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RadFMConfig:
+        """The inverse of :meth:`to_dict`; an unknown field is a ``ValueError`` naming it."""
         known = {"llm", "vision", "perceiver", "max_images"}
         unknown = sorted(set(values) - known - {"radfm_version"})
         if unknown:
@@ -192,6 +194,7 @@ class RadFMConfig:
         return cls(**{k: copy.deepcopy(v) for k, v in values.items() if k in known})
 
     def to_json_string(self) -> str:
+        """:meth:`to_dict` as indented, key-sorted JSON."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def to_json_file(self, path: str | os.PathLike) -> None:
@@ -200,6 +203,7 @@ class RadFMConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> RadFMConfig:
+        """Read a ``config.json``; unreadable or invalid files raise ``ValueError`` naming the path."""
         path = Path(path)
         try:
             values = json.loads(path.read_text())

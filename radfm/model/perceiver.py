@@ -28,6 +28,7 @@ class LatentCrossAttention(nn.Module):
         self.to_out = nn.Linear(inner, dim, bias=False)
 
     def forward(self, media: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """Latents ``[N, L, dim]`` attend to media and themselves ``[N, T + L, dim]`` -> ``[N, L, dim]``."""
         media = self.norm_media(media)
         latents = self.norm_latents(latents)
         q = rearrange(self.to_q(latents), "n t (h e) -> n h t e", h=self.heads)
@@ -48,16 +49,20 @@ class LatentFeedForward(nn.Module):
         self.fc2 = nn.Linear(dim * mult, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, L, dim]`` -> ``[N, L, dim]``."""
         return self.fc2(F.gelu(self.fc1(self.norm(x))))
 
 
 class PerceiverLayer(nn.Module):
+    """One resampler layer: residual cross-attention of the latents, then a residual feed-forward."""
+
     def __init__(self, dim: int, config: PerceiverConfig) -> None:
         super().__init__()
         self.attention = LatentCrossAttention(dim, config.heads, config.dim_head)
         self.feed_forward = LatentFeedForward(dim, config.ff_mult)
 
     def forward(self, media: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """Media ``[N, T, dim]``, latents ``[N, L, dim]`` -> updated latents ``[N, L, dim]``."""
         latents = latents + self.attention(media, latents)
         return latents + self.feed_forward(latents)
 
@@ -72,6 +77,7 @@ class PerceiverResampler(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, media: torch.Tensor) -> torch.Tensor:
+        """``[N, T, dim]`` -> ``[N, num_latents, dim]`` (32 latents per image)."""
         latents = self.latents.to(media.dtype).expand(media.shape[0], -1, -1)
         for layer in self.layers:
             latents = layer(media, latents)

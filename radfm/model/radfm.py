@@ -114,10 +114,12 @@ class RadFM(nn.Module):
     # ---- properties ------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
+        """Device of the image-token rows (the "main" device under a device map)."""
         return self.figure_token_weight.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """Floating-point dtype of the vision side."""
         return self.figure_token_weight.dtype
 
     def gradient_checkpointing_enable(self) -> None:

@@ -52,6 +52,7 @@ class PatchEmbedding3D(nn.Module):
         self.output_norm = nn.LayerNorm(config.dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, C, H, W, D]`` -> ``[N, (H/p)(W/p)(D/pf), dim]`` patch embeddings."""
         # published flattening order inside a patch: rows, columns, depth, then channel
         patches = rearrange(
             images,
@@ -111,6 +112,7 @@ class SelfAttention(nn.Module):
         self.out_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, T, dim]`` -> ``[N, T, dim]`` (multi-head self-attention through SDPA)."""
         q, k, v = rearrange(self.qkv(x), "n t (three h e) -> three n h t e", three=3, h=self.heads)
         attended = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.out_dropout(self.out(rearrange(attended, "n h t e -> n t (h e)")))
@@ -126,6 +128,7 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, T, dim]`` -> ``[N, T, dim]``."""
         return self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(x)))))
 
 
@@ -140,6 +143,7 @@ class ViTBlock(nn.Module):
         self.mlp = FeedForward(config.dim, config.mlp_dim, config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, T, dim]`` -> ``[N, T, dim]`` (residual attention, then residual MLP)."""
         x = x + self.attention(self.attention_norm(x))
         return x + self.mlp(self.mlp_norm(x))
 
@@ -157,6 +161,7 @@ class VisionEncoder3D(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, H, W, D]`` (same shape for all N) -> ``[N, T, dim]`` tokens, T = (H/32)(W/32)(D/4)."""
         check_image_shape(images.shape[1:], self.config, where="image batch")
         _, _, h, w, d = images.shape
         grid = (h // self.config.patch_size, w // self.config.patch_size, d // self.config.frame_patch_size)
