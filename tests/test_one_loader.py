@@ -1,0 +1,79 @@
+"""Every path that loads a model goes through ``radfm.load``.
+
+``radfm.model.loading.load`` is replaced by a spy that records the call and stops the work
+right there, so each check is cheap: the command, service or bundle must reach ``radfm.load``
+(not another loader) before anything else touches weights.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import radfm.model.loading as loading
+
+
+class LoaderReached(Exception):
+    """Raised by the spy: the path under test called radfm.load."""
+
+
+@pytest.fixture()
+def load_calls(monkeypatch) -> list[tuple[tuple, dict]]:
+    calls: list[tuple[tuple, dict]] = []
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise LoaderReached()
+
+    monkeypatch.setattr(loading, "load", spy)
+    return calls
+
+
+def test_radfm_load_is_the_package_attribute():
+    import radfm
+
+    assert radfm.load is loading.load
+    assert radfm.LoadedModel is loading.LoadedModel
+
+
+def test_generate_loads_through_radfm_load(load_calls, tiny_model_dir, tmp_path):
+    from radfm.interop.generate import generate
+
+    scan = tmp_path / "scan.npy"
+    scan.write_bytes(b"")  # never read: the spy stops the command first
+    with pytest.raises(LoaderReached):
+        generate(str(scan), prompt="<image> modality?", model=str(tiny_model_dir), device="cpu", dtype="float32")
+    assert [str(args[0]) for args, _ in load_calls] == [str(tiny_model_dir)]
+    assert load_calls[0][1]["dtype"] == "float32"
+
+
+def test_serve_loads_through_radfm_load(load_calls, tiny_model_dir, monkeypatch):
+    import uvicorn
+
+    from radfm.interop.service import serve
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the service started without loading"))
+    with pytest.raises(LoaderReached):
+        serve(model=str(tiny_model_dir), device="cpu", dtype="float32")
+    assert [str(args[0]) for args, _ in load_calls] == [str(tiny_model_dir)]
+
+
+def test_evaluate_loads_through_radfm_load(load_calls, tiny_model_dir, tmp_path):
+    from radfm.engines.evaluate import evaluate
+
+    manifest = tmp_path / "m.jsonl"
+    sample = {"id": "a", "dataset": "d", "task": "vqa", "images": [], "instruction": "Is it CT?", "response": "yes",
+              "split": "test"}
+    manifest.write_text(json.dumps(sample) + "\n")
+    with pytest.raises(LoaderReached):
+        evaluate(str(manifest), str(tiny_model_dir), str(tmp_path / "out"), bertscore=False)
+    assert [str(args[0]) for args, _ in load_calls] == [str(tiny_model_dir)]
+
+
+def test_training_bundle_network_loads_a_model_folder_through_radfm_load(load_calls, tiny_model_dir):
+    from radfm.engines.build import load_model
+
+    with pytest.raises(LoaderReached):
+        load_model(tiny_model_dir)
+    assert [str(args[0]) for args, _ in load_calls] == [str(tiny_model_dir)]
