@@ -28,6 +28,7 @@ from radfm.metrics.predictions import PredictionRecord, read_jsonl
 from radfm.metrics.suite import CLOSED_TASKS
 from radfm.utils.cli import as_list
 from radfm.utils.io import atomic_write_text
+from radfm.utils.lock import lock_folder
 
 logger = logging.getLogger(__name__)
 
@@ -250,6 +251,7 @@ def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] 
         raise ValueError(f"{manifest}: no instruction samples match split={split!r}, tasks={tasks!r}, datasets={datasets!r}")
     pool = [s for s in all_samples if s.split == "train"] if shots else []
     cases = build_cases(samples, prompt_format=prompt_format, shots=shots, exemplar_pool=pool, seed=seed)
+    output_lock = lock_folder(output_dir, "radfm evaluate")  # noqa: F841  (a second run on OUTPUT fails; freed on return)
 
     from radfm.model.factory import create_model_and_transforms
 
