@@ -28,7 +28,7 @@ from radfm.metrics.predictions import PredictionRecord, read_jsonl
 from radfm.metrics.suite import CLOSED_TASKS
 from radfm.utils.cli import as_list
 from radfm.utils.io import atomic_write_text
-from radfm.utils.lock import lock_folder
+from radfm.utils.lock import locks_folder
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +211,7 @@ def model_predictor(model: Any, tokenizer: Any, *, max_new_tokens: int = 64,
     return predict
 
 
+@locks_folder("output", "radfm evaluate")  # a second run on the same OUTPUT fails at once
 def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] | None = None,
              datasets: str | Sequence[str] | None = None, split: str = "test", batch_size: int = 4,
              max_new_tokens: int = 64, limit: int | None = None, prompt_format: str = "radfm", shots: int = 0,
@@ -251,7 +252,6 @@ def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] 
         raise ValueError(f"{manifest}: no instruction samples match split={split!r}, tasks={tasks!r}, datasets={datasets!r}")
     pool = [s for s in all_samples if s.split == "train"] if shots else []
     cases = build_cases(samples, prompt_format=prompt_format, shots=shots, exemplar_pool=pool, seed=seed)
-    output_lock = lock_folder(output_dir, "radfm evaluate")  # noqa: F841  (a second run on OUTPUT fails; freed on return)
 
     from radfm.model.factory import create_model_and_transforms
 

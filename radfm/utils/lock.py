@@ -62,3 +62,38 @@ def lock_folder(folder: str | os.PathLike, job: str = "another job") -> FolderLo
     handle.write(f"pid {os.getpid()}\n")
     handle.flush()
     return FolderLock(path, handle)
+
+
+def locks_folder(parameter: str, job: str):
+    """Decorator: the call holds :func:`lock_folder` on its argument ``parameter`` (a folder) while it runs.
+
+    The lock is released when the call returns or raises. A folder the call created only for
+    its lock is removed again if the call fails before writing anything there.
+    """
+    import functools
+    import inspect
+
+    def decorate(function):
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def locked(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            folder = Path(bound.arguments[parameter])
+            existed = folder.exists()
+            lock = lock_folder(folder, job)
+            try:
+                return function(*args, **kwargs)
+            except BaseException:
+                lock.release()
+                if not existed and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+                    lock.path.unlink(missing_ok=True)
+                    folder.rmdir()
+                raise
+            finally:
+                lock.release()
+
+        return locked
+
+    return decorate
