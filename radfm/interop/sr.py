@@ -20,6 +20,7 @@ are listed as pertinent other evidence.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from pydicom.sr.codedict import codes
 
 from radfm.interop.identity import ModelIdentity, identity_of_model_dir
 from radfm.utils.io import atomic_path
+
+logger = logging.getLogger(__name__)
 
 PROMPT_CONCEPT = hd.sr.CodedConcept(value="PROMPT", scheme_designator="99RADFM", meaning="Model prompt")
 REPORT_TITLE = hd.sr.CodedConcept(value="18748-4", scheme_designator="LN", meaning="Diagnostic Imaging Report")
@@ -266,6 +269,10 @@ def export_sr(
         )
     if model_version is not None:
         identity = ModelIdentity(identity.name, model_version, identity.weights_sha256)
+    if "unknown" in (identity.version, identity.weights_sha256):
+        logger.warning("radfm export-sr: warning: the model is not identified (version %s, weights %s): pass --model "
+                       "FOLDER, --from_json from `radfm generate --json`, or --model_version and --weights_hash; "
+                       "the SR records 'unknown'", identity.version, identity.weights_sha256)
 
     sources: list[Dataset] = []
     non_dicom: list[str] = []
