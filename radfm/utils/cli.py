@@ -41,9 +41,9 @@ def _is_flag(token: str) -> bool:
     return token.startswith("--") or bool(_SHORT_FLAG.match(token))
 
 
-def nearest(name: str, choices: list[str] | tuple[str, ...]) -> str | None:
+def nearest(name: str, choices: list[str] | tuple[str, ...], cutoff: float = 0.6) -> str | None:
     """The choice closest to ``name`` (a likely misspelling), or ``None``."""
-    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=cutoff)
     return match[0] if match else None
 
 
@@ -123,7 +123,10 @@ def check_call(function: Callable, args: list[str]) -> None:
             if len(matches) != 1:
                 raise UsageError(f"flag {token} is {'ambiguous: ' + ', '.join('--' + m for m in matches) if matches else 'unknown'}")
             keyword = matches[0]
-        elif accepts_any_flag:
+        elif accepts_any_flag:  # e.g. config overrides; only a near-certain typo of a named flag is refused
+            typo_of = nearest(key, list(named), cutoff=0.85)
+            if typo_of is not None:
+                raise UsageError(f"unknown flag {token.split('=')[0]} (did you mean --{typo_of}?)")
             keyword = key
         else:
             raise UsageError(f"unknown flag {token.split('=')[0]}{_did_you_mean(key, list(named))}")
