@@ -299,7 +299,8 @@ def run_cli_subprocess(argv: list[str], cwd: Path) -> tuple[int, str, str]:
 
 
 def _error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("radfm")]
+    """The ``radfm ...`` lines on stderr that are not warnings."""
+    return [line for line in stderr.splitlines() if line.startswith("radfm") and ": warning:" not in line]
 
 
 def judge_cli(case: CliCase, work: Path, code: int, stdout: str, stderr: str) -> Result:
@@ -384,6 +385,9 @@ def slow_head(port: int, budget_s: float) -> tuple[int | None, float]:
 def _message(text: str) -> str:
     try:
         body = json.loads(text)
+        if isinstance(body, dict) and "answer" in body:
+            files = [name[:40] + ("..." if len(name) > 40 else "") for scan in body.get("scans", []) for name in scan["files"]]
+            return f"answered; the scan is recorded as uploaded: {json.dumps(files)}"
         if isinstance(body, dict):
             return str(body.get("error") or body.get("detail") or "")[:200] or "(JSON without an error)"
     except json.JSONDecodeError:
@@ -401,6 +405,7 @@ class HttpCase:
     expect: tuple[int, ...]
     area: str = "service"
     forbidden: tuple[str, ...] = ("root:x:0:0",)  # text that must not come back
+    check: Callable[[], str | None] | None = None  # a problem seen after the request, or None
 
 
 def service_cases(url: str, port: int, work: Path) -> list[HttpCase]:
@@ -451,7 +456,8 @@ def service_cases(url: str, port: int, work: Path) -> list[HttpCase]:
     long_name = "a" * 296 + ".png"
     cases += [
         HttpCase("300-character file name", "POST files=('a'*296 + '.png')", post(files=[("files", (long_name, png, "image/png"))], data={"prompt": "hi", "max_new_tokens": "2"}), (200,)),
-        HttpCase("path traversal in the file name", "POST files=('../../../../tmp/evil.png')", post(files=[("files", ("../../../../tmp/radfm_sweep_evil.png", png, "image/png"))], data={"prompt": "hi", "max_new_tokens": "2"}), (200,)),
+        HttpCase("path traversal in the file name", "POST files=('../../../../tmp/radfm_sweep_evil.png')", post(files=[("files", ("../../../../tmp/radfm_sweep_evil.png", png, "image/png"))], data={"prompt": "hi", "max_new_tokens": "2"}), (200,),
+                 check=lambda: "wrote /tmp/radfm_sweep_evil.png" if Path("/tmp/radfm_sweep_evil.png").exists() else None),
         HttpCase("control characters in the file name", "POST files=('a\\r\\nb.png')", post(files=[("files", ("a\r\nb\x01.png", png, "image/png"))], data={"prompt": "hi", "max_new_tokens": "2"}), (200, 400)),
         HttpCase("body over the size limit (declared)", "POST Content-Length: 10 GB", lambda: raw_request(port, b"POST /v1/answer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\nContent-Length: 10000000000\r\nConnection: close\r\n\r\n"), (413,)),
         HttpCase("body over the size limit (sent)", "POST 5 MB scan", post(files=[("files", ("big.png", png + b"\0" * (5 << 20), "image/png"))], data={"prompt": "hi"}), (413,)),
@@ -460,9 +466,18 @@ def service_cases(url: str, port: int, work: Path) -> list[HttpCase]:
         HttpCase("foreign Origin", "POST /v1/answer, Origin: http://evil.example", post(files=[("files", ("scan.png", png, "image/png"))], data={"prompt": "hi"}, headers={"Origin": "http://evil.example"}), (403,)),
         HttpCase("slowloris request head", "header lines 0.2 s apart, never finished", lambda: _slowloris_result(port), (408,)),
         HttpCase("slow upload body", "Content-Length 100000, 10 bytes, then silence", lambda: raw_request(port, b"POST /v1/answer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\nContent-Length: 100000\r\n\r\n", b"--x\r\nConte"), (408,)),
-        HttpCase("NRRD header pointing at /etc/passwd", "POST files=evil.nrrd ('data file: /etc/passwd')", post(files=[("files", ("evil.nrrd", b"NRRD0004\ntype: uint8\ndimension: 2\nsizes: 8 8\nencoding: raw\ndata file: /etc/passwd\n\n", "application/octet-stream"))], data={"prompt": "hi", "max_new_tokens": "2"}), (422,)),
+        HttpCase("NRRD header pointing at /etc/passwd", "POST files=evil.nrrd ('data file: /etc/passwd')", post(files=[("files", ("evil.nrrd", b"NRRD0004\ntype: uint8\ndimension: 2\nsizes: 8 8\nencoding: raw\ndata file: /etc/passwd\n\n", "application/octet-stream"))], data={"prompt": "hi", "max_new_tokens": "2"}), (422,),
+                 forbidden=("root:x:0:0", str(_size_of("/etc/passwd")))),
     ]
     return cases
+
+
+def _size_of(path: str) -> int | str:
+    """A file's size (a reply that states it has read the file), or a marker that never matches."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return "\0no such file\0"
 
 
 def _slowloris_result(port: int) -> tuple[int | None, str]:
@@ -486,7 +501,9 @@ def run_http_cases(cases: list[HttpCase], progress: Callable[[str], None] = prin
         if status is not None and status >= 500:
             problems.append("server error")
         if any(secret in text for secret in case.forbidden):
-            problems.append("leaked file content")
+            problems.append("leaked the file's content or size")
+        if case.check is not None and (problem := case.check()):
+            problems.append(problem)
         result = Result(case.area, case.what, case.request, f"HTTP {status}", message, not problems, "; ".join(problems))
         results.append(result)
         progress(f"[{case.area} {index}/{len(cases)}] {'ok ' if result.ok else 'BAD'} {case.what}: {result.got} {result.why}")
@@ -601,8 +618,9 @@ def write_report(results: list[Result], path: Path, work: Path, ports: list[int]
 
 
 def run_sweep(only: set[str] | None = None, use_subprocess: bool = False, cli_filter: Callable[[CliCase], bool] | None = None,
-              progress: Callable[[str], None] = print, work: Path | None = None) -> tuple[list[Result], Path, list[int]]:
-    """Run the sweep (``only``: some of {"cli", "service", "url"}); returns (results, workspace, ports)."""
+              progress: Callable[[str], None] = print, work: Path | None = None,
+              http_filter: Callable[[HttpCase], bool] | None = None) -> tuple[list[Result], Path, list[int]]:
+    """Run the sweep (``only``: some of {"cli", "service", "url"}; filters pick cases); returns (results, workspace, ports)."""
     import radfm.cli  # noqa: F401  (imported once before forking)
     for module in ("radfm.interop.generate", "radfm.engines.evaluate", "radfm.metrics.score", "radfm.data.cli",
                    "radfm.rating.cli", "radfm.interop.sr", "radfm.model.checkpoint", "radfm.interop.info",
@@ -621,10 +639,11 @@ def run_sweep(only: set[str] | None = None, use_subprocess: bool = False, cli_fi
         rating, cookie = start_rating_app(work)
         ports = [service.port, rating.port]
         try:
+            keep = http_filter or (lambda case: True)
             if "service" in only:
-                results += run_http_cases(service_cases(service.url, service.port, work), progress)
+                results += run_http_cases([c for c in service_cases(service.url, service.port, work) if keep(c)], progress)
             if "url" in only:
-                results += run_http_cases(traversal_cases(service.port, rating.port, cookie), progress)
+                results += run_http_cases([c for c in traversal_cases(service.port, rating.port, cookie) if keep(c)], progress)
         finally:
             service.stop()
             rating.stop()

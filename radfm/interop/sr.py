@@ -249,6 +249,9 @@ def export_sr(
             record = json.loads(Path(from_json).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
             raise SRExportError(f"{from_json}: not a readable `radfm generate --json` file ({error})") from error
+        if not isinstance(record, dict):
+            raise SRExportError(f"{from_json}: expected the JSON object `radfm generate --json` writes, "
+                                f"got a JSON {type(record).__name__}")
     # fire turns numeric-looking values (a slice file named 17106, an answer "1") into numbers
     answer = str(answer) if answer is not None else record.get("answer")
     prompt = str(prompt) if prompt is not None else record.get("prompt", "")

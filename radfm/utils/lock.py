@@ -14,7 +14,7 @@ from pathlib import Path
 LOCK_NAME = ".radfm.lock"
 
 
-class FolderLockedError(RuntimeError):
+class FolderLockedError(OSError):
     """Another process (or job) holds the folder's lock."""
 
 
