@@ -112,6 +112,7 @@ def make_workspace(work: Path) -> None:
     (work / "phantoms_full" / "keep.txt").write_text("x")
     (work / "a_file").write_text("x")
     (work / "vocab_missing_dir").mkdir()
+    (work / "vocab_latin1.txt").write_bytes(b"pneumonia\nn\xe9oplasme\n")
 
 
 def cli_cases() -> list[CliCase]:
@@ -182,6 +183,7 @@ def cli_cases() -> list[CliCase]:
         CliCase("--names count mismatch", ["score", f"{W}/good.jsonl", "--names", "a,b"] + sc, 2, no_score),
         CliCase("--n_resamples not a number", ["score", f"{W}/good.jsonl", "--n_resamples", "many"] + sc, 2, no_score),
         CliCase("misspelled --outptu", ["score", f"{W}/good.jsonl", "--outptu", f"{W}/score_out"], 2, no_score),
+        CliCase("term vocabulary not UTF-8", ["score", f"{W}/good.jsonl", "--terms", f"{W}/vocab_latin1.txt"] + sc, 1, no_score),
         CliCase("term vocabulary missing", ["score", f"{W}/good.jsonl", "--terms", f"{W}/vocab.txt"] + sc, 1, no_score),
         # data
         CliCase("group without a command", ["data"], 2),
@@ -220,6 +222,7 @@ def cli_cases() -> list[CliCase]:
         CliCase("--port not a number", ["serve", "--port", "http"], 2),
         CliCase("group without a command", ["rate"], 2),
         CliCase("predictions missing", ["rate", "create", "--study", f"{W}/study_new", "--predictions", f"{W}/none.jsonl"], 1, [f"{W}/study_new"]),
+        CliCase("predictions not UTF-8", ["rate", "create", "--study", f"{W}/study_new", "--predictions", f"{W}/latin1.jsonl"], 1, [f"{W}/study_new"]),
         CliCase("misspelled --nme", ["rate", "add_rater", "--nme", "x", "--study", f"{W}/study"], 2),
         CliCase("study missing", ["rate", "add_rater", "x", f"{W}/no_study"], 1),
         CliCase("surplus argument", ["rate", "add_rater", "x", f"{W}/study", "extra"], 2),

@@ -192,12 +192,16 @@ class InferenceService:
         return text, started - queued_at, time.perf_counter() - started
 
     async def _queue_for_model(self, prompt: str, images: list, options: GenerationOptions):
+        """Run the answerer on the single model worker; a run past the time limit raises ``UploadError`` 504."""
         with self._count_lock:
             if self.waiting >= self.limits.max_queue:
                 raise UploadError(f"{self.waiting} requests already waiting (limit {self.limits.max_queue}); retry later", 503)
             self.waiting += 1
         future = self._model_worker.submit(self._run_model, prompt, images, options, time.perf_counter())
-        return await asyncio.wrap_future(future)
+        try:
+            return await asyncio.wrap_future(future)
+        except GenerationTimeout as error:  # every route queued here answers 504 the same way
+            raise UploadError(f"{error}; ask for fewer max_new_tokens or num_beams", 504) from None
 
     def _prepare(self, scans: list[Scan]) -> tuple[list, float, float]:
         """``(images, seconds waiting for a preprocessing slot, seconds preprocessing)``."""
@@ -277,8 +281,6 @@ class InferenceService:
             text, queued_s, generate_s = await self._queue_for_model(prompt, images, options)
         except UploadError:
             raise
-        except GenerationTimeout as error:
-            raise UploadError(f"{error}; ask for fewer max_new_tokens or num_beams", 504) from None
         except ValueError as error:
             raise UploadError(str(error), 422) from None
         body: dict[str, Any] = {
