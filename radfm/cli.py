@@ -113,9 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit as exit_:
         if debug or exit_.code is None or isinstance(exit_.code, int):
             raise
-        message = str(exit_.code)  # SystemExit("why"): an error message
-        print(message if message.startswith("radfm") else f"{prefix}: error: {one_line(exit_)}", file=sys.stderr)
-        raise SystemExit(EXIT_ERROR) from None
+        message = str(exit_.code)  # SystemExit("why"): Python prints it and exits with status 1
+        raise SystemExit(message if message.startswith("radfm") else f"{prefix}: error: {one_line(exit_)}") from None
     except Exception as error:
         if debug:
             raise

@@ -104,7 +104,7 @@ class HttpGuard:
                 return None
         limits = self.limits
         started = time.monotonic()
-        state = {"timed_out": False, "body_done": False}
+        state = {"timed_out": False, "body_done": False, "response_started": False}
 
         async def timed_receive():
             if state["timed_out"]:
@@ -115,6 +115,8 @@ class HttpGuard:
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(0.0, min(limits.body_idle_timeout_s, remaining)))
             except asyncio.TimeoutError:
+                if state["response_started"]:  # the app answered without the body: just stop reading
+                    return {"type": "http.disconnect"}
                 state["timed_out"] = True
                 start, body = _json_response(
                     408, f"request body not received in time (more than {limits.body_idle_timeout_s:g} s between "
@@ -128,6 +130,8 @@ class HttpGuard:
 
         async def guarded_send(message):
             if not state["timed_out"]:  # the 408 has been sent: the app's late reply is dropped
+                if message.get("type") == "http.response.start":
+                    state["response_started"] = True
                 await send(message)
 
         return await self.app(scope, timed_receive, guarded_send)
