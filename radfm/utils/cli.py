@@ -1,6 +1,12 @@
-"""Helpers for fire command lines."""
+"""Helpers for fire command lines: list arguments, and checking a command line before it runs."""
 
 from __future__ import annotations
+
+import difflib
+import inspect
+import math
+import re
+from collections.abc import Callable
 
 
 def as_list(value: object) -> list[str]:
@@ -22,12 +28,6 @@ def as_list(value: object) -> list[str]:
 
 
 # ---- flag validation before any work ----------------------------------------------------------
-
-import difflib  # noqa: E402
-import inspect  # noqa: E402
-import math  # noqa: E402
-import re  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 
 _SHORT_FLAG = re.compile(r"^-[A-Za-z]$")
 HELP_FLAGS = ("--help", "-h")
