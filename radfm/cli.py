@@ -3,6 +3,11 @@
 Each subcommand lives next to the code it drives and is imported only when it is called,
 so ``radfm score`` does not pay for loading torch models and a broken optional dependency
 of one subcommand does not break the others. ``radfm SUBCOMMAND --help`` shows its options.
+
+Every command line is checked against the subcommand's signature before it runs (fire itself
+only complains after the work is done). Exit status: 0 ok, 1 input or runtime error (one line
+on stderr naming the file/field; ``--debug`` shows the traceback), 2 usage error (unknown or
+misspelled flag, bad flag value, missing argument), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -43,23 +48,83 @@ def load_subcommand(name: str):
     return getattr(importlib.import_module(module_name), attribute)
 
 
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# errors a user causes (a missing file, a bad manifest, unreadable text): one line, no traceback
+INPUT_ERRORS = (OSError, ValueError, LookupError)
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one line: its message with line breaks folded (tracebacks need ``--debug``)."""
+    if isinstance(error, UnicodeDecodeError):
+        return f"not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start})"
+    if isinstance(error, KeyError) and error.args:
+        text = str(error.args[0])
+    else:
+        text = str(error) or type(error).__name__
+    if isinstance(error, OSError) and error.filename is not None and str(error.filename) not in text:
+        text = f"{error.filename}: {text}"
+    return " | ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run ``radfm SUBCOMMAND ...``; exit status 0 ok, 1 input or runtime error, 2 usage error, 130 interrupted.
+
+    The command line is checked against the subcommand's signature before anything runs
+    (unknown flags name the nearest valid one). Errors print one line; ``--debug`` shows the traceback.
+    """
     import fire
 
+    from radfm.utils.cli import UsageError, check_command_line, nearest
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    separator = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:separator]
+    if debug:
+        argv = [token for i, token in enumerate(argv) if not (token == "--debug" and i < separator)]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
-        print(f"radfm: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
-        raise SystemExit(2)
+        guess = nearest(name, list(SUBCOMMANDS))
+        hint = f" (did you mean {guess}?)" if guess else ""
+        print(f"radfm: unknown subcommand {name!r}{hint}\n\n{_usage()}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
     target = load_subcommand(name)
     if inspect.isclass(target):  # a command group: an instance lets `radfm data --help` list its commands
         target = target()
-    # fire shell-quotes a name with a space ('radfm score'); as program "radfm" with the
-    # subcommand as a member, help and usage read "radfm score" unquoted
-    fire.Fire({name: target}, command=[name, *rest], name="radfm")
+    prefix = f"radfm {name}"
+    try:
+        check_command_line(target, rest)
+        # fire shell-quotes a name with a space ('radfm score'); as program "radfm" with the
+        # subcommand as a member, help and usage read "radfm score" unquoted
+        fire.Fire({name: target}, command=[name, *rest], name="radfm")
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except UsageError as error:
+        if debug:
+            raise
+        message = one_line(error).removeprefix(prefix + ": ")
+        print(f"{prefix}: usage error: {message} (see radfm {name} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    except SystemExit as exit_:
+        if debug or exit_.code is None or isinstance(exit_.code, int):
+            raise
+        message = str(exit_.code)  # SystemExit("why"): Python prints it and exits with status 1
+        raise SystemExit(message if message.startswith("radfm") else f"{prefix}: error: {one_line(exit_)}") from None
+    except Exception as error:
+        if debug:
+            raise
+        if isinstance(error, INPUT_ERRORS):
+            message = one_line(error)
+            print(f"{prefix}: error: {message.removeprefix(prefix + ': ')}", file=sys.stderr)
+        else:
+            print(f"{prefix}: error: {type(error).__name__}: {one_line(error)} "
+                  "(unexpected; run again with --debug for the traceback)", file=sys.stderr)
+        raise SystemExit(EXIT_ERROR) from None
 
 
 if __name__ == "__main__":

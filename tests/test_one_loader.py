@@ -49,11 +49,10 @@ def test_generate_loads_through_radfm_load(load_calls, tiny_model_dir, tmp_path)
 
 
 def test_serve_loads_through_radfm_load(load_calls, tiny_model_dir, monkeypatch):
-    import uvicorn
+    import radfm.interop.service as service
 
-    from radfm.interop.service import serve
-
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the service started without loading"))
+    monkeypatch.setattr(service, "guarded_server", lambda *a, **k: pytest.fail("the service started without loading"))
+    serve = service.serve
     with pytest.raises(LoaderReached):
         serve(model=str(tiny_model_dir), device="cpu", dtype="float32")
     assert [str(args[0]) for args, _ in load_calls] == [str(tiny_model_dir)]

@@ -16,6 +16,7 @@ at a time), then that chunk is resized in-plane. Memory: the stored volume + the
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
@@ -35,6 +36,8 @@ DEPTH_2D = 4
 DEPTH_MULTIPLE, MIN_DEPTH, MAX_DEPTH = 4, 4, 64
 PATCH_SIZE = 32  # the vision encoder's in-plane patch size: grid sizes must be multiples of it
 CHUNK_VOXELS = 1 << 16  # 256 KB of float32 per chunk: small next to any output, still few loops
+UPSCALE_WARNING_FACTOR = 8  # in-plane enlargement beyond this is logged (a 1x1 PNG -> 512² says so)
+_log = logging.getLogger("radfm.transforms")
 
 
 def check_plane_size(size: Sequence[int], name: str = "size") -> tuple[int, int]:
@@ -222,6 +225,10 @@ class ResizeToRadFM(InvertibleTransform):
         out = resize_to_radfm(x, self._value_map(x), source=source, size_2d=self.size_2d, size_3d=self.size_3d,
                               max_depth=self.max_depth)
         out_spatial = tuple(int(s) for s in out.shape[1:])
+        if any(o > UPSCALE_WARNING_FACTOR * i for i, o in zip(in_spatial[:2], out_spatial[:2])):
+            _log.warning("%s: a %s image was upscaled to %s (more than %dx in-plane); the model sees mostly "
+                         "interpolation", source or "image", "x".join(map(str, in_spatial)),
+                         "x".join(map(str, out_spatial)), UPSCALE_WARNING_FACTOR)
         if not isinstance(img, MetaTensor):
             return convert_to_dst_type(out, dst=img, dtype=torch.float32)[0]
         meta = {k: v for k, v in x.meta.items() if k != "rescale"}  # the value map applied it

@@ -23,14 +23,27 @@ class DataCommands:
         """
         from collections import Counter
 
-        from radfm.data.adapters import get_adapter
+        from radfm.data.adapters import ADAPTERS, get_adapter
         from radfm.data.manifest import write_manifest
+        from radfm.utils.cli import UsageError, check_call, nearest
 
+        try:
+            adapter = get_adapter(str(format))
+        except KeyError:
+            guess = nearest(str(format).lower(), list(ADAPTERS))
+            raise UsageError(f"unknown format {format!r}{f' (did you mean {guess}?)' if guess else ''}; "
+                             f"choose from: {', '.join(ADAPTERS)}") from None
+        # the adapter's options are checked like flags before anything is read
+        check_call(adapter, ["SRC", *(f"--{key}={value}" for key, value in options.items())])
         if "languages" in options and isinstance(options["languages"], str):
             options["languages"] = tuple(options["languages"].split(","))
         samples = get_adapter(format)(src, **options)
         if not samples:
             raise SystemExit(f"radfm data convert: no samples found in {src} for format {format!r}")
+        counts = Counter(sample.id for sample in samples)
+        duplicates = sorted(case_id for case_id, count in counts.items() if count > 1)
+        if duplicates:  # write nothing the manifest loader would refuse
+            raise ValueError(f"{src}: {len(duplicates)} duplicate sample id(s), e.g. {duplicates[:3]}; nothing written")
         count = write_manifest(samples, output)
         out_dir = Path(output).resolve().parent
         outside = sum(1 for s in samples for im in s.images if not Path(im.path).resolve().is_relative_to(out_dir))

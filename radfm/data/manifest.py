@@ -15,6 +15,7 @@ manifest's folder): a manifest cannot point at arbitrary files on the machine.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterable
@@ -24,6 +25,7 @@ from typing import Any
 
 from radfm.model.tokenizer import count_placeholders
 from radfm.utils.io import atomic_write_text  # also imported from here by older code
+from radfm.utils.io import read_text
 
 TASKS = (
     "modality_inductive",
@@ -175,7 +177,7 @@ def load_manifest(path: str | os.PathLike, *, data_root: str | os.PathLike | Non
     root = Path(data_root).resolve() if data_root is not None else base_dir
     samples: list[Sample] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as handle:
+    with io.StringIO(read_text(path)) as handle:  # not UTF-8: a ValueError naming file and line
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue

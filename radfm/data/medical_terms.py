@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
+from radfm.utils.io import read_text
+
 VOCAB_DIR = Path(__file__).resolve().parent / "vocab"
 # words as the vocabulary builder splits them: letters/digits with inner hyphens
 _WORD_RE = re.compile(r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*")
@@ -39,7 +41,7 @@ class MedicalTermMatcher:
         """Read one phrase a line; ``#`` starts a comment line."""
         terms = []
         for path in paths:
-            for line in Path(path).read_text(encoding="utf-8").splitlines():
+            for line in read_text(path).splitlines():  # not UTF-8: a ValueError naming file and line
                 line = line.strip()
                 if line and not line.startswith("#"):
                     terms.append(line)

@@ -28,6 +28,7 @@ from radfm.metrics.predictions import PredictionRecord, read_jsonl
 from radfm.metrics.suite import CLOSED_TASKS
 from radfm.utils.cli import as_list
 from radfm.utils.io import atomic_write_text
+from radfm.utils.lock import locks_folder
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +211,7 @@ def model_predictor(model: Any, tokenizer: Any, *, max_new_tokens: int = 64,
     return predict
 
 
+@locks_folder("output", "radfm evaluate")  # a second run on the same OUTPUT fails at once
 def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] | None = None,
              datasets: str | Sequence[str] | None = None, split: str = "test", batch_size: int = 4,
              max_new_tokens: int = 64, limit: int | None = None, prompt_format: str = "radfm", shots: int = 0,

@@ -12,7 +12,11 @@ service (tests use a tiny random model).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,20 +37,54 @@ class GenerationOptions:
     repetition_penalty: float = 1.0
     seed: int | None = None
 
-    def validate(self, max_new_tokens_limit: int | None = None) -> GenerationOptions:
+    # caps every caller gets (service routes, CLI): beam search multiplies the work by num_beams
+    MAX_NUM_BEAMS = 8
+    MAX_BEAM_TOKENS = 4096  # max_new_tokens x num_beams
+    FLOAT_RANGE = (0.01, 100.0)  # temperature and repetition_penalty: beyond this logits overflow
+
+    def validate(
+        self,
+        max_new_tokens_limit: int | None = None,
+        max_num_beams: int | None = None,
+        max_beam_tokens: int | None = None,
+    ) -> GenerationOptions:
+        """Check every field (types, finite values, ranges and the work caps); returns ``self``.
+
+        ``max_num_beams`` / ``max_beam_tokens`` default to the class caps; the service passes
+        its ``ServiceLimits``. Raises ``ValueError`` naming the field and what was expected.
+        """
+        max_num_beams = self.MAX_NUM_BEAMS if max_num_beams is None else max_num_beams
+        max_beam_tokens = self.MAX_BEAM_TOKENS if max_beam_tokens is None else max_beam_tokens
+        for name, kind in (("max_new_tokens", int), ("top_k", int), ("num_beams", int),
+                           ("temperature", float), ("top_p", float), ("repetition_penalty", float)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+                raise ValueError(f"generation option {name}={value!r}: expected {'an integer' if kind is int else 'a number'}")
+            if kind is float and not math.isfinite(value):
+                raise ValueError(f"generation option {name}={value!r}: expected a finite number")
+        if not isinstance(self.do_sample, bool):
+            raise ValueError(f"generation option do_sample={self.do_sample!r}: expected true or false")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
+            raise ValueError(f"generation option seed={self.seed!r}: expected an integer in [0, 2^63)")
+        low, high = self.FLOAT_RANGE
         checks = [
             ("max_new_tokens", 1 <= self.max_new_tokens, "at least 1"),
-            ("temperature", self.temperature > 0, "> 0"),
+            ("temperature", low <= self.temperature <= high, f"in [{low}, {high}]"),
             ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
             ("top_k", self.top_k >= 0, ">= 0"),
-            ("num_beams", self.num_beams >= 1, ">= 1"),
-            ("repetition_penalty", self.repetition_penalty > 0, "> 0"),
+            ("num_beams", 1 <= self.num_beams <= max_num_beams, f"in [1, {max_num_beams}]"),
+            ("repetition_penalty", low <= self.repetition_penalty <= high, f"in [{low}, {high}]"),
         ]
         if max_new_tokens_limit is not None:
             checks.append(("max_new_tokens", self.max_new_tokens <= max_new_tokens_limit, f"<= {max_new_tokens_limit}"))
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"generation option {name}={getattr(self, name)!r}: expected {expected}")
+        if self.max_new_tokens * self.num_beams > max_beam_tokens:
+            raise ValueError(
+                f"generation options max_new_tokens={self.max_new_tokens} x num_beams={self.num_beams} = "
+                f"{self.max_new_tokens * self.num_beams}: expected at most {max_beam_tokens} (fewer beams or tokens)"
+            )
         return self
 
     def hf_kwargs(self) -> dict[str, Any]:
@@ -59,6 +97,54 @@ class GenerationOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class GenerationTimeout(RuntimeError):
+    """Generation ran past its time limit and was stopped (the partial answer is discarded)."""
+
+
+_deadline = threading.local()
+
+
+@contextmanager
+def generation_deadline(seconds: float | None) -> Iterator[None]:
+    """Within the block, generation on this thread stops once ``seconds`` have passed (``None``: no limit).
+
+    :class:`ModelAnswerer` stops decoding at the deadline (a stopping criterion checked every
+    token) and raises :class:`GenerationTimeout`; other answerers poll :func:`check_deadline`.
+    """
+    previous = getattr(_deadline, "value", None)
+    _deadline.value = None if seconds is None else (time.monotonic() + float(seconds), float(seconds))
+    try:
+        yield
+    finally:
+        _deadline.value = previous
+
+
+def deadline_passed() -> bool:
+    """Whether this thread's generation deadline (if any) has passed."""
+    value = getattr(_deadline, "value", None)
+    return value is not None and time.monotonic() >= value[0]
+
+
+def check_deadline() -> None:
+    """Raise :class:`GenerationTimeout` when this thread's generation deadline has passed."""
+    if deadline_passed():
+        raise GenerationTimeout(f"generation stopped: it ran past the time limit of {_deadline.value[1]:g} s")
+
+
+def _deadline_stopping_criteria():
+    """A transformers ``StoppingCriteriaList`` that ends generation at this thread's deadline, or ``None``."""
+    if getattr(_deadline, "value", None) is None:
+        return None
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Deadline(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), deadline_passed(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Deadline()])
 
 
 class Answerer(Protocol):
@@ -149,5 +235,12 @@ class ModelAnswerer:
         if options.seed is not None:
             torch.manual_seed(options.seed)
         images = [torch.as_tensor(image).float() for image in images]  # MetaTensor -> plain tensor
+        kwargs = options.hf_kwargs()
+        stopping = _deadline_stopping_criteria()
+        if stopping is not None:
+            kwargs["stopping_criteria"] = stopping
+        check_deadline()
         with torch.inference_mode():
-            return generate_text(self.model, self.tokenizer, [prompt], [images], **options.hf_kwargs())[0]
+            text = generate_text(self.model, self.tokenizer, [prompt], [images], **kwargs)[0]
+        check_deadline()  # stopped by the deadline: a cut-off answer is not an answer
+        return text

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json as jsonlib
-import sys
 from pathlib import Path
 from typing import Any
 
 from radfm.interop.answerer import GenerationOptions, ModelAnswerer, build_prompt
 from radfm.model.loading import resolve_model_dir
+from radfm.utils.cli import UsageError
 from radfm.utils.io import atomic_write_text
 
 
@@ -88,14 +88,22 @@ def generate(
         quantize: 8bit | 4bit (bitsandbytes, CUDA).
     """
     if prompt is None:
-        raise SystemExit("radfm generate: --prompt is required (the question about the scans)")
+        raise UsageError("--prompt is required (the question about the scans)")
     scan_paths = [str(scan) for scan in scans]  # fire turns numeric-looking values into numbers
     prompt = str(prompt)
-    options = GenerationOptions(
-        max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample), temperature=float(temperature),
-        top_p=float(top_p), top_k=int(top_k), num_beams=int(num_beams),
-        repetition_penalty=float(repetition_penalty), seed=seed,
-    ).validate()
+    try:
+        options = GenerationOptions(
+            max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample), temperature=float(temperature),
+            top_p=float(top_p), top_k=int(top_k), num_beams=int(num_beams),
+            repetition_penalty=float(repetition_penalty), seed=None if seed is None else int(seed),
+        ).validate()
+    except (TypeError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    if not scan_paths:
+        raise UsageError("no scans given: pass one or more scan files or DICOM folders")
+    missing = [scan for scan in scan_paths if not Path(scan).exists()]
+    if missing:  # before the model is loaded
+        raise FileNotFoundError(f"scan(s) not found: {', '.join(missing)}")
     preprocess_options: dict[str, Any] = {}
     if window is not None:
         preprocess_options["window"] = _parse_window(window)
@@ -105,11 +113,7 @@ def generate(
     answerer = ModelAnswerer.from_model_dir(model_dir, preprocess_options=preprocess_options, dtype=dtype, device=device,
                                             device_map=device_map, max_memory=max_memory,
                                             offload_folder=offload_folder, quantization=quantize)
-    try:
-        record = run_generate(answerer, scan_paths, prompt, options)
-    except (ValueError, FileNotFoundError) as error:  # ScanReadError is a ValueError naming the file
-        print(f"radfm generate: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    record = run_generate(answerer, scan_paths, prompt, options)  # ScanReadError names the file (exit 1)
     text = jsonlib.dumps(record, indent=2)
     if output is not None:
         atomic_write_text(output, text + "\n")

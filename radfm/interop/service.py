@@ -5,8 +5,13 @@
   (bounded) while earlier requests run.
 * Binds 127.0.0.1 by default and refuses other addresses unless ``allow_remote`` is set:
   there is no authentication and uploads are patient data.
-* Limits: request bytes, uploaded files, images per prompt, queue length, prompt length and
-  ``max_new_tokens``. Bad uploads get a 4xx with a reason naming the file or field.
+* Limits: request bytes, uploaded files, images per prompt, queue length, prompt length,
+  ``max_new_tokens``, ``num_beams`` and ``max_new_tokens x num_beams``; finite sampling values.
+  Bad uploads get a 4xx with a reason naming the file or field.
+* Each generation has a time limit (``generation_timeout_s``): decoding stops at the deadline,
+  the worker is free for the next request and the client gets 504.
+* The HTTP layer (:mod:`radfm.utils.http_guard`) drops connections whose request head or body
+  is too slow (408) and, on loopback, refuses foreign ``Host``/``Origin`` headers (403).
 * ``GET /health`` says whether the model is loaded and how long the queue is.
 
 The model sits behind an "answerer" (:mod:`radfm.interop.answerer`), so tests and
@@ -33,8 +38,9 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from radfm.interop.answerer import Answerer, GenerationOptions, build_prompt
+from radfm.interop.answerer import Answerer, GenerationOptions, GenerationTimeout, build_prompt, generation_deadline
 from radfm.interop.uploads import Scan, UploadError, detect_kind, group_scans, safe_name
+from radfm.utils.http_guard import GuardLimits, guarded_server
 
 log = logging.getLogger("radfm.service")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -51,6 +57,9 @@ class ServiceLimits:
     max_images: int | None = None  # scans per prompt
     max_queue: int = 32  # requests waiting for the model before 503
     max_new_tokens: int = 1024
+    max_num_beams: int = GenerationOptions.MAX_NUM_BEAMS
+    max_beam_tokens: int = GenerationOptions.MAX_BEAM_TOKENS  # max_new_tokens x num_beams
+    generation_timeout_s: float = 300.0  # per request, from the start of its generation
     max_prompt_chars: int = 8000
     parallel_preprocess: int = 2  # uploads preprocessed at once (memory bound)
 
@@ -115,7 +124,9 @@ def _parse_options(form, limits: ServiceLimits) -> GenerationOptions:
             raise UploadError(f"field {option.name!r}: cannot read {raw!r} as {option.type}", 422) from None
     values.setdefault("max_new_tokens", min(GenerationOptions.max_new_tokens, limits.max_new_tokens))
     try:
-        return GenerationOptions(**values).validate(max_new_tokens_limit=limits.max_new_tokens)
+        return GenerationOptions(**values).validate(max_new_tokens_limit=limits.max_new_tokens,
+                                                    max_num_beams=limits.max_num_beams,
+                                                    max_beam_tokens=limits.max_beam_tokens)
     except ValueError as error:
         raise UploadError(str(error), 422) from None
 
@@ -168,8 +179,12 @@ class InferenceService:
             self.waiting -= 1
             self.running += 1
         started = time.perf_counter()
+        limit = self.limits.generation_timeout_s
         try:
-            text = self.answerer.answer(prompt, images, options)
+            with generation_deadline(limit):
+                text = self.answerer.answer(prompt, images, options)
+            if limit is not None and time.perf_counter() - started > limit:  # an answerer that ignored the deadline
+                raise GenerationTimeout(f"generation took longer than the time limit of {limit:g} s")
         finally:
             with self._count_lock:
                 self.running -= 1
@@ -177,12 +192,16 @@ class InferenceService:
         return text, started - queued_at, time.perf_counter() - started
 
     async def _queue_for_model(self, prompt: str, images: list, options: GenerationOptions):
+        """Run the answerer on the single model worker; a run past the time limit raises ``UploadError`` 504."""
         with self._count_lock:
             if self.waiting >= self.limits.max_queue:
                 raise UploadError(f"{self.waiting} requests already waiting (limit {self.limits.max_queue}); retry later", 503)
             self.waiting += 1
         future = self._model_worker.submit(self._run_model, prompt, images, options, time.perf_counter())
-        return await asyncio.wrap_future(future)
+        try:
+            return await asyncio.wrap_future(future)
+        except GenerationTimeout as error:  # every route queued here answers 504 the same way
+            raise UploadError(f"{error}; ask for fewer max_new_tokens or num_beams", 504) from None
 
     def _prepare(self, scans: list[Scan]) -> tuple[list, float, float]:
         """``(images, seconds waiting for a preprocessing slot, seconds preprocessing)``."""
@@ -311,14 +330,12 @@ class BackgroundServer:
     ``port=0`` picks a free port; ``url`` is known once ``start()`` returns.
     """
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0) -> None:
-        import uvicorn
-
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, guard: GuardLimits | None = None) -> None:
         self.socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind((host, port))
         self.host, self.port = host, self.socket.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.server = guarded_server(app, host, self.port, guard, lifespan="off")
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
 
     @property
@@ -361,6 +378,11 @@ def serve(
     max_files: int = 2000,
     max_queue: int = 32,
     max_new_tokens_limit: int = 1024,
+    max_num_beams: int = GenerationOptions.MAX_NUM_BEAMS,
+    max_beam_tokens: int = GenerationOptions.MAX_BEAM_TOKENS,
+    generation_timeout_s: float = 300.0,
+    header_timeout_s: float = 10.0,
+    body_timeout_s: float = 600.0,
 ) -> None:
     """Serve a RadFM model over HTTP (POST /v1/answer, GET /health; docs at /docs).
 
@@ -379,9 +401,12 @@ def serve(
         max_files: most uploaded files per request (DICOM slices count one each).
         max_queue: requests allowed to wait for the model before 503.
         max_new_tokens_limit: largest max_new_tokens a request may ask for.
+        max_num_beams: largest num_beams a request may ask for.
+        max_beam_tokens: largest max_new_tokens x num_beams a request may ask for.
+        generation_timeout_s: a generation still running after this many seconds is stopped (504).
+        header_timeout_s: connections that have not sent their request head by then are closed (408).
+        body_timeout_s: the whole request body must arrive within this many seconds (408).
     """
-    import uvicorn
-
     from radfm.interop.answerer import ModelAnswerer
     from radfm.model.loading import resolve_model_dir
 
@@ -397,8 +422,11 @@ def serve(
                      offload_folder=offload_folder, quantization=quantize)
     print(f"loading {model_dir} ({', '.join(f'{k}={v}' for k, v in placement.items() if v is not None)}) ...", flush=True)
     answerer = ModelAnswerer.from_model_dir(model_dir, **placement)
-    limits = ServiceLimits(max_request_bytes=max_request_mb * 1024 * 1024, max_files=max_files,
-                           max_queue=max_queue, max_new_tokens=max_new_tokens_limit)
+    limits = ServiceLimits(max_request_bytes=int(max_request_mb) * 1024 * 1024, max_files=int(max_files),
+                           max_queue=int(max_queue), max_new_tokens=int(max_new_tokens_limit),
+                           max_num_beams=int(max_num_beams), max_beam_tokens=int(max_beam_tokens),
+                           generation_timeout_s=float(generation_timeout_s))
+    guard = GuardLimits(header_timeout_s=float(header_timeout_s), body_timeout_s=float(body_timeout_s))
     print(f"RadFM service on http://{host}:{port} (model {answerer.identity.name}, "
           f"weights sha256 {answerer.identity.weights_sha256[:12]}...)", flush=True)
-    uvicorn.run(create_app(answerer, limits), host=host, port=port, log_level="info")
+    guarded_server(create_app(answerer, limits), host, int(port), guard, log_level="info").run()

@@ -20,6 +20,7 @@ are listed as pertinent other evidence.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from pydicom.sr.codedict import codes
 
 from radfm.interop.identity import ModelIdentity, identity_of_model_dir
 from radfm.utils.io import atomic_path
+
+logger = logging.getLogger(__name__)
 
 PROMPT_CONCEPT = hd.sr.CodedConcept(value="PROMPT", scheme_designator="99RADFM", meaning="Model prompt")
 REPORT_TITLE = hd.sr.CodedConcept(value="18748-4", scheme_designator="LN", meaning="Diagnostic Imaging Report")
@@ -246,6 +249,9 @@ def export_sr(
             record = json.loads(Path(from_json).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
             raise SRExportError(f"{from_json}: not a readable `radfm generate --json` file ({error})") from error
+        if not isinstance(record, dict):
+            raise SRExportError(f"{from_json}: expected the JSON object `radfm generate --json` writes, "
+                                f"got a JSON {type(record).__name__}")
     # fire turns numeric-looking values (a slice file named 17106, an answer "1") into numbers
     answer = str(answer) if answer is not None else record.get("answer")
     prompt = str(prompt) if prompt is not None else record.get("prompt", "")
@@ -266,6 +272,10 @@ def export_sr(
         )
     if model_version is not None:
         identity = ModelIdentity(identity.name, model_version, identity.weights_sha256)
+    if "unknown" in (identity.version, identity.weights_sha256):
+        logger.warning("radfm export-sr: warning: the model is not identified (version %s, weights %s): pass --model "
+                       "FOLDER, --from_json from `radfm generate --json`, or --model_version and --weights_hash; "
+                       "the SR records 'unknown'", identity.version, identity.weights_sha256)
 
     sources: list[Dataset] = []
     non_dicom: list[str] = []

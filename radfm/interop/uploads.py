@@ -79,9 +79,20 @@ def detect_kind(name: str, head: bytes) -> str:
     )
 
 
+_MAX_NAME_CHARS = 120  # file systems allow 255 bytes; later steps append suffixes
+
+
 def safe_name(name: str, index: int) -> str:
-    """A file-system safe name for upload ``index`` that keeps its scan suffix (readers go by suffix)."""
+    """A file-system safe name for upload ``index`` that keeps its scan suffix (readers go by suffix).
+
+    Long names are shortened in the middle (the scan suffix stays), so a 300-character upload
+    name cannot make the file system refuse the file.
+    """
     base = _SAFE_NAME.sub("_", Path(name or "upload").name).strip("._") or "upload"
+    if len(base) > _MAX_NAME_CHARS:
+        kept = suffix_kind(base)
+        suffix = kept[0] if kept else Path(base).suffix[:16]
+        base = base[: _MAX_NAME_CHARS - len(suffix)] + suffix
     return f"{index:04d}_{base}"
 
 

@@ -9,11 +9,13 @@ TP/FP/FN counts per case so that it can be bootstrapped like every other metric
 from __future__ import annotations
 
 import difflib
+import logging
 from typing import Sequence
 
 import numpy as np
 
 YES_NO: tuple[str, str] = ("yes", "no")
+logger = logging.getLogger(__name__)
 
 
 def normalise_answer(text: str) -> str:
@@ -37,13 +39,20 @@ def match_closed_set(output: str, choices: Sequence[str]) -> str:
     return best_choice
 
 
-def match_reference(reference: str, choices: Sequence[str]) -> str:
-    """The reference's label in the closed set: exact (normalised) match, else the most similar."""
+def match_reference(reference: str, choices: Sequence[str], where: str = "") -> str:
+    """The reference's label in the closed set: exact (normalised) match, else the most similar (with a warning).
+
+    A reference outside its closed set is a data problem (a typo, another label list); it is
+    still scored as the nearest choice but logged, naming ``where`` (e.g. the case id).
+    """
     normalised = normalise_answer(reference)
     for choice in choices:
         if normalise_answer(choice) == normalised:
             return choice
-    return match_closed_set(reference, choices)
+    nearest = match_closed_set(reference, choices)
+    logger.warning("%sreference %r is not in the closed set %s; scored as the nearest choice %r",
+                   f"{where}: " if where else "", reference, list(choices), nearest)
+    return nearest
 
 
 def confusion_stats(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> np.ndarray:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from radfm.utils.io import read_text
+
 REQUIRED_JSONL_FIELDS = ("id", "reference", "prediction")
 CSV_COLUMNS = {"question": "Question", "reference": "Ground Truth", "prediction": "Pred", "dataset": "belong_to"}
 
@@ -47,7 +49,7 @@ def read_jsonl(path: str | Path, *, tolerate_truncated_tail: bool = False) -> li
     """Records of a predictions JSONL. A torn last line (run killed mid-write) is an error
     unless ``tolerate_truncated_tail`` (the runner's resume uses that and then repairs the file)."""
     path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text(path).splitlines()
     records: list[PredictionRecord] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -68,6 +70,10 @@ def _record_from_json(data: Any, where: str) -> PredictionRecord:
     missing = [name for name in REQUIRED_JSONL_FIELDS if name not in data]
     if missing:
         raise ValueError(f"{where}: missing field(s) {', '.join(missing)}; expected {', '.join(REQUIRED_JSONL_FIELDS)}")
+    for name in ("reference", "prediction"):  # a list or object would be scored as its Python repr
+        if isinstance(data[name], (list, dict)):
+            raise ValueError(f"{where}: field {name!r} must be a string, got a JSON "
+                             f"{'list' if isinstance(data[name], list) else 'object'} ({json.dumps(data[name])[:60]})")
     closed = data.get("closed_set")
     if closed is not None and (not isinstance(closed, list) or not all(isinstance(c, str) for c in closed)):
         raise ValueError(f"{where}: 'closed_set' must be null or a list of strings")
@@ -83,7 +89,9 @@ def _record_from_json(data: Any, where: str) -> PredictionRecord:
 def read_csv(path: str | Path) -> list[PredictionRecord]:
     """Records of a published-layout CSV (``Question, Ground Truth, Pred, belong_to``)."""
     path = Path(path)
-    with path.open(encoding="utf-8", newline="") as handle:
+    import io
+
+    with io.StringIO(read_text(path), newline="") as handle:
         reader = csv.DictReader(handle)
         header = {name.strip(): name for name in (reader.fieldnames or [])}
         missing = [column for column in CSV_COLUMNS.values() if column not in header]

@@ -11,11 +11,11 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from radfm.metrics.predictions import deduplicate, model_name, read_predictions
+from radfm.metrics.predictions import PredictionRecord, deduplicate, model_name, read_predictions
 from radfm.metrics.report import ModelResults, write_bar_plot, write_markdown, write_metrics_json
 from radfm.metrics.suite import ScoringOptions, score_records
 from radfm.metrics.terms import VocabularyTermExtractor, default_term_extractor
-from radfm.utils.cli import as_list
+from radfm.utils.cli import UsageError, as_list
 
 logger = logging.getLogger(__name__)
 
@@ -45,15 +45,32 @@ def build_options(*, bertscore: bool = True, bertscore_model: str | None = None,
                           closed_datasets=frozenset(as_list(closed_datasets)), notes=notes)
 
 
+def read_prediction_files(paths: Sequence[str | Path]) -> list[list[PredictionRecord]]:
+    """The records of each file; an empty file is an error (it would score as an empty report)."""
+    loaded = []
+    for path in paths:
+        records = read_predictions(path)
+        if not records:
+            raise ValueError(f"{path}: no predictions in the file (it is empty); nothing to score")
+        loaded.append(records)
+    return loaded
+
+
 def score_files(paths: Sequence[str | Path], options: ScoringOptions,
-                names: Sequence[str] | None = None) -> tuple[ModelResults, dict[str, str]]:
-    """(model -> group results, model -> source file) for prediction files (JSONL or CSV)."""
+                names: Sequence[str] | None = None,
+                loaded: Sequence[list[PredictionRecord]] | None = None) -> tuple[ModelResults, dict[str, str]]:
+    """(model -> group results, model -> source file) for prediction files (JSONL or CSV).
+
+    ``loaded``: the files' records when already read (:func:`read_prediction_files`).
+    """
     if names is not None and len(names) != len(paths):
         raise ValueError(f"got {len(names)} names for {len(paths)} prediction files")
+    if loaded is None:
+        loaded = read_prediction_files(paths)
     results: ModelResults = {}
     sources: dict[str, str] = {}
     for index, path in enumerate(paths):
-        records, dropped = deduplicate(read_predictions(path))
+        records, dropped = deduplicate(loaded[index])
         if dropped:
             options.notes.append(f"{path}: {dropped} duplicate id(s); the last record of each id was scored")
         name = names[index] if names else model_name(records, path)
@@ -104,12 +121,16 @@ def score(*predictions: str, output: str = "scores", names: str | Sequence[str] 
         the path of report.md.
     """
     if not predictions:
-        raise ValueError("radfm score: give at least one predictions file (.jsonl or .csv)")
+        raise UsageError("give at least one predictions file (.jsonl or .csv)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    paths = [str(p) for p in predictions]
+    name_list = as_list(names) or None
+    if name_list is not None and len(name_list) != len(paths):
+        raise UsageError(f"--names gives {len(name_list)} name(s) for {len(paths)} prediction file(s)")
+    loaded = read_prediction_files(paths)  # bad files fail before BERTScore is loaded
     options = build_options(bertscore=bertscore, bertscore_model=bertscore_model, bertscore_layers=bertscore_layers,
                             terms=terms, n_resamples=n_resamples, seed=seed, closed_datasets=closed_datasets,
                             device=device)
-    name_list = as_list(names) or None
-    results, sources = score_files([str(p) for p in predictions], options, name_list)
+    results, sources = score_files(paths, options, name_list, loaded)
     paths = write_outputs(output, results, options, sources)
     return str(paths["report"])

@@ -108,7 +108,7 @@ def score_closed(records: Sequence[PredictionRecord], labels: list[str], plan: B
     y_pred: list[str] = []
     for record in records:
         choices = record.closed_set or labels
-        y_true.append(closed_metrics.match_reference(record.reference, choices))
+        y_true.append(closed_metrics.match_reference(record.reference, choices, where=f"case {record.id}"))
         y_pred.append(closed_metrics.match_closed_set(record.prediction, choices))
     all_labels = list(dict.fromkeys(labels + y_true + y_pred))
     n_labels = len(all_labels)

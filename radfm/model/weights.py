@@ -48,6 +48,8 @@ def read_state_dict(path: str | os.PathLike, *, mmap_file: bool = True) -> tuple
         if mmap_file and "mmap" in str(err):  # legacy (non-zip) torch.save format cannot be mapped
             return read_state_dict(path, mmap_file=False)
         raise CheckpointError(f"cannot read {path} as a PyTorch weights file: {err}") from err
+    except (KeyError, EOFError, ValueError, AttributeError) as err:  # garbage bytes trip the unpickler anywhere
+        raise CheckpointError(f"cannot read {path} as a PyTorch weights file ({type(err).__name__}: {err})") from err
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -86,15 +86,14 @@ class RateCommands:
             exposes the app (plain HTTP, token sign-in) to that network.
           port: TCP port.
         """
-        import uvicorn
-
         from radfm.rating.app import create_app
+        from radfm.utils.http_guard import guarded_server
 
         app = create_app(study)
         if not _is_loopback(host):
             print(f"warning: binding {host}: the rating app is reachable from the network over plain HTTP", file=sys.stderr)
         print(f"rating app for {Path(study).resolve()} on http://{host}:{port}/")
-        uvicorn.run(app, host=host, port=int(port), log_level="warning")
+        guarded_server(app, host, int(port)).run()  # header/body timeouts, Host/Origin check on loopback
 
     def export(self, study: str, output: str, reference: str | None = None, resamples: int = 1000, seed: int = 0) -> None:
         """Write ratings.csv, summary.md (means with 95% CIs, win/tie/lose) and summary.png.

@@ -11,6 +11,7 @@ a failed ``create`` leaves nothing half-built behind.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from radfm.rating import store
+from radfm.utils.io import read_text
 
 IMAGES_DIR = "images"
 REQUIRED_FIELDS = ("id", "task", "images", "instruction", "reference", "prediction")
@@ -47,7 +49,7 @@ def _read_predictions(path: Path) -> tuple[str, list[dict]]:
     rows: list[dict] = []
     models: set[str] = set()
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as handle:
+    with io.StringIO(read_text(path)) as handle:  # not UTF-8: a ValueError naming file and line
         for line_no, line in enumerate(handle, 1):
             if not line.strip():
                 continue

@@ -80,3 +80,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_open(path, "wb") as stream:
         stream.write(data)
     return Path(path)
+
+
+def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
+    """The text of ``path``; bytes that are not ``encoding`` raise ``ValueError`` naming the file, line and column.
+
+    (A bare ``UnicodeDecodeError`` names neither the file nor the line.)
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise ValueError(f"{path}:{line}: not {encoding.upper().replace('-SIG', '')} text "
+                         f"(byte 0x{data[error.start]:02x} at column {column}); save the file as UTF-8") from None

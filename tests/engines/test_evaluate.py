@@ -200,3 +200,17 @@ def test_bundle_config_runs_with_overrides(phantom_manifest, tmp_path):
     (groups,) = document["models"].values()
     assert [g["task"] for g in groups] == ["diagnosis_inductive"]
     assert {p.name for p in (tmp_path / "b").iterdir()} >= {"predictions.jsonl", "metrics.json", "report.md", "metrics.png"}
+
+
+def test_second_evaluate_on_the_same_output_is_refused(phantom_manifest, tmp_path):
+    """Two runs writing one folder would interleave their predictions; the second fails before any work."""
+    import radfm.engines.evaluate as runner
+    from radfm.utils.lock import FolderLockedError, lock_folder
+
+    output = tmp_path / "eval"
+    first_run = lock_folder(output, "radfm evaluate")  # what a running `radfm evaluate` holds
+    with pytest.raises(FolderLockedError, match="radfm evaluate is already writing here"):
+        runner.evaluate(manifest=str(phantom_manifest), model="tiny", output=str(output), max_new_tokens=2,
+                        bertscore=False, n_resamples=10)
+    assert [p.name for p in output.iterdir()] == [".radfm.lock"]  # nothing written
+    first_run.release()

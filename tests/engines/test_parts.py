@@ -122,5 +122,8 @@ def test_radfm_train_cli_help_and_bad_config(capsys, tmp_path):
 
     main(["train", "--help"])
     assert "Train with a MONAI bundle config" in capsys.readouterr().out
-    with pytest.raises(FileNotFoundError, match="training config"):
+    with pytest.raises(SystemExit) as exit_info:  # an input error: one line on stderr, status 1
         main(["train", str(tmp_path / "nope.json")])
+    assert exit_info.value.code == 1 and "training config" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="training config"):  # --debug: the exception itself
+        main(["train", str(tmp_path / "nope.json"), "--debug"])

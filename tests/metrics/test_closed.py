@@ -50,3 +50,16 @@ def test_f1_equals_sklearn_on_every_bootstrap_resample():
         assert macro[row] == pytest.approx(f1_score(t, p, average="macro", zero_division=0))
         assert binary[row] == pytest.approx(f1_score(t, p, labels=["a"], average="macro", zero_division=0))
         assert accuracy[row] == pytest.approx(accuracy_score(t, p))
+
+
+def test_reference_outside_the_closed_set_is_warned(caplog):
+    import logging
+
+    from radfm.metrics.closed import match_reference
+
+    with caplog.at_level(logging.WARNING):
+        assert match_reference("Yes.", ["yes", "no"]) == "yes"
+    assert not caplog.text
+    with caplog.at_level(logging.WARNING):
+        assert match_reference("pneumothorax", ["pneumonia", "normal"], where="case 7") == "pneumonia"
+    assert "case 7: reference 'pneumothorax' is not in the closed set ['pneumonia', 'normal']" in caplog.text

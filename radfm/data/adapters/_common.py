@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from radfm.utils.io import read_text
+
 
 class AdapterError(ValueError):
     """Input that does not follow the published layout; names the file, row and field."""
@@ -14,7 +16,7 @@ class AdapterError(ValueError):
 
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path))
     except FileNotFoundError:
         raise AdapterError(f"{path}: file not found") from None
     except json.JSONDecodeError as err:
@@ -25,7 +27,7 @@ def read_csv(path: Path, required: tuple[str, ...] = ()) -> list[dict[str, str]]
     """Rows of a CSV (comma or tab separated) as dicts; checks the ``required`` columns."""
     if not path.is_file():
         raise AdapterError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text(path, encoding="utf-8-sig")
     dialect = "excel-tab" if path.suffix.lower() in (".tsv", ".tab") else "excel"
     reader = csv.DictReader(text.splitlines(), dialect=dialect)
     missing = [c for c in required if c not in (reader.fieldnames or [])]

@@ -92,11 +92,16 @@ def convert_report_csv(src: str | Path, *, dataset: str | None = None, seed: int
     dataset = dataset or src.stem
     rng = random.Random(seed)
     samples = []
+    first_row: dict[str, int] = {}
     for i, row in enumerate(rows, start=2):
+        case_id = (row.get("id") or "").strip() or f"{dataset}-{i}"
+        if case_id in first_row:  # the manifest would not load (ids must be unique)
+            raise AdapterError(f"{src}: row {i}: duplicate id {case_id!r} (first on row {first_row[case_id]})")
+        first_row[case_id] = i
         images = [ImageRef(image_path(src.parent, p.strip(), str(src), i, check=check_images), modality=row.get("modality") or None)
                   for p in field(row, "image_path", str(src), i).split(";") if p.strip()]
         split = normalise_split(row.get("split"), str(src), i)
-        sample = _report_sample(row.get("id") or f"{dataset}-{i}", dataset, images, row.get("findings"), row.get("impression"), rng, split)
+        sample = _report_sample(case_id, dataset, images, row.get("findings"), row.get("impression"), rng, split)
         if sample is None:
             raise AdapterError(f"{src}: row {i}: both 'findings' and 'impression' are empty")
         samples.append(sample)
