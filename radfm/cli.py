@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> None:
         check_command_line(target, rest)
         # fire shell-quotes a name with a space ('radfm score'); as program "radfm" with the
         # subcommand as a member, help and usage read "radfm score" unquoted
+        if any(token in ("--help", "-h") for token in rest[:separator - 1]):
+            # after fire's `--` a help flag is help even for commands that take **options
+            rest = [token for token in rest if token not in ("--help", "-h")] + ["--", "--help"]
         fire.Fire({name: target}, command=[name, *rest], name="radfm")
     except KeyboardInterrupt:
         if debug:
