@@ -153,8 +153,7 @@ def _check_data_names(header: Path, names: list[str], field: str) -> None:
                                 f"({error})") from None
         if not _inside(resolved, folder):
             raise ScanReadError(f"{header}: header field {field} names the data file {name!r}, outside the "
-                                f"header's folder {folder}; refusing to read it (keep detached data next to "
-                                "its header)")
+                                "header's folder; refusing to read it (keep detached data next to its header)")
 
 
 def _pattern_names(header: Path, field: str, value: str) -> list[str] | None:

@@ -35,6 +35,7 @@ from starlette.datastructures import UploadFile
 
 from radfm.interop.answerer import Answerer, GenerationOptions, build_prompt
 from radfm.interop.uploads import Scan, UploadError, detect_kind, group_scans, safe_name
+from radfm.transforms.errors import ScanTooLargeError
 
 log = logging.getLogger("radfm.service")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -53,6 +54,8 @@ class ServiceLimits:
     max_new_tokens: int = 1024
     max_prompt_chars: int = 8000
     parallel_preprocess: int = 2  # uploads preprocessed at once (memory bound)
+    # decoded bytes of one scan, checked from its header before decompressing (radfm.transforms.guards)
+    max_scan_bytes: int = 2 * 1024**3
 
 
 class _BodyTooLarge(Exception):
@@ -187,9 +190,12 @@ class InferenceService:
     def _prepare(self, scans: list[Scan]) -> tuple[list, float, float]:
         """``(images, seconds waiting for a preprocessing slot, seconds preprocessing)``."""
         arrived = time.perf_counter()
+        from radfm.transforms import scan_size_limit
+
         with self._prepare_slots:
             started = time.perf_counter()
-            images = self.answerer.prepare([scan.path for scan in scans])
+            with scan_size_limit(self.limits.max_scan_bytes):  # every reader behind the answerer gets the limit
+                images = self.answerer.prepare([scan.path for scan in scans])
         return images, started - arrived, time.perf_counter() - started
 
     # ---- HTTP --------------------------------------------------------------------------
@@ -246,7 +252,7 @@ class InferenceService:
             saved = await _save_uploads(form, workdir, self.limits)
         finally:
             await form.close()
-        scans = await run_in_threadpool(group_scans, saved, workdir)
+        scans = await run_in_threadpool(group_scans, saved, workdir, max_scan_bytes=self.limits.max_scan_bytes)
         if len(scans) > self.limits.max_images:
             raise UploadError(f"{len(scans)} scans uploaded; the limit is {self.limits.max_images} per prompt", 413)
         try:
@@ -257,7 +263,8 @@ class InferenceService:
         try:
             images, prepare_wait_s, prepare_s = await run_in_threadpool(self._prepare, scans)
         except ValueError as error:  # ScanReadError and friends name the file
-            raise UploadError(f"cannot read scan: {error}", 422) from None
+            too_large = isinstance(error, ScanTooLargeError) or isinstance(error.__cause__, ScanTooLargeError)
+            raise UploadError(f"cannot read scan: {error}", 413 if too_large else 422) from None
         try:
             text, queued_s, generate_s = await self._queue_for_model(prompt, images, options)
         except UploadError:
