@@ -104,6 +104,9 @@ def create_model_and_transforms(
     from radfm.model.checkpoint import parse_dtype
 
     dtype = parse_dtype(dtype)
+    from radfm.utils.cpu import warn_slow_cpu_bf16
+
+    warn_slow_cpu_bf16(dtype, device)  # bf16 on a CPU without native bf16: warned once per process
     name = os.fspath(model_dir_or_preset)
     path = Path(name)
     recorded = preprocess_options(path) if path.is_dir() else {}  # a bad file fails before the weights load

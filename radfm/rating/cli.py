@@ -77,7 +77,7 @@ class RateCommands:
             token = store.add_rater(conn, str(name))
         print(token)
 
-    def serve(self, study: str, host: str = "127.0.0.1", port: int = 8765) -> None:
+    def serve(self, study: str, host: str = "127.0.0.1", port: int = 8765, session_hours: float = 12.0) -> None:
         """Run the rating web app for a study (until Ctrl-C).
 
         Args:
@@ -85,12 +85,13 @@ class RateCommands:
           host: address to bind; the default serves only this computer. Binding another address
             exposes the app (plain HTTP, token sign-in) to that network.
           port: TCP port.
+          session_hours: a sign-in expires after this many hours (the rater enters the token again).
         """
         import uvicorn
 
         from radfm.rating.app import create_app
 
-        app = create_app(study)
+        app = create_app(study, session_ttl_s=float(session_hours) * 3600)
         if not _is_loopback(host):
             print(f"warning: binding {host}: the rating app is reachable from the network over plain HTTP", file=sys.stderr)
         print(f"rating app for {Path(study).resolve()} on http://{host}:{port}/")
