@@ -29,9 +29,9 @@ class CpuBf16Support:
     evidence: str
 
     def describe(self) -> str:
-        verdict = {True: "native bf16", False: "no native bf16 (bf16 is emulated, far slower than fp32)",
+        verdict = {True: "native bf16", False: "no native bf16: emulated, far slower than fp32",
                    None: "bf16 support unknown"}[self.native]
-        return f"{self.capability} ({verdict}; {self.evidence})"
+        return f"{self.capability}, {verdict}; {self.evidence}"
 
 
 def _torch_capability() -> str:

@@ -25,8 +25,10 @@ def test_evaluate_refuses_a_header_pointing_outside_the_data_root(tmp_path):
     root.mkdir()
     Image.fromarray((np.arange(32 * 32).reshape(32, 32) % 251).astype(np.uint8)).save(root / "ok.png")
     side = int(len(SECRET) ** 0.5)
-    (root / "attack.nhdr").write_text(f"NRRD0004\ntype: uint8\ndimension: 2\nsizes: {side} {side}\nencoding: raw\n"
-                                      "byte skip: -1\ndata file: ../host/passwd\n")
+    (root / "attack.nhdr").write_text(f"NRRD0004\ntype: uint8\ndimension: 2\nspace dimension: 2\n"
+                                      "space directions: (1,0) (0,1)\nspace origin: (0,0)\n"
+                                      f"sizes: {side} {side}\nencoding: raw\nbyte skip: -1\n"
+                                      "data file: ../host/passwd\n")  # a valid header: without the guard it reads
     rows = [{"id": name, "dataset": "d", "task": "vqa", "images": [{"path": f"{name}.{suffix}"}],
              "instruction": "<image> What is shown?", "response": "a scan", "split": "test"}
             for name, suffix in (("ok", "png"), ("attack", "nhdr"))]

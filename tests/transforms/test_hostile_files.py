@@ -222,6 +222,13 @@ def test_deflated_dicom_bomb_is_counted_not_kept(tmp_path):
     assert read_scan(path).shape[-2:] == (8, 8)
 
 
-def test_check_scan_file_default_is_generous_for_real_ct():
-    assert DEFAULT_MAX_SCAN_BYTES >= 512 * 512 * 4000 * 2  # a 4000-slice int16 CT fits
-    assert callable(check_scan_file)
+def test_default_limit_is_generous_for_real_ct(tmp_path):
+    """A header claiming a 512 x 512 x 4000 int16 CT (2 GB) passes the check; twice that does not."""
+    big_ct = tmp_path / "big_ct.nii"
+    big_ct.write_bytes(_nifti_bytes((512, 512, 4000), b""))  # header only: the check never reads data
+    check_scan_file(big_ct, "nifti")
+    assert DEFAULT_MAX_SCAN_BYTES == 2 * 1024**3
+    too_big = tmp_path / "too_big.nii"
+    too_big.write_bytes(_nifti_bytes((512, 512, 8200), b""))
+    with pytest.raises(ScanTooLargeError):
+        check_scan_file(too_big, "nifti")

@@ -71,7 +71,7 @@ def test_info_and_plan_report_the_cpu(avx2_only, monkeypatch, capsys):
     from radfm.interop import info as info_module
     from radfm.interop.memory_plan import CPU_BF16_ROW, cpu_bf16_note
 
-    assert "AVX2 (no native bf16" in " ".join(info_module.compute_devices(avx2_only))
+    assert "AVX2, no native bf16" in " ".join(info_module.compute_devices(avx2_only))
     note = cpu_bf16_note(avx2_only)
     assert "does not apply here" in note and "CPU only, fp32" in note
     assert "does not apply" not in cpu_bf16_note(CpuBf16Support("AVX512", True, "CPU flags: avx512_bf16"))
