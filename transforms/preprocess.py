@@ -159,7 +159,7 @@ def save_middle_slice_png(image: MetaTensor | torch.Tensor, path: str | os.PathL
 
 def preprocess_cli(path: str, window: Any = None, series_uid: str | None = None, nonfinite: str = "error",
                    axcodes: str = "RAS", png: str | None = None, size_2d: Any = SIZE_2D, size_3d: Any = SIZE_3D,
-                   max_depth: int = MAX_DEPTH) -> None:
+                   max_depth: int = MAX_DEPTH, max_scan_mb: int | None = None) -> None:
     """Preprocess one scan and print what RadFM receives (shape, dtype, range, metadata).
 
     Args:
@@ -172,11 +172,13 @@ def preprocess_cli(path: str, window: Any = None, series_uid: str | None = None,
         size_2d: grid of 2D images as "[H,W]", multiples of 32 (default 512,512).
         size_3d: in-plane grid of 3D volumes as "[H,W]", multiples of 32 (default 256,256).
         max_depth: most slices of a 3D input, a multiple of 4 (default 64).
+        max_scan_mb: refuse files whose header claims more decoded data than this (MiB; default 2048).
     """
     try:
         image = preprocess_scan(path, window=window, series_uid=series_uid, nonfinite=nonfinite, axcodes=axcodes,
                                 size_2d=_cli_size(size_2d, "size_2d"), size_3d=_cli_size(size_3d, "size_3d"),
-                                max_depth=max_depth)
+                                max_depth=max_depth,
+                                max_scan_bytes=None if max_scan_mb is None else int(max_scan_mb) * 1024**2)
     except (ScanReadError, ValueError) as error:
         raise SystemExit(f"radfm preprocess: {error}") from None
     print(describe(image))

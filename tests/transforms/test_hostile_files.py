@@ -232,3 +232,17 @@ def test_default_limit_is_generous_for_real_ct(tmp_path):
     too_big.write_bytes(_nifti_bytes((512, 512, 8200), b""))
     with pytest.raises(ScanTooLargeError):
         check_scan_file(too_big, "nifti")
+
+
+def test_preprocess_cli_takes_the_limit_and_names_the_attack(planted, tmp_path):
+    from radfm.transforms import preprocess_cli
+
+    scans, secret = planted
+    header = scans / "attack.nhdr"
+    header.write_text(_nrrd_header(f"data file: {secret}"))
+    with pytest.raises(SystemExit, match=r"radfm preprocess: .*attack\.nhdr: header field 'data file' .*outside"):
+        preprocess_cli(str(header))
+    claims_2mib = tmp_path / "claims_2mib.nii"
+    claims_2mib.write_bytes(_nifti_bytes((1024, 1024), b""))  # 1024 x 1024 int16: 2 MiB claimed
+    with pytest.raises(SystemExit, match=r"claims_2mib\.nii: .* over the limit of 1,048,576 bytes"):
+        preprocess_cli(str(claims_2mib), max_scan_mb=1)
