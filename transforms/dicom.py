@@ -23,12 +23,13 @@ from typing import Any
 import numpy as np
 
 from .errors import ScanReadError
+from .guards import check_claimed_size, check_dicom_inflation, dicom_pixel_bytes
 
 # header fields read when scanning a folder (no pixel data)
 _HEADER_TAGS = [
     "SeriesInstanceUID", "SeriesDescription", "SeriesNumber", "Modality", "Rows", "Columns",
     "ImagePositionPatient", "ImageOrientationPatient", "InstanceNumber", "NumberOfFrames",
-    "PixelSpacing", "ImagerPixelSpacing",
+    "PixelSpacing", "ImagerPixelSpacing", "BitsAllocated", "SamplesPerPixel",
 ]
 
 
@@ -57,10 +58,11 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
         return False
 
 
-def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeriesInfo]:
+def list_dicom_series(folder: str | os.PathLike, *, max_scan_bytes: int | None = None) -> list[DicomSeriesInfo]:
     """All image series under ``folder`` (searched recursively), largest first.
 
     Files that are not DICOM, DICOMDIR index files and objects without pixel rows are skipped.
+    A deflated file inflating beyond ``max_scan_bytes`` raises ``ScanTooLargeError`` (see ``guards``).
     """
     import pydicom
 
@@ -68,6 +70,7 @@ def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeriesInfo]:
     for path in sorted(Path(folder).rglob("*")):
         if not path.is_file() or path.name.upper() == "DICOMDIR":
             continue
+        check_dicom_inflation(path, max_scan_bytes)  # pydicom inflates a deflated file whole, even for headers
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         except Exception:  # not DICOM or unreadable: a folder may hold notes, thumbnails...
@@ -82,9 +85,10 @@ def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeriesInfo]:
     return sorted(by_uid.values(), key=lambda s: (-len(s.files), s.uid))
 
 
-def choose_series(folder: str | os.PathLike, series_uid: str | None) -> DicomSeriesInfo:
+def choose_series(folder: str | os.PathLike, series_uid: str | None, *,
+                  max_scan_bytes: int | None = None) -> DicomSeriesInfo:
     """The series to read from ``folder``: the only one, or the one named by ``series_uid``."""
-    series = list_dicom_series(folder)
+    series = list_dicom_series(folder, max_scan_bytes=max_scan_bytes)
     if not series:
         raise ScanReadError(f"{folder}: no DICOM images found in this folder (expected a folder of DICOM slices)")
     listing = "\n  ".join(s.describe() for s in series)
@@ -107,7 +111,9 @@ def _pixels(ds: Any, path: str) -> np.ndarray:
         try:
             import itk
 
-            arr = itk.array_from_image(itk.imread(path))
+            # GDCM only: ITK would otherwise pick any reader that claims the bytes (a DICOM preamble
+            # can start with "NRRD" and carry a detached "data file:" line)
+            arr = itk.array_from_image(itk.imread(path, imageio=itk.GDCMImageIO.New()))
             if int(ds.get("NumberOfFrames", 1) or 1) == 1 and arr.ndim >= 3 and arr.shape[0] == 1 \
                     and int(ds.get("SamplesPerPixel", 1)) == 1:
                 arr = arr[0]
@@ -296,21 +302,30 @@ def _base_meta(ds: Any, path: str) -> dict[str, Any]:
     }
 
 
-def read_dicom_file(path: str | os.PathLike, defer_rescale: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+def read_dicom_file(path: str | os.PathLike, defer_rescale: bool = False, *,
+                    max_scan_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """One DICOM file (single- or multi-frame) -> (array [C, rows, cols(, frames)], metadata).
 
     ``defer_rescale``: a MONOCHROME1 image is not inverted here but returned with
     ``meta["rescale"] = (-1, lo + hi)``, which the resize applies to its (smaller) output.
+    ``max_scan_bytes``: rows x columns x frames x samples x bits (and a deflated file's inflated
+    size) above it raise ``ScanTooLargeError`` before the pixels are read (None: the default limit).
     """
     import pydicom
 
     path = str(path)
+    check_dicom_inflation(path, max_scan_bytes)
     try:
         with open(path, "rb") as handle:  # the header, then plain pixels straight from the file
             ds = pydicom.dcmread(handle, stop_before_pixels=True)
+            check_claimed_size(path, dicom_pixel_bytes(ds), f"the DICOM header ({ds.get('Rows', '?')} rows x "
+                               f"{ds.get('Columns', '?')} columns x {ds.get('NumberOfFrames', 1) or 1} frames, "
+                               f"{ds.get('BitsAllocated', '?')} bits)", max_scan_bytes)
             pixels = read_native_pixels(handle, ds)
         if pixels is None:  # compressed, colour, big endian, ...: pydicom (or ITK) decodes
             ds = pydicom.dcmread(path)
+    except ScanReadError:
+        raise
     except Exception as error:
         raise ScanReadError(f"{path}: not a readable DICOM file ({type(error).__name__}: {error})") from None
     if pixels is None:
@@ -353,20 +368,27 @@ def read_dicom_file(path: str | os.PathLike, defer_rescale: bool = False) -> tup
     return data, meta
 
 
-def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """A folder of DICOM slices -> (array [C, rows, cols, slices] (or [C, rows, cols] for one slice), metadata)."""
+def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None, *,
+                      max_scan_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """A folder of DICOM slices -> (array [C, rows, cols, slices] (or [C, rows, cols] for one slice), metadata).
+
+    ``max_scan_bytes``: the whole volume (sum over the slices' headers) must fit, checked before
+    any pixels are read (``ScanTooLargeError``; None: the default limit).
+    """
     import pydicom
 
     folder = str(folder)
-    series = choose_series(folder, series_uid)
+    series = choose_series(folder, series_uid, max_scan_bytes=max_scan_bytes)
     if len(series.files) == 1:
-        data, meta = read_dicom_file(series.files[0])
+        data, meta = read_dicom_file(series.files[0], max_scan_bytes=max_scan_bytes)
         meta["filename_or_obj"] = folder
         return data, meta
     headers = []
     for path in series.files:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         headers.append(ds)
+    check_claimed_size(folder, sum(dicom_pixel_bytes(h) for h in headers),
+                       f"series {series.uid} ({len(headers)} slices, by their headers)", max_scan_bytes)
     if any(int(h.get("NumberOfFrames", 1) or 1) > 1 for h in headers):
         raise ScanReadError(f"{folder}: series {series.uid} mixes multi-frame files; pass one file at a time")
     sizes = {(int(h.Rows), int(h.Columns)) for h in headers}

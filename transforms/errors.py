@@ -9,6 +9,10 @@ class ScanReadError(ValueError):
     """A scan could not be turned into a RadFM input; the message names the file and what was expected."""
 
 
+class ScanTooLargeError(ScanReadError):
+    """A scan whose decoded size (claimed by its header, or counted while inflating) exceeds ``max_scan_bytes``."""
+
+
 def source_name(image: Any) -> str:
     """The file an image came from (``meta["filename_or_obj"]`` of a MetaTensor), or a generic label."""
     meta = getattr(image, "meta", None)

@@ -29,12 +29,13 @@ from .spatial import MAX_DEPTH, SIZE_2D, SIZE_3D, OrientToRAS, OrientToRASd, Sca
 
 def _array_steps(*, window: WindowSpec, series_uid: str | None, nonfinite: str, axcodes: str,
                  contiguous: bool = False, size_2d: Sequence[int] = SIZE_2D, size_3d: Sequence[int] = SIZE_3D,
-                 max_depth: int = MAX_DEPTH) -> list:
+                 max_depth: int = MAX_DEPTH, max_scan_bytes: int | None = None) -> list:
     # the resize step is built first: a bad grid fails before any file is read
     resize = ScaleResizeToRadFM(window=window, nonfinite=nonfinite, size_2d=size_2d, size_3d=size_3d,
                                 max_depth=max_depth)
     return [
-        LoadScan(series_uid=series_uid, defer_rescale=True),  # the resize applies a NIfTI scaling leanly
+        # the resize applies a NIfTI scaling leanly
+        LoadScan(series_uid=series_uid, defer_rescale=True, max_scan_bytes=max_scan_bytes),
         DropAlpha(),
         OrientToRAS(axcodes=axcodes),
         resize,
@@ -44,7 +45,8 @@ def _array_steps(*, window: WindowSpec, series_uid: str | None, nonfinite: str, 
 
 def preprocess_transforms(*, window: WindowSpec = None, series_uid: str | None = None, nonfinite: str = "error",
                           axcodes: str = "RAS", contiguous: bool = False, size_2d: Sequence[int] = SIZE_2D,
-                          size_3d: Sequence[int] = SIZE_3D, max_depth: int = MAX_DEPTH) -> Compose:
+                          size_3d: Sequence[int] = SIZE_3D, max_depth: int = MAX_DEPTH,
+                          max_scan_bytes: int | None = None) -> Compose:
     """Array pipeline: path -> ``MetaTensor [3, H, W, D]`` float32 in [0, 1] (a view unless ``contiguous``).
 
     Grid options as in :func:`preprocess_scan`.
@@ -52,25 +54,27 @@ def preprocess_transforms(*, window: WindowSpec = None, series_uid: str | None =
     ``ScanReadError`` as its cause; :func:`preprocess_scan` raises the ``ScanReadError`` itself.
     """
     return Compose(_array_steps(window=window, series_uid=series_uid, nonfinite=nonfinite, axcodes=axcodes,
-                                contiguous=contiguous, size_2d=size_2d, size_3d=size_3d, max_depth=max_depth))
+                                contiguous=contiguous, size_2d=size_2d, size_3d=size_3d, max_depth=max_depth,
+                                max_scan_bytes=max_scan_bytes))
 
 
 def preprocess_pipeline(keys: Sequence[str] | str = ("image",), *, window: WindowSpec = None,
                         series_uid: str | None = None, nonfinite: str = "error", axcodes: str = "RAS",
                         load: bool = True, contiguous: bool = False, size_2d: Sequence[int] = SIZE_2D,
-                        size_3d: Sequence[int] = SIZE_3D, max_depth: int = MAX_DEPTH) -> Compose:
+                        size_3d: Sequence[int] = SIZE_3D, max_depth: int = MAX_DEPTH,
+                        max_scan_bytes: int | None = None) -> Compose:
     """Dictionary pipeline for bundles: each key holds a path (``load=True``) or a loaded MetaTensor.
 
     Options: ``window`` None | "lung" | "mediastinum" | "bone" | "brain" | (low, high) HU;
     ``series_uid`` for folders with several DICOM series; ``nonfinite`` "error" | "replace";
     ``axcodes`` orientation of 3D volumes (default "RAS"); ``contiguous`` materialise the
     zero-copy channel/depth repetition (see :func:`preprocess_scan`); ``size_2d``, ``size_3d``,
-    ``max_depth`` the grid (see :func:`preprocess_scan`).
+    ``max_depth`` the grid, ``max_scan_bytes`` the decoded-size limit (see :func:`preprocess_scan`).
     """
     keys = [keys] if isinstance(keys, str) else list(keys)
     resize = ScaleResizeToRadFMd(keys, window=window, nonfinite=nonfinite, size_2d=size_2d, size_3d=size_3d,
                                  max_depth=max_depth)
-    steps = [LoadScand(keys, series_uid=series_uid, defer_rescale=True)] if load else []
+    steps = [LoadScand(keys, series_uid=series_uid, defer_rescale=True, max_scan_bytes=max_scan_bytes)] if load else []
     steps += [
         DropAlphad(keys),
         OrientToRASd(keys, axcodes=axcodes),
@@ -83,13 +87,18 @@ def preprocess_pipeline(keys: Sequence[str] | str = ("image",), *, window: Windo
 def preprocess_scan(path: str | os.PathLike, *, window: WindowSpec = None, series_uid: str | None = None,
                     nonfinite: str = "error", axcodes: str = "RAS", contiguous: bool = False,
                     size_2d: Sequence[int] = SIZE_2D, size_3d: Sequence[int] = SIZE_3D,
-                    max_depth: int = MAX_DEPTH) -> MetaTensor:
+                    max_depth: int = MAX_DEPTH, max_scan_bytes: int | None = None) -> MetaTensor:
     """A scan file or DICOM folder -> float32 ``MetaTensor [3, H, W, D]`` in [0, 1], as RadFM expects.
 
     2D -> [3, *size_2d, 4] (default [3, 512, 512, 4]); 3D -> [3, *size_3d, target_depth(D, max_depth)]
     (default [3, 256, 256, D'], D' <= 64). Sizes must be multiples of 32 and ``max_depth`` a
     multiple of 4, >= 4 (``ValueError`` otherwise). Raises ``ScanReadError`` naming
     the file on unreadable, unsupported or invalid input. See docs/transforms.md for options.
+
+    Hostile files: a detached data file outside the header's folder (NRRD ``data file``,
+    MetaImage ``ElementDataFile``) is refused, and so is a file whose decoded data would exceed
+    ``max_scan_bytes`` (``ScanTooLargeError``; None: 2 GiB, or the limit of an enclosing
+    ``radfm.transforms.scan_size_limit`` block), checked from the header before decompressing.
 
     Views: the grey -> 3 channel and 2D -> depth 4 repetitions are ``expand`` views of one
     float32 ``[1, H, W, D]`` / ``[C, H, W, 1]`` result (stride 0 along those axes), not copies.
@@ -99,7 +108,8 @@ def preprocess_scan(path: str | os.PathLike, *, window: WindowSpec = None, serie
     """
     image: Any = path
     steps = _array_steps(window=window, series_uid=series_uid, nonfinite=nonfinite, axcodes=axcodes,
-                         contiguous=contiguous, size_2d=size_2d, size_3d=size_3d, max_depth=max_depth)
+                         contiguous=contiguous, size_2d=size_2d, size_3d=size_3d, max_depth=max_depth,
+                         max_scan_bytes=max_scan_bytes)
     for step in steps:
         image = step(image)  # run directly, not via Compose: bad input surfaces as ScanReadError
     if image.dtype != torch.float32 or image.ndim != 4 or image.shape[0] != 3:  # a broken step, not bad input
@@ -149,7 +159,7 @@ def save_middle_slice_png(image: MetaTensor | torch.Tensor, path: str | os.PathL
 
 def preprocess_cli(path: str, window: Any = None, series_uid: str | None = None, nonfinite: str = "error",
                    axcodes: str = "RAS", png: str | None = None, size_2d: Any = SIZE_2D, size_3d: Any = SIZE_3D,
-                   max_depth: int = MAX_DEPTH) -> None:
+                   max_depth: int = MAX_DEPTH, max_scan_mb: int | None = None) -> None:
     """Preprocess one scan and print what RadFM receives (shape, dtype, range, metadata).
 
     Args:
@@ -162,11 +172,13 @@ def preprocess_cli(path: str, window: Any = None, series_uid: str | None = None,
         size_2d: grid of 2D images as "[H,W]", multiples of 32 (default 512,512).
         size_3d: in-plane grid of 3D volumes as "[H,W]", multiples of 32 (default 256,256).
         max_depth: most slices of a 3D input, a multiple of 4 (default 64).
+        max_scan_mb: refuse files whose header claims more decoded data than this (MiB; default 2048).
     """
     try:
         image = preprocess_scan(path, window=window, series_uid=series_uid, nonfinite=nonfinite, axcodes=axcodes,
                                 size_2d=_cli_size(size_2d, "size_2d"), size_3d=_cli_size(size_3d, "size_3d"),
-                                max_depth=max_depth)
+                                max_depth=max_depth,
+                                max_scan_bytes=None if max_scan_mb is None else int(max_scan_mb) * 1024**2)
     except (ScanReadError, ValueError) as error:
         raise SystemExit(f"radfm preprocess: {error}") from None
     print(describe(image))

@@ -28,6 +28,7 @@ from monai.utils import TransformBackends
 
 from .dicom import apply_rescale, is_dicom_file, read_dicom_file, read_dicom_series
 from .errors import ScanReadError
+from .guards import ALLOWED_PIL_FORMATS, check_scan_file, read_nrrd_bounded
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -72,7 +73,9 @@ def _read_pil(path: str) -> tuple[np.ndarray, dict[str, Any]]:
     def convert(image):  # palette/CMYK/bilevel -> grey or RGB(A) so that channels mean colours
         return image.convert(_PIL_CONVERT[image.mode]) if image.mode in _PIL_CONVERT else image
 
-    array, meta = _monai_read(PILReader(converter=convert, reverse_indexing=False), path)
+    # only the PNG/JPEG decoders: Pillow would otherwise open any format it knows by its content
+    reader = PILReader(converter=convert, reverse_indexing=False, formats=list(ALLOWED_PIL_FORMATS))
+    array, meta = _monai_read(reader, path)
     array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)  # [C, rows, cols]
     return array, {"affine": np.eye(4), "orientation_known": False}
 
@@ -137,9 +140,36 @@ def _read_spatial(reader: Any, path: str, defer_rescale: bool = False) -> tuple[
     return array[None], {"affine": affine, "orientation_known": True, **extra}
 
 
+def _bounded_nrrd_reader(max_scan_bytes: int | None) -> Any:
+    """MONAI ``NrrdReader`` whose gzip/bzip2 bodies are inflated only as far as the header says."""
+    from monai.data import NrrdReader
+    from monai.data.image_reader import NrrdImage
+
+    class BoundedNrrdReader(NrrdReader):
+        def read(self, data, **kwargs):
+            if self.index_order != "F":
+                raise ValueError("BoundedNrrdReader reads in Fortran index order only")
+            return NrrdImage(*read_nrrd_bounded(str(data), max_scan_bytes))
+
+    return BoundedNrrdReader()
+
+
+def _metaimage_reader() -> Any:
+    """MONAI ``ITKReader`` tied to ITK's MetaImage IO (no other ITK reader picks a .mha/.mhd by its content)."""
+    import itk
+    from monai.data import ITKReader
+
+    return ITKReader(imageio=itk.MetaImageIO.New())
+
+
 def read_scan_array(path: str | os.PathLike, series_uid: str | None = None,
-                    defer_rescale: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+                    defer_rescale: bool = False, *, max_scan_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Read ``path`` -> (array [C, *spatial] as stored, metadata); errors are ``ScanReadError``.
+
+    Before any library reads the file, :func:`radfm.transforms.guards.check_scan_file` refuses
+    detached data files outside the header's folder (NRRD ``data file``, MetaImage
+    ``ElementDataFile``) and images whose header claims more than ``max_scan_bytes`` of decoded
+    data (default 2 GiB, or the limit set with ``scan_size_limit``): ``ScanTooLargeError``.
 
     ``defer_rescale``: a NIfTI scl_slope/scl_inter that would need floats (or a DICOM MONOCHROME1
     inversion) is not applied but returned as ``meta["rescale"] = (slope, intercept)``, for :class:`ResizeToRadFM` /
@@ -147,19 +177,20 @@ def read_scan_array(path: str | os.PathLike, series_uid: str | None = None,
     """
     path_text = str(path)
     fmt = scan_format(path)
+    if fmt not in ("dicom", "dicom_series"):  # the DICOM readers check each header themselves
+        check_scan_file(path_text, fmt, max_scan_bytes)
     try:
         if fmt == "dicom_series":
-            array, meta = read_dicom_series(path_text, series_uid=series_uid)
+            array, meta = read_dicom_series(path_text, series_uid=series_uid, max_scan_bytes=max_scan_bytes)
         elif fmt == "dicom":
-            array, meta = read_dicom_file(path_text, defer_rescale=defer_rescale)
+            array, meta = read_dicom_file(path_text, defer_rescale=defer_rescale, max_scan_bytes=max_scan_bytes)
         elif fmt == "image":
             array, meta = _read_pil(path_text)
         elif fmt == "numpy":
             array, meta = _read_numpy(path_text)
         else:
-            from monai.data import ITKReader, NrrdReader
-
-            reader = {"nifti": _unscaled_nibabel_reader, "nrrd": NrrdReader, "itk": ITKReader}[fmt]()
+            reader = {"nifti": _unscaled_nibabel_reader, "nrrd": lambda: _bounded_nrrd_reader(max_scan_bytes),
+                      "itk": _metaimage_reader}[fmt]()
             array, meta = _read_spatial(reader, path_text, defer_rescale=defer_rescale)
     except ScanReadError:
         raise
@@ -214,10 +245,12 @@ def to_meta_tensor(array: np.ndarray, meta: dict[str, Any]) -> MetaTensor:
     return MetaTensor(torch.as_tensor(array), affine=torch.as_tensor(affine), meta=kept)
 
 
-def read_scan(path: str | os.PathLike, series_uid: str | None = None, defer_rescale: bool = False) -> MetaTensor:
+def read_scan(path: str | os.PathLike, series_uid: str | None = None, defer_rescale: bool = False, *,
+              max_scan_bytes: int | None = None) -> MetaTensor:
     """Read a scan -> ``MetaTensor [C, H, W]`` (2D) or ``[C, H, W, D]`` (3D) in its stored dtype
-    (``defer_rescale``: see :func:`read_scan_array`)."""
-    array, meta = read_scan_array(path, series_uid=series_uid, defer_rescale=defer_rescale)
+    (``defer_rescale``, ``max_scan_bytes``: see :func:`read_scan_array`)."""
+    array, meta = read_scan_array(path, series_uid=series_uid, defer_rescale=defer_rescale,
+                                  max_scan_bytes=max_scan_bytes)
     return to_meta_tensor(array, meta)
 
 
@@ -230,16 +263,21 @@ class LoadScan(Transform):
             resize (``meta["rescale"]``): the stored uint8/int16/uint16 stays as is instead of a
             float32 copy or an inverting pass. Only for pipelines that
             resize with ``ResizeToRadFM``/``ScaleResizeToRadFM`` (as ``preprocess_scan`` does).
+        max_scan_bytes: refuse files whose decoded data would exceed this many bytes
+            (``ScanTooLargeError``); None: 2 GiB or the limit set with ``scan_size_limit``.
     """
 
     backend = [TransformBackends.TORCH]
 
-    def __init__(self, series_uid: str | None = None, defer_rescale: bool = False) -> None:
+    def __init__(self, series_uid: str | None = None, defer_rescale: bool = False,
+                 max_scan_bytes: int | None = None) -> None:
         self.series_uid = series_uid
         self.defer_rescale = defer_rescale
+        self.max_scan_bytes = max_scan_bytes
 
     def __call__(self, path: str | os.PathLike) -> MetaTensor:
-        return read_scan(path, series_uid=self.series_uid, defer_rescale=self.defer_rescale)
+        return read_scan(path, series_uid=self.series_uid, defer_rescale=self.defer_rescale,
+                         max_scan_bytes=self.max_scan_bytes)
 
 
 class LoadScand(MapTransform):
@@ -248,9 +286,9 @@ class LoadScand(MapTransform):
     backend = LoadScan.backend
 
     def __init__(self, keys: KeysCollection, series_uid: str | None = None, defer_rescale: bool = False,
-                 allow_missing_keys: bool = False) -> None:
+                 allow_missing_keys: bool = False, max_scan_bytes: int | None = None) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.loader = LoadScan(series_uid=series_uid, defer_rescale=defer_rescale)
+        self.loader = LoadScan(series_uid=series_uid, defer_rescale=defer_rescale, max_scan_bytes=max_scan_bytes)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

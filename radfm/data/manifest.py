@@ -10,7 +10,11 @@ Two kinds of sample (see ``docs/data.md`` for the full reference):
 
 Image paths are stored relative to the manifest file's folder. On load they are resolved
 against that folder and must stay inside the data root (``data_root`` or, by default, the
-manifest's folder): a manifest cannot point at arbitrary files on the machine.
+manifest's folder): a manifest cannot point at arbitrary files on the machine. Indirections
+inside a scan are covered when the scan is read: ``radfm.transforms`` refuses a detached data
+file (NRRD ``data file``, MetaImage ``ElementDataFile``) outside the header's own folder, which
+lies inside the data root (see ``radfm.transforms.guards``), so a header in the data root cannot
+pull in a file from outside it either.
 """
 
 from __future__ import annotations

@@ -71,8 +71,12 @@ def stored_dtypes(model_dir: Path) -> dict[str, list[str]]:
     return {part: sorted(values) for part, values in found.items()}
 
 
-def compute_devices() -> list[str]:
-    """Devices this machine offers, with memory (what `--device auto` would use first)."""
+def compute_devices(cpu_support=None) -> list[str]:
+    """Devices this machine offers, with memory (what `--device auto` would use first) and the CPU's
+    vector capability / native bf16 support (``cpu_support``: default this machine's)."""
+    from radfm.utils.cpu import cpu_bf16_support
+
+    cpu = (cpu_support or cpu_bf16_support()).describe()
     devices = []
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
@@ -81,9 +85,9 @@ def compute_devices() -> list[str]:
     try:
         import psutil
 
-        devices.append(f"cpu ({psutil.virtual_memory().total / 1024**3:.1f} GiB RAM)")
+        devices.append(f"cpu ({psutil.virtual_memory().total / 1024**3:.1f} GiB RAM; {cpu})")
     except ImportError:
-        devices.append("cpu")
+        devices.append(f"cpu ({cpu})")
     return devices
 
 
@@ -133,7 +137,11 @@ def info(
     summary = describe_model(RadFM.empty(config))  # meta device: counts without memory
     for part in summary["parts"].values():
         part["devices"] = ["not loaded"]
-    summary["compute_devices"] = compute_devices()
+    from radfm.utils.cpu import cpu_bf16_support
+
+    support = cpu_bf16_support()
+    summary["compute_devices"] = compute_devices(support)
+    summary["cpu"] = {"capability": support.capability, "native_bf16": support.native, "evidence": support.evidence}
     if stored is not None:
         summary["stored_dtypes"] = stored
     if json_output:

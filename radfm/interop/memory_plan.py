@@ -139,6 +139,23 @@ def _bytes_quantized(counts: ParameterCounts, layer: dict[str, int], mode: Loadi
     return layer["linear"] * linear_bytes + layer["norm"] * mode.weight_bytes
 
 
+CPU_BF16_ROW = "CPU only, bf16 (only on CPUs with native bf16: AVX512-BF16, AMX or ARM bf16)"
+
+
+def cpu_bf16_note(support=None) -> str:
+    """One line about this machine's CPU for the plan: whether the bf16 CPU row applies here."""
+    from radfm.utils.cpu import cpu_bf16_support
+
+    support = support or cpu_bf16_support()
+    if support.native is False:
+        return (f"This machine's CPU: {support.describe()}. The \"CPU only, bf16\" row does not apply here: "
+                "bf16 would run many times slower than fp32; plan with the \"CPU only, fp32\" row.")
+    if support.native is None:
+        return (f"This machine's CPU: {support.describe()}. Without native bf16 the \"CPU only, bf16\" row runs "
+                "many times slower than fp32.")
+    return f"This machine's CPU: {support.describe()}."
+
+
 def default_modes() -> list[LoadingMode]:
     """The loading modes reported in docs/interop.md."""
     nf4 = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit + 8-bit absmax per 64 + fp32 per 256 blocks
@@ -151,7 +168,7 @@ def default_modes() -> list[LoadingMode]:
         LoadingMode("bf16, 1×16 GiB GPU + 8 GiB CPU + disk offload", 2, [16], cpu=8, disk=True),
         LoadingMode("int8 (bitsandbytes), 1×24 GiB GPU", 2, [24], linear_bytes=int8),
         LoadingMode("nf4 4-bit (bitsandbytes), 1×16 GiB GPU", 2, [16], linear_bytes=nf4),
-        LoadingMode("CPU only, bf16", 2, [], cpu=None),
+        LoadingMode(CPU_BF16_ROW, 2, [], cpu=None),
         LoadingMode("CPU only, fp32", 4, [], cpu=None),
     ]
 
@@ -253,8 +270,12 @@ def markdown_table(counts: ParameterCounts, plans: list[Plan]) -> str:
     return "\n".join(lines)
 
 
-def memory_plan(spec: str | None = None, context: int = 2048, output: str | None = None) -> str:
-    """Print (and optionally write) the 14B memory plan as Markdown. ``spec``: key list TSV path."""
+def memory_plan(spec: str | None = None, context: int = 2048, output: str | None = None, cpu_support=None) -> str:
+    """Print (and optionally write) the 14B memory plan as Markdown. ``spec``: key list TSV path.
+
+    ``cpu_support``: a :class:`radfm.utils.cpu.CpuBf16Support` (default: this machine's) for the
+    line saying whether the CPU bf16 row applies here.
+    """
     counts = count_parameters(default_spec_path(spec))
     table = markdown_table(counts, [plan(counts, mode, LLMShape(context=context)) for mode in default_modes()])
     header = (
@@ -264,7 +285,7 @@ def memory_plan(spec: str | None = None, context: int = 2048, output: str | None
         "CPU-resident weights + one 2 GiB shard while loading (+ KV cache and workspace when CPU only). "
         "Computed from parameter counts, not measured.\n\n"
     )
-    text = header + table + "\n"
+    text = header + table + "\n\n" + cpu_bf16_note(cpu_support) + "\n"
     if output is not None:
         from radfm.utils.io import atomic_write_text
 

@@ -40,6 +40,7 @@ from starlette.datastructures import UploadFile
 
 from radfm.interop.answerer import Answerer, GenerationOptions, GenerationTimeout, build_prompt, generation_deadline
 from radfm.interop.uploads import Scan, UploadError, detect_kind, group_scans, safe_name
+from radfm.transforms.errors import ScanTooLargeError
 from radfm.utils.http_guard import GuardLimits, guarded_server
 
 log = logging.getLogger("radfm.service")
@@ -62,6 +63,8 @@ class ServiceLimits:
     generation_timeout_s: float = 300.0  # per request, from the start of its generation
     max_prompt_chars: int = 8000
     parallel_preprocess: int = 2  # uploads preprocessed at once (memory bound)
+    # decoded bytes of one scan, checked from its header before decompressing (radfm.transforms.guards)
+    max_scan_bytes: int = 2 * 1024**3
 
 
 class _BodyTooLarge(Exception):
@@ -206,9 +209,12 @@ class InferenceService:
     def _prepare(self, scans: list[Scan]) -> tuple[list, float, float]:
         """``(images, seconds waiting for a preprocessing slot, seconds preprocessing)``."""
         arrived = time.perf_counter()
+        from radfm.transforms import scan_size_limit
+
         with self._prepare_slots:
             started = time.perf_counter()
-            images = self.answerer.prepare([scan.path for scan in scans])
+            with scan_size_limit(self.limits.max_scan_bytes):  # every reader behind the answerer gets the limit
+                images = self.answerer.prepare([scan.path for scan in scans])
         return images, started - arrived, time.perf_counter() - started
 
     # ---- HTTP --------------------------------------------------------------------------
@@ -265,7 +271,7 @@ class InferenceService:
             saved = await _save_uploads(form, workdir, self.limits)
         finally:
             await form.close()
-        scans = await run_in_threadpool(group_scans, saved, workdir)
+        scans = await run_in_threadpool(group_scans, saved, workdir, max_scan_bytes=self.limits.max_scan_bytes)
         if len(scans) > self.limits.max_images:
             raise UploadError(f"{len(scans)} scans uploaded; the limit is {self.limits.max_images} per prompt", 413)
         try:
@@ -276,7 +282,8 @@ class InferenceService:
         try:
             images, prepare_wait_s, prepare_s = await run_in_threadpool(self._prepare, scans)
         except ValueError as error:  # ScanReadError and friends name the file
-            raise UploadError(f"cannot read scan: {error}", 422) from None
+            too_large = isinstance(error, ScanTooLargeError) or isinstance(error.__cause__, ScanTooLargeError)
+            raise UploadError(f"cannot read scan: {error}", 413 if too_large else 422) from None
         try:
             text, queued_s, generate_s = await self._queue_for_model(prompt, images, options)
         except UploadError:
@@ -383,6 +390,7 @@ def serve(
     generation_timeout_s: float = 300.0,
     header_timeout_s: float = 10.0,
     body_timeout_s: float = 600.0,
+    max_scan_mb: int = 2048,
 ) -> None:
     """Serve a RadFM model over HTTP (POST /v1/answer, GET /health; docs at /docs).
 
@@ -406,6 +414,7 @@ def serve(
         generation_timeout_s: a generation still running after this many seconds is stopped (504).
         header_timeout_s: connections that have not sent their request head by then are closed (408).
         body_timeout_s: the whole request body must arrive within this many seconds (408).
+        max_scan_mb: largest decoded size of one uploaded scan in MiB, checked from its header (413).
     """
     from radfm.interop.answerer import ModelAnswerer
     from radfm.model.loading import resolve_model_dir
@@ -425,7 +434,8 @@ def serve(
     limits = ServiceLimits(max_request_bytes=int(max_request_mb) * 1024 * 1024, max_files=int(max_files),
                            max_queue=int(max_queue), max_new_tokens=int(max_new_tokens_limit),
                            max_num_beams=int(max_num_beams), max_beam_tokens=int(max_beam_tokens),
-                           generation_timeout_s=float(generation_timeout_s))
+                           generation_timeout_s=float(generation_timeout_s),
+                           max_scan_bytes=int(max_scan_mb) * 1024 * 1024)
     guard = GuardLimits(header_timeout_s=float(header_timeout_s), body_timeout_s=float(body_timeout_s))
     print(f"RadFM service on http://{host}:{port} (model {answerer.identity.name}, "
           f"weights sha256 {answerer.identity.weights_sha256[:12]}...)", flush=True)

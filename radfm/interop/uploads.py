@@ -96,11 +96,15 @@ def safe_name(name: str, index: int) -> str:
     return f"{index:04d}_{base}"
 
 
-def group_scans(saved: list[tuple[str, Path, str]], workdir: Path) -> list[Scan]:
+def group_scans(saved: list[tuple[str, Path, str]], workdir: Path, *, max_scan_bytes: int | None = None) -> list[Scan]:
     """Group saved uploads ``(original name, path, kind)`` into scans, in upload order.
 
     DICOM files are moved into one folder per SeriesInstanceUID; every other file is a scan.
+    A deflated DICOM file inflating beyond ``max_scan_bytes`` is refused (413) before its header is parsed.
     """
+    from radfm.transforms.errors import ScanTooLargeError
+    from radfm.transforms.guards import check_dicom_inflation
+
     scans: list[Scan] = []
     series: dict[str, Scan] = {}
     for name, path, kind in saved:
@@ -114,6 +118,10 @@ def group_scans(saved: list[tuple[str, Path, str]], workdir: Path) -> list[Scan]
                 path.rename(target)
             scans.append(Scan(kind=kind, path=target, names=[name]))
             continue
+        try:
+            check_dicom_inflation(path, max_scan_bytes)  # pydicom inflates a deflated file whole
+        except ScanTooLargeError as error:
+            raise UploadError(f"{name}: {str(error).split(': ', 1)[-1]}", 413) from None
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
             series_uid = str(header.SeriesInstanceUID)

@@ -37,8 +37,12 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | str) -
     if dtype in (None, "auto"):
         if torch.device(device).type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return parse_dtype(dtype)
+        return torch.float32  # also on CPUs with native bf16: fp32 stays the CPU default
+    resolved = parse_dtype(dtype)
+    from radfm.utils.cpu import warn_slow_cpu_bf16
+
+    warn_slow_cpu_bf16(resolved, device)  # asked for bf16 on a CPU that emulates it: say so (once)
+    return resolved
 
 
 def parse_max_memory(max_memory: str | dict | None) -> dict[int | str, int | str] | None:

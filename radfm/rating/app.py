@@ -17,16 +17,17 @@ Every write is committed before the response is sent.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from pydantic import BaseModel
+from pydantic import BaseModel, StrictBool, StrictInt
 
 from radfm.rating import store, views
-from radfm.rating.images import WINDOW_PRESETS, ScanDisplayError, VolumeCache, render_slice_png, resolve_window
+from radfm.rating.images import ScanDisplayError, VolumeCache, render_slice_png, resolve_window, window_presets
 from radfm.rating.study import IMAGES_DIR
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -41,26 +42,35 @@ SECURITY_HEADERS = {
 
 
 class ScoreIn(BaseModel):
-    slot: int
-    score: int | None  # None clears the score
+    """Strict types: JSON ``true`` or ``"3"`` is a 422, not a score of 1 or 3."""
+
+    slot: StrictInt
+    score: StrictInt | None  # None clears the score
 
 
 class SkipIn(BaseModel):
-    skipped: bool = True
+    skipped: StrictBool = True
 
 
 class NotSignedIn(Exception):
     pass
 
 
-def create_app(study_dir: str | Path) -> FastAPI:
-    """The app for one study folder (which must contain ``study.sqlite``)."""
+def create_app(study_dir: str | Path, *, session_ttl_s: float = store.DEFAULT_SESSION_TTL_S,
+               max_scan_bytes: int | None = None) -> FastAPI:
+    """The app for one study folder (which must contain ``study.sqlite``).
+
+    ``session_ttl_s``: a sign-in lasts this long (then the token is asked again);
+    ``max_scan_bytes``: decoded size a scan's header may claim (None: 2 GiB, see ``radfm.transforms.guards``).
+    """
+    if not session_ttl_s > 0:
+        raise ValueError(f"session_ttl_s={session_ttl_s!r}: expected a positive number of seconds")
     study_dir = Path(study_dir).resolve()
     images_root = (study_dir / IMAGES_DIR).resolve()
     with store.connect(study_dir):
         pass  # fail now, with a clear message, when the folder is not a study
     templates = Environment(loader=FileSystemLoader(PACKAGE_DIR / "templates"), autoescape=select_autoescape())
-    volumes = VolumeCache()
+    volumes = VolumeCache(max_scan_bytes=max_scan_bytes)
     app = FastAPI(title="RadFM rating", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static")
 
@@ -81,7 +91,7 @@ def create_app(study_dir: str | Path) -> FastAPI:
         return HTMLResponse(templates.get_template(name).render(**context), status_code=status_code)
 
     def rater_of(request: Request, conn) -> dict:
-        row = store.rater_for_session(conn, request.cookies.get(SESSION_COOKIE))
+        row = store.rater_for_session(conn, request.cookies.get(SESSION_COOKIE), max_age_s=session_ttl_s)
         if row is None:
             raise NotSignedIn()
         return {"pk": row["pk"], "name": row["name"]}
@@ -128,9 +138,11 @@ def create_app(study_dir: str | Path) -> FastAPI:
             rater = store.rater_for_token(conn, token) if token.strip() else None
             if rater is None:
                 return page("signin.html", status_code=401, error="Unknown token. Ask the study owner for yours.")
+            store.purge_expired_sessions(conn, session_ttl_s)
             session = store.open_session(conn, rater["pk"])
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="strict", path="/")
+        response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="strict", path="/",
+                            max_age=int(session_ttl_s))
         return response
 
     @app.post("/signout")
@@ -170,7 +182,7 @@ def create_app(study_dir: str | Path) -> FastAPI:
             total=len(statuses),
             progress=views.progress(statuses),
             rubric=store.RUBRIC,
-            presets=list(WINDOW_PRESETS),
+            presets=list(window_presets()),
         )
 
     @app.post("/case/{number}")
@@ -234,7 +246,7 @@ def create_app(study_dir: str | Path) -> FastAPI:
         return {
             "depth": volume.depth,
             "rgb": volume.rgb,
-            "presets": ["auto", *WINDOW_PRESETS],
+            "presets": ["auto", *window_presets()],
             "auto_window": list(volume.auto_window),
         }
 
@@ -263,10 +275,13 @@ def create_app(study_dir: str | Path) -> FastAPI:
 
 
 def _parse_score(value: object) -> int:
-    try:
-        score = int(str(value))
-    except ValueError:
-        raise HTTPException(422, f"score: expected an integer 0..5, got {value!r}") from None
+    """A score from the API (an int, never a bool) or the form fallback (the text "0".."5")."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        score = value
+    elif isinstance(value, str) and re.fullmatch(r"[0-9]", value.strip()):
+        score = int(value.strip())
+    else:
+        raise HTTPException(422, f"score: expected an integer 0..5, got {value!r}")
     if not store.MIN_SCORE <= score <= store.MAX_SCORE:
         raise HTTPException(422, f"score: expected an integer 0..5, got {value!r}")
     return score

@@ -77,7 +77,8 @@ class RateCommands:
             token = store.add_rater(conn, str(name))
         print(token)
 
-    def serve(self, study: str, host: str = "127.0.0.1", port: int = 8765) -> None:
+    def serve(self, study: str, host: str = "127.0.0.1", port: int = 8765, session_hours: float = 12.0,
+              max_scan_mb: int = 2048) -> None:
         """Run the rating web app for a study (until Ctrl-C).
 
         Args:
@@ -85,11 +86,13 @@ class RateCommands:
           host: address to bind; the default serves only this computer. Binding another address
             exposes the app (plain HTTP, token sign-in) to that network.
           port: TCP port.
+          session_hours: a sign-in expires after this many hours (the rater enters the token again).
+          max_scan_mb: largest decoded scan (MiB) a file's header may claim; bigger ones are refused.
         """
         from radfm.rating.app import create_app
         from radfm.utils.http_guard import guarded_server
 
-        app = create_app(study)
+        app = create_app(study, session_ttl_s=float(session_hours) * 3600, max_scan_bytes=int(max_scan_mb) * 1024**2)
         if not _is_loopback(host):
             print(f"warning: binding {host}: the rating app is reachable from the network over plain HTTP", file=sys.stderr)
         print(f"rating app for {Path(study).resolve()} on http://{host}:{port}/")

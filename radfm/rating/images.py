@@ -6,6 +6,12 @@ an automatic 0.5–99.5 percentile window) and encoded with Pillow.
 
 Supported: NIfTI (``.nii``/``.nii.gz``), DICOM files and DICOM series folders, NRRD,
 ``.npy`` arrays, and ordinary images (PNG, JPEG, BMP, TIFF).
+
+Hostile files are refused before any library reads them, with the checks of
+:mod:`radfm.transforms.guards`: an NRRD ``data file`` outside the scan's folder, and any file
+whose header claims more decoded bytes than ``max_scan_bytes`` (default 2 GiB; a DICOM folder
+counts all its slices). Window presets are those of the preprocessing
+(:data:`radfm.transforms.intensity.WINDOW_PRESETS`).
 """
 
 from __future__ import annotations
@@ -18,13 +24,21 @@ from pathlib import Path
 
 import numpy as np
 
-# (low, high) in HU; level/width as commonly used in CT reading rooms
-WINDOW_PRESETS: dict[str, tuple[float, float]] = {
-    "lung": (-1350.0, 150.0),  # L -600 W 1500
-    "mediastinum": (-125.0, 225.0),  # L 50 W 350
-    "bone": (-450.0, 1050.0),  # L 300 W 1500
-    "brain": (0.0, 80.0),  # L 40 W 80
-}
+PICTURE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")  # the Pillow decoders the viewer uses (by content, not name)
+
+
+def window_presets() -> dict[str, tuple[float, float]]:
+    """The CT presets of the preprocessing (one set for the model input and the viewer), imported on first use:
+    ``radfm.transforms`` pulls in MONAI and torch, which the app should not wait for at start-up."""
+    from radfm.transforms.intensity import WINDOW_PRESETS
+
+    return WINDOW_PRESETS
+
+
+def _guards():
+    from radfm.transforms import guards  # lazily, as window_presets()
+
+    return guards
 
 
 class ScanDisplayError(ValueError):
@@ -104,18 +118,27 @@ def _from_dicom_file(path: Path) -> np.ndarray | DisplayVolume:
     return _dicom_frames(dataset)
 
 
-def _from_dicom_folder(folder: Path) -> np.ndarray:
+def _from_dicom_folder(folder: Path, max_scan_bytes: int | None = None) -> np.ndarray:
     """A DICOM series folder: the largest series, slices sorted along the slice normal."""
     import pydicom
 
     by_series: dict[str, list] = {}
+    claimed: dict[str, int] = {}
     for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        _guards().check_dicom_inflation(file, max_scan_bytes)
         try:
-            dataset = pydicom.dcmread(str(file))
+            header = pydicom.dcmread(str(file), stop_before_pixels=True)
         except Exception:  # noqa: BLE001 - non-DICOM files in a series folder are ignored
             continue
+        uid = str(getattr(header, "SeriesInstanceUID", ""))
+        claimed[uid] = claimed.get(uid, 0) + _guards().dicom_pixel_bytes(header)
+        _guards().check_claimed_size(folder, claimed[uid], f"series {uid or '?'} (by its slices' headers)", max_scan_bytes)
+        try:
+            dataset = pydicom.dcmread(str(file))
+        except Exception:  # noqa: BLE001
+            continue
         if "PixelData" in dataset:
-            by_series.setdefault(str(getattr(dataset, "SeriesInstanceUID", "")), []).append(dataset)
+            by_series.setdefault(uid, []).append(dataset)
     if not by_series:
         raise ScanDisplayError(f"{folder}: no DICOM images with pixel data in this folder")
     series = max(by_series.values(), key=len)
@@ -135,27 +158,27 @@ def _from_dicom_folder(folder: Path) -> np.ndarray:
     return np.concatenate(frames, axis=0)
 
 
-def _from_picture(path: Path) -> np.ndarray | DisplayVolume:
+def _from_picture(path: Path, max_scan_bytes: int | None = None) -> np.ndarray | DisplayVolume:
     from PIL import Image
 
-    with Image.open(path) as picture:
+    _guards().check_picture(path, max_scan_bytes, formats=PICTURE_FORMATS)
+    with Image.open(path, formats=list(PICTURE_FORMATS)) as picture:
         if picture.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LA"):
             rgb = np.asarray(picture.convert("RGB"), dtype=np.uint8)
             return DisplayVolume(rgb[None], (0.0, 255.0), rgb=True)
         return np.asarray(picture, dtype=np.float32)[None]
 
 
-def _from_nrrd(path: Path) -> np.ndarray:
-    import nrrd
-
-    data, _ = nrrd.read(str(path))
+def _from_nrrd(path: Path, max_scan_bytes: int | None = None) -> np.ndarray:
+    data, _ = _guards().read_nrrd_bounded(path, max_scan_bytes)  # detached data stays in the folder; bounded inflation
     data = np.asarray(data, dtype=np.float32)
     if data.ndim == 2:
         data = data[:, :, None]
     return np.ascontiguousarray(data.transpose(2, 1, 0))
 
 
-def _from_npy(path: Path) -> np.ndarray:
+def _from_npy(path: Path, max_scan_bytes: int | None = None) -> np.ndarray:
+    _guards().check_numpy(path, max_scan_bytes)
     data = np.load(path, allow_pickle=False).astype(np.float32)  # never unpickle
     if data.ndim == 2:
         return data[None]
@@ -164,25 +187,36 @@ def _from_npy(path: Path) -> np.ndarray:
     raise ScanDisplayError(f"{path}: expected a 2D or 3D array, got shape {data.shape}")
 
 
-def load_display_volume(path: str | Path) -> DisplayVolume:
-    """Read any supported scan for display; raises ScanDisplayError naming the file."""
+def load_display_volume(path: str | Path, max_scan_bytes: int | None = None) -> DisplayVolume:
+    """Read any supported scan for display; raises ScanDisplayError naming the file.
+
+    ``max_scan_bytes``: decoded size allowed by the file's header (None: 2 GiB, see ``radfm.transforms.guards``).
+    """
     path = Path(path)
     name = path.name.lower()
     try:
         if path.is_dir():
-            result = _from_dicom_folder(path)
+            result = _from_dicom_folder(path, max_scan_bytes)
         elif name.endswith((".nii", ".nii.gz")):
+            _guards().check_nifti(path, max_scan_bytes)
             result = _from_nifti(path)
         elif name.endswith((".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")):
-            result = _from_picture(path)
-        elif name.endswith(".nrrd"):
-            result = _from_nrrd(path)
+            result = _from_picture(path, max_scan_bytes)
+        elif name.endswith((".nrrd", ".nhdr")):
+            result = _from_nrrd(path, max_scan_bytes)
         elif name.endswith(".npy"):
-            result = _from_npy(path)
+            result = _from_npy(path, max_scan_bytes)
         else:  # .dcm or no extension: try DICOM
+            _guards().check_dicom(path, max_scan_bytes)
             result = _from_dicom_file(path)
     except ScanDisplayError:
         raise
+    except ValueError as error:
+        from radfm.transforms.errors import ScanReadError
+
+        if not isinstance(error, ScanReadError):
+            raise ScanDisplayError(f"{path}: cannot read scan ({type(error).__name__}: {error})") from error
+        raise ScanDisplayError(str(error)) from None  # refused by a guard: the message already names the file
     except Exception as error:
         raise ScanDisplayError(f"{path}: cannot read scan ({type(error).__name__}: {error})") from error
     if isinstance(result, DisplayVolume):
@@ -195,8 +229,9 @@ def load_display_volume(path: str | Path) -> DisplayVolume:
 class VolumeCache:
     """A thread-safe LRU cache of display volumes keyed by path and modification time."""
 
-    def __init__(self, max_items: int = 6) -> None:
+    def __init__(self, max_items: int = 6, max_scan_bytes: int | None = None) -> None:
         self.max_items = max_items
+        self.max_scan_bytes = max_scan_bytes
         self._items: OrderedDict[tuple[str, float], DisplayVolume] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -206,7 +241,7 @@ class VolumeCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        volume = load_display_volume(path)  # outside the lock: reading can take seconds
+        volume = load_display_volume(path, self.max_scan_bytes)  # outside the lock: reading can take seconds
         with self._lock:
             self._items[key] = volume
             while len(self._items) > self.max_items:
@@ -218,12 +253,13 @@ def resolve_window(volume: DisplayVolume, window: str | None) -> tuple[float, fl
     """(low, high) for a preset name, ``"auto"``/None, or ``"LOW,HIGH"``."""
     if window in (None, "", "auto"):
         return volume.auto_window
-    if window in WINDOW_PRESETS:
-        return WINDOW_PRESETS[window]
+    presets = window_presets()
+    if window in presets:
+        return presets[window]
     try:
         low, high = (float(v) for v in str(window).split(","))
     except ValueError:
-        raise ValueError(f"window: expected auto, {', '.join(WINDOW_PRESETS)} or 'LOW,HIGH', got {window!r}") from None
+        raise ValueError(f"window: expected auto, {', '.join(presets)} or 'LOW,HIGH', got {window!r}") from None
     if high <= low:
         raise ValueError(f"window: high must exceed low, got {window!r}")
     return low, high

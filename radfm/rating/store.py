@@ -9,6 +9,7 @@ dictionary to guess from, so a slow password hash adds nothing).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import sqlite3
 import time
@@ -19,6 +20,8 @@ from pathlib import Path
 DB_NAME = "study.sqlite"
 SCHEMA_VERSION = "1"
 MIN_SCORE, MAX_SCORE = 0, 5
+DEFAULT_SESSION_TTL_S = 12 * 3600.0  # a browser session lasts one working day, then the token is asked again
+BLINDING_SECRET_KEY = "blinding_secret"  # meta key: 256-bit random, seeds every rater's answer order
 
 # The paper's rubric (Methods, "Human rating"), mapped onto 0..5.
 RUBRIC: list[tuple[int, str, str]] = [
@@ -132,8 +135,25 @@ def init_schema(conn: sqlite3.Connection, models: list[str]) -> None:
     conn.executescript(SCHEMA)
     conn.executemany(
         "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-        [("schema_version", SCHEMA_VERSION), ("models", json.dumps(models)), ("created_at", str(time.time()))],
+        [("schema_version", SCHEMA_VERSION), ("models", json.dumps(models)), ("created_at", str(time.time())),
+         (BLINDING_SECRET_KEY, secrets.token_hex(32))],
     )
+
+
+def blinding_secret(conn: sqlite3.Connection) -> bytes:
+    """The study's secret for the blinded answer order (created on first use in studies made before it existed).
+
+    Kept only in ``study.sqlite``: without it the order of a (rater, case) cannot be recomputed.
+    """
+    conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (BLINDING_SECRET_KEY, secrets.token_hex(32)))
+    row = conn.execute("SELECT value FROM meta WHERE key=?", (BLINDING_SECRET_KEY,)).fetchone()
+    return bytes.fromhex(row["value"])
+
+
+def keyed_seed(secret: bytes, *parts: object) -> int:
+    """A 64-bit seed from HMAC-SHA256(secret, parts): fixed for the same parts, unguessable without the secret."""
+    message = "\x1f".join(str(p) for p in parts).encode("utf-8")
+    return int.from_bytes(hmac.new(secret, message, hashlib.sha256).digest()[:8], "big")
 
 
 def models_in_order(conn: sqlite3.Connection) -> list[str]:
@@ -173,14 +193,22 @@ def open_session(conn: sqlite3.Connection, rater_pk: int) -> str:
     return session
 
 
-def rater_for_session(conn: sqlite3.Connection, session: str | None) -> sqlite3.Row | None:
-    """The signed-in rater for a session cookie value, or None."""
+def rater_for_session(conn: sqlite3.Connection, session: str | None,
+                      max_age_s: float | None = DEFAULT_SESSION_TTL_S) -> sqlite3.Row | None:
+    """The signed-in rater for a session cookie value, or None (also when older than ``max_age_s``)."""
     if not session:
         return None
+    oldest = -float("inf") if max_age_s is None else time.time() - float(max_age_s)
     return conn.execute(
-        "SELECT r.pk, r.name FROM sessions s JOIN raters r ON r.pk = s.rater_pk WHERE s.token_hash=?",
-        (hash_token(session),),
+        "SELECT r.pk, r.name FROM sessions s JOIN raters r ON r.pk = s.rater_pk WHERE s.token_hash=? "
+        "AND s.created_at >= ?",
+        (hash_token(session), oldest),
     ).fetchone()
+
+
+def purge_expired_sessions(conn: sqlite3.Connection, max_age_s: float) -> int:
+    """Delete sessions older than ``max_age_s``; returns how many."""
+    return conn.execute("DELETE FROM sessions WHERE created_at < ?", (time.time() - float(max_age_s),)).rowcount
 
 
 def close_session(conn: sqlite3.Connection, session: str) -> None:
@@ -193,7 +221,7 @@ def set_score(conn: sqlite3.Connection, rater_pk: int, candidate_pk: int, score:
     if score is None:
         conn.execute("DELETE FROM ratings WHERE rater_pk=? AND candidate_pk=?", (rater_pk, candidate_pk))
         return
-    if not (isinstance(score, int) and MIN_SCORE <= score <= MAX_SCORE):
+    if not (isinstance(score, int) and not isinstance(score, bool) and MIN_SCORE <= score <= MAX_SCORE):
         raise ValueError(f"score: expected an integer {MIN_SCORE}..{MAX_SCORE}, got {score!r}")
     conn.execute(
         "INSERT INTO ratings(rater_pk, candidate_pk, score, updated_at) VALUES (?, ?, ?, ?) "

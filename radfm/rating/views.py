@@ -6,11 +6,12 @@ rater's key, so no function can return another rater's scores.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 import sqlite3
 from dataclasses import dataclass, field
+
+from radfm.rating.store import blinding_secret, keyed_seed
 
 # "<image>" is the manifest's placeholder (radfm.model.tokenizer.IMAGE_PLACEHOLDER); "<image-2>"
 # is the paper's numbered style. Not imported to keep the web app free of the model stack.
@@ -52,9 +53,15 @@ class CaseView:
     skipped: bool
 
 
-def blinded_order(candidate_pks: list[int], rater_pk: int, case_id: str) -> list[int]:
-    """Candidates in a random order that is fixed per (rater, case) and differs between raters."""
-    seed = int.from_bytes(hashlib.sha256(f"{rater_pk}\x1f{case_id}".encode()).digest()[:8], "big")
+def blinded_order(candidate_pks: list[int], rater_pk: int, case_id: str, secret: bytes) -> list[int]:
+    """Candidates in a random order that is fixed per (rater, case) and differs between raters.
+
+    Seeded by HMAC(study secret, rater, case): without the secret (server side, in
+    ``study.sqlite``) the order cannot be recomputed from the rater number and case id.
+    """
+    if len(secret) < 16:
+        raise ValueError("blinding secret: expected at least 16 random bytes")
+    seed = keyed_seed(secret, rater_pk, case_id)
     order = sorted(candidate_pks)
     random.Random(seed).shuffle(order)
     return order
@@ -86,7 +93,7 @@ def load_case(conn: sqlite3.Connection, rater_pk: int, number: int) -> CaseView 
             (rater_pk, row["pk"]),
         )
     }
-    order = blinded_order(list(candidates), rater_pk, row["case_id"])
+    order = blinded_order(list(candidates), rater_pk, row["case_id"], blinding_secret(conn))
     views = [
         CandidateView(slot, slot_label(slot), candidates[pk]["answer"], scores.get(pk), pk)
         for slot, pk in enumerate(order)

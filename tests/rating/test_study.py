@@ -42,10 +42,11 @@ def test_tokens_are_stored_only_as_hashes(study):
 
 def test_blinded_order_is_stable_per_rater_and_differs_between_raters():
     pks = list(range(1, 7))
-    first = views.blinded_order(pks, 1, "case-1")
-    assert first == views.blinded_order(list(reversed(pks)), 1, "case-1")  # input order does not leak
+    secret = bytes(range(32))
+    first = views.blinded_order(pks, 1, "case-1", secret)
+    assert first == views.blinded_order(list(reversed(pks)), 1, "case-1", secret)  # input order does not leak
     assert sorted(first) == pks
-    orders = {tuple(views.blinded_order(pks, rater, "case-1")) for rater in range(1, 6)}
+    orders = {tuple(views.blinded_order(pks, rater, "case-1", secret)) for rater in range(1, 6)}
     assert len(orders) > 1  # different raters see different orders
     assert views.slot_label(0) == "Answer A" and views.slot_label(26) == "Answer AA"
 
