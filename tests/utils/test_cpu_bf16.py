@@ -40,7 +40,7 @@ def native_bf16(monkeypatch):
 
 
 def test_bf16_on_an_avx2_cpu_warns_once_and_the_default_stays_fp32(avx2_only):
-    from radfm.interop.bigmodel import resolve_dtype
+    from radfm.model.placement import resolve_dtype
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -60,10 +60,10 @@ def test_no_warning_with_native_bf16_or_on_a_gpu_or_in_fp32(native_bf16, monkeyp
 
 
 def test_tiny_model_in_bf16_on_an_avx2_cpu_warns(avx2_only):
-    from radfm.model.factory import create_model_and_transforms
+    from radfm.model.loading import load
 
     with pytest.warns(RuntimeWarning, match="bfloat16 on this CPU"):
-        model, _, _ = create_model_and_transforms("tiny", device="cpu", dtype="bfloat16")
+        model, _, _ = load("tiny", device="cpu", dtype="bfloat16")
     assert next(model.parameters()).dtype == torch.bfloat16
 
 
