@@ -68,12 +68,15 @@ class ClassificationDataset(torch.utils.data.Dataset):
 
     Multi-class labels become a class index (LongTensor); multi-label ones a 0/1 float vector
     of length ``num_classes``. All images of one dataset must preprocess to the same shape
-    (use one bundle run per dimensionality: 2D or 3D).
+    (use one bundle run per dimensionality: 2D or 3D). ``transform`` (a MONAI dictionary
+    transform on ``{"image": path}``, the bundle's preprocessing) takes precedence over
+    ``image_loader``; ``scan_dataset`` as in :class:`radfm.engines.data.ScanStore`.
     """
 
     def __init__(self, items: str | os.PathLike | Sequence[dict], num_classes: int, *, multi_label: bool = False,
-                 image_loader: Any = None, base_dir: str | os.PathLike | None = None, cache: bool = True) -> None:
-        from radfm.engines.data import default_image_loader
+                 image_loader: Any = None, base_dir: str | os.PathLike | None = None, cache: bool = True,
+                 transform: Any = None, scan_dataset: Any = None) -> None:
+        from radfm.engines.data import ScanStore, default_image_loader
 
         if isinstance(items, (str, os.PathLike)):
             path = Path(items)
@@ -86,8 +89,14 @@ class ClassificationDataset(torch.utils.data.Dataset):
         self.num_classes = num_classes
         self.multi_label = multi_label
         self.base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
+        if transform is not None:  # the bundle's preprocessing, through MONAI's (Persistent|Cache)Dataset
+            image_loader = ScanStore([str(self._path(i)) for i in range(len(self.items))], transform, scan_dataset)
         self.image_loader = image_loader or default_image_loader()
         self.cache: dict[int, torch.Tensor] | None = {} if cache else None
+
+    def _path(self, index: int) -> Path:
+        path = Path(self.items[index]["image"])
+        return path if path.is_absolute() else self.base_dir / path
 
     def __len__(self) -> int:
         return len(self.items)
@@ -110,8 +119,7 @@ class ClassificationDataset(torch.utils.data.Dataset):
         if self.cache is not None and index in self.cache:
             image = self.cache[index]
         else:
-            path = Path(self.items[index]["image"])
-            image = self.image_loader(str(path if path.is_absolute() else self.base_dir / path))
+            image = self.image_loader(str(self._path(index)))
             if self.cache is not None:
                 self.cache[index] = image
         return {"image": image, "label": self._label(index)}
@@ -167,3 +175,25 @@ class MacroAUCF1(Metric):
     def compute(self) -> float:
         auc, f1 = macro_auc_f1(np.concatenate(self._labels), np.concatenate(self._probabilities), self.multi_label)
         return auc if self.kind == "auc" else f1
+
+
+def classification_items(items: str | os.PathLike | Sequence[dict], base_dir: str | os.PathLike | None = None
+                         ) -> list[dict[str, str]]:
+    """``[{"image": absolute path}]`` from a JSON list of ``{"image": path, ...}`` (paths relative to the JSON file).
+
+    The data of ``inference.json``; a missing file raises naming the item.
+    """
+    if isinstance(items, (str, os.PathLike)):
+        path = Path(items)
+        base_dir = base_dir if base_dir is not None else path.parent
+        items = json.loads(path.read_text(encoding="utf-8"))
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    out = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or "image" not in item:
+            raise ValueError(f"item {index}: expected an object with key 'image', got {item!r:.200}")
+        image = Path(item["image"]) if Path(item["image"]).is_absolute() else base / item["image"]
+        if not image.exists():
+            raise FileNotFoundError(f"item {index}: image file not found: {image}")
+        out.append({"image": str(image)})
+    return out
