@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
-NAMED_CONFIGS = {
-    "pretrain": BUNDLES / "radfm" / "configs" / "pretrain.json",
-    "instruct": BUNDLES / "radfm" / "configs" / "instruct.json",
-    "classification": BUNDLES / "radfm_classification" / "configs" / "train.json",
+NAMED_CONFIGS = {  # pretrain / instruct: small override files on the shared train.json
+    "pretrain": [BUNDLES / "radfm" / "configs" / "train.json", BUNDLES / "radfm" / "configs" / "pretrain.json"],
+    "instruct": [BUNDLES / "radfm" / "configs" / "train.json", BUNDLES / "radfm" / "configs" / "instruct.json"],
+    "classification": [BUNDLES / "radfm_classification" / "configs" / "train.json"],
 }
 
 
@@ -17,12 +17,12 @@ def _resolve(config: str | list[str] | tuple[str, ...]) -> list[str]:
     configs = [config] if isinstance(config, str) else list(config)
     paths = []
     for item in configs:
-        path = NAMED_CONFIGS.get(item, Path(item))
-        if not Path(path).is_file():
-            raise FileNotFoundError(
-                f"training config {item!r} not found; give a JSON path or one of {sorted(NAMED_CONFIGS)}"
-            )
-        paths.append(str(path))
+        for path in NAMED_CONFIGS.get(item, [Path(item)]):
+            if not Path(path).is_file():
+                raise FileNotFoundError(
+                    f"training config {item!r} not found; give a JSON path or one of {sorted(NAMED_CONFIGS)}"
+                )
+            paths.append(str(path))
     return paths
 
 

@@ -1,7 +1,7 @@
 """``python -m monai.bundle ckpt_export`` on radfm_classification: a traced TorchScript that matches eager.
 
 A tiny 2D classifier is trained for one epoch with the bundle's own train.json (its
-``best_model.pt`` is what users export), exported in a subprocess exactly as docs/README.md
+best model, ``models/model.pt``, is what users export), exported in a subprocess exactly as docs/README.md
 says, reloaded with ``torch.jit.load`` and compared with the eager model on fresh inputs.
 """
 
@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from .conftest import CLASSIFICATION_BUNDLE, SMALL_LOADER, run_bundle
+from .conftest import CLASSIFICATION_BUNDLE, SMALL_GRID, run_bundle
 
 CONFIG = CLASSIFICATION_BUNDLE / "configs" / "train.json"
 META = CLASSIFICATION_BUNDLE / "configs" / "metadata.json"
@@ -22,16 +22,16 @@ NUM_CLASSES = 2
 
 
 def _train_tiny_checkpoint(phantom_data, tmp_path):
-    """One epoch of the bundle on the 2D phantoms → ``runs/classification/checkpoints/best_model.pt``."""
+    """One epoch of the bundle on the 2D phantoms → ``models/model.pt`` (the best validation AUC)."""
     cases = [c for c in phantom_data["cases"] if c["dims"] == 2]
     items = [{"image": str(phantom_data["dir"] / c["image"]), "label": ["X-ray", "ultrasound"].index(c["modality"])}
              for c in cases]
     items_path = tmp_path / "items_2d.json"
     items_path.write_text(json.dumps(items))
     run_bundle(CONFIG, META, bundle_root=str(tmp_path), train_items=str(items_path), val_items=str(items_path),
-               num_classes=NUM_CLASSES, multi_label=False, image_loader=SMALL_LOADER, epochs=1, batch_size=4,
-               learning_rate=1e-2)
-    checkpoint = tmp_path / "runs" / "classification" / "checkpoints" / "best_model.pt"
+               num_classes=NUM_CLASSES, multi_label=False, image_grid=SMALL_GRID, epochs=1, batch_size=4,
+               learning_rate=1e-2, ckpt_dir=str(tmp_path / "models"))
+    checkpoint = tmp_path / "models" / "model.pt"
     assert checkpoint.is_file()
     return checkpoint
 
@@ -41,7 +41,6 @@ def test_ckpt_export_traced_matches_eager(phantom_data, tmp_path):
 
     checkpoint = _train_tiny_checkpoint(phantom_data, tmp_path)
     exported = tmp_path / "models" / "model.ts"
-    exported.parent.mkdir()  # the bundle ships models/; torch.jit.save does not create folders
     command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def",
                "--config_file", str(CONFIG), "--meta_file", str(META), "--bundle_root", str(tmp_path),
                "--ckpt_file", str(checkpoint), "--filepath", str(exported),
