@@ -38,6 +38,25 @@ class RadFMClassifier(nn.Module):
         tokens = self.vision_encoder(images)  # [B, T, dim]
         return self.head(self.dropout(self.norm(tokens.mean(dim=1))))
 
+    def __prepare_scriptable__(self) -> RadFMClassifier:
+        """``torch.jit.script`` hook (what ``monai.bundle ckpt_export`` runs by default): a copy whose
+        encoder is traced (the ViT's shape checks and einops patching are Python), the head scripted.
+
+        The trace records the grid sizes as ``aten::size`` operations, so the exported module takes
+        other batch sizes and grids too (tested against eager).
+        """
+        if isinstance(self.vision_encoder, torch.jit.ScriptModule):
+            return self
+        config = self.vision_encoder.config
+        example = torch.rand(1, config.channels, 2 * config.patch_size, 2 * config.patch_size,
+                             2 * config.frame_patch_size, device=self.head.weight.device, dtype=self.head.weight.dtype)
+        scriptable = copy.copy(self)
+        scriptable._modules = dict(self._modules)
+        encoder = copy.deepcopy(self.vision_encoder).eval()
+        with torch.no_grad():
+            scriptable._modules["vision_encoder"] = torch.jit.trace(encoder, example, check_trace=False)
+        return scriptable
+
 
 def load_classifier(
     num_classes: int,

@@ -179,8 +179,11 @@ class AnswerEvaluator(SupervisedEvaluator):
                          inferer=inferer, **kwargs)
 
     def _iteration(self, engine: AnswerEvaluator, batchdata: dict[str, Any]) -> dict:
+        from monai.engines.utils import IterationEvents
+
         engine.network.eval()
         answers = engine.inferer(batchdata, engine.network)
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         paths = batchdata.get("image_paths") or [[] for _ in answers]
         cases = [{"prompt": p, "image_paths": list(i), "pred": a} for p, i, a in zip(batchdata["prompt"], paths, answers)]
         if "choices" in batchdata and "reference" in batchdata:  # closed-set cases (evaluate.json)
@@ -191,6 +194,7 @@ class AnswerEvaluator(SupervisedEvaluator):
                 case.update(id=case_id, task=task, reference=reference,
                             correct=match_closed_set(case["pred"], choices) == match_reference(reference, choices))
         engine.state.output = cases
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)  # runs the postprocessing on each case
         return engine.state.output
 
 

@@ -83,7 +83,7 @@ def test_classification_ckpt_export_matches_shipped_torchscript(tmp_path):
     ckpt_export(net_id="network_def", filepath=str(exported), ckpt_file=str(CLASSIFICATION_BUNDLE / "models" / "model.pt"),
                 meta_file=str(CLASSIFICATION_BUNDLE / "configs" / "metadata.json"),
                 config_file=str(CLASSIFICATION_BUNDLE / "configs" / "inference.json"),
-                bundle_root=str(CLASSIFICATION_BUNDLE), use_trace=True, input_shape=[1, 3, 64, 64, 4])
+                bundle_root=str(CLASSIFICATION_BUNDLE))  # the CI's call: torch.jit.script (no use_trace)
     shipped = torch.jit.load(str(CLASSIFICATION_BUNDLE / "models" / "model.ts"), map_location="cpu").eval()
     exported_net = torch.jit.load(str(exported), map_location="cpu").eval()
     from radfm.engines.classification import load_classifier
