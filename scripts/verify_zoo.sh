@@ -11,6 +11,7 @@ set -euo pipefail
 ZOO=${1:?path to a Project-MONAI/model-zoo checkout}
 MODE=${2:-full}
 PY=${3:-python}
+case "$PY" in */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;; esac  # absolute: the check runs elsewhere
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SCHEMA=${SCHEMA:-$REPO/../shared/monai/meta_schema_20240725.json}
 [ -f "$SCHEMA" ] || SCHEMA=/work/shared/monai/meta_schema_20240725.json

@@ -145,7 +145,8 @@ def test_training_the_demo_model_at_another_grid_is_refused(phantom_data, tmp_pa
     from radfm.engines.grid import GridMismatchError
 
     with pytest.raises(Exception) as caught:
-        run_bundle(INSTRUCT, META, image_grid=STANDARD_GRID, **_common(phantom_data, tmp_path, "wrong_grid"))
+        run_bundle(INSTRUCT, META, image_grid=STANDARD_GRID, model=str(RADFM_BUNDLE / "models" / "demo"),
+                   **_common(phantom_data, tmp_path, "wrong_grid"))
     errors = list(_chain(caught.value))
     assert any(isinstance(e, GridMismatchError) for e in errors), repr(caught.value)
     assert "2D 128x128" in str(errors[-1]) and "2D 512x512" in str(errors[-1])
