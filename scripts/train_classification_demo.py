@@ -28,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "radfm_classification"
 CLASSES = ["X-ray", "ultrasound"]
+GRID = {"size_2d": [64, 64], "size_3d": [64, 64], "max_depth": 8}  # small: an easy task on 2 CPU cores
 
 
 def write_items(phantom_dir: Path, split: str | None, path: Path) -> int:
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                   bundle_root=str(BUNDLE), num_classes=len(CLASSES), multi_label=False)
     bundle_run(config_file=str(BUNDLE / "configs" / "train.json"), dataset_dir=str(work), ckpt_dir=str(staging),
                output_dir=str(work / "runs"), epochs=args.epochs, learning_rate=args.lr, seed=args.seed,
-               batch_size=16, **common)
+               batch_size=16, image_grid=GRID, **common)
     print(f"trained in {(time.time() - started) / 60:.1f} min", flush=True)
 
     export = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def",

@@ -128,7 +128,7 @@ def test_classification_readme_command(command, phantom_data, tmp_path, monkeypa
         kwargs["filepath"] = str(tmp_path / "model.ts")
     elif train:
         kwargs.update(train_items=str(items), val_items=str(items), ckpt_dir=str(tmp_path / "models"),
-                      output_dir=str(tmp_path / "runs"), epochs=1)
+                      output_dir=str(tmp_path / "runs"), epochs=1, image_grid=SMALL_GRID)
     else:
         kwargs.update(output_dir=str(tmp_path / "eval"))
         if "test_items" in kwargs:

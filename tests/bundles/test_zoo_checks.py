@@ -91,11 +91,19 @@ def test_classification_ckpt_export_matches_shipped_torchscript(tmp_path):
     eager = load_classifier(2, preset="tiny")
     eager.load_state_dict(torch.load(CLASSIFICATION_BUNDLE / "models" / "model.pt", weights_only=True))
     eager.eval()
-    images = torch.rand(2, 3, 64, 64, 4, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        expected = eager(images)
-        torch.testing.assert_close(shipped(images), expected, atol=1e-5, rtol=0)
-        torch.testing.assert_close(exported_net(images), expected, atol=1e-5, rtol=0)
+        # the traced encoder reads batch size and grid from each input (README, "Export"): other batch
+        # sizes, a larger 2D grid and a 3D volume give the eager answers too
+        for shape in [(2, 3, 64, 64, 4), (1, 3, 96, 64, 4), (1, 3, 64, 64, 8)]:
+            images = torch.rand(*shape, generator=generator)
+            expected = eager(images)
+            torch.testing.assert_close(shipped(images), expected, atol=1e-5, rtol=0)
+            torch.testing.assert_close(exported_net(images), expected, atol=1e-5, rtol=0)
+    extra = {"metadata.json": ""}
+    torch.jit.load(str(exported), map_location="cpu", _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["version"] == json.loads(
+        (CLASSIFICATION_BUNDLE / "configs" / "metadata.json").read_text())["version"]
 
 
 # ---------------------------------------------------------------- workflow properties ----
