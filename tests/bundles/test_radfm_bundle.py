@@ -83,9 +83,18 @@ def test_pretrain_freezes_llm_and_tracks_mlflow(pretrained):
 def test_instruct_from_pretrained_and_inference_cli(pretrained, phantom_data, tmp_path):
     pre_dir = pretrained[0] / "out" / "model"
     # no image_grid override: a saved model's own grid (64², from its preprocess.json) is the default
-    workflow = run_bundle(INSTRUCT, META, model=str(pre_dir), checkpoint_every=2,
+    store = tmp_path / "instruct.db"
+    workflow = run_bundle(INSTRUCT, META, model=str(pre_dir), checkpoint_every=2, tracking="mlflow",
+                          tracking_uri=f"sqlite:///{store}", experiment_name="radfm_instruct",
                           **_common(phantom_data, tmp_path, "instruct"))
     assert workflow.parser.get_parsed_content("image_grid") == SMALL_GRID
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    (run,) = client.search_runs([client.get_experiment_by_name("radfm_instruct").experiment_id])
+    assert run.data.params["frozen_llm_epochs"] == "0" and run.data.params["model"] == str(pre_dir)
+    assert {"train_loss", "val_accuracy"} <= set(run.data.metrics)
+    assert any(a.path.endswith(".json") for a in client.list_artifacts(run.info.run_id))  # the executed config
     out = tmp_path / "runs" / "instruct"
     assert (out / "model" / "model.safetensors").is_file()
     loader = workflow.parser.get_parsed_content("train#dataloader")
