@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         key, value = line.replace("\t", ",").split(",")[:2]  # MetricsSaver's metrics.csv
         metrics[key] = float(value)
     results = {"held_out_metrics": metrics, "items": counts,
-               "classes": CLASSES, "settings": vars(args), "minutes_total": round((time.time() - started) / 60, 1)}
+               "classes": CLASSES, "settings": {**vars(args), "output": os.path.relpath(output.resolve(), REPO)}, "minutes_total": round((time.time() - started) / 60, 1)}
     (staging / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
     output.mkdir(parents=True, exist_ok=True)
     for name in ("model.pt", "model.ts", "preprocess.json", "eval.json"):

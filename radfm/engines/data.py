@@ -2,7 +2,9 @@
 
 A manifest (``radfm.data.manifest``) becomes tokenised, weighted sequences
 (``radfm.data.sequences.SequenceBuilder``) plus preprocessed images
-(``radfm.transforms.preprocess_scan`` unless another ``image_loader`` is given).
+(``radfm.transforms.preprocess_scan`` unless another ``image_loader`` is given; the bundles pass
+their ``preprocessing`` as a MONAI ``transform`` instead, run through the MONAI dataset chosen by
+``scan_dataset``: see :class:`ScanStore`).
 """
 
 from __future__ import annotations
@@ -210,7 +212,7 @@ def train_sampler(loader: torch.utils.data.DataLoader) -> Any:
 
 
 class ClosedSetDataset(torch.utils.data.Dataset):
-    """Validation cases with a closed answer set: ``{"ids", "prompt", "images", "reference", "choices"}``.
+    """Validation cases with a closed answer set: ``{"ids", "task", "prompt", "images", "image_paths", "reference", "choices"}``.
 
     Samples whose ``extra["closed_set"]`` is missing default to yes/no for inductive tasks
     and are skipped otherwise. ``transform`` / ``scan_dataset``: as in :class:`RadFMTrainDataset`.
