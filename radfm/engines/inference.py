@@ -1,4 +1,12 @@
-"""Answering prompts about scans: the code path of ``inference.json`` and ``radfm demo``."""
+"""Answering prompts about scans.
+
+``inference.json`` / ``evaluate.json`` parts (a MONAI inference workflow): :func:`prompt_items`
+(the data), :class:`EachImaged` (the bundle's per-scan ``preprocessing`` on every scan of a case),
+:class:`GenerationInferer` (greedy answers, grid checks), :class:`AnswerEvaluator` (the
+``evaluator``), :class:`PrintAnswerd` (postprocessing), :class:`AnswerWriter` (JSONL handler),
+:class:`ClosedSetScore` (closed-set accuracy metric). :func:`answer_prompts` is the same in one
+Python call (no engine), for scripts.
+"""
 
 from __future__ import annotations
 
