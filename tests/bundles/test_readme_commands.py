@@ -88,6 +88,8 @@ def test_radfm_readme_command(command, phantom_data, tmp_path, monkeypatch, caps
             kwargs["image_grid"] = SMALL_GRID
         if "instruct.json" in config and "model" not in kwargs:
             kwargs["image_grid"] = {"size_2d": [128, 128], "size_3d": [128, 128], "max_depth": 8}  # the demo's own
+        if isinstance(kwargs.get("scan_dataset"), dict) and "cache_dir" in kwargs["scan_dataset"]:
+            kwargs["scan_dataset"]["cache_dir"] = str(tmp_path / "scan_cache")  # not into the bundle folder
         if "tracking_uri" in kwargs:
             kwargs["tracking_uri"] = f"sqlite:///{tmp_path / 'mlruns.db'}"
     elif "evaluate.json" in config:
