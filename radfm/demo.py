@@ -1,6 +1,7 @@
 """Quick-start job (``make demo``, ``radfm demo``, ``python -m radfm.demo``).
 
-Runs the RadFM bundle's ``inference.json`` with the shipped demo model on the shipped phantom
+Runs the RadFM bundle's ``inference.json`` (a MONAI inference workflow: architecture from
+``models/demo``, weights from ``models/model.pt`` via ``CheckpointLoader``) on the shipped phantom
 scans (an X-ray PNG, a CT and an MRI NIfTI) and prints each prompt with its answer: one prompt
 holds two scans (2D + 3D). The demo model is a small model trained on synthetic phantoms by
 ``scripts/train_demo.py``; it knows nothing about real anatomy or disease.
@@ -28,9 +29,16 @@ def main(model_dir: str | None = None, max_new_tokens: int = 16) -> None:
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     bundle = bundle_dir("radfm")
-    model_dir = model_dir or str(bundle / "models" / "demo")
+    overrides: dict = {}
+    if model_dir is None:  # the bundle's defaults: architecture from models/demo, weights from models/model.pt
+        model_dir = str(bundle / "models" / "demo")
+        if not (bundle / "models" / "model.pt").is_file():
+            raise SystemExit(f"radfm demo: no weights in {bundle / 'models' / 'model.pt'}; "
+                             "rebuild the demo model with `python scripts/train_demo.py`")
+    else:  # a saved model folder (safetensors): load it whole instead of models/model.pt
+        overrides = {"network_def": "$radfm.engines.build.load_model(@model_dir)", "ckpt_path": None}
     if not (Path(model_dir) / "config.json").is_file():
-        raise SystemExit(f"radfm demo: no model in {model_dir} (expected config.json and safetensors weights); "
+        raise SystemExit(f"radfm demo: no model in {model_dir} (expected config.json and a tokenizer); "
                          "rebuild the demo model with `python scripts/train_demo.py`")
     print("RadFM quick start: the demo model (a small RadFM trained on synthetic phantoms by "
           "scripts/train_demo.py) answers questions about the shipped phantom scans.\n")
@@ -40,6 +48,7 @@ def main(model_dir: str | None = None, max_new_tokens: int = 16) -> None:
         bundle_root=str(bundle),
         model_dir=model_dir,
         max_new_tokens=max_new_tokens,
+        **overrides,
     )
     truth = json.loads((bundle / "sample_data" / "truth.json").read_text(encoding="utf-8"))
     print("Ground truth of the scans:")

@@ -11,7 +11,9 @@ Steps (all offline, CPU):
 4. a small RadFM trained with our own ``instruct.json`` bundle (``monai.bundle run``);
 5. evaluation on the held-out split: yes/no diagnosis, single-lesion location VQA, modality;
    and yes/no diagnosis again with every image replaced by zeros (the images must matter);
-6. weights (safetensors), tokenizer, config and ``EVAL.md``/``eval.json`` to the output folder.
+6. weights (safetensors), tokenizer, config, grid (``preprocess.json``) and ``EVAL.md``/``eval.json``
+   to the output folder, and the same weights as a plain state dict in ``<output>/../model.pt``
+   (``bundles/radfm/models/model.pt``, what the bundle's ``inference.json`` loads).
 
     python scripts/train_demo.py --output bundles/radfm/models/demo --work /tmp/radfm_demo
 """
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = work / "bundle_run"
     shutil.rmtree(run_dir, ignore_errors=True)
     bundle_run(
-        config_file=str(BUNDLE / "configs" / "instruct.json"),
+        config_file=[str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "instruct.json")],
         meta_file=str(BUNDLE / "configs" / "metadata.json"),
         logging_file=str(BUNDLE / "configs" / "logging.conf"),
         bundle_root=str(run_dir),
@@ -295,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer_dir=str(tokenizer_dir),
         vision_init=str(vision_init) if vision_init else None,
         config_overrides=DEMO_CONFIG,
-        image_loader=f"$radfm.engines.data.default_image_loader(**{IMAGE_SIZES!r})",
+        image_grid=IMAGE_SIZES,  # written to the model's preprocess.json by SavePretrained
         cache_images=True,
         term_weighting=False,
         seed=args.seed,
@@ -341,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
         path.chmod(0o644)  # save_pretrained writes private temp files; these are for sharing
     shutil.rmtree(output, ignore_errors=True)
     tmp.rename(output)
+    # the weights where MONAI looks for them (inference.json's CheckpointLoader, MONAI Label, ckpt_export)
+    from radfm.engines.build import export_state_dict
+
+    export_state_dict(output, output.parent / "model.pt")
     log(json.dumps({k: v for k, v in results.items() if k != "settings"}, indent=1))
     log(f"wrote {output} in {(time.time() - started) / 60:.1f} min")
     return 0

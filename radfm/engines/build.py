@@ -21,6 +21,7 @@ def load_model(
     seed: int | None = 0,
     device: str | torch.device = "cpu",
     vision_init: str | os.PathLike | None = None,
+    image_grid: dict[str, Any] | None = None,
 ):
     """A ``RadFM`` with ``.tokenizer`` attached.
 
@@ -29,15 +30,19 @@ def load_model(
     own small tokenizer). ``config_overrides``: ``{"vision": {...}, "perceiver": {...}, "llm": {...}}``
     entries merged into a fresh config (ignored for a weights directory). ``seed`` fixes the init.
     ``vision_init``: a safetensors file of vision-encoder weights to start from (e.g. an encoder
-    first trained as a classifier); shapes must match the config.
+    first trained as a classifier); shapes must match the config. ``image_grid``: the grid the
+    run feeds the model; for a saved model folder it must be the grid recorded there
+    (``radfm.engines.grid.GridMismatchError`` otherwise).
     """
     from radfm.model.config import RadFMConfig
     from radfm.model.radfm import RadFM
 
     source = Path(os.fspath(model))
     if source.is_dir():
+        from radfm.engines.grid import check_model_grid
         from radfm.model.loading import load
 
+        check_model_grid(source, image_grid)
         net = load(source, device="cpu", dtype="float32").model
         if tokenizer_dir is not None:
             net.tokenizer = _load_tokenizer(tokenizer_dir)
@@ -75,6 +80,24 @@ def load_model(
     if gradient_checkpointing:
         net.gradient_checkpointing_enable()
     return net.to(device)
+
+
+def export_state_dict(model_dir: str | os.PathLike, output: str | os.PathLike) -> Path:
+    """Write a saved model folder's weights as a plain state dict (``torch.save``; loads with ``weights_only=True``).
+
+    This is how ``bundles/radfm/models/model.pt`` is made from the demo model folder:
+    ``python -c "from radfm.engines.build import export_state_dict as e; e('bundles/radfm/models/demo',
+    'bundles/radfm/models/model.pt')"``.
+    """
+    from radfm.model.radfm import RadFM
+    from radfm.utils.io import atomic_path
+
+    model = RadFM.from_pretrained(model_dir)
+    output = Path(os.fspath(output))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(output) as tmp:
+        torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
+    return output
 
 
 def _load_tokenizer(tokenizer_dir: str | os.PathLike):

@@ -38,6 +38,25 @@ class RadFMClassifier(nn.Module):
         tokens = self.vision_encoder(images)  # [B, T, dim]
         return self.head(self.dropout(self.norm(tokens.mean(dim=1))))
 
+    def __prepare_scriptable__(self) -> RadFMClassifier:
+        """``torch.jit.script`` hook (what ``monai.bundle ckpt_export`` runs by default): a copy whose
+        encoder is traced (the ViT's shape checks and einops patching are Python), the head scripted.
+
+        The trace records the grid sizes as ``aten::size`` operations, so the exported module takes
+        other batch sizes and grids too (tested against eager).
+        """
+        if isinstance(self.vision_encoder, torch.jit.ScriptModule):
+            return self
+        config = self.vision_encoder.config
+        example = torch.rand(1, config.channels, 2 * config.patch_size, 2 * config.patch_size,
+                             2 * config.frame_patch_size, device=self.head.weight.device, dtype=self.head.weight.dtype)
+        scriptable = copy.copy(self)
+        scriptable._modules = dict(self._modules)
+        encoder = copy.deepcopy(self.vision_encoder).eval()
+        with torch.no_grad():
+            scriptable._modules["vision_encoder"] = torch.jit.trace(encoder, example, check_trace=False)
+        return scriptable
+
 
 def load_classifier(
     num_classes: int,
@@ -68,12 +87,15 @@ class ClassificationDataset(torch.utils.data.Dataset):
 
     Multi-class labels become a class index (LongTensor); multi-label ones a 0/1 float vector
     of length ``num_classes``. All images of one dataset must preprocess to the same shape
-    (use one bundle run per dimensionality: 2D or 3D).
+    (use one bundle run per dimensionality: 2D or 3D). ``transform`` (a MONAI dictionary
+    transform on ``{"image": path}``, the bundle's preprocessing) takes precedence over
+    ``image_loader``; ``scan_dataset`` as in :class:`radfm.engines.data.ScanStore`.
     """
 
     def __init__(self, items: str | os.PathLike | Sequence[dict], num_classes: int, *, multi_label: bool = False,
-                 image_loader: Any = None, base_dir: str | os.PathLike | None = None, cache: bool = True) -> None:
-        from radfm.engines.data import default_image_loader
+                 image_loader: Any = None, base_dir: str | os.PathLike | None = None, cache: bool = True,
+                 transform: Any = None, scan_dataset: Any = None) -> None:
+        from radfm.engines.data import ScanStore, default_image_loader
 
         if isinstance(items, (str, os.PathLike)):
             path = Path(items)
@@ -86,8 +108,14 @@ class ClassificationDataset(torch.utils.data.Dataset):
         self.num_classes = num_classes
         self.multi_label = multi_label
         self.base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
+        if transform is not None:  # the bundle's preprocessing, through MONAI's (Persistent|Cache)Dataset
+            image_loader = ScanStore([str(self._path(i)) for i in range(len(self.items))], transform, scan_dataset)
         self.image_loader = image_loader or default_image_loader()
         self.cache: dict[int, torch.Tensor] | None = {} if cache else None
+
+    def _path(self, index: int) -> Path:
+        path = Path(self.items[index]["image"])
+        return path if path.is_absolute() else self.base_dir / path
 
     def __len__(self) -> int:
         return len(self.items)
@@ -110,8 +138,7 @@ class ClassificationDataset(torch.utils.data.Dataset):
         if self.cache is not None and index in self.cache:
             image = self.cache[index]
         else:
-            path = Path(self.items[index]["image"])
-            image = self.image_loader(str(path if path.is_absolute() else self.base_dir / path))
+            image = self.image_loader(str(self._path(index)))
             if self.cache is not None:
                 self.cache[index] = image
         return {"image": image, "label": self._label(index)}
@@ -167,3 +194,25 @@ class MacroAUCF1(Metric):
     def compute(self) -> float:
         auc, f1 = macro_auc_f1(np.concatenate(self._labels), np.concatenate(self._probabilities), self.multi_label)
         return auc if self.kind == "auc" else f1
+
+
+def classification_items(items: str | os.PathLike | Sequence[dict], base_dir: str | os.PathLike | None = None
+                         ) -> list[dict[str, str]]:
+    """``[{"image": absolute path}]`` from a JSON list of ``{"image": path, ...}`` (paths relative to the JSON file).
+
+    The data of ``inference.json``; a missing file raises naming the item.
+    """
+    if isinstance(items, (str, os.PathLike)):
+        path = Path(items)
+        base_dir = base_dir if base_dir is not None else path.parent
+        items = json.loads(path.read_text(encoding="utf-8"))
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    out = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or "image" not in item:
+            raise ValueError(f"item {index}: expected an object with key 'image', got {item!r:.200}")
+        image = Path(item["image"]) if Path(item["image"]).is_absolute() else base / item["image"]
+        if not image.exists():
+            raise FileNotFoundError(f"item {index}: image file not found: {image}")
+        out.append({"image": str(image)})
+    return out

@@ -7,30 +7,30 @@ from typing import Any
 
 from radfm.utils.resources import bundle_dir
 
-# name -> (bundle, config file)
+# name -> (bundle, config files in order: pretrain / instruct are small overrides on the shared train.json)
 NAMED_CONFIGS = {
-    "pretrain": ("radfm", "pretrain.json"),
-    "instruct": ("radfm", "instruct.json"),
-    "classification": ("radfm_classification", "train.json"),
+    "pretrain": ("radfm", ["train.json", "pretrain.json"]),
+    "instruct": ("radfm", ["train.json", "instruct.json"]),
+    "classification": ("radfm_classification", ["train.json"]),
 }
 
 
-def named_config(name: str) -> Path:
-    """The config file behind a short name (``instruct`` -> the RadFM bundle's instruct.json)."""
-    bundle, file_name = NAMED_CONFIGS[name]
-    return bundle_dir(bundle) / "configs" / file_name
+def named_configs(name: str) -> list[Path]:
+    """The config files behind a short name (``instruct`` -> the RadFM bundle's train.json + instruct.json)."""
+    bundle, file_names = NAMED_CONFIGS[name]
+    return [bundle_dir(bundle) / "configs" / file_name for file_name in file_names]
 
 
 def _resolve(config: str | list[str] | tuple[str, ...]) -> list[str]:
     configs = [config] if isinstance(config, str) else list(config)
     paths = []
     for item in configs:
-        path = named_config(item) if item in NAMED_CONFIGS else Path(item)
-        if not Path(path).is_file():
-            raise FileNotFoundError(
-                f"training config {item!r} not found; give a JSON path or one of {sorted(NAMED_CONFIGS)}"
-            )
-        paths.append(str(path))
+        for path in named_configs(item) if item in NAMED_CONFIGS else [Path(item)]:
+            if not Path(path).is_file():
+                raise FileNotFoundError(
+                    f"training config {item!r} not found; give a JSON path or one of {sorted(NAMED_CONFIGS)}"
+                )
+            paths.append(str(path))
     return paths
 
 

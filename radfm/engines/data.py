@@ -2,7 +2,9 @@
 
 A manifest (``radfm.data.manifest``) becomes tokenised, weighted sequences
 (``radfm.data.sequences.SequenceBuilder``) plus preprocessed images
-(``radfm.transforms.preprocess_scan`` unless another ``image_loader`` is given).
+(``radfm.transforms.preprocess_scan`` unless another ``image_loader`` is given; the bundles pass
+their ``preprocessing`` as a MONAI ``transform`` instead, run through the MONAI dataset chosen by
+``scan_dataset``: see :class:`ScanStore`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,51 @@ def default_image_loader(**options: Any) -> ImageLoader:
 
     def load(path: str) -> torch.Tensor:
         return torch.as_tensor(preprocess_scan(path, **options)).float()
+
+    return load
+
+
+def plain_image(image: Any) -> torch.Tensor:
+    """A preprocessed scan as a plain float32 tensor (a ``MetaTensor``'s data without its metadata)."""
+    data = image.as_tensor() if hasattr(image, "as_tensor") else image
+    return torch.as_tensor(data, dtype=torch.float32)
+
+
+class ScanStore:
+    """Preprocessed scans by path, through a MONAI dataset of ``{key: path}`` items and a MONAI ``transform``.
+
+    ``dataset`` chooses MONAI's caching (a dataset class or a ``functools.partial`` of one, e.g. the
+    config component ``{"_target_": "PersistentDataset", "_mode_": "callable", "cache_dir": ...}``):
+    ``monai.data.Dataset`` (default: no cache), ``CacheDataset`` (in memory) or
+    ``PersistentDataset`` (on disk, kept between epochs and runs). Calling the store with a path
+    returns its ``[3, H, W, D]`` float tensor; a path the store was not built with is preprocessed
+    directly.
+    """
+
+    def __init__(self, paths: Sequence[str], transform: Callable, dataset: Callable | None = None,
+                 key: str = "image") -> None:
+        from monai.data import Dataset
+
+        unique = list(dict.fromkeys(str(p) for p in paths))
+        self.index = {path: i for i, path in enumerate(unique)}
+        self.transform = transform
+        self.key = key
+        self.dataset = (dataset or Dataset)(data=[{key: path} for path in unique], transform=transform)
+
+    def __call__(self, path: str) -> torch.Tensor:
+        path = str(path)
+        if path in self.index:
+            item = self.dataset[self.index[path]]
+        else:
+            item = self.transform({self.key: path})
+        return plain_image(item[self.key])
+
+
+def transform_loader(transform: Callable, key: str = "image") -> ImageLoader:
+    """``path -> [3, H, W, D]`` from a MONAI dictionary transform on ``{key: path}`` (no caching)."""
+
+    def load(path: str) -> torch.Tensor:
+        return plain_image(transform({key: str(path)})[key])
 
     return load
 
@@ -60,12 +107,17 @@ class RadFMTrainDataset(ManifestDataset):
         image_loader: ImageLoader | None = None,
         cache_images: bool = False,
         term_weighting: bool = True,
+        transform: Callable | None = None,
+        scan_dataset: Callable | None = None,
     ) -> None:
         from radfm.data.sequences import SequenceBuilder
 
         builder = SequenceBuilder(tokenizer, base_vocab_size, max_length=max_length,
                                   matcher=None if term_weighting else False)
-        super().__init__(_load_samples(manifest, split), builder, preprocess=image_loader or default_image_loader())
+        samples = _load_samples(manifest, split)
+        if transform is not None:
+            image_loader = ScanStore([im.path for s in samples for im in s.images], transform, scan_dataset)
+        super().__init__(samples, builder, preprocess=image_loader or default_image_loader())
         self.memory_cache: dict[str, torch.Tensor] | None = {} if cache_images else None
 
     def load_image(self, path: str) -> torch.Tensor:
@@ -160,10 +212,10 @@ def train_sampler(loader: torch.utils.data.DataLoader) -> Any:
 
 
 class ClosedSetDataset(torch.utils.data.Dataset):
-    """Validation cases with a closed answer set: ``{"ids", "prompt", "images", "reference", "choices"}``.
+    """Validation cases with a closed answer set: ``{"ids", "task", "prompt", "images", "image_paths", "reference", "choices"}``.
 
     Samples whose ``extra["closed_set"]`` is missing default to yes/no for inductive tasks
-    and are skipped otherwise.
+    and are skipped otherwise. ``transform`` / ``scan_dataset``: as in :class:`RadFMTrainDataset`.
     """
 
     def __init__(
@@ -174,6 +226,8 @@ class ClosedSetDataset(torch.utils.data.Dataset):
         image_loader: ImageLoader | None = None,
         tasks: Sequence[str] | None = None,
         limit: int | None = None,
+        transform: Callable | None = None,
+        scan_dataset: Callable | None = None,
     ) -> None:
         cases = []
         for sample in _load_samples(manifest, split):
@@ -185,6 +239,8 @@ class ClosedSetDataset(torch.utils.data.Dataset):
             if choices:
                 cases.append((sample, list(choices)))
         self.cases = cases[:limit] if limit else cases
+        if transform is not None:
+            image_loader = ScanStore([ref.path for s, _ in self.cases for ref in s.images], transform, scan_dataset)
         self.image_loader = image_loader or default_image_loader()
 
     def __len__(self) -> int:
@@ -197,6 +253,7 @@ class ClosedSetDataset(torch.utils.data.Dataset):
             "task": sample.task,
             "prompt": sample.instruction,
             "images": [self.image_loader(ref.path) for ref in sample.images],
+            "image_paths": [ref.path for ref in sample.images],
             "reference": sample.response,
             "choices": choices,
         }

@@ -42,16 +42,19 @@ class ProgressBar:
 
 
 class SavePretrained:
-    """At ``COMPLETED``, write the model (safetensors + config + tokenizer) with ``save_pretrained``.
+    """At ``COMPLETED``, write the model (safetensors + config + tokenizer) with ``save_pretrained``,
+    and the run's ``image_grid`` in ``preprocess.json`` beside it.
 
     LoRA adapters are merged into the LLM weights of the copy written, so the output loads
     with plain ``RadFM.from_pretrained``.
     """
 
-    def __init__(self, model: torch.nn.Module, output_dir: str, merge_lora: bool = True) -> None:
+    def __init__(self, model: torch.nn.Module, output_dir: str, merge_lora: bool = True,
+                 image_grid: dict | None = None) -> None:
         self.model = model
         self.output_dir = output_dir
         self.merge_lora = merge_lora
+        self.image_grid = image_grid
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
@@ -68,6 +71,10 @@ class SavePretrained:
             model = copy.deepcopy(model)
             model.language_model = model.language_model.merge_and_unload()
         model.save_pretrained(self.output_dir)
+        if self.image_grid is not None:  # the grid travels with the weights; inference reads it back
+            from radfm.engines.grid import save_grid
+
+            save_grid(self.output_dir, self.image_grid)
         logger.info("saved model to %s", Path(self.output_dir).resolve())
 
     def _gathered_fsdp_model(self) -> torch.nn.Module | None:

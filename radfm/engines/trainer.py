@@ -35,6 +35,8 @@ class RadFMTrainer(SupervisedTrainer):
     Args beyond ``SupervisedTrainer``'s: ``precision`` ("fp32" | "bf16" | "fp16" autocast),
     ``lr_scheduler`` (stepped per optimizer step), ``max_grad_norm`` (None = no clipping).
     ``loss_function`` defaults to the weighted next-token loss and is not used otherwise.
+    ``inferer`` (MONAI's, default ``SimpleInferer``) runs the forward pass:
+    ``inferer(input_ids, network, images=..., attention_mask=...)``.
     """
 
     def __init__(
@@ -103,7 +105,9 @@ class RadFMTrainer(SupervisedTrainer):
         sync = contextlib.nullcontext() if should_step or not hasattr(engine.network, "no_sync") else engine.network.no_sync()
         with sync:
             with engine._autocast():
-                outputs = engine.network(**inputs)
+                # the bundle's train#inferer (SimpleInferer by default): network(input_ids, images=..., ...)
+                extra = {k: v for k, v in inputs.items() if k != "input_ids"}
+                outputs = engine.inferer(inputs["input_ids"], engine.network, **extra)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             weighted_sum, weight_total = weighted_token_ce_sums(outputs.logits, inputs["input_ids"], loss_weights)
             # normalise by the mean per-rank token weight of the global batch, so that the

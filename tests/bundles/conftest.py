@@ -11,6 +11,21 @@ REPO = Path(__file__).resolve().parents[2]
 RADFM_BUNDLE = REPO / "bundles" / "radfm"
 CLASSIFICATION_BUNDLE = REPO / "bundles" / "radfm_classification"
 SMALL_LOADER = "$radfm.engines.data.default_image_loader(size_2d=(64, 64), size_3d=(64, 64), max_depth=8)"
+# the bundles' one grid entry, small for tests
+SMALL_GRID = {"size_2d": [64, 64], "size_3d": [64, 64], "max_depth": 8}
+# pretrain/instruct are override files on the shared train.json
+PRETRAIN = [RADFM_BUNDLE / "configs" / "train.json", RADFM_BUNDLE / "configs" / "pretrain.json"]
+INSTRUCT = [RADFM_BUNDLE / "configs" / "train.json", RADFM_BUNDLE / "configs" / "instruct.json"]
+
+
+def official_schema() -> Path:
+    """MONAI's official metadata schema: ``<repo>/../shared/monai/...``, else ``/work/shared/monai/...``; skip if absent."""
+    name = "meta_schema_20240725.json"
+    for candidate in (REPO.parent / "shared" / "monai" / name, Path("/work/shared/monai") / name):
+        if candidate.is_file():
+            return candidate
+    pytest.skip(f"MONAI's official metadata schema {name} not found in {REPO.parent / 'shared' / 'monai'} "
+                "or /work/shared/monai (it is not downloaded: tests run offline)")
 
 
 def run_bundle(config_files, meta_file, **overrides):

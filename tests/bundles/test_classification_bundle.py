@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 
-from .conftest import CLASSIFICATION_BUNDLE, SMALL_LOADER, run_bundle
+from .conftest import CLASSIFICATION_BUNDLE, SMALL_GRID, run_bundle
 
 CONFIG = CLASSIFICATION_BUNDLE / "configs" / "train.json"
 META = CLASSIFICATION_BUNDLE / "configs" / "metadata.json"
@@ -29,13 +30,14 @@ def test_multiclass_2d_random_encoder(phantom_data, tmp_path):
     items, rows = _items(phantom_data, tmp_path, 2, lambda c: ["X-ray", "ultrasound"].index(c["modality"]))
     assert {r["label"] for r in rows} == {0, 1}
     workflow = run_bundle(CONFIG, META, bundle_root=str(tmp_path), train_items=str(items), val_items=str(items),
-                          num_classes=2, multi_label=False, image_loader=SMALL_LOADER, epochs=2,
+                          num_classes=2, multi_label=False, image_grid=SMALL_GRID, ckpt_dir=str(tmp_path / "models"), epochs=2,
                           batch_size=4, learning_rate=1e-3)
     metrics = _metrics(workflow)
     assert 0.0 <= metrics["val_macro_auc"] <= 1.0 and 0.0 <= metrics["val_macro_f1"] <= 1.0
-    assert (tmp_path / "runs" / "classification" / "checkpoints" / "best_model.pt").is_file()
-    state = torch.load(tmp_path / "runs" / "classification" / "checkpoints" / "best_model.pt", weights_only=True)
+    # the best model is saved where MONAI looks for it, with its grid beside it
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert state["head.weight"].shape[0] == 2
+    assert json.loads((tmp_path / "models" / "preprocess.json").read_text())["size_2d"] == [64, 64]
 
 
 def test_multilabel_3d_from_radfm_checkpoint(phantom_data, tmp_path):
@@ -46,7 +48,7 @@ def test_multilabel_3d_from_radfm_checkpoint(phantom_data, tmp_path):
     source.save_pretrained(radfm_dir)
     items, rows = _items(phantom_data, tmp_path, 3, lambda c: [["mass", "cyst"].index(d) for d in c["diseases"]])
     workflow = run_bundle(CONFIG, META, bundle_root=str(tmp_path), train_items=str(items), val_items=str(items),
-                          num_classes=2, multi_label=True, radfm_dir=str(radfm_dir), image_loader=SMALL_LOADER,
+                          num_classes=2, multi_label=True, radfm_dir=str(radfm_dir), image_grid=SMALL_GRID, ckpt_dir=str(tmp_path / "models"),
                           epochs=1, batch_size=4, learning_rate=0.0)
     network = workflow.parser.get_parsed_content("network")
     # lr 0: the encoder must still be exactly the checkpoint's
@@ -55,3 +57,44 @@ def test_multilabel_3d_from_radfm_checkpoint(phantom_data, tmp_path):
     metrics = _metrics(workflow)
     assert math.isnan(metrics["val_macro_auc"]) or 0.0 <= metrics["val_macro_auc"] <= 1.0
     assert 0.0 <= metrics["val_macro_f1"] <= 1.0
+
+
+def test_shipped_model_inference_writes_probabilities(tmp_path):
+    """inference.json as shipped: models/model.pt on the sample scans → softmax probabilities in predictions.csv."""
+    workflow = run_bundle(CLASSIFICATION_BUNDLE / "configs" / "inference.json", META,
+                          bundle_root=str(CLASSIFICATION_BUNDLE), output_dir=str(tmp_path))
+    rows = [line.split(",") for line in (tmp_path / "predictions.csv").read_text().splitlines()]
+    assert len(rows) == 2
+    by_name = {row[0].rsplit("/", 1)[-1]: [float(v) for v in row[1:]] for row in rows}
+    assert abs(sum(by_name["xray_phantom.png"]) - 1.0) < 1e-5  # Activationsd(softmax)
+    assert by_name["xray_phantom.png"][0] > 0.5 and by_name["ultrasound_phantom.png"][1] > 0.5
+    assert workflow.parser.get_parsed_content("image_grid") == {"size_2d": [64, 64], "size_3d": [64, 64], "max_depth": 8}
+
+
+def test_evaluate_config_records_metrics_in_mlflow(phantom_data, tmp_path):
+    items, _ = _items(phantom_data, tmp_path, 2, lambda c: ["X-ray", "ultrasound"].index(c["modality"]))
+    store = tmp_path / "mlflow.db"
+    workflow = run_bundle(CLASSIFICATION_BUNDLE / "configs" / "evaluate.json", META, bundle_root=str(CLASSIFICATION_BUNDLE),
+                          test_items=str(items), output_dir=str(tmp_path / "eval"), tracking="mlflow",
+                          tracking_uri=f"sqlite:///{store}", experiment_name="cls_eval")
+    metrics = workflow.parser.get_parsed_content("evaluator").state.metrics
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    (run,) = client.search_runs([client.get_experiment_by_name("cls_eval").experiment_id])
+    assert run.data.metrics["macro_auc"] == pytest.approx(metrics["macro_auc"])
+    assert run.data.metrics["macro_f1"] == pytest.approx(metrics["macro_f1"])
+
+
+def test_train_records_params_losses_and_metrics_in_mlflow(phantom_data, tmp_path):
+    items, _ = _items(phantom_data, tmp_path, 2, lambda c: ["X-ray", "ultrasound"].index(c["modality"]))
+    store = tmp_path / "mlflow.db"
+    run_bundle(CONFIG, META, bundle_root=str(tmp_path), train_items=str(items), val_items=str(items), epochs=1,
+               batch_size=4, image_grid=SMALL_GRID, ckpt_dir=str(tmp_path / "models"), tracking="mlflow",
+               tracking_uri=f"sqlite:///{store}", experiment_name="cls_train")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    runs = client.search_runs([client.get_experiment_by_name("cls_train").experiment_id])
+    metrics = {k for run in runs for k in run.data.metrics}
+    assert {"train_loss", "val_macro_auc", "val_macro_f1"} <= metrics, metrics

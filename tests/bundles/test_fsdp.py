@@ -11,7 +11,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from .conftest import RADFM_BUNDLE, SMALL_LOADER, run_bundle
+from .conftest import INSTRUCT, RADFM_BUNDLE, SMALL_GRID, run_bundle
 
 META = RADFM_BUNDLE / "configs" / "metadata.json"
 NO_DROPOUT = {"vision": {"dropout": 0.0, "emb_dropout": 0.0}}  # dropout masks differ between ranks
@@ -21,7 +21,7 @@ def _overrides(phantom_data, root, batch_size: int) -> dict:
     # lr 0.01 and clipping at 1.0 (the config's default): large, clipped updates, so that a
     # rank-local gradient norm (instead of FSDP's global one) would show
     return dict(bundle_root=str(root), run_name="r", model="tiny", train_manifest=str(phantom_data["train"]),
-                val_manifest=str(phantom_data["val"]), image_loader=SMALL_LOADER, cache_images=True, epochs=1,
+                val_manifest=str(phantom_data["val"]), image_grid=SMALL_GRID, cache_images=True, epochs=1,
                 batching="mixed", batch_size=batch_size, accumulation_steps=1, warmup_steps=1, learning_rate=0.01,
                 max_length=192, val_interval=0, checkpoint_every=2, config_overrides=NO_DROPOUT)
 
@@ -32,7 +32,7 @@ def test_fsdp_two_processes_match_one_process_with_the_global_batch(phantom_data
         port = s.getsockname()[1]
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
             "-m", "monai.bundle", "run", "--config_file",
-            str([str(RADFM_BUNDLE / "configs" / "instruct.json"), str(RADFM_BUNDLE / "configs" / "multi_gpu_fsdp.json")]),
+            str([*map(str, INSTRUCT), str(RADFM_BUNDLE / "configs" / "multi_gpu_fsdp.json")]),
             "--meta_file", str(META), "--fsdp_param_dtype", "$torch.float32"]
     for key, value in _overrides(phantom_data, tmp_path / "fsdp", batch_size=2).items():
         args += [f"--{key}", json.dumps(value) if isinstance(value, (dict, bool)) else str(value)]
@@ -41,7 +41,7 @@ def test_fsdp_two_processes_match_one_process_with_the_global_batch(phantom_data
     done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-4000:]
 
-    run_bundle(RADFM_BUNDLE / "configs" / "instruct.json", META, **_overrides(phantom_data, tmp_path / "one", batch_size=4))
+    run_bundle(INSTRUCT, META, **_overrides(phantom_data, tmp_path / "one", batch_size=4))
 
     sharded = load_file(str(tmp_path / "fsdp" / "runs" / "r" / "model" / "model.safetensors"))
     single = load_file(str(tmp_path / "one" / "runs" / "r" / "model" / "model.safetensors"))

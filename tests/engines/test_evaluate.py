@@ -193,7 +193,7 @@ def test_bundle_config_runs_with_overrides(phantom_manifest, tmp_path):
 
     from monai.bundle import run
 
-    config = Path(__file__).resolve().parents[2] / "bundles" / "radfm" / "configs" / "evaluate.json"
+    config = Path(__file__).resolve().parents[2] / "bundles" / "radfm" / "configs" / "radbench.json"
     run(config_file=str(config), manifest=str(phantom_manifest), model_dir="tiny", output_dir=str(tmp_path / "b"),
         tasks="diagnosis_inductive", max_new_tokens=2, bertscore=False, n_resamples=20)
     document = json.loads((tmp_path / "b" / "metrics.json").read_text())

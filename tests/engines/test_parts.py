@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from radfm.engines.cli import NAMED_CONFIGS, _resolve, named_config
+from radfm.engines.cli import NAMED_CONFIGS, _resolve, named_configs
 from radfm.engines.freeze import count_trainable, set_language_model_trainable
 
 
 def test_cli_resolves_named_configs_and_rejects_unknown(tmp_path):
-    assert _resolve("instruct") == [str(named_config("instruct"))]
-    assert all(named_config(name).is_file() for name in NAMED_CONFIGS)
+    assert _resolve("instruct") == [str(path) for path in named_configs("instruct")]
+    assert [path.name for path in named_configs("pretrain")] == ["train.json", "pretrain.json"]
+    assert all(path.is_file() for name in NAMED_CONFIGS for path in named_configs(name))
     with pytest.raises(FileNotFoundError, match="pretrain"):
         _resolve(str(tmp_path / "missing.json"))
 
@@ -127,3 +128,78 @@ def test_radfm_train_cli_help_and_bad_config(capsys, tmp_path):
     assert exit_info.value.code == 1 and "training config" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="training config"):  # --debug: the exception itself
         main(["train", str(tmp_path / "nope.json"), "--debug"])
+
+
+def _png(path, shape=(100, 60)):
+    from PIL import Image
+
+    Image.fromarray((np.arange(shape[0] * shape[1]).reshape(shape) % 256).astype(np.uint8)).save(path)
+    return path
+
+
+def _small_preprocessing(size=64):
+    from monai.transforms import Compose
+
+    from radfm.transforms import DropAlphad, LoadScand, OrientToRASd, ScaleResizeToRadFMd, ToThreeChannelsd
+
+    return Compose([LoadScand("image", defer_rescale=True), DropAlphad("image"), OrientToRASd("image"),
+                    ScaleResizeToRadFMd("image", size_2d=(size, size), size_3d=(size, size), max_depth=8),
+                    ToThreeChannelsd("image")])
+
+
+def test_grid_entry_validates_saves_and_names_both_grids(tmp_path):
+    from radfm.engines.grid import (GridMismatchError, as_grid, check_images, check_same_grid, model_grid, save_grid,
+                                    saved_grid, standard_grid)
+
+    assert model_grid("tiny") == standard_grid() == {"size_2d": [512, 512], "size_3d": [256, 256], "max_depth": 64}
+    with pytest.raises(ValueError, match="image_grid.*size_2d"):
+        as_grid({"size_2d": [100, 100]})
+    with pytest.raises(ValueError, match="unknown key"):
+        as_grid({"size": [64, 64]})
+    small = {"size_2d": [128, 128], "size_3d": [128, 128], "max_depth": 8}
+    save_grid(tmp_path, small)
+    assert saved_grid(tmp_path) == model_grid(tmp_path) == small
+    with pytest.raises(GridMismatchError, match=r"trained at 2D 128x128.*image_grid is 2D 512x512"):
+        check_same_grid(small, standard_grid())
+    check_images([torch.zeros(3, 128, 128, 4), torch.zeros(3, 128, 128, 8)], small)
+    with pytest.raises(GridMismatchError, match=r"x.png: preprocessed to \[3, 512, 512, 4\].*2D 128x128"):
+        check_images([torch.zeros(3, 512, 512, 4)], small, names=["x.png"])
+    with pytest.raises(GridMismatchError, match="depth 12"):
+        check_images([torch.zeros(3, 128, 128, 12)], small)
+
+
+@pytest.mark.parametrize("kind", ["Dataset", "CacheDataset", "PersistentDataset"])
+def test_scan_store_runs_the_bundle_transform_through_a_monai_dataset(kind, tmp_path):
+    """ScanStore: the bundle's preprocessing as a MONAI transform; Persistent/CacheDataset avoid recomputing."""
+    import functools
+
+    import monai.data
+
+    from radfm.engines.data import ScanStore
+
+    paths = [str(_png(tmp_path / f"{i}.png")) for i in range(2)]
+    from monai.transforms import Transform
+
+    calls = []
+    base = _small_preprocessing()
+
+    class Counted(Transform):  # a MONAI Transform (CacheDataset caches up to the first non-Transform)
+        def __call__(self, item):
+            calls.append(item["image"])
+            return base(item)
+
+    counted = Counted()
+
+    dataset = getattr(monai.data, kind)
+    if kind == "PersistentDataset":
+        dataset = functools.partial(dataset, cache_dir=tmp_path / "cache")
+    if kind == "CacheDataset":
+        dataset = functools.partial(dataset, progress=False)
+    store = ScanStore(paths, counted, dataset)
+    first = [store(p) for p in paths]
+    assert all(t.shape == (3, 64, 64, 4) and t.dtype == torch.float32 and type(t) is torch.Tensor for t in first)
+    again = ScanStore(paths, counted, dataset) if kind == "PersistentDataset" else store  # a new run, same cache
+    calls.clear()
+    second = [again(p) for p in paths]
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert calls == ([] if kind != "Dataset" else paths)
