@@ -7,6 +7,7 @@ bundles: ``preprocess_pipeline(keys=("image",), ...)`` or the individual transfo
 
 from .dicom import DicomSeriesInfo, list_dicom_series
 from .errors import ScanReadError
+from .image_reader import RadFMDicomReader
 from .intensity import (
     WINDOW_PRESETS,
     CTWindow,
@@ -34,7 +35,7 @@ from .spatial import (
 
 __all__ = [
     "WINDOW_PRESETS", "CTWindow", "CTWindowd", "DicomSeriesInfo", "DropAlpha", "DropAlphad", "LoadScan",
-    "LoadScand", "MinMaxScale", "MinMaxScaled", "OrientToRAS", "OrientToRASd", "ResizeToRadFM", "ResizeToRadFMd",
+    "LoadScand", "MinMaxScale", "MinMaxScaled", "OrientToRAS", "OrientToRASd", "RadFMDicomReader", "ResizeToRadFM", "ResizeToRadFMd",
     "ScaleResizeToRadFM", "ScaleResizeToRadFMd", "ScanReadError", "ToThreeChannels", "ToThreeChannelsd",
     "describe", "list_dicom_series", "preprocess_cli", "preprocess_pipeline", "preprocess_scan",
     "preprocess_transforms", "radfm_spatial_size", "read_scan", "resolve_window", "scan_format", "target_depth",
