@@ -10,7 +10,7 @@ batch), ``metrics.json``, ``report.md`` and ``metrics.png``.
 - A case that fails (unreadable scan, prompt too long, ...) is recorded with ``error`` and the
   run carries on; ``--retry_failed`` predicts recorded failures again on the next run.
 - Sharded under torchrun (``torchrun --nproc_per_node=N -m radfm.cli evaluate ...`` or any launcher
-  setting RANK/WORLD_SIZE): rank r predicts every N-th case from r into
+  setting RANK/WORLD_SIZE): rank r predicts every N-th batch from r into
   ``predictions.rank<r>.jsonl`` (resumable like the single file), then rank 0 merges the new
   records into ``predictions.jsonl`` in case order and scores; metrics equal a one-process run.
   ``device="cuda"`` means each rank's own GPU (``LOCAL_RANK``); NCCL on GPUs, gloo on CPU.
@@ -333,7 +333,11 @@ def _run_shard(cases: Sequence[EvalCase], predict: PredictBatch, load_image: Loa
     dist.barrier()
     merged = read_jsonl(merged_path) if merged_path.is_file() else []
     done = {r.id for r in merged if r.error is None or not retry_failed}
-    mine = rank_slice([c for c in cases if c.id not in done], rank, world_size)
+    todo = [c for c in cases if c.id not in done]
+    # whole batches go round-robin: each rank's batches are exactly those of a one-process run
+    # (a padded batch's answers may depend on its neighbours), so the predictions are the same
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    mine = [case for batch in rank_slice(batches, rank, world_size) for case in batch]
     counts = run_predictions(mine, predict, load_image, shard_predictions_path(output_dir, rank),
                              model_name=model_name, batch_size=batch_size, retry_failed=retry_failed,
                              progress=rank == 0)
