@@ -334,8 +334,8 @@ def _run_shard(cases: Sequence[EvalCase], predict: PredictBatch, load_image: Loa
     merged = read_jsonl(merged_path) if merged_path.is_file() else []
     done = {r.id for r in merged if r.error is None or not retry_failed}
     todo = [c for c in cases if c.id not in done]
-    # whole batches go round-robin: each rank's batches are exactly those of a one-process run
-    # (a padded batch's answers may depend on its neighbours), so the predictions are the same
+    # whole batches go round-robin: each rank's batches (and their padding) are exactly those of a
+    # one-process run, so the predictions are the same
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     mine = [case for batch in rank_slice(batches, rank, world_size) for case in batch]
     counts = run_predictions(mine, predict, load_image, shard_predictions_path(output_dir, rank),

@@ -24,6 +24,16 @@ def manifest(tmp_path_factory) -> Path:
     return folder / "data" / "test.jsonl"
 
 
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A saved tiny model: every process (each rank, and the one-process run) loads the same weights."""
+    from radfm.engines.build import load_model
+
+    folder = tmp_path_factory.mktemp("tiny_model") / "tiny"
+    load_model("tiny", seed=0).save_pretrained(folder)
+    return folder
+
+
 def test_rank_slices_cover_every_case_once():
     items = list(range(7))
     slices = [rank_slice(items, r, 3) for r in range(3)]
@@ -32,12 +42,12 @@ def test_rank_slices_cover_every_case_once():
         rank_slice(items, 3, 3)
 
 
-def _options(manifest: Path, output: Path) -> list[str]:
-    return ["--manifest", str(manifest), "--model", "tiny", "--output", str(output), "--batch_size", "2",
+def _options(manifest: Path, model: Path, output: Path) -> list[str]:
+    return ["--manifest", str(manifest), "--model", str(model), "--output", str(output), "--batch_size", "2",
             "--max_new_tokens", "3", "--bertscore", "False", "--n_resamples", "50"]
 
 
-def test_two_processes_give_the_same_metrics_as_one(manifest, tmp_path):
+def test_two_processes_give_the_same_metrics_as_one(manifest, model_dir, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -46,14 +56,14 @@ def test_two_processes_give_the_same_metrics_as_one(manifest, tmp_path):
         env.pop(key, None)
     sharded = tmp_path / "sharded"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           f"--master_port={port}", "-m", "radfm.cli", "evaluate", *_options(manifest, sharded)],
+                           f"--master_port={port}", "-m", "radfm.cli", "evaluate", *_options(manifest, model_dir, sharded)],
                           capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-4000:]
 
     from radfm.engines.evaluate import evaluate
 
     single = tmp_path / "single"
-    evaluate(manifest=str(manifest), model="tiny", output=str(single), batch_size=2, max_new_tokens=3,
+    evaluate(manifest=str(manifest), model=str(model_dir), output=str(single), batch_size=2, max_new_tokens=3,
              bertscore=False, n_resamples=50)
 
     def records(folder: Path) -> list[dict]:
