@@ -76,7 +76,8 @@ def persistent_epochs(cases: int, workers: int, repeats: int) -> str:
         for repeat in tqdm(range(repeats), desc="persistent cache runs", unit="run"):
             cache = Path(tmp) / f"cache{repeat}"
             dataset = PersistentDataset(items, transform=transform, cache_dir=cache)
-            loader = DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=list_data_collate)
+            loader = DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=list_data_collate,
+                                persistent_workers=workers > 0)  # as a trainer keeps them: start-up not in epoch 2
             first, n = _epoch_rate(loader)
             second, _ = _epoch_rate(loader)
             cache_mb = sum(f.stat().st_size for f in cache.glob("*")) / 2 ** 20
@@ -88,7 +89,7 @@ def persistent_epochs(cases: int, workers: int, repeats: int) -> str:
         "",
         f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
         f"{rows[0][2]} phantom scans (2D and 3D) -> [3, 512, 512, 4] / [3, 256, 256, D'], "
-        f"DataLoader batch 1, {workers} workers; median of {repeats} fresh caches",
+        f"DataLoader batch 1, {workers} workers{' (persistent)' if workers else ''}; median of {repeats} fresh caches",
         "",
         "| run | epoch 1 samples/s | epoch 2 samples/s | epoch 2 / epoch 1 | cache MB |",
         "|---|---|---|---|---|",
