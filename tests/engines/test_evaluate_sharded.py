@@ -55,9 +55,9 @@ def test_two_processes_give_the_same_metrics_as_one(manifest, model_dir, tmp_pat
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(key, None)
     sharded = tmp_path / "sharded"
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           f"--master_port={port}", "-m", "radfm.cli", "evaluate", *_options(manifest, model_dir, sharded)],
-                          capture_output=True, text=True, timeout=600, env=env)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+               "-m", "radfm.cli", "evaluate", *_options(manifest, model_dir, sharded)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-4000:]
 
     from radfm.engines.evaluate import evaluate
