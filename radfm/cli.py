@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import sys
 
 # subcommand -> ("module:attribute", one-line summary)
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     if inspect.isclass(target):  # a command group: an instance lets `radfm data --help` list its commands
         target = target()
     prefix = f"radfm {name}"
+    # the command line configures logging; library code only logs (progress lines as plain messages)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         check_command_line(target, rest)
         # fire shell-quotes a name with a space ('radfm score'); as program "radfm" with the

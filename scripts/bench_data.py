@@ -7,16 +7,28 @@ Makes a phantom set, then measures
      ``--workers`` worker processes and the paper's 3D batch size 1;
   2. model: steps/s of ``RadFMConfig.preset("tiny")`` forward + weighted-loss backward +
      optimizer step on batches taken from that loader (already in memory).
-The loader is not the bottleneck when (1) >= (2) x batch size. Results are printed and
-written as Markdown (``--output``).
+The loader is not the bottleneck when (1) >= (2) x batch size.
+
+``--persistent`` instead measures MONAI ``PersistentDataset`` (preprocessed scans cached on disk
+between epochs and runs): the phantom scans as ``{"image": path}`` items through
+``radfm.transforms.preprocess_pipeline(keys=["image"])`` -- the ``Compose`` of our dictionary
+transforms (``LoadScand -> DropAlphad -> OrientToRASd -> ScaleResizeToRadFMd -> ToThreeChannelsd``)
+that a bundle's ``preprocessing`` wires -- over a fresh cache folder, epoch 1 (every scan read,
+preprocessed and written to the cache) against epoch 2 (every scan loaded from the cache), each
+the median of ``--repeats`` fresh caches. Target (issue 12): epoch 2 >= 5x epoch 1 in samples/s.
+
+Results are printed and written as Markdown (``--output``).
 
 Usage: python scripts/bench_data.py [--cases 120] [--batches 40] [--workers 2]
+       python scripts/bench_data.py --persistent [--cases 120] [--workers 2] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -34,13 +46,80 @@ def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Ten
     return (ce * w).sum() / w.sum().clamp(min=1e-6)
 
 
+def _epoch_rate(loader: DataLoader) -> tuple[float, int]:
+    """(samples/s, samples) of one pass over ``loader``."""
+    start = time.perf_counter()
+    samples = 0
+    for batch in loader:
+        samples += len(batch["image"])
+    return samples / (time.perf_counter() - start), samples
+
+
+def persistent_epochs(cases: int, workers: int, repeats: int) -> str:
+    """Epoch 1 vs epoch 2 through MONAI ``PersistentDataset`` with the bundle preprocessing."""
+    from monai.data import PersistentDataset
+    from monai.data.utils import list_data_collate
+    from tqdm.auto import tqdm
+
+    from radfm.data.phantoms import make_phantoms
+    from radfm.transforms import preprocess_pipeline
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        make_phantoms(Path(tmp) / "p", n=cases, seed=0, progress=False)
+        paths = sorted({image["path"] if isinstance(image, dict) else image
+                        for line in (Path(tmp) / "p" / "train.jsonl").read_text().splitlines()
+                        for image in json.loads(line).get("images", [])})
+        root = Path(tmp) / "p"
+        items = [{"image": str(p if Path(p).is_absolute() else root / p)} for p in paths]
+        transform = preprocess_pipeline(keys=["image"])  # what a bundle's "preprocessing" holds
+        for repeat in tqdm(range(repeats), desc="persistent cache runs", unit="run"):
+            cache = Path(tmp) / f"cache{repeat}"
+            dataset = PersistentDataset(items, transform=transform, cache_dir=cache)
+            loader = DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=list_data_collate,
+                                persistent_workers=workers > 0)  # as a trainer keeps them: start-up not in epoch 2
+            first, n = _epoch_rate(loader)
+            second, _ = _epoch_rate(loader)
+            cache_mb = sum(f.stat().st_size for f in cache.glob("*")) / 2 ** 20
+            rows.append((first, second, n, cache_mb))
+    first = statistics.median(r[0] for r in rows)
+    second = statistics.median(r[1] for r in rows)
+    lines = [
+        "# PersistentDataset: epoch 2 (from the disk cache) vs epoch 1 (read + preprocess + cache)",
+        "",
+        f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+        f"{rows[0][2]} phantom scans (2D and 3D) -> [3, 512, 512, 4] / [3, 256, 256, D'], "
+        f"DataLoader batch 1, {workers} workers{' (persistent)' if workers else ''}; median of {repeats} fresh caches",
+        "",
+        "| run | epoch 1 samples/s | epoch 2 samples/s | epoch 2 / epoch 1 | cache MB |",
+        "|---|---|---|---|---|",
+    ]
+    for i, (a, b, _n, mb) in enumerate(rows):
+        lines.append(f"| {i + 1} | {a:.1f} | {b:.1f} | {b / a:.1f}x | {mb:.0f} |")
+    lines += [f"| **median** | **{first:.1f}** | **{second:.1f}** | **{second / first:.1f}x** | |", "",
+              "Target (issue 12): epoch 2 >= 5x epoch 1."]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=120, help="phantom cases to generate (about half are 3D)")
     parser.add_argument("--batches", type=int, default=40, help="timed loader batches and model steps")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--output", type=Path, default=Path("outputs/bench_data.md"))
+    parser.add_argument("--output", type=Path, default=None,
+                        help="Markdown output (default outputs/bench_data.md, or outputs/bench_data_persistent.md)")
+    parser.add_argument("--persistent", action="store_true",
+                        help="measure PersistentDataset epoch 2 vs epoch 1 instead of loader vs model")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh caches measured with --persistent")
     args = parser.parse_args()
+    if args.persistent:
+        text = persistent_epochs(args.cases, args.workers, args.repeats)
+        print(text)
+        output = args.output or Path("outputs/bench_data_persistent.md")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+        return
+    args.output = args.output or Path("outputs/bench_data.md")
 
     from radfm import RadFM, RadFMConfig
     from radfm.data.dataset import ManifestDataset

@@ -8,6 +8,7 @@ bundles: ``preprocess_pipeline(keys=("image",), ...)`` or the individual transfo
 from .dicom import DicomSeriesInfo, list_dicom_series
 from .errors import ScanReadError, ScanTooLargeError
 from .guards import DEFAULT_MAX_SCAN_BYTES, scan_size_limit
+from .image_reader import RadFMDicomReader
 from .intensity import (
     WINDOW_PRESETS,
     CTWindow,
@@ -34,9 +35,10 @@ from .spatial import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_SCAN_BYTES", "WINDOW_PRESETS", "CTWindow", "CTWindowd", "DicomSeriesInfo", "DropAlpha", "DropAlphad", "LoadScan",
-    "LoadScand", "MinMaxScale", "MinMaxScaled", "OrientToRAS", "OrientToRASd", "ResizeToRadFM", "ResizeToRadFMd",
-    "ScaleResizeToRadFM", "ScaleResizeToRadFMd", "ScanReadError", "ScanTooLargeError", "ToThreeChannels", "ToThreeChannelsd",
+    "DEFAULT_MAX_SCAN_BYTES", "WINDOW_PRESETS", "CTWindow", "CTWindowd", "DicomSeriesInfo", "DropAlpha", "DropAlphad",
+    "LoadScan", "LoadScand", "MinMaxScale", "MinMaxScaled", "OrientToRAS", "OrientToRASd", "RadFMDicomReader",
+    "ResizeToRadFM", "ResizeToRadFMd", "ScaleResizeToRadFM", "ScaleResizeToRadFMd", "ScanReadError", "ScanTooLargeError",
+    "ToThreeChannels", "ToThreeChannelsd",
     "describe", "list_dicom_series", "preprocess_cli", "preprocess_pipeline", "preprocess_scan",
     "preprocess_transforms", "radfm_spatial_size", "read_scan", "resolve_window", "scan_format", "scan_size_limit", "target_depth",
 ]

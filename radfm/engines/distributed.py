@@ -1,13 +1,17 @@
-"""FSDP for the full-size model: wrapping policy, and full (gathered) state dicts for checkpoints.
+"""Multi-process helpers: FSDP wrapping, full (gathered) state dicts for checkpoints, the model
+used for generation under DDP/FSDP, unsharded parameter counts, and rank/world queries.
 
-Used by ``bundles/radfm/configs/multi_gpu_fsdp.json``. Needs an initialised process group: NCCL
-on GPUs, or gloo on CPU (how the test suite runs it, with 2 processes).
+Used by ``bundles/radfm/configs/multi_gpu_fsdp.json`` / ``multi_gpu_train.json`` and by sharded
+``radfm evaluate``. Needs an initialised process group: NCCL on GPUs, or gloo on CPU (how the
+test suite runs it, with 2 processes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -35,6 +39,7 @@ def wrap_fsdp(model: nn.Module, *, device: torch.device, param_dtype: torch.dtyp
     from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecision
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
+    model.unsharded_parameter_count = sum(p.numel() for p in model.parameters())  # before sharding: see parameter_count
     policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=_unit_classes(model))
     precision = None
     if param_dtype is not None:
@@ -100,3 +105,77 @@ def destroy_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     idist.utils._set_model(idist.utils._SerialModel())  # no public reset that skips destroying the group
+
+
+# ------------------------------------------------------------------ ranks ----
+T = TypeVar("T")
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, or (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def rank_slice(items: Sequence[T], rank: int, world_size: int) -> list[T]:
+    """Rank ``rank``'s share of ``items``: every ``world_size``-th item from ``rank`` (no padding, no overlap)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside a world of {world_size} processes")
+    return list(items[rank::world_size])
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Parameters of the whole (unsharded) model: what FSDP had before it sharded them.
+
+    After ``wrap_fsdp`` the original module's parameters are this rank's shard (``numel`` 0 on
+    some ranks); :func:`wrap_fsdp` records the full count first. DDP/plain models: ``numel`` sum.
+    """
+    inner = getattr(model, "module", model)
+    for candidate in (model, inner):
+        count = getattr(candidate, "unsharded_parameter_count", None)
+        if count is not None:
+            return int(count)
+    return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------ generation ----
+@contextlib.contextmanager
+def generation_model(network: nn.Module) -> Iterator[nn.Module]:
+    """The plain model to call ``generate`` on, alone on this rank, under DDP, FSDP or neither.
+
+    * plain model: itself; DDP: ``network.module`` (every rank holds all parameters);
+    * FSDP: every rank's full parameters are gathered (``FSDP.summon_full_params``, a collective:
+      all ranks must enter this context together, once per validation/evaluation run) and the
+      nested FSDP units (decoder layers) are bypassed while inside, so that a rank's forwards
+      issue no collectives and ranks may generate different numbers of tokens and batches.
+      Memory: each rank holds the whole model (in the stored parameter dtype) for the duration.
+      Parameter updates made inside are discarded (``writeback=False``).
+
+    Callers must pass ``synced_gpus=False`` to HF ``generate`` (it would otherwise see an FSDP
+    managed module and wait for the other ranks at every token).
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(network, DistributedDataParallel):
+        yield network.module
+        return
+    if not isinstance(network, FullyShardedDataParallel):
+        yield network
+        return
+    with FullyShardedDataParallel.summon_full_params(network, writeback=False, recurse=True):
+        inner = network.module
+        bypassed: list[tuple[nn.Module, str, nn.Module]] = []
+        for parent in list(inner.modules()):
+            for name, child in list(parent._modules.items()):
+                if isinstance(child, FullyShardedDataParallel):
+                    parent._modules[name] = child.module  # its unsharded views, without FSDP's forward hooks
+                    bypassed.append((parent, name, child))
+        try:
+            yield inner
+        finally:
+            for parent, name, child in reversed(bypassed):
+                parent._modules[name] = child

@@ -9,6 +9,11 @@ batch), ``metrics.json``, ``report.md`` and ``metrics.png``.
   torn last line left by a kill mid-write, so each case is predicted and scored exactly once.
 - A case that fails (unreadable scan, prompt too long, ...) is recorded with ``error`` and the
   run carries on; ``--retry_failed`` predicts recorded failures again on the next run.
+- Sharded under torchrun (``torchrun --nproc_per_node=N -m radfm.cli evaluate ...`` or any launcher
+  setting RANK/WORLD_SIZE): rank r predicts every N-th batch from r into
+  ``predictions.rank<r>.jsonl`` (resumable like the single file), then rank 0 merges the new
+  records into ``predictions.jsonl`` in case order and scores; metrics equal a one-process run.
+  ``device="cuda"`` means each rank's own GPU (``LOCAL_RANK``); NCCL on GPUs, gloo on CPU.
 - Prompts: ``radfm`` (the sample's own instruction, zero-shot, the paper's protocol for RadFM)
   or ``flamingo`` (Med-Flamingo zero/few-shot format with ``--shots K`` exemplars drawn from the
   manifest's train split of the same dataset and task; see :mod:`radfm.metrics.fewshot`).
@@ -16,6 +21,7 @@ batch), ``metrics.json``, ``report.md`` and ``metrics.png``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -243,7 +249,6 @@ def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] 
     from radfm.data.manifest import load_manifest
     from radfm.metrics.score import build_options
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     output_dir = Path(output)
     all_samples = load_manifest(manifest, data_root=data_root)
     samples = select_samples(all_samples, tasks=as_list(tasks), datasets=as_list(datasets),
@@ -255,21 +260,106 @@ def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] 
 
     from radfm.model.loading import load
 
-    loaded = load(model, device=device, dtype=dtype)
-    loaded_model, tokenizer = loaded.model, loaded.tokenizer
-    name = model_name or Path(str(model)).name or str(model)
+    with _process_group(device) as (rank, world_size, device):
+        loaded = load(model, device=device, dtype=dtype)
+        loaded_model, tokenizer = loaded.model, loaded.tokenizer
+        name = model_name or Path(str(model)).name or str(model)
 
-    def load_image(path: str) -> Any:
-        return loaded.preprocess(path).to(device=loaded_model.device, dtype=loaded_model.dtype)
+        def load_image(path: str) -> Any:
+            return loaded.preprocess(path).to(device=loaded_model.device, dtype=loaded_model.dtype)
 
-    predict = model_predictor(loaded_model, tokenizer, max_new_tokens=max_new_tokens)
-    predictions_path = output_dir / PREDICTIONS_NAME
-    counts = run_predictions(cases, predict, load_image, predictions_path, model_name=name,
-                             batch_size=batch_size, retry_failed=retry_failed)
-    logger.info("predictions: %(predicted)d new, %(failed)d failed, %(skipped)d already done", counts)
-    return score_predictions(predictions_path, output_dir, case_ids=[c.id for c in cases], name=name,
-                             options=build_options(bertscore=bertscore, bertscore_model=bertscore_model, terms=terms,
-                                                   n_resamples=n_resamples, seed=seed, device=device))
+        # each rank generates alone: HF must not wait for the others at every token
+        predict = model_predictor(loaded_model, tokenizer, max_new_tokens=max_new_tokens,
+                                  **({"synced_gpus": False} if world_size > 1 else {}))
+        predictions_path = output_dir / PREDICTIONS_NAME
+        if world_size == 1:
+            counts = run_predictions(cases, predict, load_image, predictions_path, model_name=name,
+                                     batch_size=batch_size, retry_failed=retry_failed)
+        else:
+            counts = _run_shard(cases, predict, load_image, output_dir, rank, world_size, model_name=name,
+                                batch_size=batch_size, retry_failed=retry_failed)
+        logger.info("rank %d/%d predictions: %%(predicted)d new, %%(failed)d failed, %%(skipped)d already done"
+                    % (rank, world_size), counts)
+        if rank != 0:
+            return str(output_dir / "report.md")  # rank 0 writes it
+        return score_predictions(predictions_path, output_dir, case_ids=[c.id for c in cases], name=name,
+                                 options=build_options(bertscore=bertscore, bertscore_model=bertscore_model,
+                                                       terms=terms, n_resamples=n_resamples, seed=seed,
+                                                       device=device))
+
+
+# ---------------------------------------------------------------- sharding (torchrun) ----
+def shard_predictions_path(output_dir: Path, rank: int) -> Path:
+    """The file rank ``rank`` appends its records to before rank 0 merges them."""
+    return Path(output_dir) / f"predictions.rank{rank}.jsonl"
+
+
+@contextlib.contextmanager
+def _process_group(device: str):
+    """(rank, world size, this rank's device) for the run; starts (and ends) a process group when
+    launched with WORLD_SIZE > 1 and none is up yet."""
+    import torch
+    import torch.distributed as dist
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    started = False
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if str(device).startswith("cuda") else "gloo")
+        started = True
+    try:
+        rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        if world_size > 1 and str(device) == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", rank % max(torch.cuda.device_count(), 1)))
+            torch.cuda.set_device(local)
+            device = f"cuda:{local}"
+        yield rank, world_size, device
+    finally:
+        if started:
+            from radfm.engines.distributed import destroy_process_group
+
+            destroy_process_group()
+
+
+def _run_shard(cases: Sequence[EvalCase], predict: PredictBatch, load_image: LoadImage, output_dir: Path,
+               rank: int, world_size: int, *, model_name: str, batch_size: int, retry_failed: bool) -> dict[str, int]:
+    """This rank's slice of the cases not yet in predictions.jsonl; rank 0 then merges every shard."""
+    import torch.distributed as dist
+
+    from radfm.engines.distributed import rank_slice
+
+    merged_path = output_dir / PREDICTIONS_NAME
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        _recover(merged_path)  # drop a torn last line before anyone reads it
+    dist.barrier()
+    merged = read_jsonl(merged_path) if merged_path.is_file() else []
+    done = {r.id for r in merged if r.error is None or not retry_failed}
+    todo = [c for c in cases if c.id not in done]
+    # whole batches go round-robin: each rank's batches (and their padding) are exactly those of a
+    # one-process run, so the predictions are the same
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    mine = [case for batch in rank_slice(batches, rank, world_size) for case in batch]
+    counts = run_predictions(mine, predict, load_image, shard_predictions_path(output_dir, rank),
+                             model_name=model_name, batch_size=batch_size, retry_failed=retry_failed,
+                             progress=rank == 0)
+    counts["skipped"] += len(done & {c.id for c in cases})
+    dist.barrier()  # every shard is complete on disk
+    if rank == 0:
+        _merge_shards(merged_path, [shard_predictions_path(output_dir, r) for r in range(world_size)],
+                      [c.id for c in cases])
+    dist.barrier()  # the merge is done before any rank returns (and a rerun reads it)
+    return counts
+
+
+def _merge_shards(merged_path: Path, shard_paths: Sequence[Path], case_order: Sequence[str]) -> None:
+    """Append the shards' records to predictions.jsonl in case order (atomically), then remove the shards."""
+    existing = _recover(merged_path)
+    new = [r for path in shard_paths for r in _recover(path)]
+    position = {case_id: i for i, case_id in enumerate(case_order)}
+    new.sort(key=lambda r: position.get(r.id, len(position)))
+    atomic_write_text(merged_path, "".join(json.dumps(r.to_json()) + "\n" for r in existing + new))
+    for path in shard_paths:
+        path.unlink(missing_ok=True)
 
 
 def score_predictions(predictions_path: Path, output_dir: Path, *, case_ids: Sequence[str], name: str,

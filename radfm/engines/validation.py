@@ -3,10 +3,18 @@
 ``ClosedSetEvaluator`` is a MONAI ``Evaluator`` so that ``ValidationHandler``, the metric
 bookkeeping (best metric, ``engine.state.metrics``) and ``--tracking mlflow`` (the
 ``validate#evaluator`` id) all work as for any MONAI bundle.
+
+Multi-process (DDP / FSDP mixins): validation is sharded, not repeated. Each rank's loader holds
+its share of the cases (the mixins give ``validate#dataloader`` a ``monai.data.DistributedSampler``
+with ``even_divisible=False``: no padding, no case twice), each rank generates alone
+(:func:`radfm.engines.distributed.generation_model`: DDP's module, or FSDP's gathered parameters),
+and ``ClosedSetAccuracy`` sums correct/total over the ranks, so every rank reports the metric of
+the whole validation set.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,15 +22,35 @@ import torch
 from ignite.metrics import Metric
 from monai.engines import Evaluator
 
+from radfm.engines.distributed import generation_model, world
 from radfm.metrics.closed import match_closed_set, match_reference
+
+logger = logging.getLogger(__name__)
 
 
 def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], images: Sequence[Sequence[torch.Tensor]],
                      max_new_tokens: int = 16) -> list[str]:
-    """Greedy answers for a batch of prompts (``<image>`` placeholders) and their images."""
+    """Greedy answers for a batch of prompts (``<image>`` placeholders) and their images.
+
+    Each rank generates on its own (``synced_gpus=False``; see ``generation_model``).
+    """
     from radfm.model.generation import generate_text
 
-    return generate_text(model, tokenizer, list(prompts), [list(i) for i in images], max_new_tokens=max_new_tokens)
+    return generate_text(model, tokenizer, list(prompts), [list(i) for i in images], max_new_tokens=max_new_tokens,
+                         synced_gpus=False)
+
+
+def _sum_over_ranks(*values: int) -> list[int]:
+    """``values`` summed over all ranks (unchanged without a process group)."""
+    import torch.distributed as dist
+
+    if world()[1] == 1:
+        return list(values)
+    # gloo reduces CPU tensors; NCCL needs them on this rank's GPU
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    total = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return [int(v) for v in total.tolist()]
 
 
 class ClosedSetAccuracy(Metric):
@@ -44,13 +72,15 @@ class ClosedSetAccuracy(Metric):
                 self._total += 1
 
     def compute(self) -> float:
-        return self._correct / self._total if self._total else float("nan")
+        correct, total = _sum_over_ranks(self._correct, self._total)  # collective: every rank computes
+        return correct / total if total else float("nan")
 
 
 class ClosedSetEvaluator(Evaluator):
     """Runs the model over ``ClosedSetDataset`` batches; metrics: ``val_accuracy`` (+ per task).
 
     The model and tokenizer are needed for generation; ``tasks`` adds ``val_accuracy_<task>``.
+    Under DDP/FSDP every rank must run it (as ``ValidationHandler`` does), each on its shard.
     """
 
     def __init__(
@@ -79,9 +109,43 @@ class ClosedSetEvaluator(Evaluator):
         self.network = network
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
+        self.generation_network: torch.nn.Module | None = None  # set while ``run`` holds it
+
+    def run(self, global_epoch: int = 1) -> None:  # type: ignore[override]
+        """Validate once: gathers FSDP parameters for the run (collective), then MONAI's ``run``."""
+        rank, world_size = world()
+        if world_size > 1:
+            sampler = getattr(self.data_loader, "sampler", None)
+            if not hasattr(sampler, "num_replicas"):
+                logger.warning("rank %d: validation loader is not sharded (no DistributedSampler): each of the %d "
+                               "ranks validates every case", rank, world_size)
+            smallest = self._fewest_batches()
+            if smallest == 0:  # a rank without cases would skip the run and leave the others waiting
+                raise ValueError(f"validation set too small to shard over {world_size} ranks (a rank has no "
+                                 "case); use more validation cases or fewer processes")
+        was_training = self.network.training
+        with generation_model(self.network) as model:
+            self.generation_network = model
+            try:
+                super().run(global_epoch)
+            finally:
+                self.generation_network = None
+                self.network.train(was_training)
+
+    def _fewest_batches(self) -> int:
+        """The smallest number of validation batches on any rank (collective)."""
+        import torch.distributed as dist
+
+        count = torch.tensor([len(self.data_loader)], dtype=torch.float64)
+        if dist.get_backend() == "nccl":
+            count = count.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(count, op=dist.ReduceOp.MIN)
+        return int(count.item())
 
     def _iteration(self, engine: ClosedSetEvaluator, batchdata: dict[str, list]) -> dict:
-        model = getattr(engine.network, "module", engine.network)
+        model = getattr(engine, "generation_network", None)
+        if model is None:  # run outside ``run`` (e.g. a bare ignite call): a plain or DDP model
+            model = getattr(engine.network, "module", engine.network)
         model.eval()
         images = [[img.to(engine.state.device) for img in case] for case in batchdata["images"]]
         answers = generate_answers(model, engine.tokenizer, batchdata["prompt"], images, engine.max_new_tokens)

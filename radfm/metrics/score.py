@@ -122,7 +122,6 @@ def score(*predictions: str, output: str = "scores", names: str | Sequence[str] 
     """
     if not predictions:
         raise UsageError("give at least one predictions file (.jsonl or .csv)")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     paths = [str(p) for p in predictions]
     name_list = as_list(names) or None
     if name_list is not None and len(name_list) != len(paths):

@@ -78,6 +78,8 @@ def locks_folder(parameter: str, job: str):
 
         @functools.wraps(function)
         def locked(*args, **kwargs):
+            if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 holds the lock for the whole job
+                return function(*args, **kwargs)
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             folder = Path(bound.arguments[parameter])

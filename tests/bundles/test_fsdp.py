@@ -1,4 +1,6 @@
-"""The FSDP mixin with 2 CPU processes (gloo, torchrun) trains to the same weights as one process."""
+"""The FSDP mixin with 2 CPU processes (gloo, torchrun) trains to the same weights as one process,
+with validation on (sharded, on gathered parameters) and MLflow tracking (run finished, unsharded
+parameter count, the same validation accuracy as one process)."""
 
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ def _overrides(phantom_data, root, batch_size: int) -> dict:
     return dict(bundle_root=str(root), run_name="r", model="tiny", train_manifest=str(phantom_data["train"]),
                 val_manifest=str(phantom_data["val"]), image_grid=SMALL_GRID, cache_images=True, epochs=1,
                 batching="mixed", batch_size=batch_size, accumulation_steps=1, warmup_steps=1, learning_rate=0.01,
-                max_length=192, val_interval=0, checkpoint_every=2, config_overrides=NO_DROPOUT)
+                max_length=192, val_interval=1, val_limit=4, val_batch_size=1, max_new_tokens=4, checkpoint_every=2,
+                config_overrides=NO_DROPOUT)
 
 
 def test_fsdp_two_processes_match_one_process_with_the_global_batch(phantom_data, tmp_path):
@@ -33,7 +36,8 @@ def test_fsdp_two_processes_match_one_process_with_the_global_batch(phantom_data
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
             "-m", "monai.bundle", "run", "--config_file",
             str([*map(str, INSTRUCT), str(RADFM_BUNDLE / "configs" / "multi_gpu_fsdp.json")]),
-            "--meta_file", str(META), "--fsdp_param_dtype", "$torch.float32"]
+            "--meta_file", str(META), "--fsdp_param_dtype", "$torch.float32", "--tracking", "mlflow",
+            "--experiment_name", "fsdp"]  # the store: <output_dir>/mlruns.db
     for key, value in _overrides(phantom_data, tmp_path / "fsdp", batch_size=2).items():
         args += [f"--{key}", json.dumps(value) if isinstance(value, (dict, bool)) else str(value)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -41,7 +45,8 @@ def test_fsdp_two_processes_match_one_process_with_the_global_batch(phantom_data
     done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-4000:]
 
-    run_bundle(INSTRUCT, META, **_overrides(phantom_data, tmp_path / "one", batch_size=4))
+    one = run_bundle(INSTRUCT, META, **_overrides(phantom_data, tmp_path / "one", batch_size=4))
+    single_accuracy = one.parser.get_parsed_content("validate#evaluator").state.metrics["val_accuracy"]
 
     sharded = load_file(str(tmp_path / "fsdp" / "runs" / "r" / "model" / "model.safetensors"))
     single = load_file(str(tmp_path / "one" / "runs" / "r" / "model" / "model.safetensors"))
@@ -50,7 +55,8 @@ def test_fsdp_two_processes_match_one_process_with_the_global_batch(phantom_data
         torch.testing.assert_close(sharded[name], single[name], atol=2e-4, rtol=0, msg=name)
     from radfm.engines.build import load_model
 
-    initial = load_model("tiny", seed=0, config_overrides=NO_DROPOUT).state_dict()
+    initial_model = load_model("tiny", seed=0, config_overrides=NO_DROPOUT)
+    initial = initial_model.state_dict()
     moved = max((single[k] - initial[k]).abs().max().item() for k in single if k in initial)
     assert moved > 1e-2  # the comparison above is about real updates, not two untouched models
 
@@ -58,3 +64,13 @@ def test_fsdp_two_processes_match_one_process_with_the_global_batch(phantom_data
     checkpoint = sorted((tmp_path / "fsdp" / "runs" / "r" / "checkpoints").glob("*.pt"))[-1]
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
     assert {k: tuple(v.shape) for k, v in state.items()} == {k: tuple(v.shape) for k, v in single.items()}
+
+    # MLflow (rank 0 only): the run finished, the parameter count is the unsharded one, and the
+    # sharded validation reports the accuracy of all 4 cases, as one process does
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'fsdp' / 'runs' / 'r' / 'mlruns.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("fsdp").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["parameters"] == str(sum(p.numel() for p in initial_model.parameters()))
+    assert runs[0].data.metrics["val_accuracy"] == single_accuracy
