@@ -163,25 +163,26 @@ class InferenceService:
         self.app = self._build_app()
 
     # ---- the model queue ---------------------------------------------------------------
-    def _run_model(self, prompt: str, images: list, options: GenerationOptions, queued_at: float) -> tuple[str, float, float]:
+    def _run_model(self, prompt: str, images: list, options: GenerationOptions, queued_at: float,
+                   **answer_kwargs) -> tuple[str, float, float]:
         with self._count_lock:
             self.waiting -= 1
             self.running += 1
         started = time.perf_counter()
         try:
-            text = self.answerer.answer(prompt, images, options)
+            text = self.answerer.answer(prompt, images, options, **answer_kwargs)  # e.g. stream= (chat, OpenAI API)
         finally:
             with self._count_lock:
                 self.running -= 1
                 self.served += 1
         return text, started - queued_at, time.perf_counter() - started
 
-    async def _queue_for_model(self, prompt: str, images: list, options: GenerationOptions):
+    async def _queue_for_model(self, prompt: str, images: list, options: GenerationOptions, **answer_kwargs):
         with self._count_lock:
             if self.waiting >= self.limits.max_queue:
                 raise UploadError(f"{self.waiting} requests already waiting (limit {self.limits.max_queue}); retry later", 503)
             self.waiting += 1
-        future = self._model_worker.submit(self._run_model, prompt, images, options, time.perf_counter())
+        future = self._model_worker.submit(self._run_model, prompt, images, options, time.perf_counter(), **answer_kwargs)
         return await asyncio.wrap_future(future)
 
     def _prepare(self, scans: list[Scan]) -> tuple[list, float, float]:
@@ -223,6 +224,11 @@ class InferenceService:
             finally:
                 await run_in_threadpool(shutil.rmtree, workdir, True)
 
+        from radfm.interop.chat import add_chat_routes
+        from radfm.interop.openai_api import add_openai_routes
+
+        add_openai_routes(app, self)  # POST /v1/chat/completions, GET /v1/models
+        add_chat_routes(app, self)  # the browser chat page at /
         return _BodyLimit(app, self.limits.max_request_bytes)
 
     async def _answer(self, request: Request, workdir: Path, started: float) -> JSONResponse:
