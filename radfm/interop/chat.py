@@ -80,10 +80,15 @@ class ChatScan:
         return self._display
 
     def model_view(self) -> np.ndarray:
-        """The model's input as [D, H, W] grey values (first channel), for display."""
-        array = np.asarray(self.image[0] if hasattr(self.image, "shape") and len(self.image.shape) == 4 else self.image,
-                           dtype=np.float32)
-        return np.ascontiguousarray(array.transpose(2, 0, 1))
+        """The model's input as [D, H, W] grey values (first channel), oriented like the original's display.
+
+        Pictures (PNG/JPEG) keep their rows and columns; volumes are in RAS order in the model's
+        input, shown like ``radfm.rating.images`` shows NIfTI: anterior up, patient right on the left.
+        """
+        array = np.asarray(self.image[0], dtype=np.float32)  # [H, W, D]
+        if self.scan.kind in ("png", "jpeg"):
+            return np.ascontiguousarray(array.transpose(2, 0, 1))
+        return np.ascontiguousarray(array.transpose(2, 1, 0)[:, ::-1, ::-1])
 
     def describe(self) -> dict[str, Any]:
         original = self.display()

@@ -77,6 +77,7 @@ def _upload(driver, path: Path, expected_count: int) -> None:
     field = driver.find_element(By.ID, "file-input")
     driver.execute_script("arguments[0].hidden = false;", field)  # a real person clicks the label
     field.send_keys(str(path))
+    driver.execute_script("arguments[0].hidden = true;", field)
     WebDriverWait(driver, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#thumbs .thumb")) == expected_count)
 
 
@@ -139,6 +140,9 @@ def test_upload_view_ask_stream_export(demo_service, browser, tmp_path):
     first = _ask(browser, "What are the modalities of these scans? <image> <image>", 0)
     assert "X-ray" in first["text"] and "CT" in first["text"]  # the demo model's right answer
     assert first["chunks"] >= 2  # it arrived piece by piece
+    browser.find_element(By.CSS_SELECTOR, "#window option[value='auto']").click()
+    browser.execute_script("window.scrollTo(0, 0);")
+    WebDriverWait(browser, 10).until(lambda d: _image_loaded(d, "view-original"))
     browser.save_screenshot(str(tmp_path / "chat.png"))
     if os.environ.get("RADFM_CHAT_SCREENSHOT"):
         browser.save_screenshot(os.environ["RADFM_CHAT_SCREENSHOT"])

@@ -233,7 +233,7 @@
     box.className = "msg " + role;
     const who = document.createElement("div");
     who.className = "who";
-    who.textContent = role === "user" ? "You" : "RadFM (" + (state.info ? state.info.model.name : "model") + ")";
+    who.textContent = role === "user" ? "You" : (state.info ? state.info.model.name : "the model");
     const body = document.createElement("div");
     body.className = "text";
     body.textContent = text;
