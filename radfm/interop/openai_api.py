@@ -321,9 +321,11 @@ async def _prepare(service, parsed: _ParsedRequest, workdir: Path) -> tuple[str,
     limits = service.limits
     saved_per_file: list[list[tuple[str, Path, str]]] = []
     count = 0
-    for name, data, where in parsed.files:
+    for part, (name, data, where) in enumerate(parsed.files):
+        folder = workdir / f"part{part:03d}"  # one folder per part: its DICOM series folders cannot collide
+        folder.mkdir()
         try:
-            saved = await run_in_threadpool(save_scan_bytes, name, data, workdir, first_index=count,
+            saved = await run_in_threadpool(save_scan_bytes, name, data, folder, first_index=count,
                                             max_files=limits.max_files - count, max_bytes=limits.max_request_bytes)
         except UploadError as error:
             raise APIError(error.status_code if error.status_code == 413 else 400, f"{where}: {error}", where,
@@ -334,9 +336,9 @@ async def _prepare(service, parsed: _ParsedRequest, workdir: Path) -> tuple[str,
         saved_per_file.append(saved)
     # each part is one scan: a part's files (a zipped DICOM series) must make exactly one series
     scans = []
-    for (name, _, where), saved in zip(parsed.files, saved_per_file):
+    for part, ((name, _, where), saved) in enumerate(zip(parsed.files, saved_per_file)):
         try:
-            grouped = await run_in_threadpool(group_scans, saved, workdir)
+            grouped = await run_in_threadpool(group_scans, saved, workdir / f"part{part:03d}")
         except UploadError as error:
             raise APIError(400, f"{where}: {error}", where, "invalid_scan") from None
         if len(grouped) != 1:
