@@ -368,7 +368,8 @@ def serve(
     max_queue: int = 32,
     max_new_tokens_limit: int = 1024,
 ) -> None:
-    """Serve a RadFM model over HTTP (POST /v1/answer, GET /health; docs at /docs).
+    """Serve a RadFM model over HTTP: chat page at /, POST /v1/answer, POST /v1/chat/completions
+    (OpenAI-compatible), GET /health; API docs at /docs.
 
     Args:
         model: saved model folder (default: the demo model bundles/radfm/models/demo/).
