@@ -74,7 +74,8 @@ class RadFMPyfunc:
                 logger.warning("row %d: %s", index, error)
                 answers.append(None)
                 errors.append(f"row {index}: {error}")
-        return pd.DataFrame({"answer": answers, "error": errors})
+        # object columns keep None as None (JSON null from `mlflow models serve`, not NaN)
+        return pd.DataFrame({"answer": pd.Series(answers, dtype=object), "error": pd.Series(errors, dtype=object)})
 
 
 def _paths(images: Any) -> list[Path]:
