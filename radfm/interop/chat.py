@@ -45,7 +45,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from radfm.interop.answerer import GenerationOptions
-from radfm.interop.conversation import Turn, conversation_prompt, save_scan_bytes, stream_answer
+from radfm.interop.conversation import Turn, conversation_prompt, is_zip, save_scan_bytes, stream_answer
 from radfm.interop.uploads import Scan, UploadError, group_scans
 
 STATIC_DIR = Path(__file__).resolve().parent / "static" / "chat"
@@ -211,7 +211,7 @@ def add_chat_routes(app: FastAPI, service) -> None:
 
     @app.post("/chat/api/scans")
     async def upload(request: Request) -> JSONResponse:
-        from radfm.interop.service import _BodyTooLarge
+        from radfm.interop.service import _BodyTooLarge, _save_uploads
 
         workdir = Path(tempfile.mkdtemp(prefix="radfm-chat-scan-"))
         keep = False
@@ -228,14 +228,21 @@ def add_chat_routes(app: FastAPI, service) -> None:
                     return _error(400, "no files: send scans in the multipart field 'files'")
                 if len(files) > service.limits.max_files:
                     return _error(413, f"{len(files)} files uploaded; the limit is {service.limits.max_files}")
-                saved = []
+                heads = []
                 for upload_file in files:
-                    data = await upload_file.read()
-                    saved += await run_in_threadpool(
-                        save_scan_bytes, upload_file.filename or "upload", data, workdir, first_index=len(saved),
-                        max_files=service.limits.max_files - len(saved), max_bytes=service.limits.max_request_bytes)
-                    if len(saved) > service.limits.max_files:
-                        return _error(413, f"{len(saved)} files; the limit is {service.limits.max_files}")
+                    heads.append(await upload_file.read(4))
+                    await upload_file.seek(0)
+                if not any(is_zip(head) for head in heads):  # plain files: exactly the /v1/answer upload path
+                    saved = await _save_uploads(form, workdir, service.limits)
+                else:  # a zipped DICOM folder (with or without other files)
+                    saved = []
+                    for upload_file in files:
+                        data = await upload_file.read()
+                        saved += await run_in_threadpool(
+                            save_scan_bytes, upload_file.filename or "upload", data, workdir, first_index=len(saved),
+                            max_files=service.limits.max_files - len(saved), max_bytes=service.limits.max_request_bytes)
+                        if len(saved) > service.limits.max_files:
+                            return _error(413, f"{len(saved)} files; the limit is {service.limits.max_files}")
             finally:
                 await form.close()
             grouped = await run_in_threadpool(group_scans, saved, workdir)
