@@ -24,6 +24,7 @@ setup(
         "radfm.bundles": ["**/*"],
         "radfm.data": ["prompts/*.json", "vocab/*.txt", "samples/*"],
         "radfm.rating": ["static/*", "templates/*"],
+        "radfm.interop": ["static/chat/*"],
     },
     include_package_data=True,
     install_requires=[
@@ -68,6 +69,7 @@ setup(
             "nilearn>=0.10",
             "httpx>=0.27",
             "selenium>=4.20",
+            "openai>=1.40",  # the official client, to test the OpenAI-compatible endpoint
         ],
     },
     entry_points={"console_scripts": ["radfm=radfm.cli:main"]},

@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("radfm.interop.info:info", "model sizes, parameter counts, device and dtypes"),
     "rate": ("radfm.rating.cli:RateCommands", "blinded radiologist rating of model answers in the browser"),
     "preprocess": ("radfm.transforms.preprocess:preprocess_cli", "preprocess a scan and show what the model receives"),
+    "mlflow": ("radfm.interop.mlflow_model:MLflowCommands", "MLflow: log-model (RadFM as a pyfunc model, registered)"),
     "demo": ("radfm.demo:main", "the quick-start job: the demo model answers questions about shipped scans"),
 }
 

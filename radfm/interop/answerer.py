@@ -156,6 +156,80 @@ class Answerer(Protocol):
     def answer(self, prompt: str, images: list[Any], options: GenerationOptions) -> str: ...
 
 
+class AnswerStream:
+    """Receives an answer while it is generated, applies ``stop`` strings, and can cancel it.
+
+    Pass one as ``stream=`` to :meth:`ModelAnswerer.answer`: ``on_text`` (called from the
+    model's thread) gets each new piece of text as soon as it is decoded, never text at or
+    after a stop string (a possible stop string's beginning is held back until it is ruled
+    out). ``cancel()`` (any thread) ends generation after the current token. After the call,
+    ``prompt_tokens``/``completion_tokens`` count the model's tokens and ``finish_reason`` is
+    ``"stop"`` (end of text, stop string, cancelled) or ``"length"`` (``max_new_tokens`` hit).
+    """
+
+    def __init__(self, on_text: Callable[[str], None] | None = None, stop: Sequence[str] = ()) -> None:
+        self.on_text = on_text
+        self.stop_strings = [s for s in stop if s]
+        self._cancelled = threading.Event()
+        self.text = ""  # everything decoded so far
+        self.sent = ""  # what was handed to ``on_text`` (a prefix of the answer)
+        self.stopped_by_string = False
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def should_stop(self) -> bool:
+        return self.cancelled or self.stopped_by_string
+
+    def _first_stop(self, text: str) -> int | None:
+        hits = [i for i in (text.find(s) for s in self.stop_strings) if i >= 0]
+        return min(hits) if hits else None
+
+    def push(self, piece: str) -> None:
+        """New decoded text from the model (called by the streamer)."""
+        if self.stopped_by_string or not piece:
+            return
+        self.text += piece
+        cut = self._first_stop(self.text)
+        if cut is not None:
+            self.stopped_by_string = True
+            self._send(self.text[:cut])
+            return
+        hold = 0  # the longest tail of the text that could begin a stop string
+        for stop in self.stop_strings:
+            for size in range(min(len(stop) - 1, len(self.text)), 0, -1):
+                if self.text.endswith(stop[:size]):
+                    hold = max(hold, size)
+                    break
+        self._send(self.text[: len(self.text) - hold])
+
+    def _send(self, ready: str) -> None:
+        """Hand out the part of ``ready`` (the answer so far, left-stripped like the final answer) not yet sent."""
+        ready = ready.lstrip()
+        if len(ready) > len(self.sent) and ready.startswith(self.sent):
+            piece, self.sent = ready[len(self.sent):], ready
+            if self.on_text is not None:
+                self.on_text(piece)
+
+    def finish(self, final_text: str, max_new_tokens: int) -> str:
+        """The answer with stop strings applied; hands out whatever was held back."""
+        cut = self._first_stop(final_text)
+        final = final_text if cut is None else final_text[:cut].rstrip()
+        self._send(final)
+        if cut is not None or self.stopped_by_string or self.cancelled:
+            self.finish_reason = "stop"
+        else:
+            self.finish_reason = "length" if self.completion_tokens >= max_new_tokens else "stop"
+        return final
+
+
 def build_prompt(prompt: str, num_images: int) -> str:
     """The prompt with one ``<image>`` per scan: placeholders as written, or prepended when absent.
 
@@ -223,8 +297,12 @@ class ModelAnswerer:
                 raise ValueError(reason) from error
         return images
 
-    def answer(self, prompt: str, images: list[Any], options: GenerationOptions) -> str:
-        """Generated text for ``prompt`` (with one ``<image>`` per image) about ``images``."""
+    def answer(self, prompt: str, images: list[Any], options: GenerationOptions, stream: AnswerStream | None = None) -> str:
+        """Generated text for ``prompt`` (with one ``<image>`` per image) about ``images``.
+
+        With ``stream`` the text is also handed out token by token (see :class:`AnswerStream`),
+        stop strings apply and the stream can cancel generation.
+        """
         import torch
 
         from radfm.model.generation import generate_text
@@ -239,8 +317,47 @@ class ModelAnswerer:
         stopping = _deadline_stopping_criteria()
         if stopping is not None:
             kwargs["stopping_criteria"] = stopping
+        if stream is not None:
+            from transformers import StoppingCriteriaList
+
+            from radfm.model.generation import build_prompt_batch
+
+            input_ids, _ = build_prompt_batch(self.tokenizer, [prompt], [images], base_vocab_size=self.model.config.base_vocab_size)
+            stream.prompt_tokens = int(input_ids.shape[1])
+            kwargs["streamer"] = _text_streamer(self.tokenizer, stream)
+            kwargs["stopping_criteria"] = StoppingCriteriaList([*(kwargs.get("stopping_criteria") or []), _StreamStop(stream)])
         check_deadline()
         with torch.inference_mode():
             text = generate_text(self.model, self.tokenizer, [prompt], [images], **kwargs)[0]
         check_deadline()  # stopped by the deadline: a cut-off answer is not an answer
-        return text
+        if stream is None:
+            return text
+        return stream.finish(text, options.max_new_tokens)
+
+
+def _text_streamer(tokenizer, stream: AnswerStream):
+    """A transformers ``TextStreamer`` that counts tokens and hands decoded text to ``stream``."""
+    from transformers import TextStreamer
+
+    class Adapter(TextStreamer):
+        def put(self, value) -> None:
+            if not (self.skip_prompt and self.next_tokens_are_prompt):  # the prompt is embeddings: no ids
+                stream.completion_tokens += int(value.numel())
+            super().put(value)
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            stream.push(text)
+
+    return Adapter(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+class _StreamStop:
+    """A stopping criterion: true once the stream saw a stop string or was cancelled."""
+
+    def __init__(self, stream: AnswerStream) -> None:
+        self.stream = stream
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.stream.should_stop(), dtype=torch.bool, device=input_ids.device)

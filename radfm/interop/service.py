@@ -177,7 +177,8 @@ class InferenceService:
         self.app = self._build_app()
 
     # ---- the model queue ---------------------------------------------------------------
-    def _run_model(self, prompt: str, images: list, options: GenerationOptions, queued_at: float) -> tuple[str, float, float]:
+    def _run_model(self, prompt: str, images: list, options: GenerationOptions, queued_at: float,
+                   **answer_kwargs) -> tuple[str, float, float]:
         with self._count_lock:
             self.waiting -= 1
             self.running += 1
@@ -185,7 +186,7 @@ class InferenceService:
         limit = self.limits.generation_timeout_s
         try:
             with generation_deadline(limit):
-                text = self.answerer.answer(prompt, images, options)
+                text = self.answerer.answer(prompt, images, options, **answer_kwargs)  # e.g. stream= (chat, OpenAI API)
             if limit is not None and time.perf_counter() - started > limit:  # an answerer that ignored the deadline
                 raise GenerationTimeout(f"generation took longer than the time limit of {limit:g} s")
         finally:
@@ -194,13 +195,13 @@ class InferenceService:
                 self.served += 1
         return text, started - queued_at, time.perf_counter() - started
 
-    async def _queue_for_model(self, prompt: str, images: list, options: GenerationOptions):
+    async def _queue_for_model(self, prompt: str, images: list, options: GenerationOptions, **answer_kwargs):
         """Run the answerer on the single model worker; a run past the time limit raises ``UploadError`` 504."""
         with self._count_lock:
             if self.waiting >= self.limits.max_queue:
                 raise UploadError(f"{self.waiting} requests already waiting (limit {self.limits.max_queue}); retry later", 503)
             self.waiting += 1
-        future = self._model_worker.submit(self._run_model, prompt, images, options, time.perf_counter())
+        future = self._model_worker.submit(self._run_model, prompt, images, options, time.perf_counter(), **answer_kwargs)
         try:
             return await asyncio.wrap_future(future)
         except GenerationTimeout as error:  # every route queued here answers 504 the same way
@@ -248,6 +249,11 @@ class InferenceService:
             finally:
                 await run_in_threadpool(shutil.rmtree, workdir, True)
 
+        from radfm.interop.chat import add_chat_routes
+        from radfm.interop.openai_api import add_openai_routes
+
+        add_openai_routes(app, self)  # POST /v1/chat/completions, GET /v1/models
+        add_chat_routes(app, self)  # the browser chat page at /
         return _BodyLimit(app, self.limits.max_request_bytes)
 
     async def _answer(self, request: Request, workdir: Path, started: float) -> JSONResponse:
@@ -392,7 +398,8 @@ def serve(
     body_timeout_s: float = 600.0,
     max_scan_mb: int = 2048,
 ) -> None:
-    """Serve a RadFM model over HTTP (POST /v1/answer, GET /health; docs at /docs).
+    """Serve a RadFM model over HTTP: chat page at /, POST /v1/answer, POST /v1/chat/completions
+    (OpenAI-compatible), GET /health; API docs at /docs.
 
     Args:
         model: saved model folder (default: the demo model bundles/radfm/models/demo/).
