@@ -237,19 +237,31 @@ class BertScoreF1:
 
         (An empty answer shares no meaning with a reference.)
         """
-        if len(predictions) != len(references):
-            raise ValueError(f"got {len(predictions)} predictions but {len(references)} references")
-        f1 = np.zeros(len(predictions), dtype=np.float64)
-        keep = [i for i, (p, r) in enumerate(zip(predictions, references)) if p.strip() and r.strip()]
-        if not keep:
-            return f1
-        # Each distinct sentence once (the embedding depends only on the stripped text).
-        unique: dict[str, int] = {}
-        hyp_index = np.array([unique.setdefault(predictions[i].strip(), len(unique)) for i in keep], dtype=np.int64)
-        ref_index = np.array([unique.setdefault(references[i].strip(), len(unique)) for i in keep], dtype=np.int64)
-        sentences = list(unique)
+        return self.score_groups([(predictions, references)])[0]
+
+    def score_groups(self, groups: Sequence[tuple[Sequence[str], Sequence[str]]]) -> list[np.ndarray]:
+        """F1 per case of several (predictions, references) groups, each distinct sentence embedded once.
+
+        Same values as calling the scorer on each group separately.
+        """
+        for number, (predictions, references) in enumerate(groups):
+            if len(predictions) != len(references):
+                raise ValueError(f"group {number}: got {len(predictions)} predictions but {len(references)} references")
+        unique: dict[str, int] = {}  # the embedding depends only on the stripped text
+        pairs: list[tuple[list[int], np.ndarray, np.ndarray]] = []
+        for predictions, references in groups:
+            keep = [i for i, (p, r) in enumerate(zip(predictions, references)) if p.strip() and r.strip()]
+            hyp_index = np.array([unique.setdefault(predictions[i].strip(), len(unique)) for i in keep], dtype=np.int64)
+            ref_index = np.array([unique.setdefault(references[i].strip(), len(unique)) for i in keep], dtype=np.int64)
+            pairs.append((keep, hyp_index, ref_index))
+        scores = [np.zeros(len(predictions), dtype=np.float64) for predictions, _ in groups]
+        if not unique:
+            return scores
         with torch_threads(self.threads):
-            token_ids = self.tokenize(sentences)
+            token_ids = self.tokenize(list(unique))
             table, offsets = self.embed(token_ids)
-            f1[keep] = self.match(table, offsets, self._token_weights(token_ids), hyp_index, ref_index)
-        return f1
+            weights = self._token_weights(token_ids)
+            for f1, (keep, hyp_index, ref_index) in zip(scores, pairs):
+                if keep:
+                    f1[keep] = self.match(table, offsets, weights, hyp_index, ref_index)
+        return scores
