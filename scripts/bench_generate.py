@@ -3,12 +3,12 @@
 number of new tokens (EOS suppressed with ``min_new_tokens``), KV cache on both sides.
 
     .venv/bin/python scripts/bench_generate.py [--models demo,small] [--new-tokens 32] [--repeats 5]
-                                               [--output bench_generate.md]
+                                               [--threads N] [--output bench_generate.md]
 
 Per step times come from a logits processor that stamps the clock each time ``generate`` asks
 for the next token's scores: the first stamp ends the prefill (for RadFM: image encoding, the
 embedding splice and the LM's prompt forward), the gaps between later stamps are the per-token
-decode times. The two sides run interleaved, ``--repeats`` times each; medians are reported,
+decode times. The two sides run interleaved (ABBA), ``--repeats`` times each; medians are reported,
 with the split of RadFM's prefill into image encoding, embedding splice and LM prompt forward
 (each timed on its own).
 
@@ -122,13 +122,14 @@ def bench(name: str, new_tokens: int, repeats: int, dtype: torch.dtype) -> dict[
         run_once(ours, 4)  # warm-up both paths
         run_once(bare, 4)
         samples: dict[str, list[float]] = {"ours_prefill": [], "bare_prefill": [], "ours_decode": [], "bare_decode": []}
-        for _ in range(repeats):
-            for side, function in (("ours", ours), ("bare", bare)):
+        for repeat in range(repeats):
+            order = (("ours", ours), ("bare", bare))
+            for side, function in (order if repeat % 2 == 0 else order[::-1]):  # ABBA: no side always first
                 prefill, decode, output = run_once(function, new_tokens)
                 if output.shape[-1] < new_tokens:
                     raise RuntimeError(f"{name}/{side}: generated {output.shape[-1]} tokens, expected {new_tokens}")
                 samples[f"{side}_prefill"].append(prefill)
-                samples[f"{side}_decode"].extend(decode)
+                samples[f"{side}_decode"].append(statistics.median(decode))
         encode = median_time(lambda: model.encode_images([scan]), repeats)
         visual = model.encode_images([scan]).reshape(-1, model.config.hidden_size)
         splice = median_time(lambda: embed_with_images(ours_ids, language_model.get_input_embeddings(),
@@ -146,8 +147,8 @@ def bench(name: str, new_tokens: int, repeats: int, dtype: torch.dtype) -> dict[
 
 def table(results: dict[str, dict[str, float]], new_tokens: int, repeats: int, dtype: torch.dtype) -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    lines = [f"Greedy, {new_tokens} new tokens, {repeats} interleaved runs per side (medians; decode = median "
-             f"over all per-token gaps), {dtype}, {torch.get_num_threads()} threads, load average {load:.2f}", "",
+    lines = [f"Greedy, {new_tokens} new tokens, {repeats} interleaved runs per side in ABBA order (medians over "
+             f"runs; a run's decode time = median of its per-token gaps), {dtype}, {torch.get_num_threads()} threads, load average {load:.2f}", "",
              "| model | prompt tokens | ours prefill ms | bare prefill ms | prefill ratio | ours decode ms/token "
              "| bare decode ms/token | decode ratio | image encoding ms | embedding splice ms | LM prompt forward ms |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -166,11 +167,14 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for both sides (0: torch's default)")
     parser.add_argument("--output", help="also write the Markdown table here")
     args = parser.parse_args()
     if args.new_tokens < 3:
         parser.error("--new-tokens must be >= 3 (decode time needs at least two gaps)")
     dtype = getattr(torch, args.dtype)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results = {}
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         results[name] = bench(name, args.new_tokens, args.repeats, dtype)
