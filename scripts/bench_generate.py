@@ -86,9 +86,8 @@ def run_once(generate, new_tokens: int) -> tuple[float, list[float], torch.Tenso
     start = time.perf_counter()
     output = generate(logits_processor=LogitsProcessorList([clock]), max_new_tokens=new_tokens,
                       min_new_tokens=new_tokens, do_sample=False)
-    end = time.perf_counter()
-    stamps = clock.stamps + [end]
-    decode = [b - a for a, b in zip(stamps[1:-1], stamps[2:])]  # gaps between steps 1..N
+    stamps = clock.stamps
+    decode = [b - a for a, b in zip(stamps[:-1], stamps[1:])]  # each gap: one decode forward + token choice
     return stamps[0] - start, decode, output
 
 

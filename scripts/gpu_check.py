@@ -172,7 +172,7 @@ def decode_rate(model, scan: torch.Tensor, new_tokens: int, device: torch.device
         model.generate(ids, images=[[scan]], max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                        logits_processor=LogitsProcessorList([clock]))
         synchronize(device)
-    gaps = [b - a for a, b in zip(clock.stamps[1:], clock.stamps[2:])]
+    gaps = [b - a for a, b in zip(clock.stamps[:-1], clock.stamps[1:])]
     return 1.0 / statistics.median(gaps), clock.stamps[0] - start
 
 
