@@ -32,8 +32,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-# Pairs matched per batched matmul (memory: pairs x longest hyp x longest ref x 4 bytes).
-MATCH_CHUNK = 1024
+# Greedy matching works on chunks of pairs of similar length, at most this many float32 elements
+# in a chunk's similarity tensor (pairs x longest hyp x longest ref) and in its gathered
+# embeddings (pairs x (longest hyp + longest ref) x hidden): about 128 MiB each.
+MATCH_BUDGET = 1 << 25
 
 
 def default_model_dir() -> Path:
@@ -97,6 +99,24 @@ def padding_floors(hyp_lengths: np.ndarray, ref_lengths: np.ndarray, batch_size:
         floor_precision[batch] = ref_lengths[batch] < ref_lengths[batch].max()
         floor_recall[batch] = hyp_lengths[batch] < hyp_lengths[batch].max()
     return floor_precision, floor_recall
+
+
+def match_chunks(hyp_lengths: np.ndarray, ref_lengths: np.ndarray, hidden: int,
+                 budget: int = MATCH_BUDGET) -> list[np.ndarray]:
+    """Pair indices in chunks of similar length whose padded tensors stay within ``budget`` elements."""
+    order = np.argsort(np.maximum(hyp_lengths, ref_lengths), kind="stable")
+    chunks: list[np.ndarray] = []
+    start, longest_hyp, longest_ref = 0, 0, 0
+    for position, pair in enumerate(order):
+        hyp, ref = max(longest_hyp, int(hyp_lengths[pair])), max(longest_ref, int(ref_lengths[pair]))
+        count = position - start + 1
+        if count > 1 and max(count * hyp * ref, count * (hyp + ref) * hidden) > budget:
+            chunks.append(order[start:position])
+            start, hyp, ref = position, int(hyp_lengths[pair]), int(ref_lengths[pair])
+        longest_hyp, longest_ref = hyp, ref
+    if start < len(order):
+        chunks.append(order[start:])
+    return chunks
 
 
 def pad_batch(token_ids: Sequence[Sequence[int]], pad_id: int):
@@ -192,8 +212,8 @@ class BertScoreF1:
         pad_row = table.shape[0] - 1
         f1 = np.zeros(len(hyp_index), dtype=np.float64)
         with torch.inference_mode():
-            for start in range(0, len(hyp_index), MATCH_CHUNK):
-                hyps, refs = hyp_index[start:start + MATCH_CHUNK], ref_index[start:start + MATCH_CHUNK]
+            for chunk in match_chunks(lengths[hyp_index], lengths[ref_index], table.shape[1]):
+                hyps, refs = hyp_index[chunk], ref_index[chunk]
                 hyp_rows, hyp_mask, hyp_weight = self._gather(offsets, lengths, weights, hyps, pad_row)
                 ref_rows, ref_mask, ref_weight = self._gather(offsets, lengths, weights, refs, pad_row)
                 sim = torch.bmm(table[hyp_rows], table[ref_rows].transpose(1, 2))
@@ -201,7 +221,6 @@ class BertScoreF1:
                 sim = sim.masked_fill(~valid, float("-inf"))
                 word_precision = sim.max(dim=2).values
                 word_recall = sim.max(dim=1).values
-                chunk = slice(start, start + len(hyps))
                 word_precision = torch.where(torch.as_tensor(floor_precision[chunk])[:, None],
                                              word_precision.clamp_min(0.0), word_precision)
                 word_recall = torch.where(torch.as_tensor(floor_recall[chunk])[:, None],
@@ -214,7 +233,7 @@ class BertScoreF1:
                 # Only [CLS] [SEP] (nothing to match): 0, as bert-score.
                 empty = torch.as_tensor((lengths[hyps] <= 2) | (lengths[refs] <= 2))
                 score = score.masked_fill(empty | torch.isnan(score), 0.0)
-                f1[start:start + len(hyps)] = score.numpy()
+                f1[chunk] = score.numpy()
         return f1
 
     @staticmethod

@@ -90,3 +90,15 @@ def test_length_buckets_group_neighbouring_lengths():
 
     buckets = length_buckets([5, 1, 9, 3, 7], 2)
     assert buckets == [[1, 3], [0, 4], [2]]
+
+
+def test_match_chunks_cover_every_pair_once_within_budget():
+    from radfm.metrics.bertscore import match_chunks
+
+    rng = np.random.default_rng(0)
+    hyp, ref = rng.integers(3, 300, 500), rng.integers(3, 300, 500)
+    chunks = match_chunks(hyp, ref, 384, budget=1 << 22)
+    assert sorted(np.concatenate(chunks).tolist()) == list(range(500))
+    for chunk in chunks:
+        n, h, r = len(chunk), hyp[chunk].max(), ref[chunk].max()
+        assert n == 1 or max(n * h * r, n * (h + r) * 384) <= 1 << 22
