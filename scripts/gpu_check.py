@@ -296,7 +296,7 @@ def phantom_manifests(root: Path, steps: int) -> tuple[Path, Path]:
     if len(short) < steps:
         raise RuntimeError(f"phantom data has {len(short)} short samples, need {steps}")
     closed = [json.loads(line) for line in lines if json.loads(line)["task"] in ("modality_inductive", "diagnosis_inductive")]
-    train, val = root / "train.jsonl", root / "val.jsonl"
+    train, val = root / "phantoms" / "check_train.jsonl", root / "phantoms" / "check_val.jsonl"  # paths are relative
     train.write_text("\n".join(short[:steps]) + "\n")
     val.write_text(json.dumps({**closed[0], "split": "val"}) + "\n")
     return train, val
@@ -334,7 +334,8 @@ def check_fsdp(sizes: Sizes, device: torch.device, state: dict, steps: int = 3) 
         done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=str(REPO))
         seconds = time.perf_counter() - start
         if done.returncode != 0:
-            raise RuntimeError(f"FSDP run failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+            errors = [line for line in done.stderr.splitlines() if "Error" in line and "Traceback" not in line]
+            raise RuntimeError(f"FSDP run failed (exit {done.returncode}): {errors[:3]}\n{done.stderr[-3000:]}")
         final = root / "runs" / "check" / "model" / "model.safetensors"
         if not final.is_file():
             raise RuntimeError(f"FSDP run finished but wrote no {final}")
