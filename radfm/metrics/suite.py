@@ -125,8 +125,8 @@ def score_closed(records: Sequence[PredictionRecord], labels: list[str], plan: B
     return results
 
 
-def score_open(records: Sequence[PredictionRecord], plan: Bootstrap, options: ScoringOptions) -> dict[str, Estimate]:
-    """BLEU/ROUGE/UMLS/BERTScore per case, means with CIs, corpus BLEU-1..4 and AVG."""
+def open_per_case(records: Sequence[PredictionRecord], options: ScoringOptions) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-case word-overlap metrics (BLEU-n, ROUGE, UMLS P/R; not BERT-Sim) and the BLEU statistics."""
     predictions = [r.prediction for r in records]
     references = [r.reference for r in records]
     per_case: dict[str, np.ndarray] = {}
@@ -139,9 +139,12 @@ def score_open(records: Sequence[PredictionRecord], plan: Bootstrap, options: Sc
     if options.term_extractor is not None:
         per_case["UMLS_Precision"], per_case["UMLS_Recall"] = term_precision_recall(
             predictions, references, options.term_extractor)
-    if options.bertscore is not None:
-        per_case["BERT-Sim"] = options.bertscore(predictions, references)
+    return per_case, bleu_stats
 
+
+def summarize_open(per_case: dict[str, np.ndarray], bleu_stats: np.ndarray, n_cases: int,
+                   plan: Bootstrap) -> dict[str, Estimate]:
+    """Means with CIs of per-case metrics, corpus BLEU-1..4 and AVG."""
     results: dict[str, Estimate] = {}
     resampled: dict[str, np.ndarray] = {}
     for name, values in per_case.items():
@@ -154,8 +157,22 @@ def score_open(records: Sequence[PredictionRecord], plan: Bootstrap, options: Sc
     if all(part in results for part in AVG_PARTS):
         point = float(np.mean([results[part].value for part in AVG_PARTS]))
         draws = np.mean(np.stack([resampled[part] for part in AVG_PARTS]), axis=0)  # NaN if a part is undefined
-        results["AVG"] = plan.estimate_from(point, draws, len(records))
+        results["AVG"] = plan.estimate_from(point, draws, n_cases)
     return results
+
+
+def score_open(records: Sequence[PredictionRecord], plan: Bootstrap, options: ScoringOptions,
+               bert_sim: np.ndarray | None = None) -> dict[str, Estimate]:
+    """BLEU/ROUGE/UMLS/BERTScore per case, means with CIs, corpus BLEU-1..4 and AVG.
+
+    ``bert_sim``: BERT-Sim per case if already computed (else ``options.bertscore`` is called).
+    """
+    per_case, bleu_stats = open_per_case(records, options)
+    if bert_sim is not None:
+        per_case["BERT-Sim"] = np.asarray(bert_sim, dtype=np.float64)
+    elif options.bertscore is not None:
+        per_case["BERT-Sim"] = options.bertscore([r.prediction for r in records], [r.reference for r in records])
+    return summarize_open(per_case, bleu_stats, len(records), plan)
 
 
 def group_records(records: Sequence[PredictionRecord]) -> dict[tuple[str, str], list[PredictionRecord]]:
@@ -180,21 +197,53 @@ def _partition(group: list[PredictionRecord], closed_datasets: frozenset[str]) -
 
 
 def score_records(records: Sequence[PredictionRecord], options: ScoringOptions) -> list[GroupResult]:
-    """One :class:`GroupResult` per (dataset, task, closed/open) group."""
+    """One :class:`GroupResult` per (dataset, task, closed/open) group.
+
+    BERT-Sim is computed once for every open-answer case of every group (so each distinct
+    sentence is embedded once overall) in a background thread, while the word-overlap metrics
+    and the closed groups are scored (torch releases the GIL during the forward).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
-    results = []
     groups = group_records(records)
-    for (dataset, task), group in tqdm(groups.items(), desc="scoring groups", disable=len(groups) < 2):
+    parts: list[tuple[str, str, list[PredictionRecord], list[str] | None, list[PredictionRecord]]] = []
+    for (dataset, task), group in groups.items():
         for part, labels in _partition(group, options.closed_datasets):
-            scored = [r for r in part if r.error is None]
+            parts.append((dataset, task, part, labels, [r for r in part if r.error is None]))
+    open_groups = [([r.prediction for r in scored], [r.reference for r in scored])
+                   for _, _, _, labels, scored in parts if labels is None and scored]
+
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        bert_future = None
+        if options.bertscore is not None and open_groups:
+            bert_future = executor.submit(_bert_sim_groups, options.bertscore, open_groups)
+        pending: list[tuple[int, dict[str, np.ndarray], np.ndarray, Bootstrap]] = []
+        results: list[GroupResult] = []
+        for dataset, task, part, labels, scored in tqdm(parts, desc="scoring groups", disable=len(parts) < 2):
             plan = Bootstrap(len(scored), n_resamples=options.n_resamples, seed=options.seed,
                              confidence=options.confidence)
             if labels is not None:
                 metrics = score_closed(scored, labels, plan) if scored else {}
-                kind = "closed"
+                results.append(GroupResult(dataset, task, "closed", len(scored), len(part) - len(scored), metrics, labels))
             else:
-                metrics = score_open(scored, plan, options) if scored else {}
-                kind = "open"
-            results.append(GroupResult(dataset, task, kind, len(scored), len(part) - len(scored), metrics, labels))
+                if scored:
+                    per_case, bleu_stats = open_per_case(scored, options)
+                    pending.append((len(results), per_case, bleu_stats, plan))
+                results.append(GroupResult(dataset, task, "open", len(scored), len(part) - len(scored), {}, None))
+        bert_sim = bert_future.result() if bert_future is not None else None
+
+    for number, (index, per_case, bleu_stats, plan) in enumerate(pending):
+        if bert_sim is not None:
+            per_case["BERT-Sim"] = np.asarray(bert_sim[number], dtype=np.float64)
+        results[index].metrics = summarize_open(per_case, bleu_stats, results[index].n_cases, plan)
     return results
+
+
+def _bert_sim_groups(bertscore: Callable[[Sequence[str], Sequence[str]], np.ndarray],
+                     groups: list[tuple[list[str], list[str]]]) -> list[np.ndarray]:
+    """BERT-Sim per case of each group: in one pass when the scorer can (``score_groups``), else group by group."""
+    if hasattr(bertscore, "score_groups"):
+        return bertscore.score_groups(groups)
+    return [bertscore(predictions, references) for predictions, references in groups]

@@ -32,3 +32,73 @@ def test_matches_bert_score_called_directly(bertscore_f1):
 def test_missing_model_dir_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         BertScoreF1(tmp_path / "absent")
+
+
+def test_same_values_as_bert_score_on_200_pairs(bertscore_f1):
+    """The previous implementation called bert_score.BERTScorer.score on the non-empty pairs; same F1 to 1e-6."""
+    import random
+
+    from bert_score import BERTScorer
+
+    rng = random.Random(16)
+    words = ("left right lung liver pleural effusion nodule mass normal no yes there is a the of with ct mri "
+             "enlarged fracture consolidation opacity lesion small large").split()
+    references = [" ".join(rng.choices(words, k=rng.randint(1, 18))) for _ in range(170)] + ["yes", "no"] * 15
+    predictions = [" ".join(rng.choices(words, k=rng.randint(0, 14))) for _ in range(150)] + ["yes", "no"] * 25
+    pairs = list(zip(predictions, references))
+    rng.shuffle(pairs)
+    pairs[7] = ("  padded answer ", "padded answer")  # surrounding spaces: same sentence
+    predictions, references = [p for p, _ in pairs], [r for _, r in pairs]
+    assert len(pairs) == 200 and len(set(predictions + references)) < 400  # duplicates exercised
+
+    keep = [i for i, (p, r) in enumerate(pairs) if p.strip() and r.strip()]
+    scorer = BERTScorer(model_type=str(default_model_dir()), num_layers=6, batch_size=64)
+    _, _, reference_f1 = scorer.score([predictions[i] for i in keep], [references[i] for i in keep], batch_size=64)
+    expected = np.zeros(len(pairs))
+    expected[keep] = reference_f1.numpy()
+    ours = bertscore_f1(predictions, references)
+    assert np.abs(ours - expected).max() < 1e-6
+    # Another batch size (bert-score's padding floors move with it) and one thread.
+    keep40 = [i for i in keep if i < 40]
+    _, _, reference_small = scorer.score([predictions[i] for i in keep40], [references[i] for i in keep40],
+                                         batch_size=5)
+    expected_small = np.zeros(40)
+    expected_small[keep40] = reference_small.numpy()
+    small_batches = BertScoreF1(batch_size=5, threads=1)(predictions[:40], references[:40])
+    assert np.abs(small_batches - expected_small).max() < 1e-6
+
+
+def test_padding_floors_follow_the_batch_longest():
+    from radfm.metrics.bertscore import padding_floors
+
+    precision, recall = padding_floors(np.array([3, 5, 4, 4]), np.array([6, 2, 2, 2]), 2)
+    assert precision.tolist() == [False, True, False, False]
+    assert recall.tolist() == [True, False, False, False]
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="num_layers"):
+        BertScoreF1(num_layers=7)
+    with pytest.raises(ValueError, match="batch_size"):
+        BertScoreF1(batch_size=0)
+    with pytest.raises(ValueError, match="references"):
+        BertScoreF1(num_layers=1)(["a"], [])
+
+
+def test_length_buckets_group_neighbouring_lengths():
+    from radfm.metrics.bertscore import length_buckets
+
+    buckets = length_buckets([5, 1, 9, 3, 7], 2)
+    assert buckets == [[1, 3], [0, 4], [2]]
+
+
+def test_match_chunks_cover_every_pair_once_within_budget():
+    from radfm.metrics.bertscore import match_chunks
+
+    rng = np.random.default_rng(0)
+    hyp, ref = rng.integers(3, 300, 500), rng.integers(3, 300, 500)
+    chunks = match_chunks(hyp, ref, 384, budget=1 << 22)
+    assert sorted(np.concatenate(chunks).tolist()) == list(range(500))
+    for chunk in chunks:
+        n, h, r = len(chunk), hyp[chunk].max(), ref[chunk].max()
+        assert n == 1 or max(n * h * r, n * (h + r) * 384) <= 1 << 22
