@@ -12,7 +12,7 @@ On one CUDA GPU (about 5-8 minutes on an 80 GB-class card):
 * ``vision``: vision encoder + perceiver (published size) on one 512x512x64 scan in bf16, achieved
   FLOP/s against the measured bf16 matmul peak;
 * ``memory``: the 13B-shaped model saved with ``save_pretrained`` and loaded back through
-  ``radfm.interop.bigmodel.load_model`` in bf16, 8-bit and 4-bit (bitsandbytes; skipped with a note
+  ``radfm.load`` in bf16, 8-bit and 4-bit (bitsandbytes; skipped with a note
   when not installed): ``torch.cuda.max_memory_allocated`` after loading and after one generate,
   against ``radfm info --plan``'s weights and peak (``radfm.interop.memory_plan``);
 * ``fsdp``: three FSDP training steps of the instruct bundle (``torchrun --nproc_per_node=1``,
@@ -44,10 +44,8 @@ BUNDLE = REPO / "bundles" / "radfm"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # The instruct stage's bundle config files, relative to the bundle root, in merge order, with the
-# FSDP mixin last. Engineer 12A is turning pretrain.json/instruct.json into overrides of a new
-# configs/train.json; once merged this becomes ("configs/train.json", "configs/instruct.json",
-# "configs/multi_gpu_fsdp.json"). Keep it the only place the list is written.
-INSTRUCT_FSDP_CONFIGS = ("configs/instruct.json", "configs/multi_gpu_fsdp.json")
+# FSDP mixin last. Keep it the only place the list is written.
+INSTRUCT_FSDP_CONFIGS = ("configs/train.json", "configs/instruct.json", "configs/multi_gpu_fsdp.json")
 SECTIONS = ("decode", "vision", "memory", "fsdp")
 GIB = 1024**3
 
@@ -140,14 +138,14 @@ def materialise(model: torch.nn.Module, device: torch.device, dtype: torch.dtype
 
 def build_llm_model(sizes: Sizes, device: torch.device, dtype: torch.dtype):
     """RadFM with the 13B-shaped LLaMA (tiny on CPU), built on meta and materialised on ``device``."""
-    from radfm.model.checkpoint import build_empty_model
     from radfm.model.config import RadFMConfig
+    from radfm.model.radfm import RadFM
 
     config = RadFMConfig.preset(sizes.llm_preset, **sizes.llm_overrides)
     if not sizes.vision_full:
         config = RadFMConfig(llm=config.llm, vision=RadFMConfig.preset("tiny").vision,
                              perceiver=RadFMConfig.preset("tiny").perceiver)
-    return materialise(build_empty_model(config), device, dtype).eval()
+    return materialise(RadFM.empty(config), device, dtype).eval()
 
 
 def prompt_ids(model) -> torch.Tensor:
@@ -240,8 +238,7 @@ def plan_numbers() -> dict[str, tuple[float, float]]:
 
 
 def check_memory(sizes: Sizes, device: torch.device, state: dict) -> list[tuple[str, str, str, str]]:
-    from radfm.interop.bigmodel import LoadOptions, load_model
-    from radfm.model.factory import tiny_tokenizer
+    from radfm.model.loading import load, tiny_tokenizer
 
     planned = plan_numbers()
     model = state.pop("model", None) or build_llm_model(sizes, device, torch.bfloat16)
@@ -259,11 +256,11 @@ def check_memory(sizes: Sizes, device: torch.device, state: dict) -> list[tuple[
             quantized_note = "skipped: bitsandbytes not installed"
         for mode in ("bf16", "8bit", "4bit"):
             weights_plan, peak_plan = planned[mode]
-            label = f"GPU memory, {mode} loading (load_model) + one generate"
+            label = f"GPU memory, {mode} loading (radfm.load) + one generate"
             reference = f"plan: weights {weights_plan:.1f} GiB, peak {peak_plan:.1f} GiB"
             if device.type != "cuda":
                 if mode == "bf16":  # the load path still runs, so it cannot rot
-                    loaded, _, _ = load_model(folder, LoadOptions(dtype="bfloat16", device="cpu"))
+                    loaded, _, _ = load(folder, dtype="bfloat16", device="cpu")
                     with torch.inference_mode():
                         loaded.generate(prompt_ids(loaded), images=[[scan.to(torch.bfloat16)]], max_new_tokens=2)
                     del loaded
@@ -274,8 +271,8 @@ def check_memory(sizes: Sizes, device: torch.device, state: dict) -> list[tuple[
                 continue
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-            loaded, _, _ = load_model(folder, LoadOptions(dtype="bfloat16", device=str(device),
-                                                          quantize=None if mode == "bf16" else mode))
+            loaded, _, _ = load(folder, dtype="bfloat16", device=str(device),
+                                quantization=None if mode == "bf16" else mode)
             after_load = torch.cuda.max_memory_allocated(device) / GIB
             with torch.inference_mode():
                 loaded.generate(prompt_ids(loaded), images=[[scan.to(device, torch.bfloat16)]], max_new_tokens=8)
@@ -314,8 +311,7 @@ def check_fsdp(sizes: Sizes, device: torch.device, state: dict, steps: int = 3) 
                          epochs=1, batching="mixed", batch_size=1, accumulation_steps=1, warmup_steps=1,
                          val_interval=0, checkpoint_every=0, max_length=256)
         if sizes.fsdp_model == "tiny":
-            overrides.update(model="tiny", image_loader="$radfm.engines.data.default_image_loader("
-                             "size_2d=(64, 64), size_3d=(64, 64), max_depth=8)")
+            overrides.update(model="tiny", image_grid={"size_2d": [64, 64], "size_3d": [64, 64], "max_depth": 8})
         else:
             overrides.update(model=str(BUNDLE / "models" / "demo"))
         args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", f"--master_port={port}",
