@@ -27,7 +27,8 @@ DOC_FILES = sorted(
 )
 _FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.DOTALL)
 _INLINE = re.compile(r"`((?:radfm|python -m radfm\.demo) [^`]+)`")
-GROUPS = ("data", "rate")  # subcommands that are command groups: `radfm data convert ...`
+# subcommands that are command groups (a class): `radfm data convert ...`, `radfm rate serve ...`
+GROUPS = tuple(name for name in SUBCOMMANDS if inspect.isclass(load_subcommand(name)))
 
 
 def _command_lines(text: str) -> list[str]:
@@ -36,7 +37,7 @@ def _command_lines(text: str) -> list[str]:
         joined = re.sub(r"\\\n\s*", " ", block)  # shell line continuations
         for line in joined.splitlines():
             line = line.split(" #")[0].strip()
-            if line.startswith(("radfm ", "python -m radfm.demo")):
+            if re.match(r"(radfm [a-z-]+|python -m radfm\.demo)( |$)", line):
                 lines.append(line)
     lines += _INLINE.findall(text)
     return lines
@@ -62,7 +63,7 @@ def _parse(command: str) -> tuple[str, str | None, list[str]]:
         words = ["radfm", "demo", *words[3:]]
     sub = words[1]
     rest = words[2:]
-    method = rest[0] if sub in GROUPS and rest and not rest[0].startswith("-") else None
+    method = rest[0].replace("-", "_") if sub in GROUPS and rest and not rest[0].startswith("-") else None  # fire: log-model
     flags = [flag.replace("-", "_") for w in rest for flag in re.findall(r"(?:^|/)--([A-Za-z][\w-]*)", w)]
     return sub, method, flags
 

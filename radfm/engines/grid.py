@@ -123,22 +123,3 @@ def check_images(images: Iterable[torch.Tensor], trained: Mapping[str, Any], *, 
             f"{name}: preprocessed to {list(shape)} (plane {shape[1]}x{shape[2]}"
             f"{'' if depth is None else f', depth {depth}'}), but {model} was trained at {describe_grid(trained)}. "
             f"Set the bundle's image_grid to the model's grid {json.dumps(trained)}.")
-
-
-class SaveGrid:
-    """Handler: at the end of training, record ``image_grid`` in ``model_dir/preprocess.json`` beside the weights."""
-
-    def __init__(self, model_dir: str | os.PathLike, image_grid: Mapping[str, Any]) -> None:
-        self.model_dir = model_dir
-        self.image_grid = as_grid(image_grid)
-
-    def attach(self, engine: Any) -> None:
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine: Any) -> None:
-        from radfm.engines.handlers import is_rank0
-
-        if is_rank0():
-            save_grid(self.model_dir, self.image_grid)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
+
+from radfm.engines.grid import as_grid, save_grid
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +76,6 @@ class SavePretrained:
             model.language_model = model.language_model.merge_and_unload()
         model.save_pretrained(self.output_dir)
         if self.image_grid is not None:  # the grid travels with the weights; inference reads it back
-            from radfm.engines.grid import save_grid
-
             save_grid(self.output_dir, self.image_grid)
         logger.info("saved model to %s", Path(self.output_dir).resolve())
 
@@ -117,3 +119,18 @@ class TrackingParams:
             owner = getattr(handler, "__self__", None)
             if isinstance(owner, MLFlowHandler):
                 owner.experiment_param = {**(owner.experiment_param or {}), **self.params}
+
+
+class SaveGrid:
+    """Handler: at the end of training, record ``image_grid`` in ``model_dir/preprocess.json`` beside the weights."""
+
+    def __init__(self, model_dir: str | os.PathLike, image_grid: Mapping[str, Any]) -> None:
+        self.model_dir = model_dir
+        self.image_grid = as_grid(image_grid)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if is_rank0():
+            save_grid(self.model_dir, self.image_grid)

@@ -46,7 +46,7 @@ from starlette.datastructures import UploadFile
 
 from radfm.interop.answerer import GenerationOptions
 from radfm.interop.conversation import Turn, conversation_prompt, is_zip, save_scan_bytes, stream_answer
-from radfm.interop.uploads import Scan, UploadError, group_scans
+from radfm.interop.uploads import BodyTooLarge, Scan, UploadError, group_scans, save_uploads
 
 STATIC_DIR = Path(__file__).resolve().parent / "static" / "chat"
 MAX_KEPT_SCANS = 32
@@ -211,14 +211,12 @@ def add_chat_routes(app: FastAPI, service) -> None:
 
     @app.post("/chat/api/scans")
     async def upload(request: Request) -> JSONResponse:
-        from radfm.interop.service import _BodyTooLarge, _save_uploads
-
         workdir = Path(tempfile.mkdtemp(prefix="radfm-chat-scan-"))
         keep = False
         try:
             try:
                 form = await request.form(max_files=service.limits.max_files + 1, max_fields=10)
-            except _BodyTooLarge:
+            except BodyTooLarge:
                 return _error(413, f"request body exceeds the limit of {service.limits.max_request_bytes} bytes")
             except Exception as error:  # noqa: BLE001 - malformed multipart
                 return _error(400, f"cannot parse the upload: {getattr(error, 'detail', error)}")
@@ -233,7 +231,7 @@ def add_chat_routes(app: FastAPI, service) -> None:
                     heads.append(await upload_file.read(4))
                     await upload_file.seek(0)
                 if not any(is_zip(head) for head in heads):  # plain files: exactly the /v1/answer upload path
-                    saved = await _save_uploads(form, workdir, service.limits)
+                    saved = await save_uploads(form, workdir, service.limits)
                 else:  # a zipped DICOM folder (with or without other files)
                     saved = []
                     for upload_file in files:

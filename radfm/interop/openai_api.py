@@ -39,7 +39,7 @@ from starlette.concurrency import run_in_threadpool
 
 from radfm.interop.answerer import GenerationOptions
 from radfm.interop.conversation import PLACEHOLDER, Turn, conversation_prompt, save_scan_bytes, stream_answer
-from radfm.interop.uploads import UploadError, group_scans
+from radfm.interop.uploads import BodyTooLarge, UploadError, group_scans
 
 # accepted and ignored (they do not change the answer); anything not listed is refused
 _IGNORED = {"user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls", "model"}
@@ -261,13 +261,11 @@ def add_openai_routes(app: FastAPI, service) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        from radfm.interop.service import _BodyTooLarge
-
         workdir = Path(tempfile.mkdtemp(prefix="radfm-chat-"))
         try:
             try:
                 raw = await request.body()
-            except _BodyTooLarge:
+            except BodyTooLarge:
                 raise APIError(413, f"request body exceeds the limit of {service.limits.max_request_bytes} bytes",
                                None, "request_too_large") from None
             try:

@@ -39,14 +39,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from radfm.interop.answerer import Answerer, GenerationOptions, GenerationTimeout, build_prompt, generation_deadline
-from radfm.interop.uploads import Scan, UploadError, detect_kind, group_scans, safe_name
+from radfm.interop.uploads import BodyTooLarge, Scan, UploadError, group_scans, save_uploads
 from radfm.transforms.errors import ScanTooLargeError
 from radfm.utils.http_guard import GuardLimits, guarded_server
 
 log = logging.getLogger("radfm.service")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
-FILE_FIELDS = ("files", "file")
-_HEAD_BYTES = 352  # enough for the DICOM preamble and the NIfTI-1 magic at offset 344
 
 
 @dataclass
@@ -65,10 +63,6 @@ class ServiceLimits:
     parallel_preprocess: int = 2  # uploads preprocessed at once (memory bound)
     # decoded bytes of one scan, checked from its header before decompressing (radfm.transforms.guards)
     max_scan_bytes: int = 2 * 1024**3
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 class _BodyLimit:
@@ -95,7 +89,7 @@ class _BodyLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise _BodyTooLarge()
+                raise BodyTooLarge()
             return message
 
         return await self.app(scope, counting_receive, send)
@@ -132,32 +126,6 @@ def _parse_options(form, limits: ServiceLimits) -> GenerationOptions:
                                                     max_beam_tokens=limits.max_beam_tokens)
     except ValueError as error:
         raise UploadError(str(error), 422) from None
-
-
-async def _save_uploads(form, workdir: Path, limits: ServiceLimits) -> list[tuple[str, Path, str]]:
-    """Write every uploaded file to ``workdir``; returns ``(original name, path, kind)`` in upload order."""
-    uploads = [(key, value) for key, value in form.multi_items() if isinstance(value, UploadFile)]
-    stray = [key for key, _ in uploads if key not in FILE_FIELDS]
-    if stray:
-        raise UploadError(f"file(s) sent in field(s) {sorted(set(stray))}; send scans in the field 'files'")
-    if not uploads:
-        raise UploadError("no scans uploaded: send one or more files in the multipart field 'files'")
-    if len(uploads) > limits.max_files:
-        raise UploadError(f"{len(uploads)} files uploaded; the limit is {limits.max_files}", 413)
-    saved = []
-    for index, (_, upload) in enumerate(uploads):
-        name = upload.filename or f"file{index}"
-        head = await upload.read(_HEAD_BYTES)
-        if not head:
-            raise UploadError(f"{name}: empty file")
-        kind = detect_kind(name, head)
-        path = workdir / safe_name(name, index)
-        with path.open("wb") as handle:
-            handle.write(head)
-            while chunk := await upload.read(1 << 20):
-                handle.write(chunk)
-        saved.append((name, path, kind))
-    return saved
 
 
 class InferenceService:
@@ -242,7 +210,7 @@ class InferenceService:
             workdir = Path(tempfile.mkdtemp(prefix="radfm-upload-"))
             try:
                 return await self._answer(request, workdir, started)
-            except _BodyTooLarge:
+            except BodyTooLarge:
                 return _error(413, f"request body exceeds the limit of {self.limits.max_request_bytes} bytes")
             except UploadError as error:
                 return _error(error.status_code, str(error).replace(f"{workdir}/", ""))
@@ -262,7 +230,7 @@ class InferenceService:
             raise UploadError(f"expected a multipart/form-data upload, got content type {content_type or 'none'!r}", 415)
         try:
             form = await request.form(max_files=self.limits.max_files + 1, max_fields=100, max_part_size=1 << 20)
-        except _BodyTooLarge:
+        except BodyTooLarge:
             raise
         except Exception as error:  # malformed multipart body
             raise UploadError(f"cannot parse the multipart body: {getattr(error, 'detail', error)}") from None
@@ -274,7 +242,7 @@ class InferenceService:
                 raise UploadError(f"prompt of {len(prompt)} characters exceeds the limit of {self.limits.max_prompt_chars}", 413)
             options = _parse_options(form, self.limits)
             want_sr = str(form.get("sr", "false")).lower() in ("true", "1", "yes")
-            saved = await _save_uploads(form, workdir, self.limits)
+            saved = await save_uploads(form, workdir, self.limits)
         finally:
             await form.close()
         scans = await run_in_threadpool(group_scans, saved, workdir, max_scan_bytes=self.limits.max_scan_bytes)

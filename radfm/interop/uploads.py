@@ -11,6 +11,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pydicom
 
@@ -19,6 +20,14 @@ SCAN_SUFFIXES = {
     ".nrrd": "nrrd", ".dcm": "dicom", ".dicom": "dicom",
 }
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+FILE_FIELDS = ("files", "file")  # the multipart fields that carry scans
+_HEAD_BYTES = 352  # enough for the DICOM preamble and the NIfTI-1 magic at offset 344
+
+
+class BodyTooLarge(Exception):
+    """A request body grew past the service's byte limit while it was being read."""
 
 
 class UploadError(ValueError):
@@ -142,3 +151,34 @@ def group_scans(saved: list[tuple[str, Path, str]], workdir: Path, *, max_scan_b
 def _is_gzip(path: Path) -> bool:
     with path.open("rb") as handle:
         return handle.read(2) == b"\x1f\x8b"
+
+
+async def save_uploads(form, workdir: Path, limits: Any) -> list[tuple[str, Path, str]]:
+    """Write every file of a multipart ``form`` to ``workdir``; ``(original name, path, kind)`` in upload order.
+
+    ``limits``: the service's ``ServiceLimits`` (``max_files`` is checked here).
+    """
+    from starlette.datastructures import UploadFile
+
+    uploads = [(key, value) for key, value in form.multi_items() if isinstance(value, UploadFile)]
+    stray = [key for key, _ in uploads if key not in FILE_FIELDS]
+    if stray:
+        raise UploadError(f"file(s) sent in field(s) {sorted(set(stray))}; send scans in the field 'files'")
+    if not uploads:
+        raise UploadError("no scans uploaded: send one or more files in the multipart field 'files'")
+    if len(uploads) > limits.max_files:
+        raise UploadError(f"{len(uploads)} files uploaded; the limit is {limits.max_files}", 413)
+    saved = []
+    for index, (_, upload) in enumerate(uploads):
+        name = upload.filename or f"file{index}"
+        head = await upload.read(_HEAD_BYTES)
+        if not head:
+            raise UploadError(f"{name}: empty file")
+        kind = detect_kind(name, head)
+        path = workdir / safe_name(name, index)
+        with path.open("wb") as handle:
+            handle.write(head)
+            while chunk := await upload.read(1 << 20):
+                handle.write(chunk)
+        saved.append((name, path, kind))
+    return saved
