@@ -60,9 +60,6 @@ def train(
     Example:
         radfm train instruct --train_manifest phantoms/train.jsonl --val_manifest phantoms/val.jsonl --epochs 1
     """
-    if overrides.pop("help", False) or overrides.pop("h", False):
-        print(train.__doc__)  # fire hands --help to **overrides for a function with **kwargs
-        return
     from monai.bundle import run
 
     config_files = _resolve(config)
