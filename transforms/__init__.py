@@ -22,7 +22,7 @@ from .intensity import (
     resolve_window,
 )
 from .preprocess import describe, preprocess_cli, preprocess_pipeline, preprocess_scan, preprocess_transforms
-from .readers import LoadScan, LoadScand, read_scan, scan_format
+from .readers import LoadScan, LoadScand, read_scan, scan_format, scan_spatial_dims
 from .spatial import (
     OrientToRAS,
     OrientToRASd,
@@ -40,5 +40,5 @@ __all__ = [
     "ResizeToRadFM", "ResizeToRadFMd", "ScaleResizeToRadFM", "ScaleResizeToRadFMd", "ScanReadError", "ScanTooLargeError",
     "ToThreeChannels", "ToThreeChannelsd",
     "describe", "list_dicom_series", "preprocess_cli", "preprocess_pipeline", "preprocess_scan",
-    "preprocess_transforms", "radfm_spatial_size", "read_scan", "resolve_window", "scan_format", "scan_size_limit", "target_depth",
+    "preprocess_transforms", "radfm_spatial_size", "read_scan", "resolve_window", "scan_format", "scan_spatial_dims", "scan_size_limit", "target_depth",
 ]

@@ -61,6 +61,63 @@ def scan_format(path: str | os.PathLike) -> str:
                         f"expected {SUPPORTED}")
 
 
+def _depth_dims(shape: Sequence[int], depth_axis: int) -> int:
+    """2 or 3 from a header's array shape: 3 when the axis ``depth_axis`` exists and is longer than 1."""
+    return 3 if len(shape) > depth_axis and int(shape[depth_axis]) > 1 else 2
+
+
+def scan_spatial_dims(path: str | os.PathLike) -> int:
+    """2 or 3: the spatial dimensions :func:`read_scan` gives for ``path``, from its header only.
+
+    Same format detection as :func:`scan_format` (``ScanReadError`` for missing or unsupported
+    files); no pixels are read. A volume with one slice counts as 2D, as ``read_scan`` returns it.
+    A DICOM series folder counts as 3D (reading every header to find one-slice series would cost
+    what the sampler saves); a DICOM file is 3D when it holds several frames.
+    """
+    fmt = scan_format(path)
+    path_text = str(path)
+    try:
+        if fmt == "dicom_series":
+            return 3
+        if fmt == "image":
+            return 2
+        if fmt == "dicom":
+            import pydicom
+
+            header = pydicom.dcmread(path_text, stop_before_pixels=True, specific_tags=["NumberOfFrames"])
+            return 3 if int(header.get("NumberOfFrames", 1) or 1) > 1 else 2
+        if fmt == "nifti":
+            import nibabel as nib
+
+            return _depth_dims(nib.load(path_text).shape, 2)  # the header only: the data stays a proxy
+        if fmt == "nrrd":
+            import nrrd
+
+            with open(path_text, "rb") as handle:
+                return _depth_dims([int(s) for s in nrrd.read_header(handle).get("sizes", [])], 2)
+        if fmt == "numpy":
+            with open(path_text, "rb") as handle:
+                version = np.lib.format.read_magic(handle)
+                shape = (np.lib.format.read_array_header_1_0(handle) if version == (1, 0)
+                         else np.lib.format.read_array_header_2_0(handle))[0]
+            return _depth_dims(shape, len(shape) - 1) if len(shape) >= 3 else 2  # [H, W, D] or [C, H, W, D]
+        dims = []  # MetaImage: DimSize in the text header
+        with open(path_text, "rb") as handle:
+            for raw in handle.read(65536).split(b"\n"):
+                key, _, value = raw.decode("latin-1").partition("=")
+                if key.strip().lower() == "dimsize":
+                    dims = [int(v) for v in value.split()]
+                    break
+        if not dims:
+            raise ValueError("no DimSize field in the header")
+        return _depth_dims(dims, 2)
+    except ScanReadError:
+        raise
+    except Exception as error:
+        raise ScanReadError(f"{path_text}: cannot read the {fmt} header ({type(error).__name__}: {error}); "
+                            f"expected a valid {fmt} file") from None
+
+
 def _monai_read(reader: Any, path: str) -> tuple[np.ndarray, dict[str, Any]]:
     image = reader.read(path)
     array, meta = reader.get_data(image)
@@ -297,4 +354,5 @@ class LoadScand(MapTransform):
         return d
 
 
-__all__: Sequence[str] = ["LoadScan", "LoadScand", "read_scan", "read_scan_array", "scan_format", "to_meta_tensor"]
+__all__: Sequence[str] = ["LoadScan", "LoadScand", "read_scan", "read_scan_array", "scan_format", "scan_spatial_dims",
+                          "to_meta_tensor"]

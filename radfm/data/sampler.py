@@ -15,39 +15,23 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-_2D_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
-
 
 @lru_cache(maxsize=100_000)
 def image_dims(path: str) -> int:
-    """2 or 3: how many spatial dimensions the scan at ``path`` has (reads headers only).
+    """2 or 3: how many spatial dimensions the scan at ``path`` has, from its header only.
 
-    Photos/PNG -> 2; NIfTI -> 3 if its third axis is longer than 1; a folder (DICOM series)
-    -> 3; a DICOM file -> 3 if it has several frames; other volume formats -> 3.
+    The model's reader decides (:func:`radfm.transforms.readers.scan_spatial_dims`: same format
+    detection and 2D/3D rule as ``read_scan``); a missing or unsupported file raises
+    ``ScanReadError`` naming it.
     """
-    p = Path(path)
-    name = p.name.lower()
-    if p.is_dir():
-        return 3
-    if p.suffix.lower() in _2D_SUFFIXES:
-        return 2
-    if name.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
+    from radfm.transforms.readers import scan_spatial_dims  # lazily: MONAI/torch readers load on first use
 
-        shape = nib.load(str(p)).shape
-        return 3 if len(shape) >= 3 and shape[2] > 1 else 2
-    if name.endswith(".dcm"):
-        import pydicom
-
-        ds = pydicom.dcmread(str(p), stop_before_pixels=True)
-        return 3 if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 else 2
-    return 3
+    return scan_spatial_dims(path)
 
 
 def sample_dims(sample) -> int:

@@ -76,19 +76,25 @@ class ChatScan:
         if self._display is None:
             from radfm.rating.images import load_display_volume
 
-            self._display = load_display_volume(self.scan.path)
+            self._display = load_display_volume(self.scan.path, series_uid=self.scan.series_uid)
         return self._display
 
     def model_view(self) -> np.ndarray:
         """The model's input as [D, H, W] grey values (first channel), oriented like the original's display.
 
-        Pictures (PNG/JPEG) keep their rows and columns; volumes are in RAS order in the model's
-        input, shown like ``radfm.rating.images`` shows NIfTI: anterior up, patient right on the left.
+        Same display order as ``radfm.rating.images`` (:func:`~radfm.rating.images.display_order`):
+        volumes are in RAS order in the model's input and shown anterior up, patient right on the
+        left; 2D images (and volumes without geometry) keep their rows and columns.
         """
-        array = np.asarray(self.image[0], dtype=np.float32)  # [H, W, D]
-        if self.scan.kind in ("png", "jpeg"):
-            return np.ascontiguousarray(array.transpose(2, 0, 1))
-        return np.ascontiguousarray(array.transpose(2, 1, 0)[:, ::-1, ::-1])
+        from radfm.rating.images import display_order
+
+        meta = getattr(self.image, "meta", None) or {}
+        if "spatial_dims" in meta:
+            oriented = meta["spatial_dims"] == 3 and meta.get("orientation_known", True) is not False
+        else:  # a plain tensor: pictures are 2D, the other upload kinds are volumes with geometry
+            oriented = self.scan.kind not in ("png", "jpeg")
+        array = np.asarray(self.image[:1], dtype=np.float32)  # [1, H, W, D]
+        return np.ascontiguousarray(display_order(array, oriented)[0])
 
     def describe(self) -> dict[str, Any]:
         original = self.display()

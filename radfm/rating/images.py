@@ -4,14 +4,19 @@ Rendering happens on the server so the page needs no imaging library. Volumes ar
 once and kept in a small LRU cache; slices are windowed (CT presets in Hounsfield units or
 an automatic 0.5–99.5 percentile window) and encoded with Pillow.
 
-Supported: NIfTI (``.nii``/``.nii.gz``), DICOM files and DICOM series folders, NRRD,
-``.npy`` arrays, and ordinary images (PNG, JPEG, BMP, TIFF).
-
-Hostile files are refused before any library reads them, with the checks of
-:mod:`radfm.transforms.guards`: an NRRD ``data file`` outside the scan's folder, and any file
-whose header claims more decoded bytes than ``max_scan_bytes`` (default 2 GiB; a DICOM folder
-counts all its slices). Window presets are those of the preprocessing
+Reading is the model's: :func:`radfm.transforms.read_scan` (the same readers, hostile-file
+guards and ``max_scan_bytes`` limit, default 2 GiB; a DICOM folder with several series is
+refused with the list of their SeriesInstanceUIDs unless ``series_uid`` names one), then
+``DropAlpha`` and ``OrientToRAS``, the first steps of the preprocessing. So the viewer shows the
+volume the model reads, in modality units (HU for CT; not rescaled to [0, 1]) at its original
+resolution. Formats: those of ``radfm.transforms`` (NIfTI, DICOM file or series folder, NRRD,
+MetaImage, PNG/JPEG, ``.npy``). Window presets are those of the preprocessing
 (:data:`radfm.transforms.intensity.WINDOW_PRESETS`).
+
+Display order: volumes with a known orientation (RAS+ after ``OrientToRAS``) are shown as axial
+slices, slice 0 the most inferior, anterior at the top and the patient's right on the viewer's
+left (radiological convention); 2D images and volumes without geometry (``.npy``, multi-frame
+DICOM without positions) keep their stored rows and columns, slices along the last axis.
 """
 
 from __future__ import annotations
@@ -21,10 +26,9 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-
-PICTURE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")  # the Pillow decoders the viewer uses (by content, not name)
 
 
 def window_presets() -> dict[str, tuple[float, float]]:
@@ -35,12 +39,6 @@ def window_presets() -> dict[str, tuple[float, float]]:
     return WINDOW_PRESETS
 
 
-def _guards():
-    from radfm.transforms import guards  # lazily, as window_presets()
-
-    return guards
-
-
 class ScanDisplayError(ValueError):
     """A scan cannot be read or shown; the message names the file."""
 
@@ -49,7 +47,7 @@ class ScanDisplayError(ValueError):
 class DisplayVolume:
     """A scan ready for slicing.
 
-    ``data``: [D, H, W] grey values (HU for CT) or [1, H, W, 3] uint8 for colour 2D images;
+    ``data``: [D, H, W] grey values (HU for CT) or [D, H, W, 3] uint8 for colour images;
     slice ``k`` is shown with row 0 at the top. ``auto_window``: (low, high) percentiles.
     """
 
@@ -75,155 +73,68 @@ def _percentile_window(data: np.ndarray) -> tuple[float, float]:
     return float(low), float(high) if high > low else float(low) + 1.0
 
 
-def _from_nifti(path: Path) -> np.ndarray:
-    import nibabel as nib
+def display_order(array: np.ndarray, oriented: bool) -> np.ndarray:
+    """Channel-first ``[C, H, W]`` or ``[C, X, Y, Z]`` (as the model reads it) -> ``[C, D, rows, cols]`` to show.
 
-    image = nib.as_closest_canonical(nib.load(str(path)))  # RAS+: axial slices along axis 2
-    data = np.asarray(image.dataobj, dtype=np.float32)
-    if data.ndim == 4:
-        data = data[..., 0]
-    if data.ndim == 2:
-        data = data[:, :, None]
-    if data.ndim != 3:
-        raise ScanDisplayError(f"{path}: expected a 2D or 3D NIfTI image, got shape {data.shape}")
-    # [x, y, z] -> [z, y, x], then anterior at the top and patient right on the left (radiological)
-    return np.ascontiguousarray(data.transpose(2, 1, 0)[:, ::-1, ::-1])
-
-
-def _dicom_frames(dataset) -> np.ndarray:
-    """Pixel data of one DICOM dataset as [frames, rows, cols] in modality units (HU for CT)."""
-    from pydicom.pixels import apply_modality_lut
-
-    pixels = dataset.pixel_array
-    if getattr(dataset, "PhotometricInterpretation", "") in ("RGB", "YBR_FULL", "YBR_FULL_422"):
-        raise ScanDisplayError("colour DICOM")  # handled by the caller as an RGB 2D image
-    values = apply_modality_lut(pixels, dataset).astype(np.float32)
-    if getattr(dataset, "PhotometricInterpretation", "") == "MONOCHROME1":
-        values = values.max() - values  # show as MONOCHROME2: bright = dense
-    return values[None] if values.ndim == 2 else values
-
-
-def _from_dicom_file(path: Path) -> np.ndarray | DisplayVolume:
-    import pydicom
-
-    dataset = pydicom.dcmread(str(path))
-    if getattr(dataset, "PhotometricInterpretation", "") in ("RGB", "YBR_FULL", "YBR_FULL_422"):
-        from pydicom.pixels import convert_color_space
-
-        rgb = dataset.pixel_array
-        if dataset.PhotometricInterpretation != "RGB":
-            rgb = convert_color_space(rgb, dataset.PhotometricInterpretation, "RGB")
-        rgb = np.asarray(rgb, dtype=np.uint8)
-        return DisplayVolume(rgb[None] if rgb.ndim == 3 else rgb[:1], (0.0, 255.0), rgb=True)
-    return _dicom_frames(dataset)
-
-
-def _from_dicom_folder(folder: Path, max_scan_bytes: int | None = None) -> np.ndarray:
-    """A DICOM series folder: the largest series, slices sorted along the slice normal."""
-    import pydicom
-
-    by_series: dict[str, list] = {}
-    claimed: dict[str, int] = {}
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        _guards().check_dicom_inflation(file, max_scan_bytes)
-        try:
-            header = pydicom.dcmread(str(file), stop_before_pixels=True)
-        except Exception:  # noqa: BLE001 - non-DICOM files in a series folder are ignored
-            continue
-        uid = str(getattr(header, "SeriesInstanceUID", ""))
-        claimed[uid] = claimed.get(uid, 0) + _guards().dicom_pixel_bytes(header)
-        _guards().check_claimed_size(folder, claimed[uid], f"series {uid or '?'} (by its slices' headers)", max_scan_bytes)
-        try:
-            dataset = pydicom.dcmread(str(file))
-        except Exception:  # noqa: BLE001
-            continue
-        if "PixelData" in dataset:
-            by_series.setdefault(uid, []).append(dataset)
-    if not by_series:
-        raise ScanDisplayError(f"{folder}: no DICOM images with pixel data in this folder")
-    series = max(by_series.values(), key=len)
-
-    def position(dataset) -> float:
-        ipp, iop = getattr(dataset, "ImagePositionPatient", None), getattr(dataset, "ImageOrientationPatient", None)
-        if ipp is not None and iop is not None:
-            normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
-            return float(np.dot(normal, np.asarray(ipp, float)))
-        return float(getattr(dataset, "InstanceNumber", 0) or 0)
-
-    series.sort(key=position)
-    frames = [_dicom_frames(d) for d in series]
-    shapes = {f.shape[1:] for f in frames}
-    if len(shapes) > 1:
-        raise ScanDisplayError(f"{folder}: slices of different sizes {sorted(shapes)} in one series")
-    return np.concatenate(frames, axis=0)
-
-
-def _from_picture(path: Path, max_scan_bytes: int | None = None) -> np.ndarray | DisplayVolume:
-    from PIL import Image
-
-    _guards().check_picture(path, max_scan_bytes, formats=PICTURE_FORMATS)
-    with Image.open(path, formats=list(PICTURE_FORMATS)) as picture:
-        if picture.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LA"):
-            rgb = np.asarray(picture.convert("RGB"), dtype=np.uint8)
-            return DisplayVolume(rgb[None], (0.0, 255.0), rgb=True)
-        return np.asarray(picture, dtype=np.float32)[None]
-
-
-def _from_nrrd(path: Path, max_scan_bytes: int | None = None) -> np.ndarray:
-    data, _ = _guards().read_nrrd_bounded(path, max_scan_bytes)  # detached data stays in the folder; bounded inflation
-    data = np.asarray(data, dtype=np.float32)
-    if data.ndim == 2:
-        data = data[:, :, None]
-    return np.ascontiguousarray(data.transpose(2, 1, 0))
-
-
-def _from_npy(path: Path, max_scan_bytes: int | None = None) -> np.ndarray:
-    _guards().check_numpy(path, max_scan_bytes)
-    data = np.load(path, allow_pickle=False).astype(np.float32)  # never unpickle
-    if data.ndim == 2:
-        return data[None]
-    if data.ndim == 3:
-        return np.ascontiguousarray(data.transpose(2, 0, 1))  # stored [H, W, D] like the model input
-    raise ScanDisplayError(f"{path}: expected a 2D or 3D array, got shape {data.shape}")
-
-
-def load_display_volume(path: str | Path, max_scan_bytes: int | None = None) -> DisplayVolume:
-    """Read any supported scan for display; raises ScanDisplayError naming the file.
-
-    ``max_scan_bytes``: decoded size allowed by the file's header (None: 2 GiB, see ``radfm.transforms.guards``).
+    ``oriented``: the volume is in RAS+ order (after ``OrientToRAS``): slices along Z, anterior at
+    the top, patient's right on the left. Otherwise (2D, or no geometry): stored rows and columns.
+    A view where possible; the caller copies.
     """
+    if array.ndim == 3:
+        return array[:, None]
+    if array.ndim != 4:
+        raise ValueError(f"expected a channel-first 2D image or 3D volume, got shape {tuple(array.shape)}")
+    if oriented:
+        return array.transpose(0, 3, 2, 1)[:, :, ::-1, ::-1]
+    return array.transpose(0, 3, 1, 2)
+
+
+def model_read(path: str | Path, *, series_uid: str | None = None, max_scan_bytes: int | None = None) -> Any:
+    """The scan as the model reads it before resizing: ``read_scan`` -> ``DropAlpha`` -> ``OrientToRAS``.
+
+    A ``MetaTensor`` [C, H, W] or [C, X, Y, Z] in modality units; ``ScanReadError`` naming the file.
+    """
+    from radfm.transforms import DropAlpha, OrientToRAS, read_scan
+
+    image = read_scan(path, series_uid=series_uid, max_scan_bytes=max_scan_bytes)
+    return OrientToRAS()(DropAlpha()(image))
+
+
+def _to_display(image: Any, path: Path) -> DisplayVolume:
+    array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    meta = getattr(image, "meta", {}) or {}
+    oriented = array.ndim == 4 and meta.get("orientation_known", True) is not False
+    planes = display_order(array, oriented)  # [C, D, rows, cols]
+    if planes.shape[0] == 3:  # colour picture or colour DICOM: shown as RGB, values as stored
+        rgb = np.clip(np.moveaxis(planes, 0, -1), 0, 255).astype(np.uint8)
+        return DisplayVolume(np.ascontiguousarray(rgb), (0.0, 255.0), rgb=True)
+    if planes.shape[0] != 1:
+        raise ScanDisplayError(f"{path}: {planes.shape[0]} channels; expected a grey or RGB image")
+    grey = np.ascontiguousarray(planes[0], dtype=np.float32)
+    if grey.size == 0:
+        raise ScanDisplayError(f"{path}: empty image")
+    return DisplayVolume(grey, _percentile_window(grey))
+
+
+def load_display_volume(path: str | Path, max_scan_bytes: int | None = None, *,
+                        series_uid: str | None = None) -> DisplayVolume:
+    """Read a scan as the model reads it (:func:`model_read`) for display; raises ScanDisplayError naming the file.
+
+    ``max_scan_bytes``: decoded size allowed by the file's header (None: 2 GiB, see ``radfm.transforms.guards``);
+    ``series_uid``: the series to show from a DICOM folder holding several (otherwise such a folder is refused).
+    """
+    from radfm.transforms.errors import ScanReadError
+
     path = Path(path)
-    name = path.name.lower()
     try:
-        if path.is_dir():
-            result = _from_dicom_folder(path, max_scan_bytes)
-        elif name.endswith((".nii", ".nii.gz")):
-            _guards().check_nifti(path, max_scan_bytes)
-            result = _from_nifti(path)
-        elif name.endswith((".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")):
-            result = _from_picture(path, max_scan_bytes)
-        elif name.endswith((".nrrd", ".nhdr")):
-            result = _from_nrrd(path, max_scan_bytes)
-        elif name.endswith(".npy"):
-            result = _from_npy(path, max_scan_bytes)
-        else:  # .dcm or no extension: try DICOM
-            _guards().check_dicom(path, max_scan_bytes)
-            result = _from_dicom_file(path)
+        image = model_read(path, series_uid=series_uid, max_scan_bytes=max_scan_bytes)
+        return _to_display(image, path)
     except ScanDisplayError:
         raise
-    except ValueError as error:
-        from radfm.transforms.errors import ScanReadError
-
-        if not isinstance(error, ScanReadError):
-            raise ScanDisplayError(f"{path}: cannot read scan ({type(error).__name__}: {error})") from error
-        raise ScanDisplayError(str(error)) from None  # refused by a guard: the message already names the file
+    except ScanReadError as error:
+        raise ScanDisplayError(str(error)) from None  # the reader's message names the file (and the series)
     except Exception as error:
         raise ScanDisplayError(f"{path}: cannot read scan ({type(error).__name__}: {error})") from error
-    if isinstance(result, DisplayVolume):
-        return result
-    if result.size == 0:
-        raise ScanDisplayError(f"{path}: empty image")
-    return DisplayVolume(result, _percentile_window(result))
 
 
 class VolumeCache:

@@ -95,5 +95,10 @@ def test_colour_png_npy_and_nrrd(tmp_path):
     from_npy = load_display_volume(tmp_path / "v.npy")
     assert from_npy.depth == 5 and np.array_equal(from_npy.data[2], array[:, :, 2])
 
-    nrrd.write(str(tmp_path / "v.nrrd"), array)
+    # NRRD: read with its geometry, as the model reads it (LPS -> RAS flips x and y, keeps the depth)
+    header = {"space": "left-posterior-superior", "space directions": np.eye(3), "space origin": np.zeros(3)}
+    nrrd.write(str(tmp_path / "v.nrrd"), array, header)
     assert load_display_volume(tmp_path / "v.nrrd").depth == 5
+    nrrd.write(str(tmp_path / "bare.nrrd"), array)  # no geometry: refused by the model's reader, so by the viewer
+    with pytest.raises(ScanDisplayError, match="bare.nrrd"):
+        load_display_volume(tmp_path / "bare.nrrd")
