@@ -99,11 +99,13 @@ class SavePretrained:
 
 
 class TrackingParams:
-    """Hands ``params`` (learning rate, batch size, model sizes ...) to MONAI's ``MLFlowHandler``.
+    """Hands ``params`` (learning rate, batch size, model sizes ...) to MONAI's ``MLFlowHandler``,
+    and closes its run as FAILED when training raises.
 
     ``--tracking mlflow`` appends an ``MLFlowHandler`` to the trainer handlers; before it starts
     its run, this handler puts ``params`` in its ``experiment_param`` so they are logged as
-    MLflow params. Without tracking it does nothing.
+    MLflow params. MONAI ends the run only on completion, so a crash would leave it RUNNING;
+    here an exception marks it FAILED and is raised again. Without tracking it does nothing.
     """
 
     def __init__(self, params: dict[str, Any]) -> None:
@@ -111,14 +113,32 @@ class TrackingParams:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self.fail_run)
 
-    def __call__(self, engine: Engine) -> None:
+    @staticmethod
+    def _tracker(engine: Engine):
         from monai.handlers import MLFlowHandler
 
-        for handler, _args, _kwargs in engine._event_handlers.get(Events.STARTED, []):
-            owner = getattr(handler, "__self__", None)
-            if isinstance(owner, MLFlowHandler):
-                owner.experiment_param = {**(owner.experiment_param or {}), **self.params}
+        for handlers in engine._event_handlers.values():
+            for handler, _args, _kwargs in handlers:
+                owner = getattr(handler, "__self__", None)
+                if isinstance(owner, MLFlowHandler):
+                    return owner
+        return None
+
+    def __call__(self, engine: Engine) -> None:
+        tracker = self._tracker(engine)
+        if tracker is not None:
+            tracker.experiment_param = {**(tracker.experiment_param or {}), **self.params}
+
+    def fail_run(self, engine: Engine, error: BaseException) -> None:
+        """Ignite's EXCEPTION_RAISED: end the MLflow run as FAILED, then raise ``error`` again."""
+        tracker = self._tracker(engine)
+        run = getattr(tracker, "cur_run", None) if tracker is not None else None
+        if run is not None and is_rank0():
+            tracker.client.set_terminated(run.info.run_id, status="FAILED")
+            tracker.cur_run = None
+        raise error
 
 
 class SaveGrid:
