@@ -44,6 +44,7 @@ class DicomSeriesInfo:
     files: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
+        """One line naming the series (UID, modality, file count, description) for error messages."""
         return (f"SeriesInstanceUID={self.uid} (modality {self.modality or '?'}, "
                 f"{len(self.files)} file(s), description {self.description!r}, number {self.number or '?'})")
 

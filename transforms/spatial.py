@@ -242,6 +242,7 @@ class ResizeToRadFM(InvertibleTransform):
         return result
 
     def inverse(self, data: torch.Tensor) -> torch.Tensor:
+        """``[C, H', W', D']`` back to the recorded input size (linear resampling; values, not the original voxels)."""
         transform = self.pop_transform(data)
         orig_size = tuple(int(s) for s in transform["orig_size"])
         extra = transform["extra_info"]
@@ -308,6 +309,7 @@ class OrientToRAS(InvertibleTransform):
         return img
 
     def inverse(self, data: torch.Tensor) -> torch.Tensor:
+        """Undo the reorientation recorded on a ``MetaTensor`` (a plain tensor is returned as is)."""
         if not isinstance(data, MetaTensor) or not data.applied_operations:
             return data
         if data.applied_operations[-1].get("class") == "Orientation":
