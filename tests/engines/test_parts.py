@@ -38,7 +38,7 @@ def test_lora_trains_only_adapters_in_the_llm():
 
 
 def test_closed_set_accuracy_metric():
-    from radfm.engines.validation import ClosedSetAccuracy
+    from radfm.metrics.ignite_metrics import ClosedSetAccuracy
 
     metric = ClosedSetAccuracy()
     per_task = ClosedSetAccuracy("vqa")
@@ -51,7 +51,7 @@ def test_closed_set_accuracy_metric():
 def test_image_loader_for_reads_preprocess_json(tmp_path):
     from PIL import Image
 
-    from radfm.engines.inference import image_loader_for
+    from radfm.data.loaders import image_loader_for
 
     png = tmp_path / "a.png"
     Image.fromarray((np.arange(100 * 60).reshape(100, 60) % 256).astype(np.uint8)).save(png)
@@ -66,7 +66,7 @@ def test_image_loader_for_reads_preprocess_json(tmp_path):
 
 
 def test_collate_left_pads_with_zero_weight():
-    from radfm.engines.data import collate_radfm
+    from radfm.data.loaders import collate_radfm
 
     a = {"ids": "a", "input_ids": torch.tensor([1, 5, 6]), "loss_weights": torch.tensor([0.0, 1.0, 3.0]), "images": []}
     b = {"ids": "b", "input_ids": torch.tensor([1, 7]), "loss_weights": torch.tensor([0.0, 1.0]), "images": []}
@@ -175,7 +175,7 @@ def test_scan_store_runs_the_bundle_transform_through_a_monai_dataset(kind, tmp_
 
     import monai.data
 
-    from radfm.engines.data import ScanStore
+    from radfm.data.loaders import ScanStore
 
     paths = [str(_png(tmp_path / f"{i}.png")) for i in range(2)]
     from monai.transforms import Transform
