@@ -8,8 +8,8 @@ Multi-process (DDP / FSDP mixins): validation is sharded, not repeated. Each ran
 its share of the cases (the mixins give ``validate#dataloader`` a ``monai.data.DistributedSampler``
 with ``even_divisible=False``: no padding, no case twice), each rank generates alone
 (:func:`radfm.engines.distributed.generation_model`: DDP's module, or FSDP's gathered parameters),
-and ``radfm.metrics.ignite_metrics.ClosedSetAccuracy`` sums correct/total over the ranks, so every rank reports the metric of
-the whole validation set.
+and ``radfm.metrics.ignite_metrics.ClosedSetAccuracy`` sums correct/total over the ranks, so every
+rank reports the metric of the whole validation set.
 """
 
 from __future__ import annotations
