@@ -5,14 +5,13 @@
 ``evaluator``), :class:`PrintAnswerd` (postprocessing), :class:`AnswerWriter` (JSONL handler).
 Their data comes from ``radfm.data.loaders`` (``prompt_items``, ``EachImaged``, ``collate_cases``,
 ``ClosedSetDataset``) and their closed-set metric from ``radfm.metrics.ignite_metrics``
-(``ClosedSetScore``). :func:`answer_prompts` is the same in one Python call (no engine), for scripts.
+(``ClosedSetScore``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,53 +20,7 @@ import torch
 from monai.engines import SupervisedEvaluator
 from monai.inferers import Inferer
 
-from radfm.data.loaders import ImageLoader
 from radfm.utils.io import atomic_write_text
-
-
-def answer_prompts(
-    model: torch.nn.Module,
-    cases: Sequence[dict[str, Any]],
-    *,
-    image_loader: ImageLoader,
-    base_dir: str | os.PathLike | None = None,
-    max_new_tokens: int = 32,
-    output_file: str | os.PathLike | None = None,
-    print_answers: bool = True,
-    **generate_kwargs: Any,
-) -> list[str]:
-    """Answer each ``{"prompt": str, "images": [paths]}`` case; print and/or write JSONL.
-
-    Relative image paths are resolved against ``base_dir``. A prompt without ``<image>``
-    placeholders gets one per image in front. Returns the answers in order.
-    """
-    from radfm.model.generation import generate_text
-
-    base = Path(os.fspath(base_dir)) if base_dir is not None else Path.cwd()
-    prompts, images, paths = [], [], []
-    for index, case in enumerate(cases):
-        if "prompt" not in case or "images" not in case:
-            raise ValueError(f"case {index}: expected keys 'prompt' and 'images', got {sorted(case)}")
-        case_paths = [str(p if Path(p).is_absolute() else base / p) for p in case["images"]]
-        for path in case_paths:
-            if not Path(path).exists():
-                raise FileNotFoundError(f"case {index}: image file not found: {path}")
-        prompts.append(case["prompt"])
-        paths.append(case_paths)
-        images.append([image_loader(p) for p in case_paths])
-    network = getattr(model, "module", model).eval()
-    with torch.no_grad():
-        answers = generate_text(network, network.tokenizer, prompts, images, max_new_tokens=max_new_tokens,
-                                **generate_kwargs)
-    if print_answers:
-        for prompt, case_paths, answer in zip(prompts, paths, answers):
-            names = ", ".join(Path(p).name for p in case_paths)
-            print(f"[{names}]\n  Q: {prompt}\n  A: {answer}\n", flush=True)
-    if output_file is not None:
-        _write_jsonl(output_file, [
-            {"prompt": p, "images": i, "answer": a} for p, i, a in zip(prompts, paths, answers)
-        ])
-    return answers
 
 
 class GenerationInferer(Inferer):
