@@ -99,7 +99,7 @@ def warm_start_vision(phantom_dir: Path, out_file: Path, steps: int, seed: int, 
 
     End to end, a from-scratch tiny model learns the modality (a global feature) but not small
     lesions within a CPU budget; an encoder that already sees lesions fixes that (the paper, too,
-    trains in stages). Uses ``radfm.engines.classification``; 2D and 3D batches alternate.
+    trains in stages). Uses ``radfm.model.classifier``; 2D and 3D batches alternate.
     This stage is cheap, so it gets its own, larger phantom set: with the instruct stage's 720
     cases the encoder memorises the ultrasound speckle and is at chance on new ultrasound cases.
     Returns the accuracy per label on the training cases and, with ``held_out_dir``, per modality
@@ -108,8 +108,8 @@ def warm_start_vision(phantom_dir: Path, out_file: Path, steps: int, seed: int, 
     import torch
     from safetensors.torch import save_file
 
-    from radfm.engines.classification import load_classifier
-    from radfm.engines.data import default_image_loader
+    from radfm.model.classifier import load_classifier
+    from radfm.data.loaders import default_image_loader
 
     loader = default_image_loader(**IMAGE_SIZES)
 
@@ -183,7 +183,7 @@ def evaluate(model_dir: Path, phantom_dir: Path, batch_size: int = 32) -> dict:
     """Held-out accuracy per task (difflib closed-set matching) and the zero-image ablation."""
     import torch
 
-    from radfm.engines.data import default_image_loader
+    from radfm.data.loaders import default_image_loader
     from radfm.metrics.closed import match_closed_set, match_reference
     from radfm.model.generation import generate_text
     from radfm.model.radfm import RadFM

@@ -78,7 +78,7 @@ class ResumeFromCheckpoint(CheckpointLoader):
 
     ``load_dict`` must hold the same objects as the saver's ``save_dict`` (with an
     ``RNGState``; the trainer is added at ``attach``). ``sampler`` is the training sampler
-    (``radfm.engines.data.train_sampler``): a ``ResumableSampler`` skips ``seen batches ×
+    (``radfm.data.loaders.train_sampler``): a ``ResumableSampler`` skips ``seen batches ×
     batch_size`` samples, a ``ModalityBatchSampler`` skips the seen batches and is given the
     epoch at every epoch start (MONAI's workflow does that only for a ``DistributedSampler``).
     """

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from radfm.data.loaders import ImageLoader
 from radfm.metrics.fewshot import Exemplar, few_shot_prompt, select_exemplars
 from radfm.metrics.predictions import PredictionRecord, read_jsonl
 from radfm.metrics.suite import CLOSED_TASKS
@@ -43,7 +44,6 @@ PROMPT_FORMATS = ("radfm", "flamingo")
 
 # (prompts, images per prompt) -> answers; images are [3, H, W, D] tensors.
 PredictBatch = Callable[[list[str], list[list[Any]]], list[str]]
-LoadImage = Callable[[str], Any]
 
 
 @dataclass
@@ -142,7 +142,7 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def run_predictions(cases: Sequence[EvalCase], predict_batch: PredictBatch, load_image: LoadImage,
+def run_predictions(cases: Sequence[EvalCase], predict_batch: PredictBatch, load_image: ImageLoader,
                     predictions_path: str | Path, *, model_name: str, batch_size: int = 4,
                     retry_failed: bool = False, progress: bool = True) -> dict[str, int]:
     """Predict every case not yet in ``predictions_path``, appending one JSON line per case.
@@ -175,7 +175,7 @@ def run_predictions(cases: Sequence[EvalCase], predict_batch: PredictBatch, load
     return counts
 
 
-def _predict_batch(batch: Sequence[EvalCase], predict_batch: PredictBatch, load_image: LoadImage,
+def _predict_batch(batch: Sequence[EvalCase], predict_batch: PredictBatch, load_image: ImageLoader,
                    model_name: str) -> list[PredictionRecord]:
     """Records for one batch, in batch order; a failing batch is retried case by case."""
     results: dict[str, PredictionRecord] = {}
@@ -320,7 +320,7 @@ def _process_group(device: str):
             destroy_process_group()
 
 
-def _run_shard(cases: Sequence[EvalCase], predict: PredictBatch, load_image: LoadImage, output_dir: Path,
+def _run_shard(cases: Sequence[EvalCase], predict: PredictBatch, load_image: ImageLoader, output_dir: Path,
                rank: int, world_size: int, *, model_name: str, batch_size: int, retry_failed: bool) -> dict[str, int]:
     """This rank's slice of the cases not yet in predictions.jsonl; rank 0 then merges every shard."""
     import torch.distributed as dist

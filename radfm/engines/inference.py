@@ -1,139 +1,26 @@
 """Answering prompts about scans.
 
-``inference.json`` / ``evaluate.json`` parts (a MONAI inference workflow): :func:`prompt_items`
-(the data), :class:`EachImaged` (the bundle's per-scan ``preprocessing`` on every scan of a case),
+``inference.json`` / ``evaluate.json`` engine parts (a MONAI inference workflow):
 :class:`GenerationInferer` (greedy answers, grid checks), :class:`AnswerEvaluator` (the
-``evaluator``), :class:`PrintAnswerd` (postprocessing), :class:`AnswerWriter` (JSONL handler),
-:class:`ClosedSetScore` (closed-set accuracy metric). :func:`answer_prompts` is the same in one
-Python call (no engine), for scripts.
+``evaluator``), :class:`PrintAnswerd` (postprocessing), :class:`AnswerWriter` (JSONL handler).
+Their data comes from ``radfm.data.loaders`` (``prompt_items``, ``EachImaged``, ``collate_cases``,
+``ClosedSetDataset``) and their closed-set metric from ``radfm.metrics.ignite_metrics``
+(``ClosedSetScore``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ignite.metrics import Metric
 from monai.engines import SupervisedEvaluator
 from monai.inferers import Inferer
 
-from radfm.engines.data import ImageLoader, default_image_loader
-
-
-def image_loader_for(model_dir: str | os.PathLike | None) -> ImageLoader:
-    """The preprocessing a model was trained with: ``preprocess_scan`` with the options recorded in
-    its ``preprocess.json`` (the demo model records a smaller grid there), else the standard one."""
-    if model_dir is None:
-        return default_image_loader()
-    from radfm.model.loading import preprocess_options
-
-    return default_image_loader(**preprocess_options(model_dir))
-
-
-def answer_prompts(
-    model: torch.nn.Module,
-    cases: Sequence[dict[str, Any]],
-    *,
-    image_loader: ImageLoader,
-    base_dir: str | os.PathLike | None = None,
-    max_new_tokens: int = 32,
-    output_file: str | os.PathLike | None = None,
-    print_answers: bool = True,
-    **generate_kwargs: Any,
-) -> list[str]:
-    """Answer each ``{"prompt": str, "images": [paths]}`` case; print and/or write JSONL.
-
-    Relative image paths are resolved against ``base_dir``. A prompt without ``<image>``
-    placeholders gets one per image in front. Returns the answers in order.
-    """
-    from radfm.model.generation import generate_text
-
-    base = Path(os.fspath(base_dir)) if base_dir is not None else Path.cwd()
-    prompts, images, paths = [], [], []
-    for index, case in enumerate(cases):
-        if "prompt" not in case or "images" not in case:
-            raise ValueError(f"case {index}: expected keys 'prompt' and 'images', got {sorted(case)}")
-        case_paths = [str(p if Path(p).is_absolute() else base / p) for p in case["images"]]
-        for path in case_paths:
-            if not Path(path).exists():
-                raise FileNotFoundError(f"case {index}: image file not found: {path}")
-        prompts.append(case["prompt"])
-        paths.append(case_paths)
-        images.append([image_loader(p) for p in case_paths])
-    network = getattr(model, "module", model).eval()
-    with torch.no_grad():
-        answers = generate_text(network, network.tokenizer, prompts, images, max_new_tokens=max_new_tokens,
-                                **generate_kwargs)
-    if print_answers:
-        for prompt, case_paths, answer in zip(prompts, paths, answers):
-            names = ", ".join(Path(p).name for p in case_paths)
-            print(f"[{names}]\n  Q: {prompt}\n  A: {answer}\n", flush=True)
-    if output_file is not None:
-        _write_jsonl(Path(output_file), [
-            {"prompt": p, "images": i, "answer": a} for p, i, a in zip(prompts, paths, answers)
-        ])
-    return answers
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    """Atomic write: a temp file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(row) + "\n" for row in rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# ---------------------------------------------------------------- inference.json / evaluate.json parts ----
-def prompt_items(cases: Sequence[dict[str, Any]] | str | os.PathLike | None,
-                 base_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """``{"prompt", "images"}`` cases (a list, or a JSON file holding one) → dataset items.
-
-    Each item: ``prompt``, ``image_paths`` (absolute; relative ones resolved against ``base_dir``)
-    and ``images`` (the same paths; the preprocessing replaces them by tensors). Missing files and
-    malformed cases raise naming the case.
-    """
-    if isinstance(cases, (str, os.PathLike)):
-        cases = json.loads(Path(cases).read_text(encoding="utf-8"))
-    base = Path(os.fspath(base_dir)) if base_dir is not None else Path.cwd()
-    items = []
-    for index, case in enumerate(cases or []):
-        if not isinstance(case, dict) or "prompt" not in case or "images" not in case:
-            raise ValueError(f"case {index}: expected an object with keys 'prompt' and 'images', got {case!r:.200}")
-        paths = [str(p if Path(p).is_absolute() else base / p) for p in case["images"]]
-        for path in paths:
-            if not Path(path).exists():
-                raise FileNotFoundError(f"case {index}: image file not found: {path}")
-        items.append({"prompt": case["prompt"], "image_paths": paths, "images": list(paths)})
-    return items
-
-
-class EachImaged:
-    """Apply a dictionary ``transform`` on ``{"image": path}`` to every path in ``item[key]`` (a list).
-
-    Lets one bundle ``preprocessing`` (a ``Compose`` of dictionary transforms on ``image``) serve
-    cases with any number of scans.
-    """
-
-    def __init__(self, keys: str, transform: Any, image_key: str = "image") -> None:
-        self.key, self.transform, self.image_key = keys, transform, image_key
-
-    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
-        from radfm.engines.data import plain_image
-
-        d = dict(data)
-        d[self.key] = [plain_image(self.transform({self.image_key: p})[self.image_key]) for p in d[self.key]]
-        return d
+from radfm.utils.io import atomic_write_text
 
 
 class GenerationInferer(Inferer):
@@ -176,7 +63,7 @@ class AnswerEvaluator(SupervisedEvaluator):
     Output: one dict per case (``prompt``, ``image_paths``, ``pred`` = the answer), already
     decollated (answers are strings; ``decollate`` is off); ``postprocessing`` runs on each case
     and ``val_handlers`` (e.g. :class:`AnswerWriter`) see the list. Batches come from
-    :func:`radfm.engines.data.collate_cases`.
+    :func:`radfm.data.loaders.collate_cases`.
     """
 
     def __init__(self, device: str | torch.device, val_data_loader: Any, network: torch.nn.Module,
@@ -204,32 +91,6 @@ class AnswerEvaluator(SupervisedEvaluator):
         engine.state.output = cases
         engine.fire_event(IterationEvents.MODEL_COMPLETED)  # runs the postprocessing on each case
         return engine.state.output
-
-
-class ClosedSetScore(Metric):
-    """Accuracy over an evaluation of closed-set cases (all tasks, or one ``task``), from
-    :class:`AnswerEvaluator`'s per-case outputs (``task``, ``correct``)."""
-
-    def __init__(self, task: str | None = None) -> None:
-        self.task = task
-        super().__init__(output_transform=lambda output: output)
-
-    def reset(self) -> None:
-        self._correct, self._total = 0, 0
-
-    def update(self, output: list[dict[str, Any]]) -> None:
-        for case in output:
-            if self.task is None or case["task"] == self.task:
-                self._correct += int(bool(case["correct"]))
-                self._total += 1
-
-    def compute(self) -> float:
-        return self._correct / self._total if self._total else float("nan")
-
-
-def task_scores(tasks: Sequence[str] | None, prefix: str = "accuracy_") -> dict[str, ClosedSetScore]:
-    """``{"accuracy_<task>": ClosedSetScore(task)}`` for ``evaluator#additional_metrics``."""
-    return {f"{prefix}{task}": ClosedSetScore(task) for task in (tasks or [])}
 
 
 class PrintAnswerd:
@@ -265,4 +126,9 @@ class AnswerWriter:
 
     def _write(self, engine: Any) -> None:
         if self.output_file is not None:
-            _write_jsonl(Path(self.output_file), self.rows)
+            _write_jsonl(self.output_file, self.rows)
+
+
+def _write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
+    """``rows`` as JSON lines, written atomically (``radfm.utils.io``)."""
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))

@@ -3,12 +3,16 @@
 Token ``t`` is predicted from positions ``< t``: logits at ``t-1`` are scored against the
 label at ``t`` with the weight of ``t``. Image tokens, instruction tokens and padding carry
 weight 0; response text 1; medical terms 3 (the weights come from the data pipeline).
+
+:func:`classification_loss` is the loss of the classification finetunes
+(``bundles/radfm_classification``).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def weighted_token_ce_sums(
@@ -44,3 +48,8 @@ def weighted_next_token_loss(
     """Σ w·CE / Σ w (scalar); 0 with no gradient signal when every weight is 0."""
     weighted_sum, weight_total = weighted_token_ce_sums(logits, input_ids, loss_weights)
     return weighted_sum / weight_total.clamp(min=1e-8)
+
+
+def classification_loss(multi_label: bool) -> nn.Module:
+    """Cross-entropy (multi-class) or binary cross-entropy on logits (multi-label)."""
+    return nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss()

@@ -19,7 +19,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
-from radfm.engines.batch import prepare_radfm_batch
+from radfm.data.loaders import prepare_radfm_batch
 from radfm.engines.loss import weighted_token_ce_sums
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -8,8 +8,8 @@ Multi-process (DDP / FSDP mixins): validation is sharded, not repeated. Each ran
 its share of the cases (the mixins give ``validate#dataloader`` a ``monai.data.DistributedSampler``
 with ``even_divisible=False``: no padding, no case twice), each rank generates alone
 (:func:`radfm.engines.distributed.generation_model`: DDP's module, or FSDP's gathered parameters),
-and ``ClosedSetAccuracy`` sums correct/total over the ranks, so every rank reports the metric of
-the whole validation set.
+and ``radfm.metrics.ignite_metrics.ClosedSetAccuracy`` sums correct/total over the ranks, so every
+rank reports the metric of the whole validation set.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from ignite.metrics import Metric
 from monai.engines import Evaluator
 
 from radfm.engines.distributed import generation_model, world
 from radfm.metrics.closed import match_closed_set, match_reference
+from radfm.metrics.ignite_metrics import ClosedSetAccuracy
 
 logger = logging.getLogger(__name__)
 
@@ -40,40 +40,6 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], images:
                          synced_gpus=False)
 
 
-def _sum_over_ranks(*values: int) -> list[int]:
-    """``values`` summed over all ranks (unchanged without a process group)."""
-    import torch.distributed as dist
-
-    if world()[1] == 1:
-        return list(values)
-    # gloo reduces CPU tensors; NCCL needs them on this rank's GPU
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    total = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(total)
-    return [int(v) for v in total.tolist()]
-
-
-class ClosedSetAccuracy(Metric):
-    """Fraction of cases whose matched answer equals the reference's (optionally one task)."""
-
-    def __init__(self, task: str | None = None) -> None:
-        self.task = task
-        # a tuple, not the output mapping: ignite expects (y_pred, y) keys in mappings
-        super().__init__(output_transform=lambda output: (output["task"], output["correct"]))
-
-    def reset(self) -> None:
-        self._correct = 0
-        self._total = 0
-
-    def update(self, output: tuple[list[str], list[bool]]) -> None:
-        for task, correct in zip(*output):
-            if self.task is None or task == self.task:
-                self._correct += int(correct)
-                self._total += 1
-
-    def compute(self) -> float:
-        correct, total = _sum_over_ranks(self._correct, self._total)  # collective: every rank computes
-        return correct / total if total else float("nan")
 
 
 class ClosedSetEvaluator(Evaluator):

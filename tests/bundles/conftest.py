@@ -10,7 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 RADFM_BUNDLE = REPO / "bundles" / "radfm"
 CLASSIFICATION_BUNDLE = REPO / "bundles" / "radfm_classification"
-SMALL_LOADER = "$radfm.engines.data.default_image_loader(size_2d=(64, 64), size_3d=(64, 64), max_depth=8)"
+SMALL_LOADER = "$radfm.data.loaders.default_image_loader(size_2d=(64, 64), size_3d=(64, 64), max_depth=8)"
 # the bundles' one grid entry, small for tests
 SMALL_GRID = {"size_2d": [64, 64], "size_3d": [64, 64], "max_depth": 8}
 # pretrain/instruct are override files on the shared train.json

@@ -86,7 +86,7 @@ def test_classification_ckpt_export_matches_shipped_torchscript(tmp_path):
                 bundle_root=str(CLASSIFICATION_BUNDLE))  # the CI's call: torch.jit.script (no use_trace)
     shipped = torch.jit.load(str(CLASSIFICATION_BUNDLE / "models" / "model.ts"), map_location="cpu").eval()
     exported_net = torch.jit.load(str(exported), map_location="cpu").eval()
-    from radfm.engines.classification import load_classifier
+    from radfm.model.classifier import load_classifier
 
     eager = load_classifier(2, preset="tiny")
     eager.load_state_dict(torch.load(CLASSIFICATION_BUNDLE / "models" / "model.pt", weights_only=True))

@@ -40,7 +40,7 @@ def make_evaluator(distributed: bool):
     from monai.data import DistributedSampler
 
     from radfm.engines.build import load_model
-    from radfm.engines.data import collate_cases
+    from radfm.data.loaders import collate_cases
     from radfm.engines.validation import ClosedSetEvaluator
 
     model = load_model("tiny", seed=0)
@@ -57,7 +57,7 @@ def make_evaluator(distributed: bool):
 
 def train(batch_size: int, epochs: int = 2, validate: bool = False) -> torch.nn.Module:
     """The toy model after ``epochs`` with the RadFM trainer (DDP when a process group is up)."""
-    from radfm.engines.sampler import ResumableSampler
+    from radfm.data.resumable_sampler import ResumableSampler
     from radfm.engines.trainer import RadFMTrainer
 
     toys = load_toys()

@@ -1,14 +1,24 @@
-"""Datasets, collate and loaders for RadFM training and closed-set validation.
+"""Datasets, collate functions and loaders for RadFM training, closed-set validation and inference.
 
 A manifest (``radfm.data.manifest``) becomes tokenised, weighted sequences
 (``radfm.data.sequences.SequenceBuilder``) plus preprocessed images
 (``radfm.transforms.preprocess_scan`` unless another ``image_loader`` is given; the bundles pass
 their ``preprocessing`` as a MONAI ``transform`` instead, run through the MONAI dataset chosen by
 ``scan_dataset``: see :class:`ScanStore`).
+
+A training batch is a dict: ``input_ids`` LongTensor ``[B, L]``, ``attention_mask`` ``[B, L]``,
+``loss_weights`` FloatTensor ``[B, L]`` and ``images``: one list of ``[3, H, W, D]`` tensors per
+sample (any number per sample; 2D scans arrive as depth-4 volumes). :func:`prepare_radfm_batch`
+moves one to a device for the trainer.
+
+Inference (``inference.json``): :func:`prompt_items` (the cases as dataset items) and
+:class:`EachImaged` (the bundle's per-scan ``preprocessing`` on every scan of a case).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,9 +26,12 @@ from typing import Any
 import torch
 
 from radfm.data.dataset import ManifestDataset
-from radfm.engines.sampler import ResumableSampler
+from radfm.data.resumable_sampler import ResumableSampler
 
 ImageLoader = Callable[[str], torch.Tensor]
+"""``path -> [3, H, W, D]`` float tensor (a scan preprocessed for the model)."""
+
+REQUIRED_KEYS = ("input_ids", "attention_mask", "loss_weights", "images")
 
 
 def default_image_loader(**options: Any) -> ImageLoader:
@@ -29,6 +42,16 @@ def default_image_loader(**options: Any) -> ImageLoader:
         return torch.as_tensor(preprocess_scan(path, **options)).float()
 
     return load
+
+
+def image_loader_for(model_dir: str | os.PathLike | None) -> ImageLoader:
+    """The preprocessing a model was trained with: ``preprocess_scan`` with the options recorded in
+    its ``preprocess.json`` (the demo model records a smaller grid there), else the standard one."""
+    if model_dir is None:
+        return default_image_loader()
+    from radfm.model.loading import preprocess_options
+
+    return default_image_loader(**preprocess_options(model_dir))
 
 
 def plain_image(image: Any) -> torch.Tensor:
@@ -159,6 +182,22 @@ def collate_radfm(samples: Sequence[dict[str, Any]], pad_token_id: int = 0) -> d
     }
 
 
+def prepare_radfm_batch(
+    batchdata: dict[str, Any], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
+) -> tuple[dict[str, Any], torch.Tensor, tuple, dict]:
+    """``(model inputs, loss weights, (), {})`` on ``device`` (MONAI ``prepare_batch`` signature)."""
+    missing = [k for k in REQUIRED_KEYS if k not in batchdata]
+    if missing:
+        raise KeyError(f"training batch lacks {missing}; a RadFM batch needs {list(REQUIRED_KEYS)}")
+    to = {"device": device, "non_blocking": non_blocking}
+    inputs = {
+        "input_ids": batchdata["input_ids"].to(**to),
+        "attention_mask": batchdata["attention_mask"].to(**to),
+        "images": [[torch.as_tensor(img).to(**to) for img in sample] for sample in batchdata["images"]],
+    }
+    return inputs, batchdata["loss_weights"].to(**to), (), {}
+
+
 def make_train_loader(
     dataset: torch.utils.data.Dataset,
     batch_size: int = 1,
@@ -262,3 +301,42 @@ class ClosedSetDataset(torch.utils.data.Dataset):
 def collate_cases(cases: Sequence[dict[str, Any]]) -> dict[str, list]:
     """Validation cases as lists per key (no tensors to stack)."""
     return {key: [case[key] for case in cases] for key in cases[0]}
+
+
+def prompt_items(cases: Sequence[dict[str, Any]] | str | os.PathLike | None,
+                 base_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """``{"prompt", "images"}`` cases (a list, or a JSON file holding one) → dataset items.
+
+    Each item: ``prompt``, ``image_paths`` (absolute; relative ones resolved against ``base_dir``)
+    and ``images`` (the same paths; the preprocessing replaces them by tensors). Missing files and
+    malformed cases raise naming the case.
+    """
+    if isinstance(cases, (str, os.PathLike)):
+        cases = json.loads(Path(cases).read_text(encoding="utf-8"))
+    base = Path(os.fspath(base_dir)) if base_dir is not None else Path.cwd()
+    items = []
+    for index, case in enumerate(cases or []):
+        if not isinstance(case, dict) or "prompt" not in case or "images" not in case:
+            raise ValueError(f"case {index}: expected an object with keys 'prompt' and 'images', got {case!r:.200}")
+        paths = [str(p if Path(p).is_absolute() else base / p) for p in case["images"]]
+        for path in paths:
+            if not Path(path).exists():
+                raise FileNotFoundError(f"case {index}: image file not found: {path}")
+        items.append({"prompt": case["prompt"], "image_paths": paths, "images": list(paths)})
+    return items
+
+
+class EachImaged:
+    """Apply a dictionary ``transform`` on ``{"image": path}`` to every path in ``item[key]`` (a list).
+
+    Lets one bundle ``preprocessing`` (a ``Compose`` of dictionary transforms on ``image``) serve
+    cases with any number of scans.
+    """
+
+    def __init__(self, keys: str, transform: Any, image_key: str = "image") -> None:
+        self.key, self.transform, self.image_key = keys, transform, image_key
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        d[self.key] = [plain_image(self.transform({self.image_key: p})[self.image_key]) for p in d[self.key]]
+        return d
