@@ -98,6 +98,18 @@ class SavePretrained:
         return full
 
 
+def mlflow_tracker(engine: Engine):
+    """MONAI's ``MLFlowHandler`` attached to ``engine`` (``--tracking mlflow``), or ``None``."""
+    from monai.handlers import MLFlowHandler
+
+    for handlers in engine._event_handlers.values():
+        for handler, _args, _kwargs in handlers:
+            owner = getattr(handler, "__self__", None)
+            if isinstance(owner, MLFlowHandler):
+                return owner
+    return None
+
+
 class TrackingParams:
     """Hands ``params`` (learning rate, batch size, model sizes ...) to MONAI's ``MLFlowHandler``,
     and closes its run as FAILED when training raises.
@@ -115,25 +127,14 @@ class TrackingParams:
         engine.add_event_handler(Events.STARTED, self)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self.fail_run)
 
-    @staticmethod
-    def _tracker(engine: Engine):
-        from monai.handlers import MLFlowHandler
-
-        for handlers in engine._event_handlers.values():
-            for handler, _args, _kwargs in handlers:
-                owner = getattr(handler, "__self__", None)
-                if isinstance(owner, MLFlowHandler):
-                    return owner
-        return None
-
     def __call__(self, engine: Engine) -> None:
-        tracker = self._tracker(engine)
+        tracker = mlflow_tracker(engine)
         if tracker is not None:
             tracker.experiment_param = {**(tracker.experiment_param or {}), **self.params}
 
     def fail_run(self, engine: Engine, error: BaseException) -> None:
         """Ignite's EXCEPTION_RAISED: end the MLflow run as FAILED, then raise ``error`` again."""
-        tracker = self._tracker(engine)
+        tracker = mlflow_tracker(engine)
         run = getattr(tracker, "cur_run", None) if tracker is not None else None
         if run is not None and is_rank0():
             tracker.client.set_terminated(run.info.run_id, status="FAILED")

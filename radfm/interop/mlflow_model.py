@@ -236,22 +236,12 @@ class LogMLflowModel:
 
         engine.add_event_handler(Events.COMPLETED, self)
 
-    def _tracking_handler(self, engine):
-        from monai.handlers import MLFlowHandler
-
-        for handlers in engine._event_handlers.values():
-            for handler, _args, _kwargs in handlers:
-                owner = getattr(handler, "__self__", None)
-                if isinstance(owner, MLFlowHandler):
-                    return owner
-        return None
-
     def __call__(self, engine) -> None:
-        from radfm.engines.handlers import is_rank0
+        from radfm.engines.handlers import is_rank0, mlflow_tracker
 
         if not self.enabled or not is_rank0():
             return
-        tracker = self._tracking_handler(engine)
+        tracker = mlflow_tracker(engine)
         if tracker is None or tracker.cur_run is None:
             logger.info("no MLflow run (train with --tracking mlflow): the final model is not logged to MLflow")
             return
