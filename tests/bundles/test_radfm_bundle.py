@@ -86,6 +86,7 @@ def test_instruct_from_pretrained_and_inference_cli(pretrained, phantom_data, tm
     store = tmp_path / "instruct.db"
     workflow = run_bundle(INSTRUCT, META, model=str(pre_dir), checkpoint_every=2, tracking="mlflow",
                           tracking_uri=f"sqlite:///{store}", experiment_name="radfm_instruct",
+                          mlflow_log_model=True, mlflow_registered_model_name="radfm-instruct-test",
                           **_common(phantom_data, tmp_path, "instruct"))
     assert workflow.parser.get_parsed_content("image_grid") == SMALL_GRID
     from mlflow.tracking import MlflowClient
@@ -95,6 +96,9 @@ def test_instruct_from_pretrained_and_inference_cli(pretrained, phantom_data, tm
     assert run.data.params["frozen_llm_epochs"] == "0" and run.data.params["model"] == str(pre_dir)
     assert {"train_loss", "val_accuracy"} <= set(run.data.metrics)
     assert any(a.path.endswith(".json") for a in client.list_artifacts(run.info.run_id))  # the executed config
+    # the --mlflow_log_model switch: the final model is a registered pyfunc model of this very run
+    (version,) = client.search_model_versions("name='radfm-instruct-test'")
+    assert version.run_id == run.info.run_id
     out = tmp_path / "runs" / "instruct"
     assert (out / "model" / "model.safetensors").is_file()
     loader = workflow.parser.get_parsed_content("train#dataloader")
