@@ -24,8 +24,10 @@ model into the run that ``--tracking mlflow`` opened.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
+import os
 import logging
 import re
 import shutil
@@ -170,6 +172,35 @@ def log_model(
     """Log ``model_dir`` as a pyfunc model (in ``run_id``, else a new run); returns uri, run id, version."""
     import mlflow
 
+    with _restored_mlflow_globals(mlflow):
+        return _log_model(mlflow, model_dir, tracking_uri=tracking_uri, registered_model_name=registered_model_name,
+                          experiment_name=experiment_name, run_id=run_id, name=name, example_scan=example_scan)
+
+
+@contextlib.contextmanager
+def _restored_mlflow_globals(mlflow):
+    """Undo what logging changes process-wide: ``mlflow.set_tracking_uri`` also sets the
+    ``MLFLOW_TRACKING_URI`` variable, which MONAI's ``MLFlowHandler`` then prefers over its own
+    ``tracking_uri`` (later runs in the same process would land in this store), and
+    ``set_experiment`` changes the active experiment."""
+    from mlflow.tracking import fluent
+    from mlflow.tracking._tracking_service import utils
+
+    saved_uri, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    saved_experiment = fluent._active_experiment_id
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_uri)
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+        fluent._active_experiment_id = saved_experiment
+
+
+def _log_model(mlflow, model_dir: str | Path, *, tracking_uri: str | None, registered_model_name: str | None,
+               experiment_name: str, run_id: str | None, name: str, example_scan: str | Path | None) -> dict[str, Any]:
     from radfm.interop.identity import identity_of_model_dir
 
     model_dir = Path(model_dir)
