@@ -34,6 +34,7 @@ setup(
         "tokenizers>=0.20",
         "itk>=5.3",
         "nibabel>=5.0",
+        "isal>=1.6",  # ISA-L inflate: reads .nii.gz about twice as fast as zlib
         "pydicom>=2.4",
         "pynrrd>=1.0",
         "pillow>=10.0",

@@ -128,14 +128,21 @@ def intensity_mapping(x: torch.Tensor, *, window: WindowSpec = None, nonfinite: 
         low, high = min(max(low, bounds[0]), bounds[1]), min(max(high, bounds[0]), bounds[1])
     scale = 0.0 if high <= low else 1.0 / (high - low)  # constant image -> zeros, never 0/0
 
+    # rescale then min-max, folded into one multiply-add when nothing is clipped in between
+    fold = bounds is None and rescale is not None
+    slope, offset = (rescale[0] * scale, (rescale[1] - low) * scale) if fold else (1.0, 0.0)
+
     def apply(chunk: torch.Tensor) -> torch.Tensor:
         if replace is not None:
             torch.nan_to_num(chunk, nan=replace[0], posinf=replace[1], neginf=replace[0], out=chunk)
-        if rescale is not None:
-            chunk.mul_(rescale[0]).add_(rescale[1])
-        if bounds is not None:
-            chunk.clamp_(bounds[0], bounds[1])
-        chunk.sub_(low).mul_(scale)
+        if fold:
+            chunk.mul_(slope).add_(offset)
+        else:
+            if rescale is not None:
+                chunk.mul_(rescale[0]).add_(rescale[1])
+            if bounds is not None:
+                chunk.clamp_(bounds[0], bounds[1])
+            chunk.sub_(low).mul_(scale)
         return chunk.clamp_(0.0, 1.0)  # guards float rounding at the ends
 
     # without clipping or replacement the map is affine, so it commutes with linear interpolation:

@@ -30,6 +30,11 @@ from .dicom import apply_rescale, is_dicom_file, read_dicom_file, read_dicom_ser
 from .errors import ScanReadError
 from .guards import ALLOWED_PIL_FORMATS, check_scan_file, read_nrrd_bounded
 
+try:  # ISA-L's gzip: optional, a faster inflate of .nii.gz (nibabel's zlib read otherwise)
+    from isal import igzip as _igzip
+except ImportError:  # pragma: no cover - isal ships wheels for the usual platforms
+    _igzip = None
+
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
@@ -149,6 +154,32 @@ def _read_numpy(path: str) -> tuple[np.ndarray, dict[str, Any]]:
     return array, {"affine": np.eye(4), "orientation_known": False}
 
 
+def _inflate_gzip_block(proxy: Any) -> np.ndarray | None:
+    """The stored data block of a gzip-compressed NIfTI, inflated with ISA-L (``isal``), else None.
+
+    ISA-L inflates about twice as fast as zlib, and inflating is most of the time it takes to
+    read a .nii.gz. Same bytes as nibabel's own read: ``offset`` skipped, exactly
+    ``prod(shape) * itemsize`` read straight into the array. None (nibabel reads it) when isal
+    is not installed or the proxy is not a plain array proxy of a .gz file.
+    """
+    if _igzip is None or type(proxy).__name__ != "ArrayProxy":
+        return None
+    path, shape, dtype = getattr(proxy, "file_like", None), tuple(proxy.shape), np.dtype(proxy.dtype)
+    if not isinstance(path, str) or not path.lower().endswith(".gz"):
+        return None
+    flat = np.empty(int(np.prod(shape, dtype=np.int64)), dtype=dtype)
+    buffer, filled = memoryview(flat).cast("B"), 0
+    with _igzip.open(path, "rb") as handle:
+        handle.seek(int(proxy.offset))
+        while filled < len(buffer):
+            count = handle.readinto(buffer[filled:])
+            if not count:
+                raise ScanReadError(f"{path}: the data block ends after {filled} of {len(buffer)} bytes "
+                                    "(a truncated file?)")
+            filled += count
+    return flat.reshape(shape, order=proxy.order)
+
+
 def _unscaled_nibabel_reader() -> Any:
     """MONAI ``NibabelReader`` that returns the stored integers and keeps scl_slope/scl_inter aside.
 
@@ -163,11 +194,12 @@ def _unscaled_nibabel_reader() -> Any:
         def _get_array_data(self, img, filename=None):
             proxy = img.dataobj
             slope, inter = float(getattr(proxy, "slope", 1.0)), float(getattr(proxy, "inter", 0.0))
+            stored = _inflate_gzip_block(proxy)  # the stored values, as get_unscaled() gives them
             if not hasattr(proxy, "get_unscaled") or not (np.isfinite(slope) and np.isfinite(inter)) \
                     or (slope, inter) == (1.0, 0.0) or slope == 0:
-                return np.asanyarray(proxy)
+                return np.asanyarray(proxy) if stored is None else stored
             self.rescale = (slope, inter)
-            return np.asanyarray(proxy.get_unscaled())
+            return np.asanyarray(proxy.get_unscaled()) if stored is None else stored
 
     return UnscaledNibabelReader()
 

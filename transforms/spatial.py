@@ -11,7 +11,7 @@ Resize (2D and 3D alike) is separable, since linear interpolation is a product o
 equals one bilinear/trilinear ``F.interpolate`` with ``align_corners=False``: each output slice
 along the slowest memory axis blends the two stored slices it needs (converted to float32 a few
 at a time), then that chunk is resized in-plane. Memory: the stored volume + the float32 output
-+ a few 256 KB chunks, never a full-size float32 copy of the input.
++ a few 512 KB chunks, never a full-size float32 copy of the input.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ SIZE_3D = (256, 256)
 DEPTH_2D = 4
 DEPTH_MULTIPLE, MIN_DEPTH, MAX_DEPTH = 4, 4, 64
 PATCH_SIZE = 32  # the vision encoder's in-plane patch size: grid sizes must be multiples of it
-CHUNK_VOXELS = 1 << 16  # 256 KB of float32 per chunk: small next to any output, still few loops
+CHUNK_VOXELS = 1 << 17  # 512 KB of float32 per chunk: small next to any output, still few loops
 UPSCALE_WARNING_FACTOR = 8  # in-plane enlargement beyond this is logged (a 1x1 PNG -> 512² says so)
 _log = logging.getLogger("radfm.transforms")
 
@@ -107,13 +107,16 @@ def _linear_taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, tor
 
 
 def _resize_separable(x: torch.Tensor, size: tuple[int, ...],
-                      value_map: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+                      value_map: Callable[[torch.Tensor], torch.Tensor] | None,
+                      out_map: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """[C, *spatial] any dtype -> contiguous float32 [C, *size] (2 or 3 spatial axes), lean (module doc).
 
     Linear interpolation is separable: the slowest-in-memory axis is resized by blending the two
     stored slices each output slice needs (converted to float32 a few at a time), then each
     blended chunk is resized in-plane with ``F.interpolate``. Only the output and small chunks
-    are ever float32; the stored input is read, never copied whole.
+    are ever float32; the stored input is read, never copied whole. ``value_map`` is applied to
+    each chunk before interpolation, ``out_map`` (affine maps only) to each resized chunk while
+    it is still in cache, before it is scattered into the output.
     """
     channels, spatial_dims = x.shape[0], x.ndim - 1
     # visit the spatial axes in memory order (slowest first) so that every gathered slice reads
@@ -136,6 +139,8 @@ def _resize_separable(x: torch.Tensor, size: tuple[int, ...],
                         w.view(1, -1, *([1] * len(plane_in))))
         if plane_in != plane_out:
             chunk = F.interpolate(chunk, size=plane_out, mode=mode, align_corners=False)
+        if out_map is not None:
+            chunk = out_map(chunk)
         out_view[:, start:stop] = chunk
         del chunk  # free before the next chunk is allocated
     return out
@@ -161,7 +166,7 @@ def resize_to_radfm(x: torch.Tensor, value_map: Callable[[torch.Tensor], torch.T
 
     ``value_map`` (elementwise, in place on float32) is applied to the full-resolution values
     before interpolation, chunk by chunk, e.g. windowing and min-max scaling; an affine-only map
-    is applied to the (smaller) output instead. 2D: the result is ``expand``-ed to depth 4, a
+    is applied to the resized chunks instead when the output is the smaller side. 2D: the result is ``expand``-ed to depth 4, a
     view of one [C, 512, 512, 1] plane (stride 0 along depth; clone before writing into it).
     """
     if isinstance(x, MetaTensor):
@@ -172,10 +177,9 @@ def resize_to_radfm(x: torch.Tensor, value_map: Callable[[torch.Tensor], torch.T
     size = radfm_spatial_size(tuple(x.shape[1:]), size_2d=size_2d, size_3d=size_3d, max_depth=max_depth)
     plane_size = size[:2] if x.ndim == 3 else size
     out_numel = x.shape[0] * int(np.prod(plane_size))
+    # an affine map commutes with linear interpolation: apply it on the smaller side of the resize
     after = value_map if getattr(value_map, "affine_only", False) and x.numel() > out_numel else None
-    out = _resize_separable(x, plane_size, None if after is not None else value_map)
-    if after is not None:
-        out = after(out)
+    out = _resize_separable(x, plane_size, None if after is not None else value_map, out_map=after)
     if x.ndim == 3:  # the slice repeated to depth 4 as a view: no copies of the plane
         out = out[..., None].expand(*out.shape, DEPTH_2D)
     return out
