@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,40 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     folder = tmp_path_factory.mktemp("model") / "tiny"
     model.save_pretrained(folder, tokenizer=tiny_tokenizer)
     return folder
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"  # the system driver matching Debian's chromium; never a downloaded one
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Debian Chromium through its system chromedriver (Selenium); downloads land in ``browser.downloads``.
+
+    Skips only when chromium, chromedriver or selenium is missing (.ci/run installs them).
+    """
+    if not (os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK) and os.path.exists(CHROMEDRIVER)):
+        pytest.skip("headless browser test needs Debian's chromium and chromium-driver "
+                    "(apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="headless browser test needs selenium")
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not try to download anything
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(flag)
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                              "download.prompt_for_download": False})
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    driver.downloads = downloads
+    try:
+        yield driver
+    finally:
+        driver.quit()

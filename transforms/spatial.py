@@ -11,7 +11,8 @@ Resize (2D and 3D alike) is separable, since linear interpolation is a product o
 equals one bilinear/trilinear ``F.interpolate`` with ``align_corners=False``: each output slice
 along the slowest memory axis blends the two stored slices it needs (converted to float32 a few
 at a time), then that chunk is resized in-plane. Memory: the stored volume + the float32 output
-+ a few 512 KB chunks, never a full-size float32 copy of the input.
++ a few chunks (512 KB, or 1/16 of the stored input when larger), never a full-size float32 copy
+of the input.
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ SIZE_3D = (256, 256)
 DEPTH_2D = 4
 DEPTH_MULTIPLE, MIN_DEPTH, MAX_DEPTH = 4, 4, 64
 PATCH_SIZE = 32  # the vision encoder's in-plane patch size: grid sizes must be multiples of it
-CHUNK_VOXELS = 1 << 17  # 512 KB of float32 per chunk: small next to any output, still few loops
+CHUNK_VOXELS = 1 << 17  # at least 512 KB of float32 per chunk: small next to any output, still few loops
+# ... and up to 1/16 of the stored input's bytes: a large CT is resized in a handful of chunks, so few
+# parallel ops (each OpenMP barrier is slow when the cores are shared), for a peak far below 3x the input
+CHUNK_INPUT_FRACTION = 16
 UPSCALE_WARNING_FACTOR = 8  # in-plane enlargement beyond this is logged (a 1x1 PNG -> 512² says so)
 _log = logging.getLogger("radfm.transforms")
 
@@ -129,7 +133,8 @@ def _resize_separable(x: torch.Tensor, size: tuple[int, ...],
     mode = "bilinear" if len(plane_in) == 2 else "linear"
     index0, index1, weight = _linear_taps(view.shape[1], out_view.shape[1])
     per_slice = channels * max(int(np.prod(plane_in)), int(np.prod(plane_out)))
-    step = max(1, CHUNK_VOXELS // max(per_slice, 1))
+    chunk_voxels = max(CHUNK_VOXELS, x.numel() * x.element_size() // (4 * CHUNK_INPUT_FRACTION))
+    step = max(1, chunk_voxels // max(per_slice, 1))
     for start in range(0, out_view.shape[1], step):
         stop = min(start + step, out_view.shape[1])
         chunk = _float_slices(view, index0[start:stop], value_map)  # [C, k, *plane_in]

@@ -7,76 +7,20 @@ image paths are refused. Skips only when chromium, chromedriver or selenium is m
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
+from radfm.interop.service import BackgroundServer
 from radfm.rating import store
 from radfm.rating.app import SESSION_COOKIE, create_app
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"  # the system driver matching Debian's chromium; never a downloaded one
-
-if not (os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK) and os.path.exists(CHROMEDRIVER)):
-    pytest.skip(
-        "headless browser test needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
-        allow_module_level=True,
-    )
-webdriver = pytest.importorskip("selenium.webdriver", reason="headless browser test needs selenium (pip install selenium)")
+pytest.importorskip("selenium.webdriver", reason="headless browser test needs selenium (pip install selenium)")
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 pytestmark = pytest.mark.slow
-
-
-@contextmanager
-def serving(app):
-    """Run the app with uvicorn on a free loopback port in a thread; always stopped on exit."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 15
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("rating app did not start")
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
-@pytest.fixture
-def browser(tmp_path):
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not try to download anything
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def _sign_in(driver, base: str, token: str) -> None:
@@ -106,7 +50,8 @@ def _checked(driver) -> dict[int, int | None]:
 
 def test_rate_reload_second_rater_and_crafted_paths(study, browser, tmp_path):
     folder, tokens = study
-    with serving(create_app(folder)) as base:
+    with BackgroundServer(create_app(folder)) as server:
+        base = server.url
         _sign_in(browser, base, tokens["alice"])
         assert browser.current_url.endswith("/case/1")
         assert browser.find_element(By.ID, "rater-name").text == "alice"

@@ -33,16 +33,18 @@ def test_spatial_size_rule():
 
 
 @pytest.mark.parametrize("layout", ["C", "F"])
-def test_separable_resize_equals_trilinear(monkeypatch, layout):
+@pytest.mark.parametrize("fraction, plane", [(1 << 20, 256), (1, 32)])  # one slice a chunk; 11 slices a chunk
+def test_separable_resize_equals_trilinear(monkeypatch, layout, fraction, plane):
     monkeypatch.setattr(spatial, "CHUNK_VOXELS", 500)  # force many chunks
+    monkeypatch.setattr(spatial, "CHUNK_INPUT_FRACTION", fraction)  # chunks up to 1/fraction of the input
     rng = np.random.default_rng(0)
     volume = rng.integers(-1000, 2000, size=(1, 37, 29, 23)).astype(np.int16)
     if layout == "F":
         volume = np.asfortranarray(volume)
     x = torch.from_numpy(volume)
-    ours = spatial.resize_to_radfm(x)
-    reference = F.interpolate(x[None].float(), size=(256, 256, 24), mode="trilinear", align_corners=False)[0]
-    assert ours.shape == (1, 256, 256, 24) and ours.dtype == torch.float32
+    ours = spatial.resize_to_radfm(x, size_3d=(plane, plane))
+    reference = F.interpolate(x[None].float(), size=(plane, plane, 24), mode="trilinear", align_corners=False)[0]
+    assert ours.shape == (1, plane, plane, 24) and ours.dtype == torch.float32
     torch.testing.assert_close(ours, reference, atol=1e-3, rtol=1e-5)
 
 
