@@ -162,7 +162,9 @@ def _inflate_gzip_block(proxy: Any) -> np.ndarray | None:
     ``prod(shape) * itemsize`` read straight into the array. None (nibabel reads it) when isal
     is not installed or the proxy is not a plain array proxy of a .gz file.
     """
-    if _igzip is None or type(proxy).__name__ != "ArrayProxy":
+    from nibabel.arrayproxy import ArrayProxy
+
+    if _igzip is None or type(proxy) is not ArrayProxy:  # subclasses may read differently: leave them to nibabel
         return None
     path, shape, dtype = getattr(proxy, "file_like", None), tuple(proxy.shape), np.dtype(proxy.dtype)
     if not isinstance(path, str) or not path.lower().endswith(".gz"):
