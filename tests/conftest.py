@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -91,3 +97,46 @@ def browser(tmp_path):
         yield driver
     finally:
         driver.quit()
+
+
+@contextmanager
+def _radfm_server(args: Sequence[str], ready_path: str, timeout_s: float = 60) -> Iterator[str]:
+    """``python -m radfm.cli ARGS --port P`` on a free loopback port, as a user starts it; yields its URL.
+
+    Ready when ``GET ready_path`` answers 200; always terminated (killed if it hangs) on exit.
+    """
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "radfm.cli", *args, "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                httpx.get(url + ready_path, timeout=2).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()
+                    raise RuntimeError(f"radfm {' '.join(args[:2])} did not start: "
+                                       f"{process.stderr.read().decode()[-3000:]}") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def radfm_server():
+    """``radfm_server(args, ready_path, timeout_s)``: a context manager running a ``radfm`` server subprocess."""
+    return _radfm_server

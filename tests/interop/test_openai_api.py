@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -27,39 +22,12 @@ SAMPLES = ROOT / "bundles" / "radfm" / "sample_data"
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def service_url():
+def service_url(radfm_server):
     """``radfm serve`` with the demo model on a free loopback port, as a user starts it."""
-    port = _free_port()
-    command = [sys.executable, "-m", "radfm.cli", "serve", "--model", str(DEMO), "--port", str(port),
-               "--device", "cpu", "--dtype", "float32", "--max_new_tokens_limit", "64"]
-    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                httpx.get(f"{url}/health", timeout=2).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    server.kill()
-                    raise RuntimeError(f"radfm serve did not start: {server.stderr.read().decode()[-3000:]}")
-                time.sleep(0.5)
+    args = ["serve", "--model", str(DEMO), "--device", "cpu", "--dtype", "float32", "--max_new_tokens_limit", "64"]
+    with radfm_server(args, "/health", timeout_s=300) as url:
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 @pytest.fixture(scope="module")

@@ -47,41 +47,14 @@ def test_serve_refuses_a_folder_that_is_not_a_study(tmp_path):
         create_app(tmp_path)
 
 
-def test_serve_runs_on_loopback_and_stops(study):
+def test_serve_runs_on_loopback_and_stops(study, radfm_server):
     """`radfm rate serve` as a real process: answers on 127.0.0.1, then is terminated."""
-    import socket
-    import subprocess
-    import sys
-    import time
-
     import httpx
 
     folder, _ = study
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "radfm.cli", "rate", "serve", "--study", str(folder), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}/signin", timeout=1)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"server did not start: {process.stdout.read()}")
-                time.sleep(0.2)
+    with radfm_server(["rate", "serve", "--study", str(folder)], "/signin", timeout_s=30) as url:
+        response = httpx.get(url + "/signin", timeout=5)
         assert response.status_code == 200 and "Sign in" in response.text
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_loopback_detection():
