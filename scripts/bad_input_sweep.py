@@ -539,12 +539,13 @@ def traversal_cases(service_port: int, rating_port: int, session_cookie: str) ->
 
 # ------------------------------------------------------------------------ servers ----
 def start_service(work: Path):
-    from radfm.interop.answerer import ModelAnswerer
-    from radfm.interop.service import BackgroundServer, ServiceLimits, create_app
+    from radfm.serving.answerer import ModelAnswerer
+    from radfm.interop.service import BackgroundServer, create_app
+    from radfm.serving.limits import Limits
     from radfm.utils.http_guard import GuardLimits
 
     answerer = ModelAnswerer.from_model_dir(DEMO_MODEL, device="cpu", dtype="float32")
-    limits = ServiceLimits(max_request_bytes=4 << 20, max_new_tokens=64, generation_timeout_s=60)
+    limits = Limits(max_request_bytes=4 << 20, max_new_tokens=64, generation_timeout_s=60)
     guard = GuardLimits(header_timeout_s=2.0, body_idle_timeout_s=2.0, body_timeout_s=30.0)
     return BackgroundServer(create_app(answerer, limits), guard=guard).start()
 

@@ -18,9 +18,10 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from radfm.interop.answerer import check_deadline
-from radfm.interop.identity import ModelIdentity
-from radfm.interop.service import BackgroundServer, ServiceLimits, create_app
+from radfm.serving.answerer import check_deadline
+from radfm.serving.identity import ModelIdentity
+from radfm.interop.service import BackgroundServer, create_app
+from radfm.serving.limits import Limits
 from radfm.utils.http_guard import GuardLimits
 
 TOKEN_SECONDS = 0.05  # the slow answerer's "decoding" speed: 2000 tokens = 100 s
@@ -64,7 +65,7 @@ def main() -> None:
     scan = Path(tempfile.mkdtemp()) / "a.png"
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(scan)
     upload = ("files", ("a.png", scan.read_bytes(), "image/png"))
-    limits = ServiceLimits(max_new_tokens=2000, max_beam_tokens=2000, generation_timeout_s=1.0)
+    limits = Limits(max_new_tokens=2000, max_beam_tokens=2000, generation_timeout_s=1.0)
     with BackgroundServer(create_app(SlowAnswerer(), limits), guard=GuardLimits(header_timeout_s=2.0)) as server:
         started = time.monotonic()
         slow = httpx.post(f"{server.url}/v1/answer", files=[upload], data={"prompt": "hi", "max_new_tokens": "2000"},

@@ -20,13 +20,14 @@ LAYERS = {
     "radfm.utils": 0,
     "radfm.transforms": 1,
     "radfm.model": 2,
-    "radfm.data": 3,
-    "radfm.metrics": 4,
-    "radfm.engines": 5,
-    "radfm.interop": 6,
-    "radfm.rating": 6,
-    "radfm.cli": 7,
-    "radfm.demo": 7,
+    "radfm.serving": 3,  # the request path: every door (HTTP, CLI, MLflow, evaluate) calls it
+    "radfm.data": 4,
+    "radfm.metrics": 5,
+    "radfm.engines": 6,
+    "radfm.interop": 7,
+    "radfm.rating": 7,
+    "radfm.cli": 8,
+    "radfm.demo": 8,
 }
 
 

@@ -203,18 +203,40 @@ def _predict_batch(batch: Sequence[EvalCase], predict_batch: PredictBatch, load_
 
 
 # ---------------------------------------------------------------- model glue ----
-def model_predictor(model: Any, tokenizer: Any, *, max_new_tokens: int = 64,
-                    **generate_kwargs: Any) -> PredictBatch:
-    """A PredictBatch over ``radfm.model.generation.generate_text`` (greedy unless told otherwise)."""
-    import torch
+def model_predictor(path: Any, *, max_new_tokens: int = 64) -> PredictBatch:
+    """A PredictBatch through the request path (:class:`radfm.serving.request.RequestPath`).
 
-    from radfm.model.generation import generate_text
+    ``images`` are the cases' :class:`~radfm.serving.request.ScanInput` lists (see
+    :func:`scan_input`): each case is one request, read and checked like every other door's
+    (limits, formats, zips), so a bad scan fails its case with the same message.
+    """
+    from radfm.serving.request import AnswerRequest
 
     def predict(prompts: list[str], images: list[list[Any]]) -> list[str]:
-        with torch.inference_mode():
-            return generate_text(model, tokenizer, prompts, images, max_new_tokens=max_new_tokens, **generate_kwargs)
+        return [path.run_blocking(AnswerRequest(prompt, list(scans), {"max_new_tokens": max_new_tokens})).text
+                for prompt, scans in zip(prompts, images)]
 
     return predict
+
+
+def scan_input(image_path: str) -> Any:
+    """A manifest image path as a request path input (read later, inside the request)."""
+    from radfm.serving.request import ScanInput
+
+    return ScanInput(str(image_path), path=Path(image_path))
+
+
+def check_flags(*, batch_size: int, max_new_tokens: int, limit: int | None, shots: int, n_resamples: int) -> None:
+    """Refuse flag values that cannot be right, before the manifest is read or a model loads."""
+    from radfm.utils.cli import UsageError
+
+    checks = [("batch_size", batch_size, 1), ("max_new_tokens", max_new_tokens, 1), ("shots", shots, 0),
+              ("n_resamples", n_resamples, 0)]
+    if limit is not None:
+        checks.append(("limit", limit, 1))
+    for name, value, low in checks:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise UsageError(f"--{name}={value!r}: expected a whole number >= {low}")
 
 
 @locks_folder("output", "radfm evaluate")  # a second run on the same OUTPUT fails at once
@@ -233,9 +255,9 @@ def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] 
         tasks: tasks to evaluate (comma-separated), default all.
         datasets: datasets to evaluate (comma-separated), default all.
         split: manifest split to evaluate (samples without a split are included); "" for all.
-        batch_size: prompts per generate call.
+        batch_size: cases written (and fsync'ed) together; a failing batch is retried case by case.
         max_new_tokens: answer length limit.
-        limit: evaluate only the first LIMIT selected samples.
+        limit: evaluate only the first LIMIT selected samples (>= 1).
         prompt_format: "radfm" (instruction as is) or "flamingo" (Med-Flamingo zero/few-shot format).
         shots: few-shot exemplars per query (flamingo format), drawn from the train split, seeded.
         retry_failed: predict cases recorded with an error again.
@@ -246,6 +268,8 @@ def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] 
     Returns:
         the path of report.md.
     """
+    check_flags(batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit, shots=shots,
+                n_resamples=n_resamples)
     from radfm.data.manifest import load_manifest
     from radfm.metrics.score import build_options
 
@@ -261,23 +285,29 @@ def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] 
     from radfm.model.loading import load
 
     with _process_group(device) as (rank, world_size, device):
+        from radfm.serving.answerer import ModelAnswerer
+        from radfm.serving.identity import ModelIdentity
+        from radfm.serving.limits import Limits
+        from radfm.serving.options import GenerationOptions
+        from radfm.serving.request import RequestPath
+
         loaded = load(model, device=device, dtype=dtype)
-        loaded_model, tokenizer = loaded.model, loaded.tokenizer
         name = model_name or Path(str(model)).name or str(model)
-
-        def load_image(path: str) -> Any:
-            return loaded.preprocess(path).to(device=loaded_model.device, dtype=loaded_model.dtype)
-
         # each rank generates alone: HF must not wait for the others at every token
-        predict = model_predictor(loaded_model, tokenizer, max_new_tokens=max_new_tokens,
-                                  **({"synced_gpus": False} if world_size > 1 else {}))
+        answerer = ModelAnswerer(loaded.model, loaded.tokenizer, loaded.preprocess, identity=ModelIdentity(name=name),
+                                 generate_kwargs={"synced_gpus": False} if world_size > 1 else None)
+        path = RequestPath(answerer, Limits(max_new_tokens=GenerationOptions.MAX_BEAM_TOKENS))
+        predict = model_predictor(path, max_new_tokens=max_new_tokens)
         predictions_path = output_dir / PREDICTIONS_NAME
-        if world_size == 1:
-            counts = run_predictions(cases, predict, load_image, predictions_path, model_name=name,
-                                     batch_size=batch_size, retry_failed=retry_failed)
-        else:
-            counts = _run_shard(cases, predict, load_image, output_dir, rank, world_size, model_name=name,
-                                batch_size=batch_size, retry_failed=retry_failed)
+        try:
+            if world_size == 1:
+                counts = run_predictions(cases, predict, scan_input, predictions_path, model_name=name,
+                                         batch_size=batch_size, retry_failed=retry_failed)
+            else:
+                counts = _run_shard(cases, predict, scan_input, output_dir, rank, world_size, model_name=name,
+                                    batch_size=batch_size, retry_failed=retry_failed)
+        finally:
+            path.close()
         logger.info("rank %d/%d predictions: %%(predicted)d new, %%(failed)d failed, %%(skipped)d already done"
                     % (rank, world_size), counts)
         if rank != 0:

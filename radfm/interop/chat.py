@@ -28,28 +28,30 @@ from __future__ import annotations
 import io
 import json
 import secrets
-import shutil
-import tempfile
 import threading
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
-from radfm.interop.answerer import GenerationOptions
-from radfm.interop.conversation import Turn, conversation_prompt, is_zip, save_scan_bytes, stream_answer
-from radfm.interop.uploads import BodyTooLarge, Scan, UploadError, group_scans, save_uploads
+from radfm.interop.api_schema import CHAT_ANSWER_JSON, CHAT_SCANS_FORM, CHAT_SR_JSON
+from radfm.serving.conversation import Turn, conversation_prompt
+from radfm.serving.refusal import BodyTooLarge, RequestError
+from radfm.serving.options import OPTION_NAMES, refuse_unknown
+from radfm.serving.request import AnswerRequest, AnswerResult, ScanInput
+from radfm.serving.scans import Scan
 
 STATIC_DIR = Path(__file__).resolve().parent / "static" / "chat"
 MAX_KEPT_SCANS = 32
+CHAT_OPTIONS = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "seed")
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
                                "frame-ancestors 'none'",
@@ -139,64 +141,93 @@ def _png(plane: np.ndarray, low: float, high: float) -> bytes:
     return buffer.getvalue()
 
 
-class ChatScans:
-    """The scans uploaded through the page, newest last; thread safe."""
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
-    def __init__(self, max_kept: int = MAX_KEPT_SCANS) -> None:
-        self.max_kept = max_kept
+
+class ChatScans:
+    """The scans uploaded through the page (all clients together), newest last; thread safe.
+
+    Kept within a count and a byte budget (the model inputs plus the files on disk); the
+    oldest are dropped first. ``release(folder)`` removes an upload's folder once no kept scan
+    uses it.
+    """
+
+    def __init__(self, max_bytes: int, release: Callable[[Path], None], max_kept: int = MAX_KEPT_SCANS) -> None:
+        self.max_kept, self.max_bytes = max_kept, int(max_bytes)
+        self._release_folder = release
         self._items: OrderedDict[str, ChatScan] = OrderedDict()
+        self._bytes: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def add(self, item: ChatScan) -> None:
+    @property
+    def kept_bytes(self) -> int:
         with self._lock:
-            self._items[item.id] = item
-            while len(self._items) > self.max_kept:
-                _, old = self._items.popitem(last=False)
-                self._release(old)
+            return sum(self._bytes.values())
 
-    def _release(self, item: ChatScan) -> None:
-        """Delete the item's upload folder once no kept scan (one upload can hold several) uses it."""
+    def add(self, items: list[ChatScan]) -> None:
+        """Keep one upload's scans (they share a folder, whose bytes count once)."""
+        if not items:
+            return
+        files = _folder_bytes(items[0].workdir)
+        sizes = [int(np.asarray(item.image).nbytes) + (files if i == 0 else 0) for i, item in enumerate(items)]
+        if sum(sizes) > self.max_bytes:
+            self._release_folder(items[0].workdir)
+            raise RequestError(f"the upload needs {sum(sizes)} bytes on the server; the chat page keeps at most "
+                               f"{self.max_bytes} bytes of scans", 413, code="too_large")
+        with self._lock:
+            for item, size in zip(items, sizes):
+                self._items[item.id] = item
+                self._bytes[item.id] = size
+            while len(self._items) > self.max_kept or sum(self._bytes.values()) > self.max_bytes:
+                scan_id, old = self._items.popitem(last=False)
+                self._bytes.pop(scan_id, None)
+                self._drop(old)
+
+    def _drop(self, item: ChatScan) -> None:
         if all(other.workdir != item.workdir for other in self._items.values()):
-            shutil.rmtree(item.workdir, ignore_errors=True)
+            self._release_folder(item.workdir)
 
     def get(self, scan_id: str) -> ChatScan:
         with self._lock:
             if scan_id not in self._items:
-                raise UploadError(f"scan {scan_id!r} is not (or no longer) on the server; upload it again", 404)
+                raise RequestError(f"scan {scan_id!r} is not (or no longer) on the server; upload it again", 404)
             return self._items[scan_id]
 
     def remove(self, scan_id: str) -> None:
         with self._lock:
             item = self._items.pop(scan_id, None)
+            self._bytes.pop(scan_id, None)
             if item is not None:
-                self._release(item)
+                self._drop(item)
 
     def clear(self) -> None:
         with self._lock:
-            items, self._items = list(self._items.values()), OrderedDict()
-        for item in items:
-            shutil.rmtree(item.workdir, ignore_errors=True)
+            items, self._items, self._bytes = list(self._items.values()), OrderedDict(), {}
+        for folder in {item.workdir for item in items}:
+            self._release_folder(folder)
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=SECURITY_HEADERS)
+def _error(error: RequestError) -> JSONResponse:
+    return JSONResponse({"error": str(error)}, status_code=error.status_code, headers=SECURITY_HEADERS)
 
 
-def _options(body: dict, limits) -> GenerationOptions:
-    values: dict[str, Any] = {}
-    for name in ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "seed"):
-        if body.get(name) not in (None, ""):
-            values[name] = body[name]
-    values.setdefault("max_new_tokens", min(GenerationOptions.max_new_tokens, limits.max_new_tokens))
-    try:  # the same validation (and caps) as the multipart route's _parse_options
-        return GenerationOptions(**values).validate(max_new_tokens_limit=limits.max_new_tokens)
-    except (TypeError, ValueError) as error:
-        raise UploadError(str(error), 422) from None
+def _kept_items(result: AnswerResult) -> dict[str, Any]:
+    """In the reading pool, while the files are there: the chat items and what the page shows of them."""
+    workdir = result.workspace
+    items, described = [], []
+    for scan, image in zip(result.scans, result.images):
+        label = scan.names[0] if len(scan.names) == 1 else f"{Path(scan.names[0]).parent.name or 'DICOM'} ({len(scan.names)} files)"
+        item = ChatScan(secrets.token_hex(12), scan, workdir, image, _modality(scan), label)
+        described.append(item.describe())
+        items.append(item)
+    return {"items": items, "described": described}
 
 
 def add_chat_routes(app: FastAPI, service) -> None:
     """Register the page, its static files and its API on the service's app."""
-    scans = ChatScans()
+    path = service.path
+    scans = ChatScans(service.limits.max_kept_scan_bytes, path.release)
     service.chat_scans = scans
     app.mount("/chat/static", StaticFiles(directory=STATIC_DIR), name="chat-static")
 
@@ -211,88 +242,42 @@ def add_chat_routes(app: FastAPI, service) -> None:
         return JSONResponse({
             "model": service.answerer.identity.to_dict(), "verification": "UNVERIFIED",
             "max_images": service.limits.max_images, "max_new_tokens": service.limits.max_new_tokens,
-            "default_max_new_tokens": min(GenerationOptions.max_new_tokens, service.limits.max_new_tokens),
+            "default_max_new_tokens": min(256, service.limits.max_new_tokens),
             "window_presets": {name: list(bounds) for name, bounds in WINDOW_PRESETS.items()},
         }, headers=SECURITY_HEADERS)
 
-    @app.post("/chat/api/scans")
+    @app.post("/chat/api/scans", openapi_extra=CHAT_SCANS_FORM)
     async def upload(request: Request) -> JSONResponse:
-        workdir = Path(tempfile.mkdtemp(prefix="radfm-chat-scan-"))
-        keep = False
         try:
             try:
                 form = await request.form(max_files=service.limits.max_files + 1, max_fields=10)
-            except BodyTooLarge:
-                return _error(413, f"request body exceeds the limit of {service.limits.max_request_bytes} bytes")
+            except (BodyTooLarge, ClientDisconnect):
+                raise
             except Exception as error:  # noqa: BLE001 - malformed multipart
-                return _error(400, f"cannot parse the upload: {getattr(error, 'detail', error)}")
+                raise RequestError(f"cannot parse the upload: {getattr(error, 'detail', error)}") from None
             try:
-                files = [v for k, v in form.multi_items() if isinstance(v, UploadFile)]
+                files = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
                 if not files:
-                    return _error(400, "no files: send scans in the multipart field 'files'")
-                if len(files) > service.limits.max_files:
-                    return _error(413, f"{len(files)} files uploaded; the limit is {service.limits.max_files}")
-                heads = []
-                for upload_file in files:
-                    heads.append(await upload_file.read(4))
-                    await upload_file.seek(0)
-                if not any(is_zip(head) for head in heads):  # plain files: exactly the /v1/answer upload path
-                    saved = await save_uploads(form, workdir, service.limits)
-                else:  # a zipped DICOM folder (with or without other files)
-                    saved = []
-                    for upload_file in files:
-                        data = await upload_file.read()
-                        saved += await run_in_threadpool(
-                            save_scan_bytes, upload_file.filename or "upload", data, workdir, first_index=len(saved),
-                            max_files=service.limits.max_files - len(saved), max_bytes=service.limits.max_request_bytes)
-                        if len(saved) > service.limits.max_files:
-                            return _error(413, f"{len(saved)} files; the limit is {service.limits.max_files}")
+                    raise RequestError("no files: send scans in the multipart field 'files'")
+                inputs = [ScanInput(v.filename or f"file{i}", data=v.file) for i, (_, v) in enumerate(files)]
+                result = await path.run(AnswerRequest(None, inputs, one_scan_per_input=False, keep_files=True,
+                                                      after=_kept_items))
             finally:
                 await form.close()
-            grouped = await run_in_threadpool(group_scans, saved, workdir)
-            added = []
-            for index, scan in enumerate(grouped):
-                try:
-                    images, _, _ = await run_in_threadpool(service._prepare, [scan])
-                except ValueError as error:
-                    raise UploadError(f"cannot read scan: {error}", 422) from None
-                label = scan.names[0] if len(scan.names) == 1 else f"{Path(scan.names[0]).parent.name or 'DICOM'} ({len(scan.names)} files)"
-                item = ChatScan(secrets.token_hex(12), scan, workdir, images[0], await run_in_threadpool(_modality, scan),
-                                label.replace(f"{workdir}/", ""))
-                added.append(await run_in_threadpool(item.describe))
-                scans.add(item)
-            keep = True
-            return JSONResponse({"scans": added}, headers=SECURITY_HEADERS)
-        except UploadError as error:
-            return _error(error.status_code, str(error).replace(f"{workdir}/", ""))
-        except ValueError as error:  # display reader
-            return _error(422, str(error).replace(f"{workdir}/", ""))
-        finally:
-            if not keep:
-                await run_in_threadpool(shutil.rmtree, workdir, True)
+            scans.add(result.extra["items"])
+            return JSONResponse({"scans": result.extra["described"]}, headers=SECURITY_HEADERS)
+        except RequestError as error:
+            return _error(error)
 
     @app.get("/chat/api/scans/{scan_id}/slice.png")
     async def slice_png(scan_id: str, view: str = "original", slice: int = 0, window: str = "auto") -> Response:
         try:
             item = scans.get(scan_id)
-            if view == "model":
-                volume = item.model_view()
-                if not 0 <= slice < volume.shape[0]:
-                    raise UploadError(f"slice {slice} out of range 0..{volume.shape[0] - 1}", 422)
-                data = await run_in_threadpool(_png, volume[slice], float(volume.min()), float(volume.max()))
-            elif view == "original":
-                from radfm.rating.images import render_slice_png
-
-                display = await run_in_threadpool(item.display)
-                if not 0 <= slice < display.depth:
-                    raise UploadError(f"slice {slice} out of range 0..{display.depth - 1}", 422)
-                data = await run_in_threadpool(render_slice_png, display, slice, _window(window))
-            else:
-                raise UploadError(f"view: expected original or model, got {view!r}", 422)
-        except UploadError as error:
-            return _error(error.status_code, str(error))
+            data = await path.worker.read(_render, item, view, slice, window)
+        except RequestError as error:
+            return _error(error)
         except ValueError as error:
-            return _error(422, str(error))
+            return _error(RequestError(str(error), 422))
         return Response(data, media_type="image/png", headers=SECURITY_HEADERS)
 
     @app.delete("/chat/api/scans/{scan_id}")
@@ -300,70 +285,95 @@ def add_chat_routes(app: FastAPI, service) -> None:
         scans.remove(scan_id)
         return JSONResponse({"deleted": scan_id}, headers=SECURITY_HEADERS)
 
-    @app.post("/chat/api/answer")
+    @app.post("/chat/api/answer", openapi_extra=CHAT_ANSWER_JSON)
     async def answer(request: Request):
         try:
-            body = await request.json()
+            try:
+                body = await request.json()
+            except ValueError as error:
+                raise RequestError(f"the request body is not valid JSON ({error})") from None
             if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-                raise UploadError("expected JSON {\"messages\": [{\"role\", \"text\", \"scans\": [ids]}], ...}")
+                raise RequestError("expected JSON {\"messages\": [{\"role\", \"text\", \"scans\": [ids]}], ...}")
+            refuse_unknown(list(body), ("messages", *CHAT_OPTIONS), "field")
             turns = []
             for i, message in enumerate(body["messages"]):
                 if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
-                    raise UploadError(f"messages[{i}]: expected an object with role user or assistant")
+                    raise RequestError(f"messages[{i}]: expected an object with role user or assistant")
                 ids = message.get("scans") or []
                 if not isinstance(message.get("text"), str) or not isinstance(ids, list):
-                    raise UploadError(f"messages[{i}]: 'text' must be a string and 'scans' a list of scan ids")
+                    raise RequestError(f"messages[{i}]: 'text' must be a string and 'scans' a list of scan ids")
                 turns.append(Turn(message["role"], message["text"], [scans.get(str(s)) for s in ids]))
             try:
                 prompt, items = conversation_prompt(turns)
             except ValueError as error:
-                raise UploadError(str(error), 422) from None
-            if len(items) > service.limits.max_images:
-                raise UploadError(f"{len(items)} scans in the conversation; the limit is {service.limits.max_images}", 413)
-            if len(prompt) > service.limits.max_prompt_chars:
-                raise UploadError(f"prompt of {len(prompt)} characters exceeds the limit of {service.limits.max_prompt_chars}", 413)
-            options = _options(body, service.limits)
-            if service.waiting >= service.limits.max_queue:
-                raise UploadError(f"{service.waiting} requests already waiting (limit {service.limits.max_queue}); retry later", 503)
-        except UploadError as error:
-            return _error(error.status_code, str(error))
-        except ValueError as error:  # body is not JSON
-            return _error(400, f"the request body is not valid JSON ({error})")
+                raise RequestError(str(error), 422) from None
+            inputs = [ScanInput(item.label, image=item.image, scan=item.scan) for item in items]
+            options = {name: body[name] for name in CHAT_OPTIONS if name in body}
+            events = path.stream(AnswerRequest(prompt, inputs, options))
+            await events.__anext__()  # checked and queued: refusals still get their status
+        except RequestError as error:
+            return _error(error)
 
-        async def events():
+        async def stream():
             try:
-                async for event, value in stream_answer(service, prompt, [i.image for i in items], options):
+                async for event, value in events:
                     if event == "text":
                         yield _event({"type": "text", "text": value})
-                    else:
-                        text, stream = value
-                        yield _event({"type": "done", "answer": text, "prompt": prompt,
-                                      "finish_reason": "cancelled" if stream.cancelled else stream.finish_reason,
-                                      "scans": [i.id for i in items], "generation": options.to_dict(),
+                    elif event == "done":
+                        yield _event({"type": "done", "answer": value.text, "prompt": value.prompt,
+                                      "finish_reason": value.finish_reason, "scans": [i.id for i in items],
+                                      "generation": value.options.to_dict(),
                                       "model": service.answerer.identity.to_dict(), "verification": "UNVERIFIED"})
-            except (UploadError, ValueError) as error:
+            except RequestError as error:
                 yield _event({"type": "error", "message": str(error)})
+            finally:
+                await events.aclose()
 
-        return StreamingResponse(events(), media_type="text/event-stream",
+        return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={**SECURITY_HEADERS, "X-Accel-Buffering": "no"})
 
-    @app.post("/chat/api/export/sr")
+    @app.post("/chat/api/export/sr", openapi_extra=CHAT_SR_JSON)
     async def export_sr(request: Request) -> Response:
         try:
-            body = await request.json()
+            try:
+                body = await request.json()
+            except ValueError as error:
+                raise RequestError(f"the request body is not valid JSON ({error})") from None
+            if not isinstance(body, dict):
+                raise RequestError("expected a JSON object {\"answer\", \"prompt\", \"scans\": [ids], \"generation\"}")
             answer_text, prompt = body.get("answer"), body.get("prompt")
             if not isinstance(answer_text, str) or not answer_text.strip() or not isinstance(prompt, str):
-                raise UploadError("expected JSON {\"answer\", \"prompt\", \"scans\": [ids], \"generation\"}")
-            items = [scans.get(str(s)) for s in body.get("scans") or []]
+                raise RequestError("expected JSON {\"answer\", \"prompt\", \"scans\": [ids], \"generation\"}")
+            ids = body.get("scans") or []
+            if not isinstance(ids, list):
+                raise RequestError("scans: expected a list of scan ids")
+            items = [scans.get(str(s)) for s in ids]
             generation = body.get("generation") if isinstance(body.get("generation"), dict) else {}
-            content, media_type, filename = await run_in_threadpool(
+            content, media_type, filename = await path.worker.read(
                 _export_sr, service, answer_text, prompt, items, generation)
-        except UploadError as error:
-            return _error(error.status_code, str(error))
+        except RequestError as error:
+            return _error(error)
         except ValueError as error:
-            return _error(422, str(error))
+            return _error(RequestError(str(error), 422))
         return Response(content, media_type=media_type,
                         headers={**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+def _render(item: ChatScan, view: str, slice: int, window: str) -> bytes:
+    """A slice as PNG: the original as displayed, or the model's input (in the reading pool)."""
+    if view == "model":
+        volume = item.model_view()
+        if not 0 <= slice < volume.shape[0]:
+            raise RequestError(f"slice {slice} out of range 0..{volume.shape[0] - 1}", 422)
+        return _png(volume[slice], float(volume.min()), float(volume.max()))
+    if view == "original":
+        from radfm.rating.images import render_slice_png
+
+        display = item.display()
+        if not 0 <= slice < display.depth:
+            raise RequestError(f"slice {slice} out of range 0..{display.depth - 1}", 422)
+        return render_slice_png(display, slice, _window(window))
+    raise RequestError(f"view: expected original or model, got {view!r}", 422)
 
 
 def _event(payload: dict) -> bytes:
@@ -409,7 +419,7 @@ def _export_sr(service, answer_text: str, prompt: str, items: list[ChatScan], ge
             captures.append((item, capture))
             sources.append(capture)
     if not sources:
-        raise UploadError("the answer has no scans to refer to; a DICOM SR needs at least one image", 422)
+        raise RequestError("the answer has no scans to refer to; a DICOM SR needs at least one image", 422)
     parameters = [f"non_dicom_input={item.label} -> secondary capture {capture.SOPInstanceUID}" for item, capture in captures]
     parameters += [f"{key}={value}" for key, value in sorted(generation.items())]
     sr = build_sr(answer_text, prompt, sources, service.answerer.identity, parameters=parameters)

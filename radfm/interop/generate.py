@@ -1,4 +1,4 @@
-"""``radfm generate``: answer a prompt about one or more scans from the command line."""
+"""``radfm generate``: the command-line door of the request path (scans by path + prompt -> answer)."""
 
 from __future__ import annotations
 
@@ -6,38 +6,50 @@ import json as jsonlib
 from pathlib import Path
 from typing import Any
 
-from radfm.interop.answerer import GenerationOptions, ModelAnswerer, build_prompt
-from radfm.model.loading import resolve_model_dir
+from radfm.serving.refusal import RequestError
+from radfm.serving.limits import Limits
+from radfm.serving.options import GenerationOptions, parse_options
+from radfm.serving.request import AnswerRequest, RequestPath, ScanInput
 from radfm.utils.cli import UsageError
 from radfm.utils.io import atomic_write_text
 
+# the command line has no request body: only the generation caps apply (beam search multiplies the work)
+CLI_LIMITS = dict(max_new_tokens=GenerationOptions.MAX_BEAM_TOKENS)
+UNVERIFIED = "unverified research output: not for clinical use"
 
-def run_generate(
-    answerer: ModelAnswerer,
-    scans: list[str],
-    prompt: str,
-    options: GenerationOptions,
-) -> dict[str, Any]:
-    """The answer record for ``scans`` + ``prompt`` (also what ``--json`` prints)."""
+
+def cli_request(scans: list[str], prompt: str, options: Any) -> AnswerRequest:
+    """The request for scan paths (files, DICOM folders or zips, in prompt order) and a prompt."""
     if not scans:
-        raise ValueError("no scans given: pass one or more scan files or DICOM folders")
-    missing = [scan for scan in scans if not Path(scan).exists()]
-    if missing:
-        raise FileNotFoundError(f"scan(s) not found: {', '.join(missing)}")
-    if len(scans) > answerer.max_images:
-        raise ValueError(f"{len(scans)} scans given; the model takes at most {answerer.max_images} per prompt")
-    full_prompt = build_prompt(prompt, len(scans))  # checks placeholders before the slow part
-    images = answerer.prepare([Path(scan) for scan in scans])
-    text = answerer.answer(full_prompt, images, options)
-    return {
-        "answer": text,
-        "prompt": full_prompt,
-        "scans": [str(Path(scan).resolve()) for scan in scans],
-        "image_shapes": [list(image.shape) for image in images],
-        "model": answerer.identity.to_dict(),
-        "generation": options.to_dict(),
-        "verification": "UNVERIFIED",
-    }
+        raise RequestError("no scans given: pass one or more scan files or DICOM folders", field="scans")
+    return AnswerRequest(prompt, [ScanInput(str(scan), path=Path(scan)) for scan in scans], options)
+
+
+def run_generate(path: RequestPath, scans: list[str], prompt: str, options: Any) -> dict[str, Any]:
+    """The answer record for ``scans`` + ``prompt`` (also what ``--json`` prints and the MLflow model answers)."""
+    result = path.run_blocking(cli_request(scans, prompt, options))
+    record = result.record(path.answerer.identity)
+    record["scans"] = [str(Path(scan).resolve()) for scan in scans]  # what `radfm export-sr --from_json` reads
+    return record
+
+
+def check_inputs(scans: list[str], prompt: str, options: Any, max_images: int | None = None) -> GenerationOptions:
+    """Everything that can be refused before the model loads: flag ranges, the prompt's ``<image>``
+    count, and that every scan exists and is a readable scan (by its first bytes)."""
+    from radfm.serving.answerer import build_prompt
+    from radfm.serving.scans import reference_scan
+
+    checked = parse_options(options, Limits(**CLI_LIMITS))
+    request = cli_request(scans, prompt, checked)
+    try:
+        build_prompt(prompt, len(scans))
+    except ValueError as error:
+        raise RequestError(f"--prompt: {error}", 422, field="prompt") from None
+    if max_images is not None and len(scans) > max_images:
+        raise RequestError(f"{len(scans)} scans given; the model takes at most {max_images} per prompt")
+    for item in request.scans:
+        reference_scan(item.path, item.name)  # exists, readable, a scan kind (a zip is unpacked later)
+    return checked
 
 
 def generate(
@@ -67,8 +79,11 @@ def generate(
 
     Example: radfm generate ct_series/ brain.nii.gz chest.png --prompt "Compare <image>, <image> and <image>."
 
+    The plain answer is followed by a line marking it as unverified research output (and
+    naming the demo model when it answered).
+
     Args:
-        scans: scan files (NIfTI, PNG, JPEG, NRRD, DICOM) or DICOM series folders, in prompt order.
+        scans: scan files (NIfTI, PNG, JPEG, NRRD, MHA, DICOM), DICOM series folders or zips of a series, in prompt order.
         prompt: the question; one <image> placeholder per scan, or none (scans are then put first).
         model: saved model folder (default: the demo model bundles/radfm/models/demo/).
         json: print a JSON record (answer, prompt, scans, model name/version/weights hash, options).
@@ -87,23 +102,23 @@ def generate(
         offload_folder: folder for weights offloaded to disk.
         quantize: 8bit | 4bit (bitsandbytes, CUDA).
     """
+    from radfm.model.loading import demo_model_dir, resolve_model_dir
+    from radfm.serving.answerer import ModelAnswerer
+
     if prompt is None:
         raise UsageError("--prompt is required (the question about the scans)")
     scan_paths = [str(scan) for scan in scans]  # fire turns numeric-looking values into numbers
     prompt = str(prompt)
-    try:
-        options = GenerationOptions(
-            max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample), temperature=float(temperature),
-            top_p=float(top_p), top_k=int(top_k), num_beams=int(num_beams),
-            repetition_penalty=float(repetition_penalty), seed=None if seed is None else int(seed),
-        ).validate()
-    except (TypeError, ValueError) as error:
-        raise UsageError(str(error)) from None
+    raw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k,
+               num_beams=num_beams, repetition_penalty=repetition_penalty, seed=seed)
     if not scan_paths:
         raise UsageError("no scans given: pass one or more scan files or DICOM folders")
-    missing = [scan for scan in scan_paths if not Path(scan).exists()]
-    if missing:  # before the model is loaded
-        raise FileNotFoundError(f"scan(s) not found: {', '.join(missing)}")
+    try:
+        options = check_inputs(scan_paths, prompt, raw)  # before the model is loaded
+    except RequestError as error:
+        if error.field in raw:
+            raise UsageError(f"--{error.field}: {error}") from None
+        raise
     preprocess_options: dict[str, Any] = {}
     if window is not None:
         preprocess_options["window"] = _parse_window(window)
@@ -113,11 +128,22 @@ def generate(
     answerer = ModelAnswerer.from_model_dir(model_dir, preprocess_options=preprocess_options, dtype=dtype, device=device,
                                             device_map=device_map, max_memory=max_memory,
                                             offload_folder=offload_folder, quantization=quantize)
-    record = run_generate(answerer, scan_paths, prompt, options)  # ScanReadError names the file (exit 1)
+    path = RequestPath(answerer, Limits(**CLI_LIMITS))
+    try:
+        record = run_generate(path, scan_paths, prompt, options)  # ScanReadError names the file (exit 1)
+    finally:
+        path.close()
+    is_demo = Path(model_dir).resolve() == demo_model_dir().resolve()
+    if is_demo:
+        record["model"]["demo"] = True
     text = jsonlib.dumps(record, indent=2)
     if output is not None:
         atomic_write_text(output, text + "\n")
-    print(text if json else record["answer"])
+    if json:
+        print(text)
+    else:
+        print(record["answer"])
+        print(f"[{UNVERIFIED}" + ("; answered by the demo model, trained on synthetic phantoms" if is_demo else "") + "]")
 
 
 def _parse_window(window: str | tuple) -> str | tuple[float, float]:

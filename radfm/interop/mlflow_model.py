@@ -44,23 +44,32 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]+")
 
 
 class RadFMPyfunc:
-    """The pyfunc model (``mlflow.pyfunc.PythonModel`` duck type): loads the folder, answers rows."""
+    """The pyfunc model (``mlflow.pyfunc.PythonModel`` duck type): loads the folder, answers rows.
+
+    Each row goes through the request path (:mod:`radfm.serving.request`) exactly as
+    ``radfm generate`` sends it: the same checks, limits and error messages.
+    """
 
     def __init__(self) -> None:
-        self.answerer = None
+        self.path = None
 
     def load_context(self, context) -> None:
-        from radfm.interop.answerer import ModelAnswerer
+        from radfm.interop.generate import CLI_LIMITS
+        from radfm.serving.answerer import ModelAnswerer
+        from radfm.serving.limits import Limits
+        from radfm.serving.request import RequestPath
 
-        self.answerer = ModelAnswerer.from_model_dir(context.artifacts["model_dir"], device="auto", dtype="auto")
+        answerer = ModelAnswerer.from_model_dir(context.artifacts["model_dir"], device="auto", dtype="auto")
+        self.path = RequestPath(answerer, Limits(**CLI_LIMITS))
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
         """A DataFrame with ``answer`` and ``error`` for each row of ``prompt``/``images``."""
         import pandas as pd
 
         from radfm.interop.generate import run_generate
+        from radfm.serving.options import parse_options
 
-        options = _options(params)
+        options = parse_options(_options(params), self.path.limits)
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         missing = {"prompt", "images"} - set(frame.columns)
         if missing:
@@ -69,7 +78,7 @@ class RadFMPyfunc:
         answers, errors = [], []
         for index, (prompt, images) in enumerate(zip(frame["prompt"], frame["images"])):
             try:  # the same path as `radfm generate`
-                answers.append(run_generate(self.answerer, [str(p) for p in _paths(images)], str(prompt), options)["answer"])
+                answers.append(run_generate(self.path, [str(p) for p in _paths(images)], str(prompt), options)["answer"])
                 errors.append(None)
             except (ValueError, OSError) as error:  # per-row failure: record it and go on
                 logger.warning("row %d: %s", index, error)
@@ -91,17 +100,15 @@ def _paths(images: Any) -> list[Path]:
     return [Path(str(p)) for p in images]
 
 
-def _options(params: dict[str, Any] | None):
-    from radfm.interop.answerer import GenerationOptions
-
+def _options(params: dict[str, Any] | None) -> dict[str, Any]:
+    """The pyfunc params as raw generation options (``seed`` -1: none); the request path checks them."""
     values = {**PARAM_DEFAULTS, **(params or {})}
     unknown = set(values) - set(PARAM_DEFAULTS)
     if unknown:
         raise ValueError(f"params: unknown {sorted(unknown)}; expected {sorted(PARAM_DEFAULTS)}")
-    seed = int(values.pop("seed"))
-    return GenerationOptions(max_new_tokens=int(values["max_new_tokens"]), do_sample=bool(values["do_sample"]),
-                             temperature=float(values["temperature"]), top_p=float(values["top_p"]),
-                             seed=None if seed < 0 else seed).validate()
+    if values["seed"] is not None and int(values["seed"]) < 0:
+        values["seed"] = None
+    return values
 
 
 def pinned_requirements() -> list[str]:
@@ -201,7 +208,7 @@ def _restored_mlflow_globals(mlflow):
 
 def _log_model(mlflow, model_dir: str | Path, *, tracking_uri: str | None, registered_model_name: str | None,
                experiment_name: str, run_id: str | None, name: str, example_scan: str | Path | None) -> dict[str, Any]:
-    from radfm.interop.identity import identity_of_model_dir
+    from radfm.serving.identity import identity_of_model_dir
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():

@@ -26,20 +26,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import shutil
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
-from radfm.interop.answerer import GenerationOptions
-from radfm.interop.conversation import PLACEHOLDER, Turn, conversation_prompt, save_scan_bytes, stream_answer
-from radfm.interop.uploads import BodyTooLarge, UploadError, group_scans
+from radfm.interop.api_schema import CHAT_COMPLETIONS_JSON
+from radfm.serving.conversation import PLACEHOLDER, Turn, conversation_prompt
+from radfm.serving.options import parse_options
+from radfm.serving.refusal import RequestError
+from radfm.serving.request import AnswerRequest, ScanInput
 
 # accepted and ignored (they do not change the answer); anything not listed is refused
 _IGNORED = {"user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls", "model"}
@@ -51,20 +49,28 @@ _IMAGE_MIME = {"image/png": ("png", ".png"), "image/jpeg": ("jpeg", ".jpg"), "im
 MAX_STOP_STRINGS = 4
 
 
-class APIError(Exception):
-    """An error answered in OpenAI's shape."""
+def _error_type(status: int) -> str:
+    return "invalid_request_error" if status < 500 else ("server_error" if status != 503 else "rate_limit_error")
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-        self.kind = kind or ("invalid_request_error" if status < 500 else "server_error")
 
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+def openai_body(error: RequestError) -> dict[str, Any]:
+    """OpenAI's error shape; the request path's ``max_new_tokens`` is this door's ``max_tokens``."""
+    param = "max_tokens" if error.field == "max_new_tokens" else error.field
+    message = str(error).replace("max_new_tokens", "max_tokens")
+    return {"error": {"message": message, "type": _error_type(error.status_code), "param": param, "code": error.code}}
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+
+_KEPT_STATUS = (404, 413, 429, 503, 504, 507)  # OpenAI answers other refusals of a request with 400
+
+
+def openai_error(error: RequestError) -> JSONResponse:
+    status = error.status_code if error.status_code in _KEPT_STATUS or error.status_code >= 500 else 400
+    return JSONResponse(openai_body(error), status_code=status)
+
+
+def APIError(status: int, message: str, param: str | None = None, code: str | None = None) -> RequestError:
+    """A refusal of this door, with OpenAI's ``param`` and ``code``."""
+    return RequestError(message, status, field=param, code=code)
 
 
 def model_id(service) -> str:
@@ -98,7 +104,7 @@ class _ParsedRequest:
     def __init__(self) -> None:
         self.turns: list[Turn] = []
         self.files: list[tuple[str, bytes, str]] = []  # (name, bytes, param) in order
-        self.options: GenerationOptions | None = None
+        self.options: dict[str, Any] = {}  # raw values; the request path validates them
         self.stop: list[str] = []
         self.stream = False
         self.include_usage = False
@@ -172,7 +178,6 @@ def _number(body: dict, key: str, kind: type, low: float | None = None) -> Any:
 
 def parse_request(body: Any, service) -> _ParsedRequest:
     """Validate a chat-completions body; raises :class:`APIError` naming the parameter."""
-    limits = service.limits
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object", None, "invalid_json")
     unknown = sorted(set(body) - _IGNORED - _HANDLED - set(_NEUTRAL))
@@ -204,8 +209,8 @@ def parse_request(body: Any, service) -> _ParsedRequest:
     values: dict[str, Any] = {}
     max_tokens = _number(body, "max_completion_tokens", int)
     max_tokens = _number(body, "max_tokens", int) if max_tokens is None else max_tokens
-    values["max_new_tokens"] = max_tokens if max_tokens is not None else min(GenerationOptions.max_new_tokens,
-                                                                               limits.max_new_tokens)
+    if max_tokens is not None:
+        values["max_new_tokens"] = max_tokens
     temperature, top_p = _number(body, "temperature", float), _number(body, "top_p", float)
     if temperature is not None and temperature < 0:
         raise APIError(400, f"temperature: expected >= 0, got {temperature}", "temperature", "invalid_value")
@@ -219,12 +224,8 @@ def parse_request(body: Any, service) -> _ParsedRequest:
     seed = _number(body, "seed", int)
     if seed is not None:
         values["seed"] = seed
-    try:  # exactly as the multipart route does (same caps, same messages)
-        parsed.options = GenerationOptions(**values).validate(max_new_tokens_limit=limits.max_new_tokens)
-    except ValueError as error:
-        param = str(error).split("=", 1)[0].removeprefix("generation option ")
-        raise APIError(400, str(error).replace("max_new_tokens", "max_tokens"),
-                       "max_tokens" if param == "max_new_tokens" else param, "invalid_value") from None
+    parse_options(values, service.limits)  # refused before the messages are looked at (run() checks again)
+    parsed.options = values
 
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -259,108 +260,56 @@ def add_openai_routes(app: FastAPI, service) -> None:
             "radfm": {**identity.to_dict(), "max_images": service.limits.max_images, "verification": "UNVERIFIED"},
         }]}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=CHAT_COMPLETIONS_JSON)
     async def chat_completions(request: Request):
-        workdir = Path(tempfile.mkdtemp(prefix="radfm-chat-"))
         try:
             try:
-                raw = await request.body()
-            except BodyTooLarge:
-                raise APIError(413, f"request body exceeds the limit of {service.limits.max_request_bytes} bytes",
-                               None, "request_too_large") from None
-            try:
-                body = json.loads(raw)
+                body = json.loads(await request.body())
             except ValueError as error:
                 raise APIError(400, f"the request body is not valid JSON ({error})", None, "invalid_json") from None
             parsed = parse_request(body, service)
-            prompt, images = await _prepare(service, parsed, workdir)
-        except APIError as error:
-            await run_in_threadpool(shutil.rmtree, workdir, True)
-            return error.response()
-        except UploadError as error:
-            await run_in_threadpool(shutil.rmtree, workdir, True)
-            status = error.status_code if error.status_code in (413, 503) else 400
-            return APIError(status, str(error).replace(f"{workdir}/", ""), None, "invalid_scan" if status == 400 else None).response()
-        await run_in_threadpool(shutil.rmtree, workdir, True)  # the scans are tensors in memory now
-        if service.waiting >= service.limits.max_queue:
-            return APIError(503, f"{service.waiting} requests already waiting (limit {service.limits.max_queue}); "
-                                 "retry later", None, "queue_full").response()
+            answer_request = _answer_request(parsed)
+            events = service.path.stream(answer_request)
+            await events.__anext__()  # scans read and queued: refusals still get their status
+        except RequestError as error:
+            return openai_error(error)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if parsed.stream:
-            return StreamingResponse(_stream(service, parsed, prompt, images, completion_id, created),
+            return StreamingResponse(_stream(service, parsed, events, completion_id, created),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
-            async for event, value in stream_answer(service, prompt, images, parsed.options, parsed.stop):
+            async for event, value in events:
                 if event == "done":
-                    text, stream = value
-        except UploadError as error:
-            return APIError(error.status_code if error.status_code in (413, 503) else 400, str(error)).response()
-        except ValueError as error:
-            return APIError(400, str(error), None, "invalid_prompt").response()
+                    result = value
+        except RequestError as error:
+            return openai_error(error)
         return JSONResponse({
             "id": completion_id, "object": "chat.completion", "created": created, "model": model_id(service),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                         "logprobs": None, "finish_reason": stream.finish_reason}],
-            "usage": _usage(stream),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text, "refusal": None},
+                         "logprobs": None, "finish_reason": result.finish_reason}],
+            "usage": _usage(result),
             "system_fingerprint": service.answerer.identity.weights_sha256[:16],
-            "radfm": {"prompt": prompt, "verification": "UNVERIFIED", "generation": parsed.options.to_dict()},
+            "radfm": {"prompt": result.prompt, "verification": "UNVERIFIED", "generation": result.options.to_dict()},
         })
 
 
-def _usage(stream) -> dict[str, int]:
-    return {"prompt_tokens": stream.prompt_tokens, "completion_tokens": stream.completion_tokens,
-            "total_tokens": stream.prompt_tokens + stream.completion_tokens}
-
-
-async def _prepare(service, parsed: _ParsedRequest, workdir: Path) -> tuple[str, list]:
-    """Scans written, grouped and preprocessed; ``(prompt, images)`` in ``<image>`` order."""
-    limits = service.limits
-    saved_per_file: list[list[tuple[str, Path, str]]] = []
-    count = 0
-    for part, (name, data, where) in enumerate(parsed.files):
-        folder = workdir / f"part{part:03d}"  # one folder per part: its DICOM series folders cannot collide
-        folder.mkdir()
-        try:
-            saved = await run_in_threadpool(save_scan_bytes, name, data, folder, first_index=count,
-                                            max_files=limits.max_files - count, max_bytes=limits.max_request_bytes)
-        except UploadError as error:
-            raise APIError(error.status_code if error.status_code == 413 else 400, f"{where}: {error}", where,
-                           "invalid_scan") from None
-        count += len(saved)
-        if count > limits.max_files:
-            raise APIError(413, f"{count} files sent; the limit is {limits.max_files}", where, "too_many_files")
-        saved_per_file.append(saved)
-    # each part is one scan: a part's files (a zipped DICOM series) must make exactly one series
-    scans = []
-    for part, ((name, _, where), saved) in enumerate(zip(parsed.files, saved_per_file)):
-        try:
-            grouped = await run_in_threadpool(group_scans, saved, workdir / f"part{part:03d}")
-        except UploadError as error:
-            raise APIError(400, f"{where}: {error}", where, "invalid_scan") from None
-        if len(grouped) != 1:
-            raise APIError(400, f"{where}: {name} holds {len(grouped)} scans (series or files); send one scan per "
-                                "part", where, "invalid_scan")
-        scans.append(grouped[0])
-    if len(scans) > limits.max_images:
-        raise APIError(413, f"{len(scans)} scans sent; the limit is {limits.max_images} per prompt", "messages",
-                       "too_many_images")
+def _answer_request(parsed: _ParsedRequest) -> AnswerRequest:
+    """The conversation as one prompt, each scan part one scan in ``<image>`` order."""
     try:
         prompt, order = conversation_prompt(parsed.turns)
     except ValueError as error:
         raise APIError(400, f"messages: {error}", "messages", "invalid_value") from None
-    if len(prompt) > limits.max_prompt_chars:
-        raise APIError(413, f"prompt of {len(prompt)} characters exceeds the limit of {limits.max_prompt_chars}",
-                       "messages", "prompt_too_long")
-    try:
-        images, _, _ = await run_in_threadpool(service._prepare, [scans[i] for i in order])
-    except ValueError as error:
-        raise APIError(400, f"cannot read scan: {str(error).replace(f'{workdir}/', '')}", "messages", "invalid_scan") from None
-    return prompt, images
+    scans = [ScanInput(parsed.files[i][0], data=parsed.files[i][1], field=parsed.files[i][2]) for i in order]
+    return AnswerRequest(prompt, scans, parsed.options, one_scan_per_input=True, stop=parsed.stop)
 
 
-async def _stream(service, parsed: _ParsedRequest, prompt: str, images: list, completion_id: str, created: int):
+def _usage(result) -> dict[str, int]:
+    return result.usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
+
+async def _stream(service, parsed: _ParsedRequest, events, completion_id: str, created: int):
     """SSE body in OpenAI's ``chat.completion.chunk`` format."""
     model = model_id(service)
 
@@ -371,17 +320,16 @@ async def _stream(service, parsed: _ParsedRequest, prompt: str, images: list, co
 
     yield chunk({"role": "assistant", "content": ""})
     try:
-        async for event, value in stream_answer(service, prompt, images, parsed.options, parsed.stop):
+        async for event, value in events:
             if event == "text":
                 yield chunk({"content": value})
-            else:
-                _, stream = value
-                yield chunk({}, stream.finish_reason)
+            elif event == "done":
+                yield chunk({}, value.finish_reason)
                 if parsed.include_usage:
                     yield _sse({"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                                "model": model, "choices": [], "usage": _usage(stream)})
-    except UploadError as error:
-        yield _sse(APIError(error.status_code, str(error)).body())
-    except ValueError as error:
-        yield _sse(APIError(400, str(error), None, "invalid_prompt").body())
+                                "model": model, "choices": [], "usage": _usage(value)})
+    except RequestError as error:
+        yield _sse(openai_body(error))
+    finally:
+        await events.aclose()  # client gone: the generation stops, the request's folder is removed
     yield _sse("[DONE]")

@@ -29,7 +29,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from radfm.interop.identity import ModelIdentity, identity_of_model_dir
+from radfm.serving.identity import ModelIdentity, identity_of_model_dir
 from radfm.utils.io import atomic_path
 
 logger = logging.getLogger(__name__)

@@ -34,6 +34,14 @@ class GuardLimits:
     body_idle_timeout_s: float = 30.0  # longest gap between body chunks
     body_timeout_s: float = 600.0  # whole body (a 512 MB upload at ~1 MB/s)
 
+    def check(self) -> GuardLimits:
+        """Raise ``ValueError`` naming a timeout that is not a positive, finite number of seconds."""
+        for name in ("header_timeout_s", "body_idle_timeout_s", "body_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ValueError(f"--{name}={value!r}: expected a number of seconds > 0")
+        return self
+
 
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (a name or address, IPv6 with or without brackets) is this machine only."""
@@ -195,7 +203,9 @@ def guarded_server(app, host: str, port: int, limits: GuardLimits | None = None,
     """
     import uvicorn
 
-    limits = limits or GuardLimits()
+    limits = (limits or GuardLimits()).check()
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"--port={port!r}: expected a TCP port in 0..65535")
     wrapped = HttpGuard(app, limits, loopback_only=is_loopback(host))
     config = uvicorn.Config(wrapped, host=host, port=port, log_level=log_level,
                             http=_guarded_protocol(limits.header_timeout_s), **config_kwargs)

@@ -34,7 +34,7 @@ def small_scans(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_answerer(tiny_model_dir):
-    from radfm.interop.answerer import ModelAnswerer
+    from radfm.serving.answerer import ModelAnswerer
 
     return ModelAnswerer.from_model_dir(tiny_model_dir, device="cpu", dtype="float32")
 
@@ -71,8 +71,9 @@ def probe(tiny_answerer):
 @pytest.fixture(scope="session")
 def server(probe):
     """The service with the tiny model on a free loopback port (small limits to test them)."""
-    from radfm.interop.service import BackgroundServer, ServiceLimits, create_app
+    from radfm.interop.service import BackgroundServer, create_app
+    from radfm.serving.limits import Limits
 
-    limits = ServiceLimits(max_request_bytes=2 * 1024 * 1024, max_images=3, max_new_tokens=16)
+    limits = Limits(max_request_bytes=2 * 1024 * 1024, max_images=3, max_new_tokens=16)
     with BackgroundServer(create_app(probe, limits)) as running:
         yield running

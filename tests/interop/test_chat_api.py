@@ -12,9 +12,11 @@ import httpx
 import pydicom
 import pytest
 
-from radfm.interop.answerer import AnswerStream, GenerationOptions
-from radfm.interop.conversation import Turn, conversation_prompt, extract_zip_scans
-from radfm.interop.uploads import UploadError
+from radfm.serving.answerer import AnswerStream
+from radfm.serving.options import GenerationOptions
+from radfm.serving.conversation import Turn, conversation_prompt
+from radfm.serving.scans import extract_zip_scans
+from radfm.serving.refusal import RequestError
 
 
 def _series_zip(ct_series_dir: Path, extra: dict[str, bytes] | None = None) -> bytes:
@@ -56,20 +58,20 @@ def test_zip_limits(tmp_path):
     bomb = tmp_path / "bomb.zip"
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("slice.dcm", b"\0" * (3 << 20))  # a few KB packed, 3 MiB unpacked
-    with pytest.raises(UploadError, match="unpacked") as caught:
+    with pytest.raises(RequestError, match="unpacked") as caught:
         extract_zip_scans(bomb, tmp_path, first_index=0, max_files=10, max_bytes=2 << 20, label="bomb.zip")
     assert caught.value.status_code == 413
     many = tmp_path / "many.zip"
     with zipfile.ZipFile(many, "w") as archive:
         for i in range(11):
             archive.writestr(f"IM{i}", b"x")
-    with pytest.raises(UploadError, match="11 files") as caught:
+    with pytest.raises(RequestError, match="11 files") as caught:
         extract_zip_scans(many, tmp_path, first_index=0, max_files=10, max_bytes=1 << 20, label="many.zip")
     assert caught.value.status_code == 413
     nested = tmp_path / "nested.zip"
     with zipfile.ZipFile(nested, "w") as archive:
         archive.writestr("inner.zip", many.read_bytes())
-    with pytest.raises(UploadError, match="nested"):
+    with pytest.raises(RequestError, match="nested"):
         extract_zip_scans(nested, tmp_path, first_index=0, max_files=10, max_bytes=1 << 20, label="nested.zip")
 
 

@@ -30,11 +30,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def demo_service():
     """The app ``radfm serve`` runs, with the demo model, on a free loopback port."""
-    from radfm.interop.answerer import ModelAnswerer
-    from radfm.interop.service import BackgroundServer, ServiceLimits, create_app
+    from radfm.serving.answerer import ModelAnswerer
+    from radfm.interop.service import BackgroundServer, create_app
+    from radfm.serving.limits import Limits
 
     answerer = ModelAnswerer.from_model_dir(DEMO, device="cpu", dtype="float32")
-    with BackgroundServer(create_app(answerer, ServiceLimits(max_new_tokens=64))) as running:
+    with BackgroundServer(create_app(answerer, Limits(max_new_tokens=64))) as running:
         yield running.url
 
 

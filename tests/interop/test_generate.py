@@ -7,7 +7,7 @@ import json
 import pytest
 
 from radfm.cli import main
-from radfm.interop.answerer import GenerationOptions
+from radfm.serving.options import GenerationOptions
 from radfm.interop.sr import read_sr
 
 PROMPT = "Compare the CT <image>, the MRI <image> and the radiograph <image>."
@@ -50,7 +50,7 @@ def test_generate_prepends_placeholders_and_prints_plain_text(capsys, tiny_model
     ("scans", "prompt", "message"),
     [
         (["png"], "<image> vs <image>", "2 <image> placeholder(s) but 1 image"),
-        (["missing"], "hi", "scan(s) not found"),
+        (["missing"], "hi", "nope.nii.gz: no such file or folder"),
         (["text"], "hi", "notes.txt"),
     ],
 )

@@ -12,7 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
-from radfm.interop.service import BackgroundServer, ServiceLimits, create_app
+from radfm.interop.service import BackgroundServer, create_app
+from radfm.serving.limits import Limits
 
 SECRET = b"root:x:0:0:planted-secret-for-the-service-test\n" * 16
 
@@ -61,7 +62,7 @@ def test_upload_claiming_gigabytes_is_refused_with_413(server):
 
 
 def test_service_limit_is_configurable(probe, small_scans):
-    with BackgroundServer(create_app(probe, ServiceLimits(max_scan_bytes=10_000, max_images=3))) as running:
+    with BackgroundServer(create_app(probe, Limits(max_scan_bytes=10_000, max_images=3))) as running:
         small = _post(running.url, "chest.png", small_scans["png"].read_bytes())  # 40 x 50 = 2000 bytes
         assert small.status_code == 200, small.text
         nifti = _post(running.url, "brain.nii.gz", small_scans["nifti"].read_bytes())  # 20 x 24 x 12 float32

@@ -12,9 +12,10 @@ import httpx
 import pydicom
 import pytest
 
-from radfm.interop.answerer import GenerationOptions
-from radfm.interop.identity import ModelIdentity
-from radfm.interop.service import BackgroundServer, ServiceLimits, create_app, serve
+from radfm.serving.options import GenerationOptions
+from radfm.serving.identity import ModelIdentity
+from radfm.interop.service import BackgroundServer, create_app, serve
+from radfm.serving.limits import Limits
 
 PROMPT3 = "Compare <image> with <image> and <image>."
 
@@ -96,7 +97,7 @@ def test_concurrent_requests_are_served_one_at_a_time(server, probe, small_scans
         ("png", {"prompt": "<image> and <image>"}, 422, "2 <image> placeholder(s) but 1 image"),
         ("png", {"prompt": "hi", "max_new_tokens": "lots"}, 422, "max_new_tokens"),
         ("png", {"prompt": "hi", "max_new_tokens": "999"}, 422, "<= 16"),
-        ("png4", {"prompt": "hi"}, 413, "4 scans uploaded; the limit is 3"),
+        ("png4", {"prompt": "hi"}, 413, "4 scans sent; the limit is 3"),
         ("big", {"prompt": "hi"}, 413, "exceeds the limit"),
     ],
 )
@@ -121,7 +122,7 @@ def test_not_multipart_is_rejected(server):
 def test_full_queue_answers_503_and_then_drains(small_scans):
     blocking = BlockingAnswerer()
     png = ("files", ("chest.png", small_scans["png"].read_bytes(), "image/png"))
-    with BackgroundServer(create_app(blocking, ServiceLimits(max_queue=1))) as running, ThreadPoolExecutor(2) as pool:
+    with BackgroundServer(create_app(blocking, Limits(max_queue=1))) as running, ThreadPoolExecutor(2) as pool:
         ask = lambda: httpx.post(f"{running.url}/v1/answer", files=[png], data={"prompt": "hi"}, timeout=60)  # noqa: E731
         first = pool.submit(ask)
         assert blocking.started.acquire(timeout=30)  # first request is running

@@ -9,10 +9,11 @@ import time
 import httpx
 import pytest
 
-from radfm.interop.answerer import (GenerationOptions, GenerationTimeout, check_deadline, deadline_passed,
-                                    generation_deadline)
-from radfm.interop.identity import ModelIdentity
-from radfm.interop.service import BackgroundServer, ServiceLimits, create_app
+from radfm.serving.answerer import GenerationTimeout, check_deadline, deadline_passed, generation_deadline
+from radfm.serving.options import GenerationOptions
+from radfm.serving.identity import ModelIdentity
+from radfm.interop.service import BackgroundServer, create_app
+from radfm.serving.limits import Limits
 from radfm.utils.http_guard import GuardLimits
 
 
@@ -60,7 +61,7 @@ def test_unbounded_or_non_finite_options_get_422(server_limits, small_scans, fie
 
 @pytest.fixture(scope="module")
 def server_limits(probe):
-    limits = ServiceLimits(max_request_bytes=2 * 1024 * 1024, max_images=3, max_new_tokens=16,
+    limits = Limits(max_request_bytes=2 * 1024 * 1024, max_images=3, max_new_tokens=16,
                            max_num_beams=4, max_beam_tokens=40)
     with BackgroundServer(create_app(probe, limits)) as running:
         yield running
@@ -81,7 +82,7 @@ def test_slow_generation_is_stopped_and_the_worker_freed(small_scans):
     """A 1000-token "generation" at 50 ms/token is stopped at the 0.5 s limit; the next request runs at once."""
     slow = SlowAnswerer()
     png = ("files", ("chest.png", small_scans["png"].read_bytes(), "image/png"))
-    limits = ServiceLimits(max_new_tokens=1000, max_beam_tokens=1000, generation_timeout_s=0.5)
+    limits = Limits(max_new_tokens=1000, max_beam_tokens=1000, generation_timeout_s=0.5)
     with BackgroundServer(create_app(slow, limits)) as running:
         started = time.monotonic()
         first = httpx.post(f"{running.url}/v1/answer", files=[png], data={"prompt": "hi", "max_new_tokens": "1000"}, timeout=60)
@@ -125,23 +126,24 @@ def test_slow_upload_body_is_dropped_and_its_temp_dir_removed(small_scans, tmp_p
             b"Content-Type: image/png\r\n\r\n" + small_scans["png"].read_bytes()[:100])
     head = (b"POST /v1/answer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=" + boundary
             + b"\r\nContent-Length: 100000\r\n\r\n")
-    with BackgroundServer(create_app(slow, ServiceLimits()), guard=guard) as running:
+    with BackgroundServer(create_app(slow, Limits()), guard=guard) as running:
         clients = []
         for _ in range(3):
             client = socket.create_connection(("127.0.0.1", running.port), timeout=5)
             client.sendall(head + part)
             clients.append(client)
         time.sleep(0.3)
-        assert list(tmp_path.glob("radfm-upload-*")), "the uploads should be in progress"
+        # the request's folder is made once its body is in: a body that never completes leaves nothing
+        assert not list(tmp_path.glob("radfm-request-*"))
         replies = [client.recv(4096) for client in clients]
         for client in clients:
             client.close()
         for _ in range(100):
-            if not list(tmp_path.glob("radfm-upload-*")):
+            if not list(tmp_path.glob("radfm-request-*")):
                 break
             time.sleep(0.05)
     assert all(reply.startswith(b"HTTP/1.1 408") for reply in replies), replies
-    assert not list(tmp_path.glob("radfm-upload-*"))
+    assert not list(tmp_path.glob("radfm-request-*"))
 
 
 def test_service_refuses_rebinding_host(server):

@@ -7,7 +7,8 @@ import shutil
 import pydicom
 import pytest
 
-from radfm.interop.uploads import UploadError, detect_kind, group_scans
+from radfm.serving.refusal import RequestError
+from radfm.serving.scans import detect_kind, group_scans, save_scan
 
 
 def test_detect_kind_by_content_then_name(ct_series_dir, small_scans):
@@ -15,9 +16,9 @@ def test_detect_kind_by_content_then_name(ct_series_dir, small_scans):
     assert detect_kind("17106", first.read_bytes()[:352]) == "dicom"  # no suffix: the preamble decides
     assert detect_kind("x", small_scans["png"].read_bytes()[:352]) == "png"
     assert detect_kind("brain.nii.gz", small_scans["nifti"].read_bytes()[:352]) == "nifti"
-    with pytest.raises(UploadError, match="scan.png: named like a png"):
+    with pytest.raises(RequestError, match="scan.png: named like a png"):
         detect_kind("scan.png", b"GIF89a" + b"\0" * 400)
-    with pytest.raises(UploadError) as info:
+    with pytest.raises(RequestError) as info:
         detect_kind("report.pdf", b"%PDF-1.4")
     assert info.value.status_code == 415
 
@@ -33,10 +34,9 @@ def test_group_scans_one_per_series_in_upload_order(ct_series_dir, small_scans, 
         else:
             shutil.copy(path, target)
         saved.append((path.name, target, "dicom"))
-    png = tmp_path / "0009_chest"
-    shutil.copy(small_scans["png"], png)
-    saved.insert(1, ("chest", png, "png"))
-    scans = group_scans(saved, tmp_path)
+    with small_scans["png"].open("rb") as source:  # saved under its reader's suffix, whatever it was called
+        saved.insert(1, *save_scan("chest", source, tmp_path, first_index=9, max_files=10, max_bytes=1 << 30))
+    scans = group_scans(saved, tmp_path, max_scan_bytes=1 << 30)
     assert [s.kind for s in scans] == ["dicom", "png", "dicom"]
     assert [len(s.names) for s in scans] == [3, 1, 1]
     assert scans[1].path.suffix == ".png"  # readers go by suffix

@@ -1,4 +1,4 @@
-"""The "answerer": scans + prompt -> text, the one interface the CLI, service and Slicer share.
+"""The "answerer": scans + prompt -> text, the model behind the request path (:mod:`radfm.serving.request`).
 
 Split in two steps so that a service can read and preprocess uploads in parallel while the
 model itself runs one request at a time:
@@ -12,91 +12,15 @@ service (tests use a tiny random model).
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from radfm.interop.identity import ModelIdentity, identity_of_model, identity_of_model_dir
-
-
-@dataclass
-class GenerationOptions:
-    """Decoding settings; ``validate`` names the bad field. Greedy by default (reproducible)."""
-
-    max_new_tokens: int = 256
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 50
-    num_beams: int = 1
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-
-    # caps every caller gets (service routes, CLI): beam search multiplies the work by num_beams
-    MAX_NUM_BEAMS = 8
-    MAX_BEAM_TOKENS = 4096  # max_new_tokens x num_beams
-    FLOAT_RANGE = (0.01, 100.0)  # temperature and repetition_penalty: beyond this logits overflow
-
-    def validate(
-        self,
-        max_new_tokens_limit: int | None = None,
-        max_num_beams: int | None = None,
-        max_beam_tokens: int | None = None,
-    ) -> GenerationOptions:
-        """Check every field (types, finite values, ranges and the work caps); returns ``self``.
-
-        ``max_num_beams`` / ``max_beam_tokens`` default to the class caps; the service passes
-        its ``ServiceLimits``. Raises ``ValueError`` naming the field and what was expected.
-        """
-        max_num_beams = self.MAX_NUM_BEAMS if max_num_beams is None else max_num_beams
-        max_beam_tokens = self.MAX_BEAM_TOKENS if max_beam_tokens is None else max_beam_tokens
-        for name, kind in (("max_new_tokens", int), ("top_k", int), ("num_beams", int),
-                           ("temperature", float), ("top_p", float), ("repetition_penalty", float)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
-                raise ValueError(f"generation option {name}={value!r}: expected {'an integer' if kind is int else 'a number'}")
-            if kind is float and not math.isfinite(value):
-                raise ValueError(f"generation option {name}={value!r}: expected a finite number")
-        if not isinstance(self.do_sample, bool):
-            raise ValueError(f"generation option do_sample={self.do_sample!r}: expected true or false")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
-            raise ValueError(f"generation option seed={self.seed!r}: expected an integer in [0, 2^63)")
-        low, high = self.FLOAT_RANGE
-        checks = [
-            ("max_new_tokens", 1 <= self.max_new_tokens, "at least 1"),
-            ("temperature", low <= self.temperature <= high, f"in [{low}, {high}]"),
-            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
-            ("top_k", self.top_k >= 0, ">= 0"),
-            ("num_beams", 1 <= self.num_beams <= max_num_beams, f"in [1, {max_num_beams}]"),
-            ("repetition_penalty", low <= self.repetition_penalty <= high, f"in [{low}, {high}]"),
-        ]
-        if max_new_tokens_limit is not None:
-            checks.append(("max_new_tokens", self.max_new_tokens <= max_new_tokens_limit, f"<= {max_new_tokens_limit}"))
-        for name, ok, expected in checks:
-            if not ok:
-                raise ValueError(f"generation option {name}={getattr(self, name)!r}: expected {expected}")
-        if self.max_new_tokens * self.num_beams > max_beam_tokens:
-            raise ValueError(
-                f"generation options max_new_tokens={self.max_new_tokens} x num_beams={self.num_beams} = "
-                f"{self.max_new_tokens * self.num_beams}: expected at most {max_beam_tokens} (fewer beams or tokens)"
-            )
-        return self
-
-    def hf_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``model.generate`` (sampling knobs only when sampling)."""
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
-                                  "repetition_penalty": self.repetition_penalty, "do_sample": self.do_sample}
-        if self.do_sample:
-            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
-        return kwargs
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from radfm.serving.identity import ModelIdentity, identity_of_model, identity_of_model_dir
+from radfm.serving.options import GenerationOptions
 
 
 class GenerationTimeout(RuntimeError):
@@ -263,8 +187,10 @@ class ModelAnswerer:
         preprocess: Callable[..., Any] | None = None,
         identity: ModelIdentity | None = None,
         preprocess_options: dict[str, Any] | None = None,
+        generate_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.model = model.eval()
+        self.generate_kwargs = dict(generate_kwargs or {})  # e.g. synced_gpus=False under torchrun
         self.tokenizer = tokenizer
         self._preprocess = preprocess
         self.preprocess_options = dict(preprocess_options or {})  # e.g. window, series_uid
@@ -301,38 +227,49 @@ class ModelAnswerer:
         """Generated text for ``prompt`` (with one ``<image>`` per image) about ``images``.
 
         With ``stream`` the text is also handed out token by token (see :class:`AnswerStream`),
-        stop strings apply and the stream can cancel generation.
+        stop strings apply, the stream can cancel generation and it counts the tokens. The
+        prompt is tokenised once and the output decoded once (by the streamer when streaming).
         """
+        return self.answer_batch([prompt], [images], options, stream=stream)[0]
+
+    def answer_batch(self, prompts: Sequence[str], images: Sequence[list[Any]], options: GenerationOptions,
+                     stream: AnswerStream | None = None) -> list[str]:
+        """Answers for several prompts in one ``generate`` call (left padded); ``stream`` only for one prompt."""
         import torch
 
-        from radfm.model.generation import generate_text
+        from radfm.model.generation import build_prompt_batch, decode_new_tokens
 
-        if len(images) > self.max_images:
-            raise ValueError(f"{len(images)} images given; this model takes at most {self.max_images} per prompt")
-        prompt = build_prompt(prompt, len(images))
+        if stream is not None and len(prompts) != 1:
+            raise ValueError("a stream follows one prompt")
+        for scans in images:
+            if len(scans) > self.max_images:
+                raise ValueError(f"{len(scans)} images given; this model takes at most {self.max_images} per prompt")
+        prompts = [build_prompt(prompt, len(scans)) for prompt, scans in zip(prompts, images)]
         if options.seed is not None:
             torch.manual_seed(options.seed)
-        images = [torch.as_tensor(image).float() for image in images]  # MetaTensor -> plain tensor
-        kwargs = options.hf_kwargs()
-        stopping = _deadline_stopping_criteria()
-        if stopping is not None:
-            kwargs["stopping_criteria"] = stopping
+        images = [[torch.as_tensor(image).float() for image in scans] for scans in images]  # MetaTensor -> tensor
+        kwargs = {**self.generate_kwargs, **options.hf_kwargs()}
+        kwargs.setdefault("eos_token_id", self.tokenizer.eos_token_id)
+        if self.tokenizer.pad_token_id is not None:
+            kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        stopping = list(_deadline_stopping_criteria() or [])
+        input_ids, attention_mask = build_prompt_batch(self.tokenizer, prompts, images,
+                                                       base_vocab_size=self.model.config.base_vocab_size)
         if stream is not None:
-            from transformers import StoppingCriteriaList
-
-            from radfm.model.generation import build_prompt_batch
-
-            input_ids, _ = build_prompt_batch(self.tokenizer, [prompt], [images], base_vocab_size=self.model.config.base_vocab_size)
             stream.prompt_tokens = int(input_ids.shape[1])
             kwargs["streamer"] = _text_streamer(self.tokenizer, stream)
-            kwargs["stopping_criteria"] = StoppingCriteriaList([*(kwargs.get("stopping_criteria") or []), _StreamStop(stream)])
+            stopping.append(_StreamStop(stream))
+        if stopping:
+            from transformers import StoppingCriteriaList
+
+            kwargs["stopping_criteria"] = StoppingCriteriaList(stopping)
         check_deadline()
         with torch.inference_mode():
-            text = generate_text(self.model, self.tokenizer, [prompt], [images], **kwargs)[0]
+            new_tokens = self.model.generate(input_ids=input_ids, images=images, attention_mask=attention_mask, **kwargs)
         check_deadline()  # stopped by the deadline: a cut-off answer is not an answer
         if stream is None:
-            return text
-        return stream.finish(text, options.max_new_tokens)
+            return decode_new_tokens(self.tokenizer, new_tokens)
+        return [stream.finish(stream.text.strip(), options.max_new_tokens)]
 
 
 def _text_streamer(tokenizer, stream: AnswerStream):

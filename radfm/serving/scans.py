@@ -1,0 +1,331 @@
+"""Scan inputs -> scans: upload format detection, zips, DICOM series grouping, header claims.
+
+One scan per NIfTI/PNG/JPEG/NRRD file, one per DICOM series. Uploaded kinds are recognised
+from the bytes first (DICOM preamble, PNG/JPEG/NRRD/NIfTI magic) and the file name second
+(:func:`detect_kind`, the one place that decides what an upload is), so a DICOM file without
+``.dcm`` still works. Zips (a DICOM series, or several scans) are read member by member with
+bounded count and decompressed size; member names never become paths.
+
+Everything here reads files, so the request path runs it inside its bounded worker pool.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from radfm.serving.refusal import RequestError
+
+SCAN_SUFFIXES = {
+    ".nii.gz": "nifti", ".nii": "nifti", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg",
+    ".nrrd": "nrrd", ".dcm": "dicom", ".dicom": "dicom",
+}
+# by reference (CLI, manifests) the readers take a few more: MetaImage and .npy (no upload carries them)
+_REFERENCE_ONLY = {".mha": "itk", ".mhd": "itk", ".npy": "numpy", ".nhdr": "nrrd", ".ima": "dicom"}
+HEAD_BYTES = 352  # enough for the DICOM preamble and the NIfTI-1 magic at offset 344
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_NAME_CHARS = 120  # file systems allow 255 bytes; later steps append suffixes
+_ZIP_MAGIC = b"PK\x03\x04"
+_SKIPPED_MEMBERS = re.compile(r"(^|/)(__MACOSX/|\.)|(^|/)(DICOMDIR|Thumbs\.db)$", re.IGNORECASE)
+_DEFLATED_DICOM = "1.2.840.10008.1.2.1.99"
+SavedFile = tuple[str, Path, str]  # (name as sent, path in the workspace, kind)
+
+
+@dataclass
+class Scan:
+    """One image for the model: a file (NIfTI, PNG, …) or a folder holding one DICOM series."""
+
+    kind: str
+    path: Path
+    names: list[str] = field(default_factory=list)  # file names as sent that make up the scan
+    series_uid: str | None = None
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "files": self.names, "series_uid": self.series_uid}
+
+
+def suffix_kind(name: str) -> tuple[str, str] | None:
+    """``(suffix, kind)`` from a file name, or ``None`` when the suffix is not an upload scan type."""
+    lower = name.lower()
+    for suffix, kind in SCAN_SUFFIXES.items():
+        if lower.endswith(suffix):
+            return suffix, kind
+    return None
+
+
+def is_zip(head: bytes) -> bool:
+    return head.startswith(_ZIP_MAGIC)
+
+
+def detect_kind(name: str, head: bytes) -> str:
+    """Scan kind of a file from its first bytes (>= 352) and its name; the one upload format check.
+
+    Raises :class:`RequestError` (415) naming the file when it is not a supported scan.
+    """
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"NRRD"):
+        return "nrrd"
+    if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
+        return "nifti"
+    by_name = suffix_kind(name)
+    if by_name is not None:
+        kind = by_name[1]
+        if kind == "nifti" and not head.startswith(b"\x1f\x8b") and name.lower().endswith(".gz"):
+            raise RequestError(f"{name}: named .nii.gz but not gzip data", 415, code="invalid_scan")
+        if kind in ("nifti", "dicom"):  # DICOM without preamble, gzipped NIfTI: trust the name
+            return kind
+        raise RequestError(f"{name}: named like a {kind} file but its content is not {kind}", 415, code="invalid_scan")
+    raise RequestError(f"{name}: not a supported scan (expected DICOM, NIfTI .nii/.nii.gz, PNG, JPEG or NRRD, "
+                       "or a zip of them)", 415, code="invalid_scan")
+
+
+def safe_name(name: str, index: int) -> str:
+    """A file-system safe name for file ``index`` that keeps its scan suffix (readers go by suffix).
+
+    Long names are shortened in the middle (the scan suffix stays), so a 300-character upload
+    name cannot make the file system refuse the file.
+    """
+    base = _SAFE_NAME.sub("_", Path(name or "upload").name).strip("._") or "upload"
+    if len(base) > _MAX_NAME_CHARS:
+        kept = suffix_kind(base)
+        suffix = kept[0] if kept else Path(base).suffix[:16]
+        base = base[: _MAX_NAME_CHARS - len(suffix)] + suffix
+    return f"{index:04d}_{base}"
+
+
+def _target_name(name: str, kind: str, index: int, head: bytes) -> str:
+    """The saved file's name: safe, and ending with the suffix its reader expects for ``kind``."""
+    base = safe_name(name, index)
+    if kind != "dicom" and (suffix_kind(base) is None or suffix_kind(base)[1] != kind):
+        gzipped = head.startswith(b"\x1f\x8b")
+        base += {"png": ".png", "jpeg": ".jpg", "nrrd": ".nrrd", "nifti": ".nii.gz" if gzipped else ".nii"}[kind]
+    return base
+
+
+def save_scan(name: str, source: bytes | IO[bytes], workdir: Path, *, first_index: int, max_files: int,
+              max_bytes: int) -> list[SavedFile]:
+    """One file as sent (bytes or a readable binary file), or the scans of a zip, written under ``workdir``.
+
+    The kind is detected from the first bytes before anything is written; the file lands under
+    its final name (no rename, no second sniff).
+    """
+    reader = _Reader(source)
+    head = reader.read(HEAD_BYTES)
+    if not head:
+        raise RequestError(f"{name}: empty file", 400, code="invalid_scan")
+    if is_zip(head):
+        archive = workdir / f"{first_index:04d}_upload.zip"
+        _copy(head, reader, archive)
+        try:
+            return extract_zip_scans(archive, workdir, first_index=first_index, max_files=max_files,
+                                     max_bytes=max_bytes, label=name)
+        finally:
+            archive.unlink(missing_ok=True)
+    kind = detect_kind(name, head)
+    path = workdir / _target_name(name, kind, first_index, head)
+    _copy(head, reader, path)
+    return [(name, path, kind)]
+
+
+class _Reader:
+    def __init__(self, source: bytes | IO[bytes]) -> None:
+        self.data, self.file, self.offset = (source, None, 0) if isinstance(source, (bytes, bytearray)) else (None, source, 0)
+
+    def read(self, size: int) -> bytes:
+        if self.file is not None:
+            return self.file.read(size)
+        piece = bytes(self.data[self.offset:self.offset + size])
+        self.offset += len(piece)
+        return piece
+
+
+def _copy(head: bytes, reader: _Reader, path: Path) -> None:
+    with path.open("wb") as handle:
+        handle.write(head)
+        while chunk := reader.read(1 << 20):
+            handle.write(chunk)
+
+
+def extract_zip_scans(archive: Path, workdir: Path, *, first_index: int, max_files: int, max_bytes: int,
+                      label: str) -> list[SavedFile]:
+    """Members of a zip (a DICOM series, or several scans) saved as ``(name, path, kind)``.
+
+    Safe by construction: members are written under generated names (``safe_name``), never
+    under their own paths; at most ``max_files`` members and ``max_bytes`` decompressed bytes
+    (counted while inflating, not trusted from the header); encrypted members and nested
+    archives are refused; hidden files, ``__MACOSX``, ``DICOMDIR`` and non-scan files are skipped.
+    """
+    try:
+        bundle = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile as error:
+        raise RequestError(f"{label}: not a readable zip file ({error})", 400, code="invalid_scan") from None
+    saved: list[SavedFile] = []
+    total = 0
+    with bundle:
+        members = [m for m in bundle.infolist() if not m.is_dir() and not _SKIPPED_MEMBERS.search(m.filename)]
+        if len(members) > max_files:
+            raise RequestError(f"{label}: {len(members)} files in the zip; the limit is {max_files}", 413,
+                               code="too_many_files")
+        for member in members:
+            if member.flag_bits & 0x1:
+                raise RequestError(f"{label}: member {member.filename!r} is encrypted", 400, code="invalid_scan")
+            total += member.file_size
+            if total > max_bytes:
+                raise RequestError(f"{label}: more than {max_bytes} bytes when unpacked; the limit is {max_bytes}",
+                                   413, code="too_large")
+            index = first_index + len(saved)
+            path = workdir / safe_name(Path(member.filename).name, index)
+            written = 0
+            with bundle.open(member) as source, path.open("wb") as target:
+                while chunk := source.read(1 << 20):
+                    written += len(chunk)
+                    if written > member.file_size:
+                        raise RequestError(f"{label}: member {member.filename!r} inflates past its declared size",
+                                           413, code="too_large")
+                    target.write(chunk)
+            with path.open("rb") as handle:
+                head = handle.read(HEAD_BYTES)
+            if not head:
+                path.unlink()
+                continue
+            if is_zip(head):
+                raise RequestError(f"{label}: member {member.filename!r} is itself a zip; nested archives are not read",
+                                   400, code="invalid_scan")
+            try:
+                kind = detect_kind(member.filename, head)
+            except RequestError:
+                path.unlink()  # a README or a report next to the slices: not a scan
+                continue
+            wanted = _target_name(Path(member.filename).name, kind, index, head)
+            if wanted != path.name:  # a member whose name lacks its reader's suffix
+                path = path.rename(path.with_name(wanted))
+            saved.append((f"{label}/{member.filename}", path, kind))
+    if not saved:
+        raise RequestError(f"{label}: the zip holds no scan (DICOM, NIfTI, NRRD, PNG or JPEG)", 415, code="invalid_scan")
+    return saved
+
+
+def group_scans(saved: list[SavedFile], workdir: Path, *, max_scan_bytes: int) -> list[Scan]:
+    """Group saved files ``(name, path, kind)`` into scans, in the order sent.
+
+    DICOM files are moved into one folder per SeriesInstanceUID; every other file is a scan.
+    A deflated DICOM file inflating beyond ``max_scan_bytes`` is refused (413) before its header
+    is parsed (pydicom inflates a deflated file whole, even for its header).
+    """
+    import pydicom
+
+    from radfm.transforms.errors import ScanTooLargeError
+    from radfm.transforms.guards import check_dicom_inflation
+
+    scans: list[Scan] = []
+    series: dict[str, Scan] = {}
+    for name, path, kind in saved:
+        if kind != "dicom":
+            scans.append(Scan(kind=kind, path=path, names=[name]))
+            continue
+        try:
+            check_dicom_inflation(path, max_scan_bytes)
+        except ScanTooLargeError as error:
+            raise RequestError(f"{name}: {str(error).split(': ', 1)[-1]}", 413, code="scan_too_large") from None
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            series_uid = str(header.SeriesInstanceUID)
+            _ = header.Rows  # an image instance, not e.g. a DICOMDIR or SR
+        except Exception as error:
+            raise RequestError(f"{name}: not a readable DICOM image ({type(error).__name__}: {error})", 422,
+                               code="invalid_scan") from None
+        if series_uid not in series:
+            folder = workdir / f"series_{len(series):03d}"
+            while folder.exists():
+                folder = folder.with_name(folder.name + "_")
+            folder.mkdir()
+            series[series_uid] = Scan(kind="dicom", path=folder, series_uid=series_uid)
+            scans.append(series[series_uid])
+        scan = series[series_uid]
+        shutil.move(str(path), scan.path / (path.name if path.name.lower().endswith(".dcm") else path.name + ".dcm"))
+        scan.names.append(name)
+    return scans
+
+
+def reference_scan(path: Path, name: str) -> Scan | None:
+    """A scan given by path (CLI, manifests): a DICOM folder, or a file of a kind the readers take.
+
+    Returns ``None`` for a zip (the caller extracts it into its workspace). Raises
+    :class:`RequestError` naming the path when it is missing, unreadable or not a scan.
+    """
+    if path.is_dir():
+        return Scan(kind="dicom", path=path, names=[name])
+    if not path.is_file():
+        raise RequestError(f"{name}: no such file or folder", 404 if not path.exists() else 415, code="not_found")
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(HEAD_BYTES)
+    except OSError as error:
+        raise RequestError(f"{name}: cannot be read ({error.strerror})", 403, code="unreadable") from None
+    if is_zip(head):
+        return None
+    lower = name.lower()
+    extra = next((kind for suffix, kind in _REFERENCE_ONLY.items() if lower.endswith(suffix)), None)
+    if extra is not None and not head.startswith(b"NRRD") and head[128:132] != b"DICM":
+        return Scan(kind=extra, path=path, names=[name])
+    if not head:
+        raise RequestError(f"{name}: empty file", 400, code="invalid_scan")
+    return Scan(kind=detect_kind(name, head), path=path, names=[name])
+
+
+def claimed_bytes(scan: Scan, limit: int) -> int:
+    """Bytes of image data the scan's headers claim, for admission to the reading pool (at most ``limit``).
+
+    Read from headers only (NIfTI dims x bits, DICOM rows x columns x frames x bits over the
+    series, picture width x height x bands); a deflated DICOM or a format whose header is not
+    read here counts as ``limit`` (it may inflate that far before the guard stops it).
+    """
+    try:
+        if scan.kind == "dicom":
+            return min(limit, sum(_dicom_claim(p, limit) for p in _files(scan.path)))
+        if scan.kind == "nifti":
+            import nibabel as nib
+
+            header = nib.load(str(scan.path)).header
+            count = 1
+            for size in header.get_data_shape():
+                count *= int(size)
+            return min(limit, count * max(1, int(header["bitpix"]) // 8))
+        if scan.kind in ("png", "jpeg"):
+            from PIL import Image
+
+            with Image.open(scan.path) as picture:
+                return min(limit, picture.width * picture.height * len(picture.getbands()))
+    except Exception:  # the reader reports a broken header with its own message
+        return limit
+    return limit
+
+
+def _files(path: Path) -> list[Path]:
+    return [p for p in sorted(path.iterdir()) if p.is_file()] if path.is_dir() else [path]
+
+
+def _dicom_claim(path: Path, limit: int) -> int:
+    import pydicom
+    from pydicom.filereader import read_preamble
+
+    from radfm.transforms.guards import dicom_pixel_bytes
+
+    with path.open("rb") as handle:
+        try:
+            read_preamble(handle, False)
+            meta = pydicom.filereader._read_file_meta_info(handle)
+            if str(meta.get("TransferSyntaxUID", "")) == _DEFLATED_DICOM:
+                return limit
+        except Exception:
+            pass
+    return dicom_pixel_bytes(pydicom.dcmread(str(path), stop_before_pixels=True, force=True))
