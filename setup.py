@@ -71,6 +71,7 @@ setup(
             "httpx>=0.27",
             "selenium>=4.20",
             "openai>=1.40",  # the official client, to test the OpenAI-compatible endpoint
+            "schemathesis>=4.32",  # fuzzes the service against its OpenAPI schema (tests/interop/test_api_fuzz.py)
         ],
     },
     entry_points={"console_scripts": ["radfm=radfm.cli:main"]},

@@ -245,7 +245,7 @@ def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] 
              max_new_tokens: int = 64, limit: int | None = None, prompt_format: str = "radfm", shots: int = 0,
              retry_failed: bool = False, model_name: str | None = None, device: str = "cpu", dtype: str | None = None,
              data_root: str | None = None, bertscore: bool = True, bertscore_model: str | None = None,
-             terms: str | None = None, n_resamples: int = 1000, seed: int = 0) -> str:
+             terms: str | None = None, n_resamples: int = 1000, seed: int = 0, max_scan_mb: int = 2048) -> str:
     """Evaluate a model on a manifest: predictions.jsonl, metrics.json, report.md, metrics.png in OUTPUT.
 
     Args:
@@ -265,11 +265,20 @@ def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] 
         device: torch device. dtype: e.g. bfloat16.
         data_root: folder image paths must stay inside (default: the manifest's folder).
         bertscore / bertscore_model / terms / n_resamples / seed: scoring options, as in ``radfm score``.
+        max_scan_mb: largest decoded size of one scan in MiB (checked from its header); a larger one fails its case.
     Returns:
         the path of report.md.
     """
+    from radfm.serving.limits import Limits
+    from radfm.serving.options import GenerationOptions
+    from radfm.utils.cli import UsageError
+
     check_flags(batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit, shots=shots,
                 n_resamples=n_resamples)
+    try:
+        limits = Limits.from_flags(max_scan_mb=max_scan_mb, max_new_tokens=GenerationOptions.MAX_BEAM_TOKENS)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     from radfm.data.manifest import load_manifest
     from radfm.metrics.score import build_options
 
@@ -287,8 +296,6 @@ def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] 
     with _process_group(device) as (rank, world_size, device):
         from radfm.serving.answerer import ModelAnswerer
         from radfm.serving.identity import ModelIdentity
-        from radfm.serving.limits import Limits
-        from radfm.serving.options import GenerationOptions
         from radfm.serving.request import RequestPath
 
         loaded = load(model, device=device, dtype=dtype)
@@ -296,7 +303,7 @@ def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] 
         # each rank generates alone: HF must not wait for the others at every token
         answerer = ModelAnswerer(loaded.model, loaded.tokenizer, loaded.preprocess, identity=ModelIdentity(name=name),
                                  generate_kwargs={"synced_gpus": False} if world_size > 1 else None)
-        path = RequestPath(answerer, Limits(max_new_tokens=GenerationOptions.MAX_BEAM_TOKENS))
+        path = RequestPath(answerer, limits)
         predict = model_predictor(path, max_new_tokens=max_new_tokens)
         predictions_path = output_dir / PREDICTIONS_NAME
         try:

@@ -74,6 +74,7 @@ def generate(
     max_memory: str | None = None,
     offload_folder: str | None = None,
     quantize: str | None = None,
+    max_scan_mb: int = 2048,
 ) -> None:
     """Answer a prompt about one or more scans; prints the answer (or a JSON record with --json).
 
@@ -101,6 +102,7 @@ def generate(
         max_memory: caps for device_map, e.g. "0=22GiB,1=22GiB,cpu=64GiB".
         offload_folder: folder for weights offloaded to disk.
         quantize: 8bit | 4bit (bitsandbytes, CUDA).
+        max_scan_mb: largest decoded size of one scan in MiB, checked from its header before it is read.
     """
     from radfm.model.loading import demo_model_dir, resolve_model_dir
     from radfm.serving.answerer import ModelAnswerer
@@ -113,6 +115,10 @@ def generate(
                num_beams=num_beams, repetition_penalty=repetition_penalty, seed=seed)
     if not scan_paths:
         raise UsageError("no scans given: pass one or more scan files or DICOM folders")
+    try:
+        limits = Limits.from_flags(max_scan_mb=max_scan_mb, **CLI_LIMITS)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     try:
         options = check_inputs(scan_paths, prompt, raw)  # before the model is loaded
     except RequestError as error:
@@ -128,7 +134,7 @@ def generate(
     answerer = ModelAnswerer.from_model_dir(model_dir, preprocess_options=preprocess_options, dtype=dtype, device=device,
                                             device_map=device_map, max_memory=max_memory,
                                             offload_folder=offload_folder, quantization=quantize)
-    path = RequestPath(answerer, Limits(**CLI_LIMITS))
+    path = RequestPath(answerer, limits)
     try:
         record = run_generate(path, scan_paths, prompt, options)  # ScanReadError names the file (exit 1)
     finally:
