@@ -56,7 +56,7 @@ class Limits:
 
         A flag's error names the flag as the user typed it (``--max_scan_mb``).
         """
-        values = {}
+        values, flag_of = {}, {}
         names = {f.name for f in fields(cls)}
         for flag, value in flags.items():
             if value is None:
@@ -65,6 +65,7 @@ class Limits:
             name = {"max_new_tokens_limit": "max_new_tokens"}.get(name, name)
             if name not in names:
                 raise ValueError(f"--{flag}: not a limit")
+            flag_of[name] = flag
             number = _number(flag, value, float if name == "generation_timeout_s" else int)
             if flag.endswith("_mb"):
                 if number < 1:
@@ -74,9 +75,9 @@ class Limits:
         try:
             return cls(**values).check()
         except ValueError as error:
-            field = str(error).split("=", 1)[0]
-            flag = next((f for f in flags if f == field or f[: -len("_mb")] + "_bytes" == field), field)
-            raise ValueError(f"--{flag}: {str(error).split(': ', 1)[-1]} (got {flags.get(flag)!r})") from None
+            name = str(error).split("=", 1)[0]
+            flag = flag_of.get(name, name)
+            raise ValueError(f"--{flag}={flags.get(flag)!r}: {str(error).split(': ', 1)[-1]}") from None
 
     def to_dict(self) -> dict:
         return asdict(self)

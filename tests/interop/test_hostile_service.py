@@ -1,0 +1,208 @@
+"""Hostile input on the service, round two (issue 22): bodies, kept uploads, temp folders, flags, /docs."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from radfm.interop.service import BackgroundServer, create_app, serve
+from radfm.serving.limits import Limits
+
+MiB = 1024 * 1024
+
+
+def _chunked(total: int, multipart: bool, piece: int = 64 * 1024):
+    """A well-formed beginning of a body that goes on past ``total`` bytes, without Content-Length (chunked)."""
+    yield (b'--x\r\nContent-Disposition: form-data; name="files"; filename="a.nii"\r\n\r\n' if multipart
+           else b'{"messages": "')
+    sent = 0
+    while sent < total:
+        yield b"a" * piece
+        sent += piece
+
+
+# ---------------------------------------------------------------- L1: chunked bodies ----
+@pytest.mark.parametrize("route", ["/v1/answer", "/chat/api/scans", "/chat/api/answer", "/chat/api/export/sr",
+                                   "/v1/chat/completions"])
+def test_chunked_body_over_the_limit_is_413_on_every_route(server, route):
+    multipart = route in ("/v1/answer", "/chat/api/scans")
+    content_type = "multipart/form-data; boundary=x" if multipart else "application/json"
+    reply = httpx.post(f"{server.url}{route}", content=_chunked(3 * MiB, multipart), headers={"Content-Type": content_type},
+                       timeout=60)
+    assert reply.status_code == 413, reply.text
+    error = reply.json()["error"]
+    if route == "/v1/chat/completions":  # OpenAI's error shape
+        assert error["code"] == "request_too_large" and "exceeds the limit" in error["message"]
+    else:
+        assert "exceeds the limit" in error
+
+
+# ---------------------------------------------------------------- M2: kept scans have a byte budget ----
+def test_kept_chat_scans_stay_within_a_byte_budget_oldest_dropped(tiny_answerer, small_scans, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    png = small_scans["png"].read_bytes()  # each kept scan: its [3, H, W, D] model input (~MBs) and the file
+    with BackgroundServer(create_app(tiny_answerer, Limits(max_kept_scan_bytes=40 * MiB))) as running:
+        ids = []
+        for index in range(12):
+            reply = httpx.post(f"{running.url}/chat/api/scans", files=[("files", (f"c{index}.png", png))], timeout=60)
+            assert reply.status_code == 200, reply.text
+            ids.append(reply.json()["scans"][0]["id"])
+        kept = [i for i in ids if httpx.get(f"{running.url}/chat/api/scans/{i}/slice.png", timeout=30).status_code == 200]
+        assert 0 < len(kept) < len(ids) and kept == ids[-len(kept):]  # the oldest went first
+        folders = list(tmp_path.glob("radfm-request-*"))
+        assert len(folders) == len(kept)  # a dropped upload's folder is removed with it
+
+
+def test_one_upload_larger_than_the_whole_budget_is_refused(tiny_answerer, small_scans):
+    with BackgroundServer(create_app(tiny_answerer, Limits(max_kept_scan_bytes=1024))) as running:
+        reply = httpx.post(f"{running.url}/chat/api/scans", files=[("files", ("c.png", small_scans["png"].read_bytes()))],
+                           timeout=60)
+    assert reply.status_code == 413 and "keeps at most 1024 bytes" in reply.json()["error"]
+
+
+# ---------------------------------------------------------------- M3: temp folders ----
+def test_a_client_gone_mid_body_leaves_no_folder_and_no_traceback(tiny_answerer, tmp_path, monkeypatch, caplog):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 200000\r\n\r\n" + b'{"messages": [{"role": "user", "content": "' + b"x" * 5000)
+    with BackgroundServer(create_app(tiny_answerer, Limits())) as running:
+        for _ in range(3):
+            client = socket.create_connection(("127.0.0.1", running.port), timeout=5)
+            client.sendall(head)
+            time.sleep(0.1)
+            client.close()
+        time.sleep(0.5)
+        assert httpx.get(f"{running.url}/health", timeout=10).status_code == 200
+    assert not list(tmp_path.glob("radfm-request-*"))
+    assert "Traceback" not in caplog.text and "Exception in ASGI application" not in caplog.text
+
+
+def test_a_full_temp_disk_is_507_naming_nothing_of_the_host(tiny_answerer, small_scans, tmp_path, monkeypatch):
+    import tempfile
+
+    import radfm.serving.scans as scans
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "secret" / "path"))
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(scans, "_copy", full)
+    with BackgroundServer(create_app(tiny_answerer, Limits())) as running:
+        reply = httpx.post(f"{running.url}/v1/answer", data={"prompt": "Which?"},
+                           files=[("files", ("c.png", small_scans["png"].read_bytes()))], timeout=60)
+    assert reply.status_code == 507 and "no space left" in reply.json()["error"]
+    assert str(tmp_path) not in reply.text and "secret" not in reply.text
+    assert not list(tmp_path.glob("radfm-request-*"))
+
+
+def test_twenty_uploads_then_sigterm_leave_no_folder(tiny_model_dir, small_scans, tmp_path):
+    """The real CLI server: 20 uploads (kept chat scans and answers), SIGTERM, an empty TMPDIR; a stale
+    folder of a dead earlier process is removed at start, a live process's folder is not."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    stale = temp / "radfm-request-999999999-old"  # no such pid
+    stale.mkdir()
+    (stale / "slice.dcm").write_bytes(b"x" * 1000)
+    alive = temp / f"radfm-request-{os.getpid()}-busy"  # this test process: alive
+    alive.mkdir()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "radfm.cli", "serve", "--model", str(tiny_model_dir),
+                                "--device", "cpu", "--dtype", "float32", "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env={**os.environ, "TMPDIR": str(temp), "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+            assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert not stale.exists() and alive.exists()
+        png = small_scans["png"].read_bytes()
+        for index in range(20):
+            if index % 2:
+                reply = httpx.post(f"{url}/chat/api/scans", files=[("files", (f"c{index}.png", png))], timeout=60)
+            else:
+                reply = httpx.post(f"{url}/v1/answer", data={"prompt": "Which?", "max_new_tokens": "2"},
+                                   files=[("files", (f"c{index}.png", png))], timeout=60)
+            assert reply.status_code == 200, reply.text
+        assert len(list(temp.glob("radfm-request-*"))) == 11  # ten kept chat uploads + the live process's
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after its shutdown
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert [p.name for p in temp.glob("radfm-request-*")] == [alive.name]
+
+
+# ---------------------------------------------------------------- L2: flags refused before any work ----
+@pytest.mark.parametrize(("flags", "message"), [
+    ({"max_request_mb": 0}, "--max_request_mb"),
+    ({"max_queue": -1}, "--max_queue"),
+    ({"max_scan_mb": -5}, "--max_scan_mb"),
+    ({"header_timeout_s": -1}, "--header_timeout_s"),
+    ({"port": -1}, "--port"),
+    ({"port": 70000}, "--port"),
+    ({"max_new_tokens_limit": 0}, "--max_new_tokens_limit"),
+])
+def test_serve_refuses_bad_flags_before_loading_the_model(tmp_path, flags, message):
+    from radfm.utils.cli import UsageError
+
+    with pytest.raises(UsageError, match=message):  # the model folder does not exist: never looked at
+        serve(model=str(tmp_path / "no_model"), **flags)
+
+
+@pytest.mark.parametrize(("command", "flags", "message"), [
+    ("generate", ["--max_new_tokens", "0"], "max_new_tokens"),
+    ("generate", ["--max_scan_mb", "-5"], "--max_scan_mb"),
+    ("evaluate", ["--limit", "-1"], "--limit"),
+    ("evaluate", ["--max_new_tokens", "0"], "--max_new_tokens"),
+    ("evaluate", ["--batch_size", "0"], "--batch_size"),
+])
+def test_generate_and_evaluate_refuse_bad_flags_before_any_work(tmp_path, small_scans, capsys, command, flags, message):
+    from radfm.cli import main
+
+    if command == "generate":
+        args = ["generate", str(small_scans["png"]), "--prompt", "Which?", "--model", str(tmp_path / "no_model")]
+    else:
+        args = ["evaluate", "--manifest", str(tmp_path / "none.jsonl"), "--model", str(tmp_path / "no_model"),
+                "--output", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exited:
+        main(args + flags)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and message in err and "no_model" not in err and "none.jsonl" not in err
+
+
+# ---------------------------------------------------------------- L3 and the schema ----
+def test_docs_load_nothing_from_a_cdn_and_the_schema_documents_every_route(server):
+    assert httpx.get(f"{server.url}/docs", timeout=10).status_code == 404
+    schema = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
+    paths = schema["paths"]
+    for route in ("/v1/answer", "/chat/api/answer", "/chat/api/scans", "/chat/api/export/sr", "/v1/chat/completions"):
+        body = paths[route]["post"]["requestBody"]["content"]
+        (media,) = body
+        assert body[media]["schema"]["properties"], route
+    assert "messages" in paths["/chat/api/answer"]["post"]["requestBody"]["content"]["application/json"]["schema"]["required"]
+    assert "max_new_tokens" in paths["/v1/answer"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert np.all([route in paths for route in ("/health", "/v1/models", "/chat/api/info")])
+    assert json.dumps(schema).count("cdn") == 0
