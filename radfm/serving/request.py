@@ -154,6 +154,14 @@ def _caused_by(error: BaseException | None, kind: type) -> bool:
     return False
 
 
+def _named(error: RequestError, item: ScanInput) -> RequestError:
+    """The error with the request field of the input it is about (``messages[0].content[1]: ...``)."""
+    if item.field is not None and error.field is None:
+        error.field = item.field
+        error.args = (f"{item.field}: {error}",)
+    return error
+
+
 def supports_streaming(answerer) -> bool:
     """Whether ``answerer.answer`` takes ``stream=`` (the model answerer does; simple test doubles may not)."""
     try:
@@ -310,8 +318,12 @@ class RequestPath:
             raise RequestError(f"{len(request.scans)} files sent; the limit is {limits.max_files}", 413, field="files",
                                code="too_many_files")
 
-    def _materialise(self, request: AnswerRequest, workdir: Path) -> list[Scan | ScanInput]:
-        """Inputs -> scans on disk (bytes written, zips unpacked, series grouped), prepared ones kept."""
+    def _materialise(self, request: AnswerRequest, workdir: Path) -> list[Any]:
+        """Inputs on disk (bytes written, zips unpacked; streamed, little memory), in order.
+
+        Each entry is a :class:`Scan` (by reference), a prepared :class:`ScanInput`, or
+        ``(folder, saved files)`` still to be grouped into scans once admitted.
+        """
         limits = self.limits
         entries: list[Any] = []
         count = 0
@@ -334,40 +346,63 @@ class RequestPath:
                 finally:
                     if item.path is not None:
                         source.close()
-                count += len(files)
-                if count > limits.max_files:
-                    raise RequestError(f"{count} files sent; the limit is {limits.max_files}", 413,
-                                       code="too_many_files")
-                if not request.one_scan_per_input:
-                    entries.extend(files)
-                    continue
-                grouped = group_scans(files, folder, max_scan_bytes=limits.max_scan_bytes)
-                if len(grouped) != 1:
-                    raise RequestError(f"{item.name} holds {len(grouped)} scans (series or files); send one scan here",
-                                       422, code="invalid_scan")
-                entries.append(grouped[0])
             except RequestError as error:
-                if item.field is not None and error.field is None:
-                    error.field = item.field
-                    error.args = (f"{item.field}: {error}",)
-                raise
-        if not request.one_scan_per_input:
-            entries = group_scans(entries, workdir, max_scan_bytes=limits.max_scan_bytes)
+                raise _named(error, item) from None
+            count += len(files)
+            if count > limits.max_files:
+                raise RequestError(f"{count} files sent; the limit is {limits.max_files}", 413, code="too_many_files")
+            if request.one_scan_per_input or not entries or not isinstance(entries[-1], tuple):
+                entries.append((folder, files, item))
+            else:
+                entries[-1][1].extend(files)  # uploaded files are grouped together (slices of one series)
         return entries
 
+    def _group(self, entries: list[Any], one_scan_per_input: bool) -> list[Any]:
+        """Saved files -> scans (DICOM series grouped, deflated files bounded); run inside the budget."""
+        grouped: list[Any] = []
+        for entry in entries:
+            if not isinstance(entry, tuple):
+                grouped.append(entry)
+                continue
+            folder, files, item = entry
+            try:
+                scans = group_scans(files, folder, max_scan_bytes=self.limits.max_scan_bytes)
+                if one_scan_per_input and len(scans) != 1:
+                    raise RequestError(f"{item.name} holds {len(scans)} scans (series or files); send one scan here",
+                                       422, code="invalid_scan")
+            except RequestError as error:
+                raise _named(error, item if one_scan_per_input else ScanInput(item.name)) from None
+            grouped.extend(scans)
+        return grouped
+
+    def _claim(self, entries: list[Any]) -> int:
+        """Bytes the entries' headers claim (files not yet grouped counted one by one)."""
+        limit = self.limits.max_scan_bytes
+        total = 0
+        for entry in entries:
+            if isinstance(entry, Scan):
+                total += claimed_bytes(entry.path, entry.kind, limit)
+            elif isinstance(entry, tuple):
+                total += sum(claimed_bytes(path, kind, limit) for _, path, kind in entry[1])
+        return total
+
     def _prepare(self, request: AnswerRequest, workdir: Path) -> tuple[list[Scan], list[Any], float, float]:
-        """In the reading pool: ``(scans, images, seconds waiting for the budget, seconds reading)``."""
+        """In the reading pool: ``(scans, images, seconds waiting for the budget, seconds reading)``.
+
+        Files are written first (streamed); grouping (which parses DICOM headers, and inflates a
+        deflated file whole) and reading run only once the headers' claim is admitted.
+        """
         from radfm.transforms import scan_size_limit
         from radfm.transforms.errors import ScanTooLargeError
 
         entries = self._materialise(request, workdir)
-        if len(entries) > self.limits.max_images:
-            raise RequestError(f"{len(entries)} scans sent; the limit is {self.limits.max_images} per prompt "
-                               "(a DICOM series counts once)", 413, field="files", code="too_many_images")
-        to_read = [entry for entry in entries if isinstance(entry, Scan)]
-        claim = sum(claimed_bytes(scan, self.limits.max_scan_bytes) for scan in to_read)
-        with self.worker.budget.hold(claim) as waited:
+        with self.worker.budget.hold(self._claim(entries)) as waited:
             started = time.perf_counter()
+            entries = self._group(entries, request.one_scan_per_input)
+            if len(entries) > self.limits.max_images:
+                raise RequestError(f"{len(entries)} scans sent; the limit is {self.limits.max_images} per prompt "
+                                   "(a DICOM series counts once)", 413, field="files", code="too_many_images")
+            to_read = [entry for entry in entries if isinstance(entry, Scan)]
             try:
                 with scan_size_limit(self.limits.max_scan_bytes):  # every reader behind the answerer gets it
                     read = iter(self.answerer.prepare([scan.path for scan in to_read]) if to_read else [])

@@ -237,7 +237,7 @@ def group_scans(saved: list[SavedFile], workdir: Path, *, max_scan_bytes: int) -
         except ScanTooLargeError as error:
             raise RequestError(f"{name}: {str(error).split(': ', 1)[-1]}", 413, code="scan_too_large") from None
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            header = pydicom.dcmread(path, stop_before_pixels=True, force=True, defer_size="1 MB")
             series_uid = str(header.SeriesInstanceUID)
             _ = header.Rows  # an image instance, not e.g. a DICOMDIR or SR
         except Exception as error:
@@ -282,28 +282,28 @@ def reference_scan(path: Path, name: str) -> Scan | None:
     return Scan(kind=detect_kind(name, head), path=path, names=[name])
 
 
-def claimed_bytes(scan: Scan, limit: int) -> int:
-    """Bytes of image data the scan's headers claim, for admission to the reading pool (at most ``limit``).
+def claimed_bytes(path: Path, kind: str, limit: int) -> int:
+    """Bytes of image data a scan file (or DICOM folder) claims, for admission to the reading pool (<= ``limit``).
 
-    Read from headers only (NIfTI dims x bits, DICOM rows x columns x frames x bits over the
-    series, picture width x height x bands); a deflated DICOM or a format whose header is not
-    read here counts as ``limit`` (it may inflate that far before the guard stops it).
+    Read from headers only (NIfTI dims x bits, DICOM rows x columns x frames x bits summed over
+    the folder, picture width x height x bands); a deflated DICOM, or a format whose header is
+    not read here, counts as ``limit``: it may inflate that far before the guard stops it.
     """
     try:
-        if scan.kind == "dicom":
-            return min(limit, sum(_dicom_claim(p, limit) for p in _files(scan.path)))
-        if scan.kind == "nifti":
+        if kind == "dicom":
+            return min(limit, sum(_dicom_claim(p, limit) for p in _files(path)))
+        if kind == "nifti":
             import nibabel as nib
 
-            header = nib.load(str(scan.path)).header
+            header = nib.load(str(path)).header
             count = 1
             for size in header.get_data_shape():
                 count *= int(size)
             return min(limit, count * max(1, int(header["bitpix"]) // 8))
-        if scan.kind in ("png", "jpeg"):
+        if kind in ("png", "jpeg"):
             from PIL import Image
 
-            with Image.open(scan.path) as picture:
+            with Image.open(path) as picture:
                 return min(limit, picture.width * picture.height * len(picture.getbands()))
     except Exception:  # the reader reports a broken header with its own message
         return limit
@@ -328,4 +328,4 @@ def _dicom_claim(path: Path, limit: int) -> int:
                 return limit
         except Exception:
             pass
-    return dicom_pixel_bytes(pydicom.dcmread(str(path), stop_before_pixels=True, force=True))
+    return dicom_pixel_bytes(pydicom.dcmread(str(path), stop_before_pixels=True, force=True, defer_size="1 MB"))
