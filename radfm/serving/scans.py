@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import shutil
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -234,6 +235,7 @@ def group_scans(saved: list[SavedFile], workdir: Path, *, max_scan_bytes: int) -
             continue
         try:
             check_dicom_inflation(path, max_scan_bytes)
+            inflate_to_disk(path, max_scan_bytes)  # pydicom would inflate a deflated file whole, in memory, per read
         except ScanTooLargeError as error:
             raise RequestError(f"{name}: {str(error).split(': ', 1)[-1]}", 413, code="scan_too_large") from None
         try:
@@ -254,6 +256,55 @@ def group_scans(saved: list[SavedFile], workdir: Path, *, max_scan_bytes: int) -
         shutil.move(str(path), scan.path / (path.name if path.name.lower().endswith(".dcm") else path.name + ".dcm"))
         scan.names.append(name)
     return scans
+
+
+def inflate_to_disk(path: Path, max_scan_bytes: int) -> bool:
+    """Rewrite a Deflated Explicit VR Little Endian file in place as plain Explicit VR Little Endian.
+
+    Inflated in 1 MiB pieces straight to disk and counted (over ``max_scan_bytes``:
+    ``ScanTooLargeError``), so later header and pixel reads never hold the whole inflated
+    dataset in memory. Returns whether the file was deflated. The data elements are unchanged.
+    """
+    import pydicom
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filereader import read_preamble
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from radfm.transforms.errors import ScanTooLargeError
+
+    with path.open("rb") as source:
+        try:
+            read_preamble(source, False)
+            meta = pydicom.filereader._read_file_meta_info(source)
+        except Exception:
+            return False  # no preamble: pydicom reports it as it reads (and does not inflate it)
+        if str(meta.get("TransferSyntaxUID", "")) != _DEFLATED_DICOM:
+            return False
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        target = path.with_name(path.name + ".inflated")
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        written = 0
+        with target.open("wb") as out:
+            out.write(b"\0" * 128 + b"DICM")
+            write_file_meta_info(DicomFileLike(out), meta, enforce_standard=True)
+            while chunk := source.read(1 << 20):
+                pending = chunk
+                while pending:
+                    piece = inflater.decompress(pending, 1 << 20)
+                    pending = inflater.unconsumed_tail
+                    written += len(piece)
+                    if written > max_scan_bytes:
+                        out.close()
+                        target.unlink()
+                        raise ScanTooLargeError(f"{path.name}: the deflated DICOM data inflates to more than "
+                                                f"{max_scan_bytes} bytes (max_scan_bytes); refusing to read it")
+                    out.write(piece)
+                if inflater.eof:
+                    break
+            out.write(inflater.flush())
+    target.replace(path)
+    return True
 
 
 def reference_scan(path: Path, name: str) -> Scan | None:
