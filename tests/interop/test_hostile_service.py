@@ -5,10 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -110,9 +107,9 @@ def test_a_full_temp_disk_is_507_naming_nothing_of_the_host(tiny_answerer, small
     assert not list(tmp_path.glob("radfm-request-*"))
 
 
-def test_twenty_uploads_then_sigterm_leave_no_folder(tiny_model_dir, small_scans, tmp_path):
-    """The real CLI server: 20 uploads (kept chat scans and answers), SIGTERM, an empty TMPDIR; a stale
-    folder of a dead earlier process is removed at start, a live process's folder is not."""
+def test_twenty_uploads_then_sigterm_leave_no_folder(radfm_server, tiny_model_dir, small_scans, tmp_path, monkeypatch):
+    """The real CLI server: 20 uploads (kept chat scans and answers), SIGTERM (the fixture's exit), an
+    empty TMPDIR; a stale folder of a dead earlier process is removed at start, a live process's is not."""
     temp = tmp_path / "tmp"
     temp.mkdir()
     stale = temp / "radfm-request-999999999-old"  # no such pid
@@ -120,22 +117,9 @@ def test_twenty_uploads_then_sigterm_leave_no_folder(tiny_model_dir, small_scans
     (stale / "slice.dcm").write_bytes(b"x" * 1000)
     alive = temp / f"radfm-request-{os.getpid()}-busy"  # this test process: alive
     alive.mkdir()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "radfm.cli", "serve", "--model", str(tiny_model_dir),
-                                "--device", "cpu", "--dtype", "float32", "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env={**os.environ, "TMPDIR": str(temp), "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-            assert process.poll() is None, process.stderr.read().decode()[-2000:]
+    monkeypatch.setenv("TMPDIR", str(temp))
+    args = ["serve", "--model", str(tiny_model_dir), "--device", "cpu", "--dtype", "float32"]
+    with radfm_server(args, "/health", timeout_s=120) as url:
         assert not stale.exists() and alive.exists()
         png = small_scans["png"].read_bytes()
         for index in range(20):
@@ -146,13 +130,7 @@ def test_twenty_uploads_then_sigterm_leave_no_folder(tiny_model_dir, small_scans
                                    files=[("files", (f"c{index}.png", png))], timeout=60)
             assert reply.status_code == 200, reply.text
         assert len(list(temp.glob("radfm-request-*"))) == 11  # ten kept chat uploads + the live process's
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after its shutdown
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert [p.name for p in temp.glob("radfm-request-*")] == [alive.name]
+    assert [p.name for p in temp.glob("radfm-request-*")] == [alive.name]  # after SIGTERM
 
 
 # ---------------------------------------------------------------- L2: flags refused before any work ----
