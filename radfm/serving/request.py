@@ -170,6 +170,52 @@ def supports_streaming(answerer) -> bool:
         return False
 
 
+class Batch:
+    """Requests whose generations run as one ``generate`` call: each :meth:`RequestPath.run` with
+    this batch reads its scans alone, then waits until every member is ready (or has failed)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = int(size)
+        self._waiting: list[tuple[str, list, GenerationOptions, asyncio.Future]] = []
+        self._left = 0
+        self._started = False
+
+    async def generate(self, path: RequestPath, prompt: str, images: list, options: GenerationOptions):
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((prompt, images, options, future))
+        self._maybe_start(path)
+        return await future
+
+    def leave(self, path: RequestPath) -> None:
+        """A member is done (answered or failed): one that failed before generating holds nobody up."""
+        self._left += 1
+        self._maybe_start(path)
+
+    def _maybe_start(self, path: RequestPath) -> None:
+        if self._started or not self._waiting or len(self._waiting) + self._left < self.size:
+            return
+        self._started = True
+        members = list(self._waiting)
+        asyncio.ensure_future(self._generate(path, members))
+
+    async def _generate(self, path: RequestPath, members: list) -> None:
+        prompts, images = [m[0] for m in members], [m[1] for m in members]
+        options = members[0][2]
+        try:
+            if any(m[2] != options for m in members) or not hasattr(path.answerer, "answer_batch"):
+                raise RuntimeError("a batch needs the same options and an answerer with answer_batch")
+            texts, queued_s, generate_s = await path.worker.generate(
+                lambda: path.answerer.answer_batch(prompts, images, options))
+        except BaseException as error:  # every member gets the failure (the caller retries them alone)
+            for *_, future in members:
+                if not future.done():
+                    future.set_exception(error if isinstance(error, Exception) else RuntimeError(str(error)))
+            return
+        for (*_, future), text in zip(members, texts):
+            if not future.done():
+                future.set_result((text, queued_s, generate_s))
+
+
 class RequestPath:
     """The answerer, the limits and the workers; :meth:`run` takes a request from start to end."""
 
@@ -186,11 +232,13 @@ class RequestPath:
 
     # ---- the entry --------------------------------------------------------------------------
     async def run(self, request: AnswerRequest, stream: AnswerStream | None = None,
-                  queued: asyncio.Event | None = None) -> AnswerResult:
+                  queued: asyncio.Event | None = None, batch: Batch | None = None) -> AnswerResult:
         """Answer ``request`` (see the module docstring); raises :class:`RequestError`.
 
         ``stream`` receives the text while it is generated; ``queued`` is set once the scans are
         ready and the request waits for the model (a streaming door starts its response then).
+        ``batch``: requests run together with the same :class:`Batch` share one ``generate`` call
+        (left padded, as ``radfm evaluate`` batches cases); each is still read and checked alone.
         """
         started = time.perf_counter()
         options = parse_options(request.options, self.limits)
@@ -219,7 +267,11 @@ class RequestPath:
             if queued is not None:
                 queued.set()
             try:
-                text, queued_s, generate_s = await self.worker.generate(lambda: self._answer(prompt, images, options, stream))
+                if batch is not None:
+                    text, queued_s, generate_s = await batch.generate(self, prompt, images, options)
+                else:
+                    text, queued_s, generate_s = await self.worker.generate(
+                        lambda: self._answer(prompt, images, options, stream))
             except asyncio.CancelledError:
                 if stream is not None:
                     stream.cancel()  # the model stops after its current token; the thread is free again
@@ -239,6 +291,8 @@ class RequestPath:
         except OSError as error:
             raise disk_error(error) from None
         finally:
+            if batch is not None:
+                batch.leave(self)  # a request that failed before generating no longer holds the others up
             if not keep:
                 workspace.remove()
 
