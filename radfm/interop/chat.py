@@ -47,7 +47,7 @@ from starlette.requests import ClientDisconnect
 from radfm.interop.api_schema import CHAT_ANSWER_JSON, CHAT_SCANS_FORM, CHAT_SR_JSON
 from radfm.serving.conversation import Turn, conversation_prompt
 from radfm.serving.refusal import BodyTooLarge, RequestError
-from radfm.serving.options import OPTION_NAMES, refuse_unknown
+from radfm.serving.options import refuse_unknown
 from radfm.serving.request import AnswerRequest, AnswerResult, ScanInput
 from radfm.serving.scans import Scan
 

@@ -20,7 +20,6 @@ import asyncio
 import errno
 import inspect
 import os
-import secrets
 import shutil
 import tempfile
 import threading

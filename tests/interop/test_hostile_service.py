@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
