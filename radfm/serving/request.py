@@ -264,6 +264,7 @@ class RequestPath:
             if stream is None and supports_streaming(self.answerer):
                 stream = AnswerStream(stop=request.stop)  # counts the tokens (usage)
             if queued is not None:
+                self.worker.check_queue()  # a streaming door still answers a full queue with 503
                 queued.set()
             try:
                 if batch is not None:
