@@ -270,7 +270,7 @@ def serve(
         quantize: "8bit" or "4bit" (needs bitsandbytes and a CUDA GPU).
         max_request_mb: largest request body in MiB.
         max_files: most uploaded files per request (DICOM slices count one each).
-        max_queue: requests allowed to wait for the model before 503 (0: none waits).
+        max_queue: requests allowed to wait for the model before 503 (>= 1).
         max_new_tokens_limit: largest max_new_tokens a request may ask for.
         max_num_beams: largest num_beams a request may ask for.
         max_beam_tokens: largest max_new_tokens x num_beams a request may ask for.

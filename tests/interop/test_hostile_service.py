@@ -183,3 +183,45 @@ def test_docs_load_nothing_from_a_cdn_and_the_schema_documents_every_route(serve
     assert "max_new_tokens" in paths["/v1/answer"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     assert np.all([route in paths for route in ("/health", "/v1/models", "/chat/api/info")])
     assert json.dumps(schema).count("cdn") == 0
+
+
+def test_a_full_queue_is_a_503_before_a_stream_starts(small_scans):
+    """The streaming doors (OpenAI, chat) answer a full queue with 503 in their format, not mid-stream."""
+    import base64
+    import threading
+
+    from radfm.serving.identity import ModelIdentity
+
+    release = threading.Event()
+
+    class Blocking:
+        identity, max_images = ModelIdentity(), 3
+
+        def prepare(self, paths):
+            return [np.zeros((3, 4, 4, 4), np.float32) for _ in paths]
+
+        def answer(self, prompt, images, options):
+            release.wait(30)
+            return "done"
+
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Which?"}, {"type": "image_url",
+            "image_url": {"url": "data:image/png;base64," + base64.b64encode(small_scans["png"].read_bytes()).decode()}}]}],
+            "stream": True}
+    with BackgroundServer(create_app(Blocking(), Limits(max_queue=1))) as running:
+        first = threading.Thread(target=lambda: httpx.post(f"{running.url}/v1/chat/completions", json=body, timeout=60))
+        first.start()
+        for _ in range(100):  # the first request holds the model thread
+            if httpx.get(f"{running.url}/health", timeout=5).json()["queue"]["running"] == 1:
+                break
+            time.sleep(0.05)
+        second = threading.Thread(target=lambda: httpx.post(f"{running.url}/v1/chat/completions", json=body, timeout=60))
+        second.start()
+        for _ in range(100):  # the second one waits
+            if httpx.get(f"{running.url}/health", timeout=5).json()["queue"]["waiting"] == 1:
+                break
+            time.sleep(0.05)
+        reply = httpx.post(f"{running.url}/v1/chat/completions", json=body, timeout=60)
+        release.set()
+        first.join()
+        second.join()
+    assert reply.status_code == 503 and reply.json()["error"]["code"] == "queue_full"
