@@ -62,10 +62,12 @@ def is_zip(head: bytes) -> bool:
     return head.startswith(_ZIP_MAGIC)
 
 
-def detect_kind(name: str, head: bytes) -> str:
-    """Scan kind of a file from its first bytes (>= 352) and its name; the one upload format check.
+def detect_kind(name: str, head: bytes, by_reference: bool = False) -> str:
+    """Scan kind of a file from its first bytes (>= 352) and its name; the one format check of the path.
 
-    Raises :class:`RequestError` (415) naming the file when it is not a supported scan.
+    ``by_reference``: a file given by path (CLI, manifests) may also be a kind no upload carries
+    (MetaImage ``.mha``/``.mhd`` with its data beside it, ``.npy``). Raises :class:`RequestError`
+    (415) naming the file when it is not a supported scan.
     """
     if len(head) >= 132 and head[128:132] == b"DICM":
         return "dicom"
@@ -77,6 +79,10 @@ def detect_kind(name: str, head: bytes) -> str:
         return "nrrd"
     if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
         return "nifti"
+    lower = name.lower()
+    extra = next((kind for suffix, kind in _REFERENCE_ONLY.items() if lower.endswith(suffix)), None)
+    if by_reference and extra is not None:
+        return extra
     by_name = suffix_kind(name)
     if by_name is not None:
         kind = by_name[1]
@@ -324,13 +330,9 @@ def reference_scan(path: Path, name: str) -> Scan | None:
         raise RequestError(f"{name}: cannot be read ({error.strerror})", 403, code="unreadable") from None
     if is_zip(head):
         return None
-    lower = name.lower()
-    extra = next((kind for suffix, kind in _REFERENCE_ONLY.items() if lower.endswith(suffix)), None)
-    if extra is not None and not head.startswith(b"NRRD") and head[128:132] != b"DICM":
-        return Scan(kind=extra, path=path, names=[name])
     if not head:
         raise RequestError(f"{name}: empty file", 400, code="invalid_scan")
-    return Scan(kind=detect_kind(name, head), path=path, names=[name])
+    return Scan(kind=detect_kind(name, head, by_reference=True), path=path, names=[name])
 
 
 def claimed_bytes(path: Path, kind: str, limit: int) -> int:

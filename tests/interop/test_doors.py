@@ -230,3 +230,17 @@ def test_grouping_uploads_holds_the_scan_limit_on_every_http_door(one_mb_server,
     assert reply.status_code == 413 and "inflates to more than" in reply.json()["error"], reply.text
     reply = httpx.post(f"{url}/v1/chat/completions", json=_openai_body("ct.dcm", deflated_3mb), timeout=60)
     assert reply.status_code == 413 and "inflates to more than" in reply.json()["error"]["message"], reply.text
+
+
+def test_reference_only_kinds_work_by_path_but_are_not_uploads(server, tiny_model_dir, tmp_path, capsys):
+    """A .npy volume is a scan given by path (the readers take it); as an upload it is refused (415)."""
+    from radfm.interop.generate import generate
+
+    volume = tmp_path / "vol.npy"
+    np.save(volume, np.random.default_rng(0).random((24, 24, 8), dtype=np.float32))
+    generate(str(volume), prompt="Which modality?", model=str(tiny_model_dir), max_new_tokens=2, json=True,
+             device="cpu", dtype="float32")
+    assert json.loads(capsys.readouterr().out)["scans"] == [str(volume.resolve())]
+    reply = httpx.post(f"{server.url}/v1/answer", data={"prompt": "Which?"},
+                       files=[("files", ("vol.npy", volume.read_bytes()))], timeout=60)
+    assert reply.status_code == 415 and "vol.npy: not a supported scan" in reply.json()["error"]
