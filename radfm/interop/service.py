@@ -145,9 +145,9 @@ class InferenceService:
             stray = sorted({key for key, _ in uploads if key not in FILE_FIELDS})
             if stray:
                 raise RequestError(f"file(s) sent in field(s) {stray}; send scans in the field 'files'", 400)
-            refuse_unknown(list(dict.fromkeys(form.keys())), ANSWER_FIELDS, "form field")
             if not uploads:
                 raise RequestError("no scans uploaded: send one or more files in the multipart field 'files'", 400)
+            refuse_unknown(list(dict.fromkeys(form.keys())), ANSWER_FIELDS, "form field")
             prompt = form.get("prompt")
             if not isinstance(prompt, str) or not prompt.strip():
                 raise RequestError("missing form field 'prompt' (the question, optionally with <image> placeholders)", 400)
