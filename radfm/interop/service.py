@@ -33,7 +33,7 @@ from starlette.requests import ClientDisconnect
 from radfm.interop.api_schema import ANSWER_FORM
 from radfm.serving.refusal import BodyTooLarge, RequestError
 from radfm.serving.limits import Limits
-from radfm.serving.options import OPTION_NAMES, parse_bool, refuse_unknown
+from radfm.serving.options import OPTION_NAMES, GenerationOptions, parse_bool, refuse_unknown
 from radfm.serving.request import AnswerRequest, AnswerResult, RequestPath, ScanInput
 from radfm.serving.scans import Scan
 from radfm.utils.http_guard import GuardLimits, guarded_server
@@ -245,8 +245,8 @@ def serve(
     max_files: int = 2000,
     max_queue: int = 32,
     max_new_tokens_limit: int = 1024,
-    max_num_beams: int = 8,
-    max_beam_tokens: int = 4096,
+    max_num_beams: int = GenerationOptions.MAX_NUM_BEAMS,
+    max_beam_tokens: int = GenerationOptions.MAX_BEAM_TOKENS,
     generation_timeout_s: float = 300.0,
     header_timeout_s: float = 10.0,
     body_timeout_s: float = 600.0,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from radfm.serving.options import GenerationOptions
+
 MiB = 1024 * 1024
 
 
@@ -20,8 +22,8 @@ class Limits:
     max_images: int | None = None  # scans per prompt
     max_queue: int = 32  # requests waiting for the model before 503 (a request counts until it runs)
     max_new_tokens: int = 1024
-    max_num_beams: int = 8
-    max_beam_tokens: int = 4096  # max_new_tokens x num_beams
+    max_num_beams: int = GenerationOptions.MAX_NUM_BEAMS
+    max_beam_tokens: int = GenerationOptions.MAX_BEAM_TOKENS  # max_new_tokens x num_beams
     generation_timeout_s: float | None = 300.0  # per request, from the start of its generation
     max_prompt_chars: int = 8000
     parallel_preprocess: int = 2  # uploads read and preprocessed at once (threads of the pool)
