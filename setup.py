@@ -71,6 +71,7 @@ setup(
             "httpx>=0.27",
             "selenium>=4.20",
             "openai>=1.40",  # the official client, to test the OpenAI-compatible endpoint
+            "hypothesis>=6.100",  # property tests of the scan guards (generated NRRD/MetaImage headers)
         ],
     },
     entry_points={"console_scripts": ["radfm=radfm.cli:main"]},
