@@ -256,7 +256,7 @@ def read_nrrd_header(path: str | os.PathLike) -> tuple[dict, int]:
         handle.seek(0)
         if not first.startswith(b"NRRD"):
             raise ScanReadError(f"{path}: not an NRRD file: it does not start with the magic 'NRRD' "
-                                f"(found {first!r}); expected an NRRD header with nothing before the magic")
+                                f"(found {first!r}); refusing it (expected an NRRD header with nothing before the magic)")
         lines = _CappedLines(handle, MAX_HEADER_BYTES)
         try:
             header = nrrd.read_header(iter(lines))
