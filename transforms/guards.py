@@ -308,7 +308,8 @@ _META_FIELDS = frozenset({
     "FileFormatVersion", "ElementSizeValid", "APIVersion",
 })
 _META_SQUASHED = {name.lower(): name for name in _META_FIELDS}
-_META_LINE = re.compile(r"[ \t]*([A-Za-z][A-Za-z0-9_]{0,63})[ \t]*=[ \t]*(.*?)[ \t]*")
+# the value may not start with another '=' or ':' (MetaIO skips those: "Key == /x" reads "/x")
+_META_LINE = re.compile(r"[ \t]*([A-Za-z][A-Za-z0-9_]{0,63})[ \t]*=[ \t]*((?:[^=:\s].*?)?)[ \t]*")
 _META_PATTERN = re.compile(r"(\S*%0?\d*d\S*)\s+(-?\d+)\s+(-?\d+)\s+(-?\d+)(?:\s+\d+)?")
 _META_SIZES = {"CHAR": 1, "UCHAR": 1, "SHORT": 2, "USHORT": 2, "INT": 4, "UINT": 4, "LONG": 8, "ULONG": 8,
                "LONG_LONG": 8, "ULONG_LONG": 8, "FLOAT": 4, "DOUBLE": 8}
