@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,9 @@ from fastapi.testclient import TestClient
 from radfm.rating import store, views
 from radfm.rating.app import create_app
 from radfm.rating.study import create_study
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from hostile_files import hostile_headers  # noqa: E402  (the sweep writes the same files)
 
 SECRET = b"root:x:0:0:planted-secret-for-the-rating-app\n" * 8
 
@@ -37,22 +41,7 @@ def _signed_in(app, token: str) -> TestClient:
     return client
 
 
-def _hostile_headers(secret: Path) -> dict[str, bytes]:
-    """Headers (by study file suffix) whose reader would open ``secret``: the reported bypasses of 22-H1."""
-    side = int(len(SECRET) ** 0.5)
-    body = f"type: uint8\ndimension: 2\nsizes: {side} {side}\nencoding: raw\nbyte skip: -1\n".encode()
-    target = str(secret).encode()
-    return {
-        "plain.nrrd": b"NRRD0004\n" + body + b"data file: " + target + b"\n",
-        "non_ascii_field.nrrd": b"NRRD0004\n" + body + b"data\x80 file: " + target + b"\n",
-        "long_comments.nrrd": b"NRRD0004\n" + b"# padding\n" * 120_000 + body + b"data file: " + target + b"\n",
-        "bom.nrrd": b"\xef\xbb\xbfNRRD0004\n" + body + b"data file: " + target + b"\n",
-        "colon.mha": f"ObjectType = Image\nNDims = 2\nDimSize = {side} {side}\nElementType = MET_UCHAR\n"
-                     f"HeaderSize = -1\nElementDataFile : {secret}\n".encode(),
-    }
-
-
-@pytest.mark.parametrize("variant", ["plain.nrrd", "non_ascii_field.nrrd", "long_comments.nrrd", "bom.nrrd", "colon.mha"])
+@pytest.mark.parametrize("variant", sorted(hostile_headers("/x")))
 def test_image_endpoint_does_not_follow_a_header_to_a_host_file(tmp_path, variant):
     """A header inside the study (written there after create) that points at a host file: 422, no byte of it."""
     import numpy as np
@@ -61,7 +50,7 @@ def test_image_endpoint_does_not_follow_a_header_to_a_host_file(tmp_path, varian
     secret = tmp_path / "host" / "passwd"
     secret.parent.mkdir()
     secret.write_bytes(SECRET)
-    good = tmp_path / f"scan{Path(variant).suffix}"
+    good = tmp_path / f"scan{'.nrrd' if 'nrrd' in variant or 'nhdr' in variant else '.mha'}"
     if good.suffix == ".nrrd":
         good.write_bytes(b"NRRD0004\ntype: uint8\ndimension: 2\nsizes: 4 4\nencoding: raw\n\n" + bytes(16))
     else:
@@ -69,7 +58,7 @@ def test_image_endpoint_does_not_follow_a_header_to_a_host_file(tmp_path, varian
                          b"ElementDataFile = LOCAL\n" + bytes(16))
     result = create_study(tmp_path / "study", _predictions(tmp_path, [[str(good)]]), raters=["eve"])
     stored = next((Path(result["study"]) / "images").rglob(f"*{good.suffix}"))
-    stored.write_bytes(_hostile_headers(secret)[variant])
+    stored.write_bytes(hostile_headers(secret)[variant])
     eve = _signed_in(create_app(result["study"]), result["tokens"]["eve"])
     for url in ("/case/1/image/0.png?window=0,255", "/case/1/image/0.json"):
         response = eve.get(url)

@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from hostile_files import deflated_dicom_bomb  # noqa: E402  (the sweep writes the same files)
+
 CHUNK = 64 * 1024**2
 GIB = 1024**3
 
@@ -102,40 +105,6 @@ def test_gzip_bombs_keep_peak_rss_under_1_gib(bombs):
     assert outcome["peak_rss_bytes"] < GIB, outcome
 
 
-def _deflated_dicom_bomb(path: Path, junk: int) -> None:
-    """A Deflated Explicit VR Little Endian DICOM: an 8 x 8 image whose Pixel Data element holds ``junk`` zero bytes.
-
-    The header describes 64 bytes of pixels; the deflate stream inflates to ``junk`` more. Written
-    without ever holding the inflated size: the deflate block of 64 MiB of zeros (flushed, so
-    byte-identical each time) is repeated.
-    """
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.filewriter import write_dataset, write_file_meta_info
-
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"
-    ds = pydicom.Dataset()
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "OT"
-    ds.SeriesInstanceUID = "1.2.3.4"
-    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 8, 8, 7
-    ds.SamplesPerPixel, ds.PixelRepresentation, ds.PhotometricInterpretation = 1, 0, "MONOCHROME2"
-    buffer = pydicom.filebase.DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    write_dataset(buffer, ds)
-    pixel_header = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, junk)
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    head = compressor.compress(buffer.getvalue() + pixel_header) + compressor.flush(zlib.Z_FULL_FLUSH)
-    block = compressor.compress(bytes(CHUNK)) + compressor.flush(zlib.Z_FULL_FLUSH)
-    tail = compressor.flush(zlib.Z_FINISH)
-    preamble = pydicom.filebase.DicomBytesIO()
-    preamble.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(preamble, meta, enforce_standard=True)
-    path.write_bytes(preamble.getvalue() + head + block * (junk // CHUNK) + tail)
-
-
 _DICOM_IN_FRESH_PROCESS = r"""
 import json, sys
 from radfm.transforms import ScanReadError, preprocess_scan, read_scan
@@ -157,8 +126,7 @@ print(json.dumps({"outcome": outcome, "rss_before": before, "peak": rss("VmHWM:"
 def test_small_deflated_dicom_inflating_to_512_mib_is_refused_with_bounded_memory(tmp_path):
     """22-H2: a ~0.5 MB deflated DICOM inflating to 512 MiB was not checked (files under ~2 MB were skipped
     under the default 2 GiB limit) and pydicom inflated it whole; now it is refused, memory grows < 64 MiB."""
-    path = tmp_path / "bomb.dcm"
-    _deflated_dicom_bomb(path, 512 * 1024**2)
+    path = deflated_dicom_bomb(tmp_path / "bomb.dcm", 512 * 1024**2)
     assert 400_000 < path.stat().st_size < 1_100_000, path.stat().st_size
     result = subprocess.run([sys.executable, "-c", _DICOM_IN_FRESH_PROCESS, str(path)],
                             capture_output=True, text=True, timeout=600)
