@@ -3,7 +3,8 @@
 A :class:`ScanFormat` says how a format is recognised (magic bytes at the start of the file,
 file-name suffixes), whether it holds 2D images, 3D volumes or either, what its guard checks
 before any imaging library touches it (:mod:`radfm.transforms.guards`: detached data files,
-decoded-size limit, inflation bounds), how it is read (:mod:`radfm.transforms.readers`), the
+decoded-size limit, inflation bounds), which reader reads it (its ``reader`` family, whose read
+function is ``radfm.transforms.readers.READERS[family]``), the
 label shown to people (chat page, rating app, error messages) and whether the HTTP service
 takes it as an upload. The readers, the guards, the DICOM ``ImageReader``, the rating app and
 the service's uploads all ask this module, so a format is added or changed in one place.
@@ -22,10 +23,11 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import guards
 from .errors import ScanReadError
 
 HEAD_BYTES = 352  # enough for the DICOM preamble (132) and the NIfTI-1 magic at offset 344
@@ -48,12 +50,13 @@ class ScanFormat:
     ``jpeg``, ``numpy``); the upload kinds of the service are these names. ``reader``: the reader
     family (``nifti``, ``dicom``, ``dicom_series``, ``nrrd``, ``itk``, ``image``, ``numpy``), what
     :func:`radfm.transforms.scan_format` returns and ``meta["source_format"]`` records.
+    The reader of each family is ``radfm.transforms.readers.READERS[reader]``
+    (``read(path, series_uid=, defer_rescale=, max_scan_bytes=) -> (array [C, *spatial], meta)``).
     ``suffixes``: lower-case, the first is the one a file is given when renamed. ``dims``: the
     spatial dimensions files of this format may have. ``magic``: recognises the content from the
     first :data:`HEAD_BYTES` bytes (None: no reliable magic). ``guard``: ``guard(path, max_scan_bytes)``,
     header-only checks run before any library reads the file (None: the reader checks as it reads,
-    see ``reader_checks``). ``read``: ``read(path, series_uid=, defer_rescale=, max_scan_bytes=) ->
-    (array [C, *spatial], meta)``. ``upload``: the service accepts it as an uploaded file.
+    see ``reader_checks``). ``upload``: the service accepts it as an uploaded file.
     """
 
     name: str
@@ -63,56 +66,32 @@ class ScanFormat:
     dims: tuple[int, ...]
     magic: Callable[[bytes], bool] | None
     guard: Callable[..., Any] | None
-    read: Callable[..., tuple[Any, dict]] = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
     upload: bool = False
     reader_checks: bool = False  # the reader runs the guard itself (per slice, or with the header it parses)
 
     def check(self, path: str | os.PathLike, max_scan_bytes: int | None = None) -> None:
         """Run this format's guard on ``path`` (:class:`ScanReadError` / ``ScanTooLargeError`` naming the file)."""
-        from .guards import effective_limit
-
-        effective_limit(max_scan_bytes)  # a bad limit fails before any file is opened
+        guards.effective_limit(max_scan_bytes)  # a bad limit fails before any file is opened
         if self.guard is not None:
             self.guard(path, max_scan_bytes)
 
 
-def _reader(function: str) -> Callable[..., tuple[Any, dict]]:
-    """``readers.<function>``, imported on first use (the readers import this module)."""
-    def read(path: str, **options: Any) -> tuple[Any, dict]:
-        from . import readers
-
-        return getattr(readers, function)(path, **options)
-
-    read.__name__ = function
-    return read
-
-
-def _guard(function: str) -> Callable[..., Any]:
-    def check(path: str | os.PathLike, max_scan_bytes: int | None = None) -> Any:
-        from . import guards
-
-        return getattr(guards, function)(path, max_scan_bytes)
-
-    check.__name__ = function
-    return check
-
-
 NIFTI = ScanFormat("nifti", "NIfTI volume", "nifti", (".nii.gz", ".nii"), (2, 3), _nifti_magic,
-                   _guard("check_nifti"), _reader("read_nifti"), upload=True)
+                   guards.check_nifti, upload=True)
 DICOM = ScanFormat("dicom", "DICOM file", "dicom", (".dcm", ".dicom", ".ima"), (2, 3), _dicom_magic,
-                   _guard("check_dicom"), _reader("read_dicom"), upload=True, reader_checks=True)
+                   guards.check_dicom, upload=True, reader_checks=True)
 DICOM_SERIES = ScanFormat("dicom_series", "DICOM series (folder)", "dicom_series", (), (2, 3), None, None,
-                          _reader("read_dicom_folder"), reader_checks=True)
+                          reader_checks=True)
 NRRD = ScanFormat("nrrd", "NRRD volume", "nrrd", (".nrrd", ".nhdr"), (2, 3), lambda head: head.startswith(b"NRRD"),
-                  _guard("check_nrrd"), _reader("read_nrrd"), upload=True, reader_checks=True)
+                  guards.check_nrrd, upload=True, reader_checks=True)
 METAIMAGE = ScanFormat("metaimage", "MetaImage volume", "itk", (".mha", ".mhd"), (2, 3), None,
-                       _guard("check_metaimage"), _reader("read_metaimage"))
+                       guards.check_metaimage)
 PNG = ScanFormat("png", "PNG image (2D)", "image", (".png",), (2,), lambda head: head.startswith(b"\x89PNG\r\n\x1a\n"),
-                 _guard("check_picture"), _reader("read_picture"), upload=True)
+                 guards.check_picture, upload=True)
 JPEG = ScanFormat("jpeg", "JPEG image (2D)", "image", (".jpg", ".jpeg"), (2,), lambda head: head.startswith(b"\xff\xd8\xff"),
-                  _guard("check_picture"), _reader("read_picture"), upload=True)
+                  guards.check_picture, upload=True)
 NUMPY = ScanFormat("numpy", "NumPy array (.npy)", "numpy", (".npy",), (2, 3), lambda head: head.startswith(b"\x93NUMPY"),
-                   _guard("check_numpy"), _reader("read_numpy"))
+                   guards.check_numpy)
 
 # content checks run in this order: DICOM first (its 128-byte preamble may start like anything)
 FORMATS: tuple[ScanFormat, ...] = (DICOM, NIFTI, NRRD, PNG, JPEG, NUMPY, METAIMAGE, DICOM_SERIES)
@@ -218,6 +197,15 @@ def label_of(name: str) -> str:
         raise ValueError(f"unknown scan format {name!r}; expected one of {sorted(BY_NAME)}") from None
 
 
+def check_scan_file(path: str | os.PathLike, fmt: str, max_scan_bytes: int | None = None) -> None:
+    """Run the guard of the format whose reader family is ``fmt`` (as ``scan_format`` names it) on ``path``.
+
+    A DICOM series folder is checked by the series reader (per file while listing, then the
+    whole volume); NRRD and DICOM files by their readers too, which is where this guard runs.
+    """
+    by_reader(fmt).check(path, max_scan_bytes)
+
+
 def by_reader(reader: str) -> ScanFormat:
     """The first format read by the reader family ``reader`` (``"itk"`` -> MetaImage)."""
     for fmt in FORMATS:
@@ -227,5 +215,6 @@ def by_reader(reader: str) -> ScanFormat:
 
 
 __all__ = ["BY_NAME", "DICOM", "DICOM_SERIES", "FORMATS", "HEAD_BYTES", "JPEG", "METAIMAGE", "NIFTI", "NRRD", "NUMPY",
-           "PNG", "SCAN_SUFFIXES", "UPLOAD_FORMATS", "UPLOAD_SUFFIXES", "ScanFormat", "by_reader", "detect_format",
+           "PNG", "SCAN_SUFFIXES", "UPLOAD_FORMATS", "UPLOAD_SUFFIXES", "ScanFormat", "by_reader", "check_scan_file",
+           "detect_format",
            "detect_upload", "format_by_content", "format_by_suffix", "label_of", "supported_text"]

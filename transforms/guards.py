@@ -636,17 +636,6 @@ def check_dicom(path: str | os.PathLike, max_scan_bytes: int | None = None) -> N
                        f"{ds.get('BitsAllocated', '?')} bits)", max_scan_bytes)
 
 
-def check_scan_file(path: str | os.PathLike, fmt: str, max_scan_bytes: int | None = None) -> None:
-    """Run the guard of the format whose reader family is ``fmt`` (as ``scan_format`` names it) on ``path``.
-
-    The guards are declared in :mod:`radfm.transforms.formats`; a DICOM series folder is
-    checked by the series reader (per file while listing, then the whole volume).
-    """
-    from .formats import by_reader
-
-    by_reader(fmt).check(path, max_scan_bytes)
-
-
 _NRRD_COMPRESSED = {"gzip": "gzip", "gz": "gzip", "bzip2": "bzip2", "bz2": "bzip2"}
 
 
@@ -717,5 +706,5 @@ def read_nrrd_bounded(path: str | os.PathLike, max_scan_bytes: int | None = None
 
 __all__ = ["DEFAULT_MAX_SCAN_BYTES", "MAX_HEADER_BYTES", "ScanTooLargeError", "check_claimed_size", "check_dicom",
            "check_dicom_inflation", "check_metaimage", "check_nifti", "check_nrrd", "check_numpy", "check_picture",
-           "check_scan_file", "effective_limit", "read_metaimage_header", "read_nrrd_bounded", "read_nrrd_header",
+           "effective_limit", "read_metaimage_header", "read_nrrd_bounded", "read_nrrd_header",
            "scan_size_limit"]

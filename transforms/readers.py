@@ -279,6 +279,11 @@ def read_dicom_folder(path: str, *, series_uid: str | None = None, defer_rescale
     return read_dicom_series(path, series_uid=series_uid, max_scan_bytes=max_scan_bytes)
 
 
+# the read function of each reader family of the registry (radfm.transforms.formats.ScanFormat.reader)
+READERS: dict[str, Any] = {"nifti": read_nifti, "nrrd": read_nrrd, "itk": read_metaimage, "image": read_picture,
+                           "numpy": read_numpy, "dicom": read_dicom, "dicom_series": read_dicom_folder}
+
+
 def read_scan_array(path: str | os.PathLike, series_uid: str | None = None,
                     defer_rescale: bool = False, *, max_scan_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Read ``path`` -> (array [C, *spatial] as stored, metadata); errors are ``ScanReadError``.
@@ -299,8 +304,8 @@ def read_scan_array(path: str | os.PathLike, series_uid: str | None = None,
     if not scan.reader_checks:  # DICOM and NRRD readers run their guard on the header they parse
         scan.check(path_text, max_scan_bytes)
     try:
-        array, meta = scan.read(path_text, series_uid=series_uid, defer_rescale=defer_rescale,
-                                max_scan_bytes=max_scan_bytes)
+        array, meta = READERS[scan.reader](path_text, series_uid=series_uid, defer_rescale=defer_rescale,
+                                           max_scan_bytes=max_scan_bytes)
     except ScanReadError:
         raise
     except Exception as error:  # corrupt or truncated files: say which file and what was expected

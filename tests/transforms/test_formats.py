@@ -89,8 +89,10 @@ def test_one_entry_per_format_with_label_dims_guard_and_reader(tmp_path):
     assert formats.label_of("png") == "PNG image (2D)" and formats.label_of("nrrd") == "NRRD volume"
     with pytest.raises(ValueError, match="unknown scan format 'gif'"):
         formats.label_of("gif")
+    from radfm.transforms.readers import READERS
+
     for fmt in formats.FORMATS:
-        assert fmt.read is not None and fmt.label and set(fmt.dims) <= {2, 3}
+        assert fmt.reader in READERS and fmt.label and set(fmt.dims) <= {2, 3}
         assert fmt.guard is not None or fmt.reader_checks  # every format is checked before pixels are read
     suffixes = [s for f in formats.FORMATS for s in f.suffixes]
     assert len(suffixes) == len(set(suffixes))  # each suffix belongs to one format

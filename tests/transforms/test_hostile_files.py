@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from radfm.transforms import ScanReadError, ScanTooLargeError, preprocess_scan, read_scan, scan_size_limit
-from radfm.transforms.guards import DEFAULT_MAX_SCAN_BYTES, check_scan_file
+from radfm.transforms.formats import check_scan_file
+from radfm.transforms.guards import DEFAULT_MAX_SCAN_BYTES
 from radfm.transforms.readers import read_scan_array
 
 SECRET = b"root:x:0:0:secret-line-that-must-not-leak\n" * 64  # 2752 bytes
