@@ -254,3 +254,31 @@ def test_preprocess_cli_takes_the_limit_and_names_the_attack(planted, tmp_path):
     claims_2mib.write_bytes(_nifti_bytes((1024, 1024), b""))  # 1024 x 1024 int16: 2 MiB claimed
     with pytest.raises(SystemExit, match=r"claims_2mib\.nii: .* over the limit of 1,048,576 bytes"):
         preprocess_cli(str(claims_2mib), max_scan_mb=1)
+
+
+def _hostile_headers():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    from hostile_files import hostile_headers
+
+    return hostile_headers
+
+
+@pytest.mark.parametrize("variant", sorted(_hostile_headers()("x")))
+def test_every_reported_bypass_is_refused_through_every_transforms_door(planted, variant, capsys):
+    """22-H1 (a)-(e) through preprocess_scan, LoadScan, scan_spatial_dims and `radfm preprocess`: refused,
+    and no message states the host file's size."""
+    from radfm.transforms import LoadScan, preprocess_cli, scan_spatial_dims
+
+    scans, secret = planted
+    header = scans / variant
+    header.write_bytes(_hostile_headers()(secret)[variant])
+    size_texts = (f"{len(SECRET)}", f"{len(SECRET):,}")
+    for door in (preprocess_scan, LoadScan(), read_scan, scan_spatial_dims):
+        with pytest.raises(ScanReadError) as refused:
+            door(header)
+        assert variant in str(refused.value) and not any(t in str(refused.value) for t in size_texts), refused.value
+    with pytest.raises(SystemExit) as exited:
+        preprocess_cli(str(header))
+    assert str(exited.value.code).startswith(f"radfm preprocess: {header}") and "root:x" not in str(exited.value.code)
