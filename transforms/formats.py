@@ -162,6 +162,8 @@ def detect_format(path: str | os.PathLike) -> ScanFormat:
         raise ScanReadError(f"{path}: no such file or folder") from None
     except OSError as error:
         raise ScanReadError(f"{path}: cannot be opened ({error.strerror or type(error).__name__})") from None
+    except ValueError:  # an embedded NUL byte
+        raise ScanReadError(f"{str(path)!r}: not a valid path (it holds a NUL byte)") from None
     if stat.S_ISDIR(mode):
         return DICOM_SERIES
     if not stat.S_ISREG(mode):

@@ -165,7 +165,7 @@ def _check_data_names(header: Path, names: list[str], field: str) -> None:
         target = Path(name) if os.path.isabs(name) else Path(os.path.dirname(os.path.abspath(header))) / name
         try:
             resolved = target.resolve()
-        except (OSError, RuntimeError) as error:  # symlink loops and the like
+        except (OSError, RuntimeError, ValueError) as error:  # symlink loops, embedded NUL bytes and the like
             raise ScanReadError(f"{header}: header field {field} names {name!r}, which cannot be resolved "
                                 f"({type(error).__name__})") from None
         if not _inside(resolved, folder):

@@ -58,6 +58,8 @@ def test_missing_unsupported_and_special_files(tmp_path):
     with pytest.raises(ScanReadError, match="pipe.nrrd: not a regular file"):
         read_scan(fifo)
     assert formats.detect_format(tmp_path) is formats.DICOM_SERIES
+    with pytest.raises(ScanReadError, match="not a valid path"):
+        read_scan(str(tmp_path / "a\x00.nii"))
 
 
 def test_upload_detection_keeps_the_service_rules():
