@@ -50,6 +50,7 @@ from radfm.serving.refusal import BodyTooLarge, RequestError
 from radfm.serving.options import refuse_unknown
 from radfm.serving.request import AnswerRequest, AnswerResult, ScanInput
 from radfm.serving.scans import Scan
+from radfm.transforms.formats import label_of
 
 STATIC_DIR = Path(__file__).resolve().parent / "static" / "chat"
 MAX_KEPT_SCANS = 32
@@ -119,7 +120,7 @@ def _modality(scan: Scan) -> str:
 
         first = next(p for p in sorted(Path(scan.path).iterdir()) if p.is_file())
         return str(pydicom.dcmread(first, stop_before_pixels=True).get("Modality", "DICOM"))
-    return {"png": "PNG image (2D)", "jpeg": "JPEG image (2D)", "nifti": "NIfTI volume", "nrrd": "NRRD volume"}[scan.kind]
+    return label_of(scan.kind)
 
 
 def _window(name: str | None) -> str | None:

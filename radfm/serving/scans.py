@@ -20,14 +20,10 @@ from pathlib import Path
 from typing import IO
 
 from radfm.serving.refusal import RequestError
+from radfm.transforms import formats
+from radfm.transforms.errors import ScanReadError
 
-SCAN_SUFFIXES = {
-    ".nii.gz": "nifti", ".nii": "nifti", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg",
-    ".nrrd": "nrrd", ".dcm": "dicom", ".dicom": "dicom",
-}
-# by reference (CLI, manifests) the readers take a few more: MetaImage and .npy (no upload carries them)
-_REFERENCE_ONLY = {".mha": "itk", ".mhd": "itk", ".npy": "numpy", ".nhdr": "nrrd", ".ima": "dicom"}
-HEAD_BYTES = 352  # enough for the DICOM preamble and the NIfTI-1 magic at offset 344
+HEAD_BYTES = formats.HEAD_BYTES  # enough for the DICOM preamble and the NIfTI-1 magic at offset 344
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_NAME_CHARS = 120  # file systems allow 255 bytes; later steps append suffixes
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -51,48 +47,25 @@ class Scan:
 
 def suffix_kind(name: str) -> tuple[str, str] | None:
     """``(suffix, kind)`` from a file name, or ``None`` when the suffix is not an upload scan type."""
-    lower = name.lower()
-    for suffix, kind in SCAN_SUFFIXES.items():
-        if lower.endswith(suffix):
-            return suffix, kind
-    return None
+    found = formats.format_by_suffix(name, formats.UPLOAD_SUFFIXES)
+    return (found[0], found[1].name) if found else None
 
 
 def is_zip(head: bytes) -> bool:
     return head.startswith(_ZIP_MAGIC)
 
 
-def detect_kind(name: str, head: bytes, by_reference: bool = False) -> str:
-    """Scan kind of a file from its first bytes (>= 352) and its name; the one format check of the path.
+def detect_kind(name: str, head: bytes) -> str:
+    """Kind of an uploaded file from its first bytes (>= 352) and its name: the registry's decision.
 
-    ``by_reference``: a file given by path (CLI, manifests) may also be a kind no upload carries
-    (MetaImage ``.mha``/``.mhd`` with its data beside it, ``.npy``). Raises :class:`RequestError`
-    (415) naming the file when it is not a supported scan.
+    The kinds are the names of :mod:`radfm.transforms.formats` (``dicom``, ``nifti``, ``png``,
+    ``jpeg``, ``nrrd``). Raises :class:`RequestError` (415) naming the file when it is not an
+    upload scan type, or when its name and content disagree.
     """
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith(b"NRRD"):
-        return "nrrd"
-    if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
-        return "nifti"
-    lower = name.lower()
-    extra = next((kind for suffix, kind in _REFERENCE_ONLY.items() if lower.endswith(suffix)), None)
-    if by_reference and extra is not None:
-        return extra
-    by_name = suffix_kind(name)
-    if by_name is not None:
-        kind = by_name[1]
-        if kind == "nifti" and not head.startswith(b"\x1f\x8b") and name.lower().endswith(".gz"):
-            raise RequestError(f"{name}: named .nii.gz but not gzip data", 415, code="invalid_scan")
-        if kind in ("nifti", "dicom"):  # DICOM without preamble, gzipped NIfTI: trust the name
-            return kind
-        raise RequestError(f"{name}: named like a {kind} file but its content is not {kind}", 415, code="invalid_scan")
-    raise RequestError(f"{name}: not a supported scan (expected DICOM, NIfTI .nii/.nii.gz, PNG, JPEG or NRRD, "
-                       "or a zip of them)", 415, code="invalid_scan")
+    try:
+        return formats.detect_upload(name, head).name
+    except ScanReadError as error:
+        raise RequestError(str(error), 415, code="invalid_scan") from None
 
 
 def safe_name(name: str, index: int) -> str:
@@ -113,8 +86,10 @@ def _target_name(name: str, kind: str, index: int, head: bytes) -> str:
     """The saved file's name: safe, and ending with the suffix its reader expects for ``kind``."""
     base = safe_name(name, index)
     if kind != "dicom" and (suffix_kind(base) is None or suffix_kind(base)[1] != kind):
-        gzipped = head.startswith(b"\x1f\x8b")
-        base += {"png": ".png", "jpeg": ".jpg", "nrrd": ".nrrd", "nifti": ".nii.gz" if gzipped else ".nii"}[kind]
+        if kind == "nifti":
+            base += ".nii.gz" if head.startswith(b"\x1f\x8b") else ".nii"
+        else:
+            base += formats.BY_NAME[kind].suffixes[0]
     return base
 
 
@@ -332,7 +307,11 @@ def reference_scan(path: Path, name: str) -> Scan | None:
         return None
     if not head:
         raise RequestError(f"{name}: empty file", 400, code="invalid_scan")
-    return Scan(kind=detect_kind(name, head, by_reference=True), path=path, names=[name])
+    try:  # by path the readers take every registered format (MetaImage, .npy too)
+        kind = formats.detect_format(path).name
+    except ScanReadError as error:
+        raise RequestError(str(error).replace(str(path), name, 1), 415, code="invalid_scan") from None
+    return Scan(kind=kind, path=path, names=[name])
 
 
 def claimed_bytes(path: Path, kind: str, limit: int) -> int:

@@ -186,7 +186,7 @@ def test_generate_marks_its_plain_answer_unverified(tiny_model_dir, small_scans,
 
 @pytest.mark.parametrize(("scans", "prompt", "message"), [
     (["png"], "<image> vs <image>", "2 <image> placeholder(s) but 1 image"),
-    (["text"], "hi", "notes.txt: not a supported scan"),
+    (["text"], "hi", "notes.txt: unsupported file type .txt"),
     (["missing"], "hi", "nope.nii.gz: no such file"),
 ])
 def test_generate_checks_inputs_before_loading_the_model(monkeypatch, small_scans, tmp_path, scans, prompt, message):
@@ -243,4 +243,4 @@ def test_reference_only_kinds_work_by_path_but_are_not_uploads(server, tiny_mode
     assert json.loads(capsys.readouterr().out)["scans"] == [str(volume.resolve())]
     reply = httpx.post(f"{server.url}/v1/answer", data={"prompt": "Which?"},
                        files=[("files", ("vol.npy", volume.read_bytes()))], timeout=60)
-    assert reply.status_code == 415 and "vol.npy: not a supported scan" in reply.json()["error"]
+    assert reply.status_code == 415 and "vol.npy: a NumPy array (.npy) is not accepted here" in reply.json()["error"]

@@ -87,7 +87,7 @@ def test_concurrent_requests_are_served_one_at_a_time(server, probe, small_scans
     ("files", "data", "status", "reason"),
     [
         ([], {"prompt": "hi"}, 400, "no scans uploaded"),
-        ([("files", ("notes.txt", b"hello world", "text/plain"))], {"prompt": "hi"}, 415, "notes.txt: not a supported scan"),
+        ([("files", ("notes.txt", b"hello world", "text/plain"))], {"prompt": "hi"}, 415, "notes.txt: unsupported file type .txt"),
         ([("files", ("bad.nii.gz", b"not gzip at all", "application/gzip"))], {"prompt": "hi"}, 415, "bad.nii.gz"),
         ([("files", ("empty.png", b"", "image/png"))], {"prompt": "hi"}, 400, "empty.png: empty file"),
         ([("files", ("broken.dcm", b"\0" * 128 + b"DICM" + b"\x02\x00garbage", "application/dicom"))], {"prompt": "hi"}, 422, "broken.dcm"),

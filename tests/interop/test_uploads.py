@@ -16,7 +16,7 @@ def test_detect_kind_by_content_then_name(ct_series_dir, small_scans):
     assert detect_kind("17106", first.read_bytes()[:352]) == "dicom"  # no suffix: the preamble decides
     assert detect_kind("x", small_scans["png"].read_bytes()[:352]) == "png"
     assert detect_kind("brain.nii.gz", small_scans["nifti"].read_bytes()[:352]) == "nifti"
-    with pytest.raises(RequestError, match="scan.png: named like a png"):
+    with pytest.raises(RequestError, match=r"scan.png: named like a PNG image \(2D\) \(.png\) but its content is not one"):
         detect_kind("scan.png", b"GIF89a" + b"\0" * 400)
     with pytest.raises(RequestError) as info:
         detect_kind("report.pdf", b"%PDF-1.4")
