@@ -24,6 +24,16 @@ def test_a_redirected_bar_writes_plain_lines():
     assert lines and all(line.startswith("epoch 1:") for line in lines) and "50/50" in lines[-1]
 
 
+def test_redraws_are_rate_limited_and_the_last_state_is_kept():
+    log = io.StringIO()
+    bar = tqdm(range(200), desc="epoch 2", **tqdm_options(log, interval=3600))
+    for _ in bar:
+        bar.set_postfix(loss=0.25)  # a redraw per iteration, as ignite's bar does
+    lines = log.getvalue().splitlines()
+    assert 2 <= len(lines) <= 3, lines  # the first redraw, the final state (and at most one in between)
+    assert "200/200" in lines[-1] and "loss=0.25" in lines[-1]
+
+
 def test_a_terminal_keeps_tqdm_defaults():
     assert tqdm_options(_Terminal()) == {}
 
