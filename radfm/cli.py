@@ -113,8 +113,15 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:
         if debug:
             raise
-        if isinstance(error, INPUT_ERRORS):
-            message = one_line(error)
+        from radfm.utils.cli_bundle import user_error
+
+        # a user error inside MONAI's wrappers (`radfm train` runs a bundle): say what it was
+        cause = error if isinstance(error, INPUT_ERRORS) else user_error(error)
+        if isinstance(cause, UsageError):  # e.g. a misspelled config key given to `radfm train`
+            print(f"{prefix}: usage error: {one_line(cause)} (see radfm {name} --help)", file=sys.stderr)
+            raise SystemExit(EXIT_USAGE) from None
+        if cause is not None:
+            message = one_line(cause)
             print(f"{prefix}: error: {message.removeprefix(prefix + ': ')}", file=sys.stderr)
         else:
             print(f"{prefix}: error: {type(error).__name__}: {one_line(error)} "

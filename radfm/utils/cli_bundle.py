@@ -35,7 +35,13 @@ class BundleOverrideError(UsageError):
 
 
 def _create_workflow_frame() -> FrameType | None:
-    """The frame of ``monai.bundle.scripts.create_workflow`` on the stack (it calls ``initialize``)."""
+    """The frame of ``monai.bundle.scripts.create_workflow`` on the stack (it calls ``initialize``).
+
+    Why a frame: MONAI merges the overrides into the config before any expression runs, so the
+    config itself cannot tell them apart; ``create_workflow`` still holds them (``_args``) and the
+    config files (``config_file``). If a MONAI release renames those locals the check finds
+    nothing, and tests/bundles/test_bundle_errors.py fails.
+    """
     frame = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_name == "create_workflow" and frame.f_globals.get("__name__") == "monai.bundle.scripts":
@@ -119,10 +125,11 @@ def check_bundle_run() -> None:
 
 
 def user_error(error: BaseException) -> BaseException | None:
-    """The error a user caused inside MONAI's wrappers (``__cause__``/``__context__`` chain), or ``None``.
+    """The error a user caused inside MONAI's wrappers (the ``__cause__`` chain), or ``None``.
 
-    MONAI wraps errors in ``RuntimeError`` ("Failed to evaluate ...", "applying transform ...");
-    the innermost error of :data:`USER_ERRORS` is the one that says what is wrong.
+    MONAI wraps errors in ``RuntimeError`` ("Failed to evaluate ...", "applying transform ...")
+    with ``raise ... from``; the innermost error of :data:`USER_ERRORS` is the one that says what is
+    wrong. (``__context__``, an error merely being handled nearby, is not followed.)
     """
     found, seen = None, set()
     current: BaseException | None = error
@@ -130,7 +137,7 @@ def user_error(error: BaseException) -> BaseException | None:
         seen.add(id(current))
         if isinstance(current, USER_ERRORS):
             found = current
-        current = current.__cause__ or current.__context__
+        current = current.__cause__
     return found
 
 

@@ -69,3 +69,13 @@ def test_preprocess_refuses_a_grid_flag_with_a_model(capsys):
         main(["preprocess", _sample("xray_phantom.png"), "--model", str(demo_model_dir()), "--size_2d", "64,64"])
     assert exit_info.value.code == 2
     assert "--size_2d and --model" in capsys.readouterr().err
+
+
+def test_train_refuses_a_misspelled_config_key(capsys):
+    """`radfm train` runs a bundle: a key no config file defines is a usage error naming the nearest."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "instruct", "--epoch", "2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("radfm train: usage error: unknown config key --epoch: no config file defines it "
+                   "(did you mean --epochs?) (see radfm train --help)")
