@@ -81,3 +81,13 @@ def test_a_clone_in_the_current_folder_is_named_in_one_line(tmp_path):
                                       "first); run from another folder")
     else:
         assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("path", ["bundles/radfm/runs/instruct/model/model.safetensors", "bundles/radfm/eval/metrics.csv",
+                                  "bundles/radfm_classification/runs/classification/mlruns.db",
+                                  "bundles/radfm/data/train.jsonl", "mlruns.db"])
+def test_what_the_bundle_docs_write_is_ignored_by_git(path):
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    result = subprocess.run(["git", "-C", str(REPO), "check-ignore", "--no-index", "-q", path], timeout=60)
+    assert result.returncode == 0, f"{path} would show up as untracked after following the bundle docs"
