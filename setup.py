@@ -4,11 +4,17 @@ The top-level ``transforms/`` folder is installed as the subpackage ``radfm.tran
 (see ``package_dir``) so that imaging pipelines can use the preprocessing without the model.
 """
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
-radfm_packages = find_packages(include=["radfm", "radfm.*"])
+# Every folder is listed as a package, data folders too (bundles' configs/models/sample_data, prompt
+# banks, static files): setuptools otherwise warns "Package would be ignored" for each (~700 lines).
+NOT_PACKAGES = ["*__pycache__*"]
+radfm_packages = find_namespace_packages(include=["radfm", "radfm.*"], exclude=NOT_PACKAGES)
 transform_packages = ["radfm.transforms"] + [
-    "radfm.transforms." + p for p in find_packages(where="transforms")
+    "radfm.transforms." + p for p in find_namespace_packages(where="transforms", exclude=NOT_PACKAGES)
+]
+bundle_packages = ["radfm.bundles"] + [
+    "radfm.bundles." + p for p in find_namespace_packages(where="bundles", exclude=NOT_PACKAGES)
 ]
 
 setup(
@@ -18,13 +24,13 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=radfm_packages + transform_packages + ["radfm.bundles"],
+    packages=radfm_packages + transform_packages + bundle_packages,
     package_dir={"radfm.transforms": "transforms", "radfm.bundles": "bundles"},
     package_data={
         "radfm.bundles": ["**/*"],
         "radfm.data": ["prompts/*.json", "vocab/*.txt", "samples/*"],
         "radfm.rating": ["static/*", "templates/*"],
-        "radfm.interop": ["static/chat/*"],
+        "radfm.interop": ["static/chat/*", "official_state_dict_keys.tsv.gz"],
     },
     include_package_data=True,
     install_requires=[

@@ -17,6 +17,9 @@ import inspect
 import logging
 import sys
 
+# INPUT_ERRORS: errors a user causes, printed as one line (re-exported here with one_line)
+from radfm.utils.cli import INPUT_ERRORS, one_line
+
 # subcommand -> ("module:attribute", one-line summary)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("radfm.interop.generate:generate", "answer a prompt about one or more scans (files or DICOM folders)"),
@@ -29,7 +32,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export-sr": ("radfm.interop.sr:export_sr", "write a generated answer as a DICOM Comprehensive SR"),
     "info": ("radfm.interop.info:info", "model sizes, parameter counts, device and dtypes"),
     "rate": ("radfm.rating.cli:RateCommands", "blinded radiologist rating of model answers in the browser"),
-    "preprocess": ("radfm.transforms.preprocess:preprocess_cli", "preprocess a scan and show what the model receives"),
+    "preprocess": ("radfm.interop.info:preprocess", "preprocess a scan and show what a model receives (--model DIR)"),
     "mlflow": ("radfm.interop.mlflow_model:MLflowCommands", "MLflow: log-model (RadFM as a pyfunc model, registered)"),
     "demo": ("radfm.demo:main", "the quick-start job: the demo model answers questions about shipped scans"),
 }
@@ -51,21 +54,6 @@ def load_subcommand(name: str):
 
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-# errors a user causes (a missing file, a bad manifest, unreadable text): one line, no traceback
-INPUT_ERRORS = (OSError, ValueError, LookupError)
-
-
-def one_line(error: BaseException) -> str:
-    """An exception as one line: its message with line breaks folded (tracebacks need ``--debug``)."""
-    if isinstance(error, UnicodeDecodeError):
-        return f"not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start})"
-    if isinstance(error, KeyError) and error.args:
-        text = str(error.args[0])
-    else:
-        text = str(error) or type(error).__name__
-    if isinstance(error, OSError) and error.filename is not None and str(error.filename) not in text:
-        text = f"{error.filename}: {text}"
-    return " | ".join(line.strip() for line in text.strip().splitlines() if line.strip())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -125,8 +113,15 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:
         if debug:
             raise
-        if isinstance(error, INPUT_ERRORS):
-            message = one_line(error)
+        from radfm.utils.cli_bundle import user_error
+
+        # a user error inside MONAI's wrappers (`radfm train` runs a bundle): say what it was
+        cause = error if isinstance(error, INPUT_ERRORS) else user_error(error)
+        if isinstance(cause, UsageError):  # e.g. a misspelled config key given to `radfm train`
+            print(f"{prefix}: usage error: {one_line(cause)} (see radfm {name} --help)", file=sys.stderr)
+            raise SystemExit(EXIT_USAGE) from None
+        if cause is not None:
+            message = one_line(cause)
             print(f"{prefix}: error: {message.removeprefix(prefix + ': ')}", file=sys.stderr)
         else:
             print(f"{prefix}: error: {type(error).__name__}: {one_line(error)} "

@@ -11,7 +11,7 @@ init) at a 64×64 grid. All offline, on CPU, in a couple of minutes:
 3. ``python -m monai.bundle ckpt_export`` (traced) writes ``models/model.ts``;
 4. the bundle's ``evaluate.json`` on the held-out phantoms: macro AUC / F1 → ``models/eval.json``.
 
-    python scripts/train_classification_demo.py --output bundles/radfm_classification/models --work /tmp/radfm_cls
+    python scripts/train_classification_demo.py --output bundles/radfm_classification/models --work WORK_FOLDER
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def write_items(phantom_dir: Path, split: str | None, path: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=str(BUNDLE / "models"))
-    parser.add_argument("--work", default="/tmp/radfm_cls")
+    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "radfm_cls"))
     parser.add_argument("--train-cases", type=int, default=300)
     parser.add_argument("--eval-cases", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=6)

@@ -15,7 +15,7 @@ Steps (all offline, CPU):
    to the output folder, and the same weights as a plain state dict in ``<output>/../model.pt``
    (``bundles/radfm/models/model.pt``, what the bundle's ``inference.json`` loads).
 
-    python scripts/train_demo.py --output bundles/radfm/models/demo --work /tmp/radfm_demo
+    python scripts/train_demo.py --output bundles/radfm/models/demo --work WORK_FOLDER
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import json
 import random
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -234,7 +235,7 @@ def evaluate(model_dir: Path, phantom_dir: Path, batch_size: int = 32) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=str(BUNDLE / "models" / "demo"))
-    parser.add_argument("--work", default="/tmp/radfm_demo")
+    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "radfm_demo"))
     parser.add_argument("--train-cases", type=int, default=1440)
     parser.add_argument("--eval-cases", type=int, default=1200, help="held-out cases; val+test splits (20%%) are scored")
     parser.add_argument("--epochs", type=int, default=8)

@@ -13,8 +13,7 @@ MODE=${2:-full}
 PY=${3:-python}
 case "$PY" in */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;; esac  # absolute: the check runs elsewhere
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-SCHEMA=${SCHEMA:-$REPO/../shared/monai/meta_schema_20240725.json}
-[ -f "$SCHEMA" ] || SCHEMA=/work/shared/monai/meta_schema_20240725.json
+SCHEMA=${SCHEMA:-$REPO/tests/bundles/data/meta_schema_20240725.json}  # MONAI's official schema, carried by the tests
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/ci" "$WORK/models"

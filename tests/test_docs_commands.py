@@ -110,3 +110,58 @@ def test_help_of_each_documented_command(argv):
         raise SystemExit(0)  # a help that returns normally is fine too
     assert exit_.value.code in (0, None), f"radfm {' '.join(args)} exited {exit_.value.code}: {out.getvalue()[-500:]}"
     assert out.getvalue().strip(), f"radfm {' '.join(args)} printed no help"
+
+
+# ---- command blocks marked runnable are run ---------------------------------------------------
+# A block is runnable when the line before its fence is `<!-- runnable -->`. It runs with bash
+# (-e -o pipefail) in the repository root, with this Python's scripts first on PATH, and must
+# exit 0 without changing the checkout (outputs go to temporary folders, as the docs say).
+# Keep them cheap: heavy commands are covered by the bundle, CLI and demo tests.
+RUNNABLE_FILES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "bundles").glob("*/docs/README.md")])
+_RUNNABLE = re.compile(r"^<!-- runnable -->\n```(?:bash|sh)?\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+
+def runnable_blocks() -> list[tuple[str, str]]:
+    """``(file, script)`` for every command block marked runnable."""
+    blocks = []
+    for path in RUNNABLE_FILES:
+        text = path.read_text(encoding="utf-8")
+        found = _RUNNABLE.findall(text)
+        markers = re.findall(r"^<!-- runnable -->$", text, flags=re.MULTILINE)
+        assert len(found) == len(markers), f"{path}: a runnable marker not followed by a fence"
+        blocks += [(path.relative_to(ROOT).as_posix(), block) for block in found]
+    return blocks
+
+
+RUNNABLE = runnable_blocks()
+
+
+def _git_status() -> str | None:
+    import subprocess
+
+    try:
+        status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=all"],
+                                capture_output=True, text=True, timeout=60)
+    except OSError:
+        return None
+    return status.stdout if status.returncode == 0 else None
+
+
+def test_the_docs_mark_runnable_blocks():
+    files = {where for where, _ in RUNNABLE}
+    assert len(RUNNABLE) >= 4 and {"README.md", "docs/data.md", "docs/training.md"} <= files, files
+
+
+@pytest.mark.parametrize("where, script", RUNNABLE, ids=[f"{w}: {s.strip().splitlines()[0][:60]}" for w, s in RUNNABLE])
+def test_runnable_block(where, script, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    before = _git_status()
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               TMPDIR=str(tmp_path), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    result = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, f"{where}: exit {result.returncode}\n{script}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    assert _git_status() == before, f"{where}: the block changed the checkout:\n{_git_status()}"

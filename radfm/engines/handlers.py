@@ -22,7 +22,11 @@ def is_rank0() -> bool:
 
 
 class ProgressBar:
-    """ignite's tqdm progress bar showing the running loss (rank 0 only)."""
+    """ignite's tqdm progress bar showing the running loss (rank 0 only).
+
+    Redirected to a file, it writes a plain line every 30 s instead of ``\r`` redraws
+    (:func:`radfm.utils.progress.tqdm_options`).
+    """
 
     def __init__(self, output_key: str = "loss", persist: bool = False) -> None:
         self.output_key = output_key
@@ -42,7 +46,9 @@ class ProgressBar:
                 return {key: float(output[key])}
             return {}
 
-        IgniteBar(persist=self.persist).attach(engine, output_transform=transform)
+        from radfm.utils.progress import tqdm_options
+
+        IgniteBar(persist=self.persist, **tqdm_options()).attach(engine, output_transform=transform)
 
 
 class SavePretrained:
@@ -110,9 +116,34 @@ def mlflow_tracker(engine: Engine):
     return None
 
 
+def source_commit() -> str:
+    """The git commit of the checkout the ``radfm`` package runs from (``-dirty`` with local changes).
+
+    ``"unknown"`` for an installed wheel (or without git): the package folder must sit directly
+    in the repository, so a wheel inside some other repository's virtual environment is not
+    credited with that repository's commit.
+    """
+    import subprocess
+
+    import radfm
+
+    package = Path(radfm.__file__).resolve().parent
+    try:
+        top = subprocess.run(["git", "-C", str(package), "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, timeout=10)
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != package.parent:
+            return "unknown"
+        described = subprocess.run(["git", "-C", str(package.parent), "describe", "--always", "--dirty", "--abbrev=40"],
+                                   capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return described.stdout.strip() if described.returncode == 0 and described.stdout.strip() else "unknown"
+
+
 class TrackingParams:
     """Hands ``params`` (learning rate, batch size, model sizes ...) to MONAI's ``MLFlowHandler``,
-    and closes its run as FAILED when training raises.
+    and closes its run as FAILED when training raises. ``git_commit`` (:func:`source_commit`) is
+    added to every run's params, so a result can be traced to the code that made it.
 
     ``--tracking mlflow`` appends an ``MLFlowHandler`` to the trainer handlers; before it starts
     its run, this handler puts ``params`` in its ``experiment_param`` so they are logged as
@@ -130,7 +161,8 @@ class TrackingParams:
     def __call__(self, engine: Engine) -> None:
         tracker = mlflow_tracker(engine)
         if tracker is not None:
-            tracker.experiment_param = {**(tracker.experiment_param or {}), **self.params}
+            params = {"git_commit": source_commit(), **self.params}
+            tracker.experiment_param = {**(tracker.experiment_param or {}), **params}
 
     def fail_run(self, engine: Engine, error: BaseException) -> None:
         """Ignite's EXCEPTION_RAISED: end the MLflow run as FAILED, then raise ``error`` again."""

@@ -117,7 +117,7 @@ def info(
         model: saved model folder (default: the demo model, else the "radfm-14b" preset sizes).
         preset: describe a preset instead ("tiny" or "radfm-14b").
         plan: append the 14B memory plan (peak GPU/CPU memory per loading mode).
-        spec: the published key list (official_state_dict_keys.tsv) for the plan.
+        spec: another key list (``key<TAB>shape`` lines, .tsv or .tsv.gz) for the plan; default: the one shipped in the package.
         json_output: print JSON instead of Markdown.
         output: also write the report to this file.
     """
@@ -157,3 +157,59 @@ def info(
 
         atomic_write_text(output, text + "\n")
     print(text)
+
+
+def preprocess(path: str, model: str | None = None, window: Any = None, series_uid: str | None = None,
+               nonfinite: str | None = None, axcodes: str | None = None, png: str | None = None,
+               size_2d: Any = None, size_3d: Any = None, max_depth: int | None = None,
+               max_scan_mb: int | None = None) -> None:
+    """Preprocess one scan and print what a model receives (shape, dtype, range, metadata).
+
+    Without --model: the published RadFM grid (2D 512x512, 3D 256x256, depth <= 64). With
+    --model DIR: that model's own preprocessing, read from DIR/preprocess.json (the demo model
+    sees 2D 128x128, 3D 128x128, depth <= 8).
+
+    Args:
+        path: a NIfTI/DICOM/NRRD/MHA/PNG/JPEG/.npy file or a folder holding a DICOM series.
+        model: a model folder: show what that model receives (its grid and options in preprocess.json).
+        window: CT window: lung, mediastinum, bone, brain or "[low,high]" in HU (default: none, or the model's).
+        series_uid: SeriesInstanceUID to read when the folder holds several series.
+        nonfinite: "error" (default) or "replace" NaN/Inf voxels.
+        axcodes: orientation for 3D volumes (default RAS).
+        png: write the middle slice of the model input to this PNG file.
+        size_2d: grid of 2D images as "[H,W]", multiples of 32 (default 512,512; not with --model).
+        size_3d: in-plane grid of 3D volumes as "[H,W]", multiples of 32 (default 256,256; not with --model).
+        max_depth: most slices of a 3D input, a multiple of 4 (default 64; not with --model).
+        max_scan_mb: refuse files whose header claims more decoded data than this (MiB; default 2048).
+    """
+    from radfm.engines.grid import describe_grid
+    from radfm.model.loading import preprocess_options, resolve_model_dir
+    from radfm.transforms.preprocess import preprocess_cli
+    from radfm.transforms.spatial import MAX_DEPTH, SIZE_2D, SIZE_3D
+    from radfm.utils.cli import UsageError
+
+    given = {"window": window, "nonfinite": nonfinite, "axcodes": axcodes}
+    grid = {"size_2d": size_2d, "size_3d": size_3d, "max_depth": max_depth}
+    if model is not None:
+        clash = [f"--{name}" for name, value in grid.items() if value is not None]
+        if clash:
+            raise UsageError(f"{', '.join(clash)} and --model: the grid is the model's (its preprocess.json)")
+        model_dir = resolve_model_dir(model)
+        options = preprocess_options(model_dir)
+        grid = {key: options.get(key, default) for key, default in
+                (("size_2d", SIZE_2D), ("size_3d", SIZE_3D), ("max_depth", MAX_DEPTH))}
+        given = {key: value if value is not None else options.get(key) for key, value in given.items()}
+        source = f"the model in {model_dir}" + ("" if options else " (no preprocess.json: the published grid)")
+    else:
+        grid = {key: value if value is not None else default for (key, value), default in
+                zip(grid.items(), (SIZE_2D, SIZE_3D, MAX_DEPTH))}
+        source = "the published RadFM grid (--model DIR shows what another model receives)"
+    defaults = {"nonfinite": "error", "axcodes": "RAS"}
+    options_out = {key: value if value is not None else defaults.get(key) for key, value in given.items()}
+    preprocess_cli(path, series_uid=series_uid, png=png, max_scan_mb=max_scan_mb, **options_out, **grid)
+    shown = {key: list(value) if isinstance(value, (tuple, list)) else value for key, value in grid.items()}
+    try:
+        text = describe_grid(shown)
+    except (KeyError, TypeError, ValueError, IndexError):  # a size given as "64,64" on the command line
+        text = ", ".join(f"{key} {value}" for key, value in shown.items())
+    print(f"grid:            {text}, from {source}")

@@ -1,7 +1,7 @@
 """Peak GPU/CPU memory of the 14B RadFM under each loading mode, from parameter counts alone.
 
-Counts come from the published checkpoint's key list (``official_state_dict_keys.tsv``:
-key and shape per tensor), after dropping the leftovers our loader drops (BERT, decoder,
+Counts come from the published checkpoint's key list (``official_state_dict_keys.tsv.gz``, shipped
+next to this module so the plan works from an installed wheel: key and shape per tensor), after dropping the leftovers our loader drops (BERT, decoder,
 heads). Devices are filled in module order (vision parts and token embeddings first, then
 decoder layers, final norm, LM head), the way accelerate's ``infer_auto_device_map`` does.
 
@@ -20,6 +20,7 @@ nf4 = 0.5 byte/weight + double-quantized block constants (blocksize 64).
 
 from __future__ import annotations
 
+import gzip
 import math
 import re
 from dataclasses import dataclass, field
@@ -31,7 +32,8 @@ DROPPED_PREFIXES = (
     "embedding_layer.cls_head", "embedding_layer.output_upscaling",
 )
 SHARED_KEYS = ("embedding_layer.weight",)  # = lang_model.model.embed_tokens.weight
-SPEC_LOCATIONS = ("/work/shared/spec/official_state_dict_keys.tsv",)
+# the published checkpoint's key list (key<TAB>shape per tensor), package data (see setup.py)
+PACKAGED_SPEC = Path(__file__).with_name("official_state_dict_keys.tsv.gz")
 
 
 @dataclass
@@ -63,21 +65,27 @@ class ParameterCounts:
 
 
 def default_spec_path(extra: str | Path | None = None) -> Path:
-    """The key list: ``extra`` if given, the tests' copy, or the shared spec folder."""
-    candidates = [Path(extra)] if extra else []
-    candidates += [Path(__file__).resolve().parents[2] / "tests/data_files/official_state_dict_keys.tsv"]
-    candidates += [Path(p) for p in SPEC_LOCATIONS]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"official_state_dict_keys.tsv not found; looked in {[str(c) for c in candidates]}")
+    """The key list: ``extra`` if given (a ``.tsv`` or ``.tsv.gz``), else the copy shipped in the package."""
+    path = Path(extra) if extra else PACKAGED_SPEC
+    if not path.is_file():
+        what = "the key list given" if extra else "the key list shipped with the package (reinstall radfm-toolkit)"
+        raise FileNotFoundError(f"{path}: not found ({what}); expected 'key<TAB>shape' lines, optionally gzipped")
+    return path
+
+
+def _read_text(path: Path) -> str:
+    """A text file, gunzipped when its name ends in ``.gz``."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            return handle.read()
+    return path.read_text(encoding="utf-8")
 
 
 def count_parameters(spec_path: str | Path) -> ParameterCounts:
-    """Read ``key<TAB>shape`` lines (shape like ``32000x5120``) into :class:`ParameterCounts`."""
+    """Read ``key<TAB>shape`` lines (shape like ``32000x5120``; plain or gzipped) into :class:`ParameterCounts`."""
     counts = ParameterCounts()
     layer_re = re.compile(r"^lang_model\.model\.layers\.(\d+)\.(.+)$")
-    for line_number, line in enumerate(Path(spec_path).read_text().splitlines(), 1):
+    for line_number, line in enumerate(_read_text(Path(spec_path)).splitlines(), 1):
         if not line.strip() or line.startswith("key\t"):
             continue
         try:

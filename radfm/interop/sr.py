@@ -151,7 +151,23 @@ def build_sr(
         [*hd.sr.LanguageOfContentItemAndDescendants(LANGUAGE_EN_US), *observation_context, prompt_item, findings]
     )
 
-    sr = hd.sr.ComprehensiveSR(
+    # highdicom logs each module it copies from the sources at INFO ("copy attributes of module ..."):
+    # seven lines of noise on the CLI's stderr per SR; warnings still come through
+    highdicom_logger = logging.getLogger("highdicom")
+    level = highdicom_logger.level
+    highdicom_logger.setLevel(max(level, logging.WARNING))
+    try:
+        sr = _comprehensive_sr(sources, root, series_number, identity, institution_name)
+    finally:
+        highdicom_logger.setLevel(level)
+    return sr
+
+
+def _comprehensive_sr(sources: list[Dataset], root: hd.sr.ContainerContentItem, series_number: int,
+                      identity: ModelIdentity,
+                      institution_name: str | None) -> hd.sr.ComprehensiveSR:
+    """highdicom's ComprehensiveSR of the finished content tree (UNVERIFIED, not final)."""
+    return hd.sr.ComprehensiveSR(
         evidence=sources,
         content=root,
         series_instance_uid=hd.UID(),
@@ -169,7 +185,6 @@ def build_sr(
         is_final=False,
         is_verified=False,
     )
-    return sr
 
 
 def write_dataset(dataset: Dataset, output: str | Path) -> Path:

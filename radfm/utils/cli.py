@@ -27,6 +27,23 @@ def as_list(value: object) -> list[str]:
     return [part for part in parts if part]
 
 
+# errors a user causes (a missing file, a bad manifest, unreadable text): one line, no traceback
+INPUT_ERRORS = (OSError, ValueError, LookupError)
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one line: its message with line breaks folded (tracebacks need ``--debug``)."""
+    if isinstance(error, UnicodeDecodeError):
+        return f"not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start})"
+    if isinstance(error, KeyError) and error.args:
+        text = str(error.args[0])
+    else:
+        text = str(error) or type(error).__name__
+    if isinstance(error, OSError) and error.filename is not None and str(error.filename) not in text:
+        text = f"{error.filename}: {text}"
+    return " | ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+
+
 # ---- flag validation before any work ----------------------------------------------------------
 
 _SHORT_FLAG = re.compile(r"^-[A-Za-z]$")

@@ -19,13 +19,16 @@ INSTRUCT = [RADFM_BUNDLE / "configs" / "train.json", RADFM_BUNDLE / "configs" / 
 
 
 def official_schema() -> Path:
-    """MONAI's official metadata schema: ``<repo>/../shared/monai/...``, else ``/work/shared/monai/...``; skip if absent."""
-    name = "meta_schema_20240725.json"
-    for candidate in (REPO.parent / "shared" / "monai" / name, Path("/work/shared/monai") / name):
-        if candidate.is_file():
-            return candidate
-    pytest.skip(f"MONAI's official metadata schema {name} not found in {REPO.parent / 'shared' / 'monai'} "
-                "or /work/shared/monai (it is not downloaded: tests run offline)")
+    """MONAI's official metadata schema, carried by the tests (``tests/bundles/data/``; tests run offline).
+
+    Missing, the schema tests fail rather than skip: a silent skip hid them on every machine
+    without the shared folder.
+    """
+    path = Path(__file__).resolve().parent / "data" / "meta_schema_20240725.json"
+    if not path.is_file():
+        pytest.fail(f"MONAI's official metadata schema is missing: {path} (a copy of model-zoo's "
+                    "meta_schema_20240725.json belongs in the repository)")
+    return path
 
 
 def run_bundle(config_files, meta_file, **overrides):

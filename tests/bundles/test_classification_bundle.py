@@ -98,3 +98,24 @@ def test_train_records_params_losses_and_metrics_in_mlflow(phantom_data, tmp_pat
     runs = client.search_runs([client.get_experiment_by_name("cls_train").experiment_id])
     metrics = {k for run in runs for k in run.data.metrics}
     assert {"train_loss", "val_macro_auc", "val_macro_f1"} <= metrics, metrics
+    # the same kind of run record as the RadFM bundle's: hyperparameters, grid, model, data, seed, code version
+    (run,) = [run for run in runs if "learning_rate" in run.data.params]
+    params = run.data.params
+    assert params["learning_rate"] == "0.0001" and params["batch_size"] == "4" and params["seed"] == "0"
+    assert json.loads(params["image_grid"]) == SMALL_GRID and params["epochs"] == "1"
+    assert params["model"] == "preset tiny (random encoder)" and params["num_classes"] == "2"
+    assert params["train_data"] == str(items) and params["val_data"] == str(items)
+    assert int(params["parameters"]) > 0 and params["git_commit"]
+
+
+def test_training_outputs_go_where_the_user_said(phantom_data, tmp_path):
+    """With --ckpt_dir elsewhere nothing is written into the bundle folder (the MLflow store included)."""
+    items, _ = _items(phantom_data, tmp_path, 2, lambda c: ["X-ray", "ultrasound"].index(c["modality"]))
+    before = {p: p.stat().st_mtime for p in CLASSIFICATION_BUNDLE.rglob("*") if "__pycache__" not in p.parts}
+    run_bundle(CONFIG, META, bundle_root=str(CLASSIFICATION_BUNDLE), train_items=str(items), val_items=str(items),
+               epochs=1, batch_size=4, image_grid=SMALL_GRID, ckpt_dir=str(tmp_path / "models"), tracking="mlflow",
+               experiment_name="cls_where")
+    after = {p: p.stat().st_mtime for p in CLASSIFICATION_BUNDLE.rglob("*") if "__pycache__" not in p.parts}
+    changed = sorted(str(p) for p in after if p not in before or (p.is_file() and after[p] != before[p]))
+    assert changed == [], changed
+    assert (tmp_path / "models" / "model.pt").is_file() and (tmp_path / "models" / "runs" / "mlruns.db").is_file()

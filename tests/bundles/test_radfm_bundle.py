@@ -75,6 +75,8 @@ def test_pretrain_freezes_llm_and_tracks_mlflow(pretrained):
     run = runs[0]
     assert run.data.params["learning_rate"] == "0.0001" and run.data.params["frozen_llm_epochs"] == "1"
     assert run.data.params["batching"] == "mixed" and json.loads(run.data.params["image_grid"]) == SMALL_GRID
+    assert run.data.params["train_data"] == str(workflow.parser.get_parsed_content("train_manifest"))
+    assert run.data.params["git_commit"] and run.data.params["val_data"].endswith(".jsonl")
     assert "train_loss" in run.data.metrics and "val_accuracy" in run.data.metrics
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
     assert any(path.endswith(".json") for path in artifacts), artifacts  # the resolved config
@@ -149,7 +151,8 @@ def test_demo_model_rejects_scans_at_another_grid():
     with pytest.raises(Exception) as caught:
         run_bundle(RADFM_BUNDLE / "configs" / "inference.json", META, bundle_root=str(RADFM_BUNDLE),
                    **{"preprocessing#transforms#3#size_2d": [512, 512]}, max_new_tokens=2,
-                   cases=[{"prompt": "<image> Is this an X-ray?", "images": ["xray_phantom.png"]}])
+                   cases=[{"prompt": "<image> Is this an X-ray?",
+                           "images": [str(RADFM_BUNDLE / "sample_data" / "xray_phantom.png")]}])
     message = "".join(str(e) for e in _chain(caught.value))
     assert "[3, 512, 512, 4]" in message and "2D 128x128" in message and "xray_phantom.png" in message
 
