@@ -299,7 +299,8 @@ def make_phantoms(output: str | os.PathLike, n: int = 200, seed: int = 0, *, ove
         iterator = range(n)
         if progress:
             from tqdm import tqdm
-            iterator = tqdm(iterator, desc="phantoms", unit="case")
+            from radfm.utils.progress import tqdm_options
+            iterator = tqdm(iterator, desc="phantoms", unit="case", **tqdm_options())
         for i in iterator:
             rng = np.random.default_rng([seed, i])  # per case: independent of n and of other cases
             case = draw_case(i, rng)

@@ -152,6 +152,7 @@ def run_predictions(cases: Sequence[EvalCase], predict_batch: PredictBatch, load
     recorded with ``error``. Returns counts: ``skipped`` (already done), ``predicted``, ``failed``.
     """
     from tqdm.auto import tqdm
+    from radfm.utils.progress import tqdm_options
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -160,7 +161,8 @@ def run_predictions(cases: Sequence[EvalCase], predict_batch: PredictBatch, load
     done = {r.id for r in _recover(path) if r.error is None or not retry_failed}
     todo = [case for case in cases if case.id not in done]
     counts = {"skipped": len(cases) - len(todo), "predicted": 0, "failed": 0}
-    bar = tqdm(total=len(cases), initial=counts["skipped"], desc="evaluating", unit="case", disable=not progress)
+    bar = tqdm(total=len(cases), initial=counts["skipped"], desc="evaluating", unit="case", disable=not progress,
+               **tqdm_options())
     with path.open("a", encoding="utf-8") as handle:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]

@@ -206,6 +206,7 @@ def score_records(records: Sequence[PredictionRecord], options: ScoringOptions) 
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
+    from radfm.utils.progress import tqdm_options
 
     groups = group_records(records)
     parts: list[tuple[str, str, list[PredictionRecord], list[str] | None, list[PredictionRecord]]] = []
@@ -221,7 +222,7 @@ def score_records(records: Sequence[PredictionRecord], options: ScoringOptions) 
             bert_future = executor.submit(_bert_sim_groups, options.bertscore, open_groups)
         pending: list[tuple[int, dict[str, np.ndarray], np.ndarray, Bootstrap]] = []
         results: list[GroupResult] = []
-        for dataset, task, part, labels, scored in tqdm(parts, desc="scoring groups", disable=len(parts) < 2):
+        for dataset, task, part, labels, scored in tqdm(parts, desc="scoring groups", disable=len(parts) < 2, **tqdm_options()):
             plan = Bootstrap(len(scored), n_resamples=options.n_resamples, seed=options.seed,
                              confidence=options.confidence)
             if labels is not None:

@@ -305,8 +305,9 @@ def _fill(conn, build_dir: Path, cases: list[CaseRecord], link: bool, notes: lis
           dicom_files: dict[Path, list[Path] | None]) -> None:
     """Insert cases/candidates and copy each case's scans into ``build_dir/images``."""
     from tqdm.auto import tqdm
+    from radfm.utils.progress import tqdm_options
 
-    for position, case in enumerate(tqdm(cases, desc="building study", unit="case", leave=False)):
+    for position, case in enumerate(tqdm(cases, desc="building study", unit="case", leave=False, **tqdm_options())):
         cursor = conn.execute(
             "INSERT INTO cases(position, case_id, dataset, task, instruction, reference) VALUES (?, ?, ?, ?, ?, ?)",
             (position, case.case_id, case.dataset, case.task, case.instruction, case.reference),
