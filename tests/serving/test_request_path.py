@@ -198,7 +198,7 @@ def test_a_batch_reads_each_request_alone_and_generates_them_together(nifti, tmp
                                       for i, scans in enumerate(inputs)), return_exceptions=True)
 
     first, bad, third = asyncio.run(together())
-    assert isinstance(bad, RequestError) and "notes.txt: not a supported scan" in str(bad)
+    assert isinstance(bad, RequestError) and "notes.txt: unsupported file type .txt" in str(bad)
     assert (first.text, third.text) == ("<image>q0 (1)", "<image>q2 (1)")
     assert BatchAnswerer.calls == [2]  # one generate call for the two good requests
     path.close()
