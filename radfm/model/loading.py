@@ -250,6 +250,19 @@ def _device_of(device_map: dict[str, Any], module_name: str) -> Any:
     return device
 
 
+def plan_device_map(model: RadFM, strategy: str | dict, max_memory: str | dict | None, dtype: torch.dtype) -> dict:
+    """The device map ``from_pretrained(device_map=strategy, max_memory=...)`` computes for ``model`` in ``dtype``.
+
+    transformers' own planner (no GPU needed; e.g. a meta-device 14B model for ``radfm info --plan``).
+    """
+    from transformers.integrations.accelerate import _get_device_map
+
+    if isinstance(strategy, dict):
+        check_vision_placement(strategy)
+        return dict(strategy)
+    return _get_device_map(model.to(dtype), strategy, parse_max_memory(max_memory), None)
+
+
 def check_vision_placement(device_map: dict[str, Any]) -> None:
     """A hand-written device map must keep the vision side with the token embeddings (image tokens are
     spliced into them); ``ValueError`` naming the module and both devices otherwise."""
