@@ -7,9 +7,9 @@ Sections (all measured side by side in one run):
   generate  8 prompts generated as one left-padded batch vs one by one (small config).
   load      a generated official-format checkpoint (≥ 2 GB): peak RSS / size of loaded weights
             for RadFM.from_official vs naive torch.load + load_state_dict, each in a subprocess.
-  folder    the same weights saved as a model folder (safetensors) and loaded back with
-            ``RadFM.from_pretrained`` (what ``radfm.load`` calls), fp32 and bf16, in a subprocess:
-            peak RSS / size of the checkpoint. ``--code DIR`` runs the child on another copy of the
+  folder    the same weights saved as a model folder (safetensors) and loaded back the way
+            ``radfm.load`` does on the CPU, fp32 and bf16, every weight touched once after loading
+            (memory-mapped weights count once used), in a subprocess: peak RSS / checkpoint size. ``--code DIR`` runs the child on another copy of the
             package (e.g. ``git archive`` of an older commit) to compare before/after.
 
     python scripts/bench_model.py [--sections vision,generate,load,folder] [--output bench_model.md]
@@ -279,13 +279,21 @@ import json, resource, sys, torch
 folder, dtype = sys.argv[1:3]
 import radfm
 from radfm.model.radfm import RadFM
+try:
+    from radfm.model.loading import _load_weights  # radfm.load's weight loading (dtype cast included)
+except ImportError:
+    _load_weights = None
 import transformers.models.llama.modeling_llama  # library code counts as startup, not as loading
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-dtype = None if dtype == "none" else getattr(torch, dtype)
-try:
-    model = RadFM.from_pretrained(folder, dtype=dtype)  # transformers' loader
-except TypeError:
-    model = RadFM.from_pretrained(folder, dtype=dtype, device="cpu")  # the hand-written loader before
+dtype = "float32" if dtype == "none" else dtype
+if _load_weights is not None:  # transformers' from_pretrained, as radfm.load calls it
+    from pathlib import Path
+    model = _load_weights(Path(folder), device="cpu", dtype=dtype, device_map=None, max_memory=None,
+                          offload_folder=None, quantization=None)
+else:  # the hand-written loader before
+    model = RadFM.from_pretrained(folder, dtype=getattr(torch, dtype), device="cpu")
+# touch every weight once: memory-mapped weights count in RSS once they are used
+touched = sum(float(t.sum()) for t in model.state_dict().values() if t.is_floating_point())
 weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"peak": peak, "baseline": baseline, "weights": weights, "code": radfm.__file__}))
@@ -324,7 +332,7 @@ def bench_folder(size_gb: float, keep: Path | None, code: Path | None) -> list[s
         result = json.loads(out.stdout.strip().splitlines()[-1])
         size = file_gb * 1e9
         lines.append(
-            f"| RadFM.from_pretrained ({result['code']}) | {'float32' if dtype == 'none' else dtype} | "
+            f"| radfm.load weights ({result['code']}) | {'float32' if dtype == 'none' else dtype} | "
             f"{result['weights'] / 1e9:.2f} | {result['peak'] / 1e9:.2f} | {result['peak'] / size:.2f}× | "
             f"{(result['peak'] - result['baseline']) / size:.2f}× |"
         )

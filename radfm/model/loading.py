@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from radfm.model.config import RadFMConfig
 from radfm.model.folder import WEIGHT_FILES, check_model_folder, preprocess_options
@@ -273,12 +274,64 @@ def check_vision_placement(device_map: dict[str, Any]) -> None:
             raise ValueError(f"device_map puts {name} on {where} but {EMBEDDINGS} on {main}; they must match")
 
 
+def _safetensors_mappings() -> list[tuple[int, int]]:
+    """Address ranges of this process's memory mappings of ``*.safetensors`` files (Linux; else none)."""
+    ranges = []
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            for line in maps:
+                parts = line.split()
+                if len(parts) >= 6 and parts[-1].endswith(".safetensors") and "w" not in parts[1]:
+                    low, high = (int(x, 16) for x in parts[0].split("-"))
+                    ranges.append((low, high))
+    except OSError:
+        return []
+    return ranges
+
+
+def _cast_releasing_pages(model: RadFM, dtype: torch.dtype) -> RadFM:
+    """Cast floating tensors to ``dtype`` one at a time, dropping each source's mapped file pages.
+
+    After the cast of a memory-mapped tensor its pages are released (``madvise``), so the peak
+    RSS is the cast weights plus one tensor, not the file plus the cast weights. Tied tensors
+    stay tied.
+    """
+    from radfm.model.weights import _release_mapped_pages
+
+    mapped = _safetensors_mappings()
+    done: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for slots, is_param in ((module._parameters, True), (module._buffers, False)):
+            for name, tensor in list(slots.items()):
+                if tensor is None or not tensor.is_floating_point() or tensor.dtype == dtype:
+                    continue
+                if id(tensor) not in done:
+                    value = tensor.detach().to(dtype)
+                    done[id(tensor)] = nn.Parameter(value, requires_grad=tensor.requires_grad) if is_param else value
+                    start = tensor.data_ptr()
+                    end = start + tensor.numel() * tensor.element_size()
+                    # only pages of a read-only safetensors file mapping: never heap memory
+                    if any(low <= start and end <= high for low, high in mapped):
+                        _release_mapped_pages(tensor.detach())
+                slots[name] = done[id(tensor)]
+    model.config.dtype = dtype
+    return model
+
+
 def _load_weights(folder: Path, *, device, dtype, device_map, max_memory, offload_folder, quantization) -> RadFM:
     """transformers' ``from_pretrained`` with our device/dtype defaults; errors name the folder's files."""
     kwargs: dict[str, Any] = {}
+    cast_to = None
     if device_map is None and quantization is None:
         target = resolve_device(device)
-        kwargs.update(dtype=resolve_dtype(dtype, target), device_map=None if target.type == "cpu" else target)
+        resolved = resolve_dtype(dtype, target)
+        if target.type == "cpu":
+            # on the CPU, load in the stored dtype (the safetensors stay memory-mapped, no copy) and
+            # cast tensor by tensor below, so a cast never holds the file's pages and the copy at once
+            kwargs.update(dtype="auto", device_map=None)
+            cast_to = resolved
+        else:
+            kwargs.update(dtype=resolved, device_map=target)
     else:
         gpu = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         resolved = resolve_dtype(dtype, gpu)
@@ -287,7 +340,8 @@ def _load_weights(folder: Path, *, device, dtype, device_map, max_memory, offloa
     if isinstance(kwargs.get("device_map"), dict):
         check_vision_placement(kwargs["device_map"])
     try:
-        return RadFM.from_pretrained(str(folder), **kwargs)
+        model = RadFM.from_pretrained(str(folder), **kwargs)
+        return _cast_releasing_pages(model, cast_to) if cast_to is not None else model
     except Exception as error:  # noqa: BLE001 — safetensors/accelerate raise their own types; name the files
         if isinstance(error, (FileNotFoundError, ValueError)) and str(folder) in str(error):
             raise
