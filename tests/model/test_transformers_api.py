@@ -50,6 +50,13 @@ def test_auto_classes_answer_the_quick_start_like_the_demo(auto_demo, capsys):
     assert answers == expected
 
 
+def test_chat_template_places_image_parts(auto_demo):
+    processor, _ = auto_demo
+    messages = [{"role": "user", "content": [{"type": "text", "text": "What is the modality of the input scan "},
+                                             {"type": "image"}, {"type": "text", "text": "?"}]}]
+    assert processor.apply_chat_template(messages, tokenize=False) == _quick_start_cases()[2]["prompt"]
+
+
 def test_save_and_load_round_trip_gives_identical_logits(auto_demo, tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
