@@ -40,11 +40,15 @@ _TINY_CORPUS = [
 ]
 
 
-def tiny_tokenizer(max_images: int = 10):
-    """A small BPE tokenizer (trained here, deterministic) for the ``tiny`` preset."""
+def tiny_tokenizer(max_images: int = 10, base_vocab_size: int | None = None):
+    """A small BPE tokenizer (trained here, deterministic) for the ``tiny`` preset.
+
+    ``base_vocab_size``: put ``<image>`` at this id (filler tokens in between), for a model with
+    a larger vocabulary.
+    """
     from radfm.model.tokenizer import train_tokenizer
 
-    return train_tokenizer(_TINY_CORPUS * 4, vocab_size=400, max_images=max_images)
+    return train_tokenizer(_TINY_CORPUS * 4, vocab_size=400, max_images=max_images, base_vocab_size=base_vocab_size)
 
 
 def tiny_processor(**image_options: Any) -> RadFMProcessor:
@@ -275,13 +279,14 @@ def check_vision_placement(device_map: dict[str, Any]) -> None:
 
 
 def _safetensors_mappings() -> list[tuple[int, int]]:
-    """Address ranges of this process's memory mappings of ``*.safetensors`` files (Linux; else none)."""
+    """Address ranges of this process's private mappings of ``*.safetensors`` files (Linux; else none)."""
     ranges = []
     try:
         with open("/proc/self/maps", encoding="utf-8") as maps:
             for line in maps:
                 parts = line.split()
-                if len(parts) >= 6 and parts[-1].endswith(".safetensors") and "w" not in parts[1]:
+                # private (copy-on-write) mappings only: dropped pages are re-read from the file
+                if len(parts) >= 6 and parts[-1].endswith(".safetensors") and parts[1].endswith("p"):
                     low, high = (int(x, 16) for x in parts[0].split("-"))
                     ranges.append((low, high))
     except OSError:
@@ -310,7 +315,8 @@ def _cast_releasing_pages(model: RadFM, dtype: torch.dtype) -> RadFM:
                     done[id(tensor)] = nn.Parameter(value, requires_grad=tensor.requires_grad) if is_param else value
                     start = tensor.data_ptr()
                     end = start + tensor.numel() * tensor.element_size()
-                    # only pages of a read-only safetensors file mapping: never heap memory
+                    # only pages of a safetensors file mapping, never heap memory; nothing has written to
+                    # the freshly loaded weights, and the source is dropped right after its cast
                     if any(low <= start and end <= high for low, high in mapped):
                         _release_mapped_pages(tensor.detach())
                 slots[name] = done[id(tensor)]

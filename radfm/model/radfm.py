@@ -112,9 +112,13 @@ class RadFMForConditionalGeneration(RadFMPreTrainedModel, GenerationMixin):
 
     @classmethod
     def empty(cls, config: RadFMConfig) -> RadFMForConditionalGeneration:
-        """The network with parameters on the meta device (no memory), ready for weights to be assigned."""
-        with torch.device("meta"):
-            return cls(config)
+        """The network with parameters on the meta device (no memory), ready for weights to be assigned.
+
+        Buffers (e.g. rotary tables) stay real, so a caller can materialise the parameters anywhere.
+        """
+        from radfm.model.weights import build_empty
+
+        return build_empty(cls, config)
 
     @classmethod
     def from_official(
