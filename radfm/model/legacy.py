@@ -87,15 +87,12 @@ def upgrade_folder(old: str | os.PathLike, output: str | os.PathLike, *, max_sha
     try:
         model.save_pretrained(staging, max_shard_size=max_shard_size)
         processor.save_pretrained(str(staging))
-        for name in CARRIED:
-            if (old / name).is_file():
-                shutil.copy2(old / name, staging / name)
-        if output.exists():
-            shutil.rmtree(output)
+        for name in (n for n in CARRIED if (old / n).is_file()):
+            shutil.copy2(old / name, staging / name)
+        shutil.rmtree(output, ignore_errors=True)  # output may be old itself: everything is read by now
         os.replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # already renamed on success; a failure leaves nothing
     return output
 
 
