@@ -47,6 +47,8 @@ setup(
         "safetensors>=0.4",
         "peft>=0.10",
         "highdicom>=0.22",
+        "pynetdicom>=3.0",  # radfm node: the DICOM Storage SCP and C-STORE of reports
+        "dicomweb-client>=0.60",  # radfm node: STOW-RS of reports, QIDO-RS/WADO-RS pull
         "rouge-score>=0.1.2",
         "sacrebleu>=2.3",
         "bert-score>=0.3.13",

@@ -47,6 +47,7 @@ def send_stow(path: Path, destination: Destination, timeout_s: float = 30.0) -> 
     session.request = _with_timeout(session.request, timeout_s)
     try:
         client = DICOMwebClient(url=destination.url, session=session)
+        client.set_http_retry_params(retry=False)  # its own retries block the sender for ~30 s; ours back off
         response = client.store_instances([dataset])
     except requests.RequestException as error:
         return f"STOW-RS to {destination.url} failed: {type(error).__name__}"

@@ -29,6 +29,7 @@ class DicomwebPull:
         self.config = config
         self.scp = scp
         self.client = DICOMwebClient(url=config.pull.url)
+        self.client.set_http_retry_params(retry=False)  # a failed poll is simply tried at the next poll
         self.queue = scp.queue
         self.queue._tx([("CREATE TABLE IF NOT EXISTS pulled (study_uid TEXT PRIMARY KEY, pulled_at REAL NOT NULL)", ())])
 

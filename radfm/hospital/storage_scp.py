@@ -7,7 +7,9 @@ Everything arriving is hostile until checked:
 * each instance is written to a temp file as it arrives (never whole in memory), refused when
   larger than ``max_instance_mb``, when it is not parseable DICOM, when its UIDs are not UIDs,
   or when radfm.transforms' guards say its pixel data would inflate past ``max_scan_mb``;
-* a study over ``max_instances_per_study`` instances is refused.
+* a study over ``max_instances_per_study`` instances is refused;
+* an instance that is not an image (an SR, e.g. our own report coming back with the study)
+  is acknowledged and dropped: the model cannot read it and it must not make a study look changed.
 A refused instance gets a failure status; the node keeps running. Logs name UIDs and AE titles,
 never the patient.
 """
@@ -82,6 +84,7 @@ class StorageSCP:
         self.queue = queue
         self.received = 0
         self.refused = 0
+        self.ignored = 0
         self._server = None
         self._spool_tmp = queue.root / "tmp"
         self._spool_tmp.mkdir(exist_ok=True)
@@ -117,6 +120,12 @@ class StorageSCP:
             study = _uid(header.get("StudyInstanceUID"), "StudyInstanceUID")
             series = _uid(header.get("SeriesInstanceUID"), "SeriesInstanceUID")
             sop = _uid(header.get("SOPInstanceUID"), "SOPInstanceUID")
+            if "Rows" not in header:
+                # not an image (an SR such as our own report, a presentation state): the model cannot
+                # use it, and it must not make a study look changed when the PACS sends it again
+                self.ignored += 1
+                logger.debug("instance %s from %s is not an image; ignored", sop, caller)
+                return STATUS_OK
             if self.queue.pending_count(study) >= self.config.max_instances_per_study:
                 raise InstanceRefused(f"study has more than max_instances_per_study="
                                       f"{self.config.max_instances_per_study} instances", STATUS_OUT_OF_RESOURCES)

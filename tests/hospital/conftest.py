@@ -10,12 +10,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
+import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+from pynetdicom import AE
 
 LOOPBACK = "127.0.0.1"
 ORTHANC_AET = "ORTHANC"
@@ -159,3 +163,105 @@ def orthanc_factory(tmp_path_factory):
     yield make
     for server in made:
         server.stop()
+
+
+class NodeProcess:
+    """``radfm node run --config FILE`` as a child process, its log in the state folder."""
+
+    def __init__(self, folder: Path, config: dict) -> None:
+        self.folder = folder
+        self.config_path = folder / "node.json"
+        self.config_path.write_text(json.dumps(config), encoding="utf-8")
+        self.port = config["port"]
+        self.host = LOOPBACK
+        self.log_path = folder / "node.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "radfm.cli", "node", "run", "--config",
+                                         str(self.config_path)], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"the node exited: {self.log_path.read_text()[-3000:]}"
+            if self.echo():
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"the node did not answer C-ECHO in {timeout_s} s")
+
+    def echo(self, title: str = "TESTSCU") -> bool:
+        ae = AE(ae_title=title)
+        ae.add_requested_context("1.2.840.10008.1.1")
+        ae.acse_timeout = ae.network_timeout = 5
+        assoc = ae.associate(LOOPBACK, self.port, ae_title="RADFM")
+        if not assoc.is_established:
+            return False
+        try:
+            status = assoc.send_c_echo()
+            return status is not None and status.Status == 0
+        finally:
+            assoc.release()
+
+    def kill9(self) -> None:
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def jobs(self) -> list[dict]:
+        """The job table, read directly (read-only) as an operator's script would."""
+        database = self.folder / "state" / "node.sqlite"
+        if not database.exists():
+            return []
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as db:
+            db.row_factory = sqlite3.Row
+            try:
+                return [dict(row) for row in db.execute("SELECT * FROM jobs ORDER BY id")]
+            except sqlite3.OperationalError:
+                return []
+
+    def job_of(self, study_uid: str) -> dict | None:
+        found = [job for job in self.jobs() if job["study_uid"] == study_uid]
+        return found[-1] if found else None
+
+    def wait_for(self, study_uid: str, states=("done", "failed"), timeout_s: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            job = self.job_of(study_uid)
+            if job is not None and job["state"] in states:
+                return job
+            time.sleep(0.1)
+        raise AssertionError(f"study {study_uid}: no job in {states} after {timeout_s} s: {self.job_of(study_uid)}; "
+                             f"log: {self.log_path.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def pacs(orthanc_factory, tmp_path_factory):
+    """``(orthanc, node)``: Orthanc knows the node as modality ``radfm``; the node sends reports back to it."""
+    if shutil.which("dciodvfy") is None:
+        _missing("dciodvfy (dicom3tools)")
+    node_port = free_port()
+    orthanc = orthanc_factory({"radfm": ["RADFM", LOOPBACK, node_port]})
+    folder = tmp_path_factory.mktemp("node")
+    node = NodeProcess(folder, {
+        "ae_title": "RADFM", "host": LOOPBACK, "port": node_port, "state_dir": "state",
+        "allowed_callers": [{"ae_title": ORTHANC_AET, "host": LOOPBACK}, {"ae_title": "TESTSCU", "host": LOOPBACK}],
+        "stable_after_s": 2, "max_new_tokens": 16, "retry_first_s": 0.5, "retry_max_s": 2, "max_attempts": 60,
+        "max_instance_mb": 4,
+        "rules": [{"name": "ct", "modalities": ["CT"], "prompt": "Look at the image <image> and answer: Where is the lesion?"},
+                  {"name": "chest-xray", "modalities": ["CR", "DX"], "prompt": "What is the modality of the input scan <image>?"}],
+        "destinations": [
+            {"name": "orthanc-dimse", "kind": "dimse", "ae_title": ORTHANC_AET, "host": LOOPBACK, "port": orthanc.dicom_port},
+            {"name": "orthanc-stow", "kind": "stow", "url": orthanc.dicomweb}],
+    })
+    node.start()
+    yield orthanc, node
+    node.stop()
