@@ -64,6 +64,7 @@ setup(
     ],
     extras_require={
         "quant": ["bitsandbytes>=0.43"],
+        "deploy": ["monai-deploy-app-sdk==4.0.0"],  # radfm.hospital.deploy_app (pulls holoscan; own venv advised)
         "vocab": ["simple-icd-10-cm>=1.5"],  # only to rebuild radfm/data/vocab/icd10cm_terms.txt
         "test": [
             "pytest>=8.0",

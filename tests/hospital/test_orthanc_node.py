@@ -146,3 +146,24 @@ def test_a_node_killed_mid_job_finishes_the_job_after_restart_with_one_report(pa
     assert job["state"] == "done" and job["attempts"] == 2, job
     assert len([j for j in node.jobs() if j["study_uid"] == study_uid]) == 1
     _one_sr(orthanc, study_uid, tmp_path)
+
+
+def test_dicomweb_pull_fetches_new_matching_studies_once(pacs, tmp_path):
+    """QIDO-RS finds the study by the filter, WADO-RS fetches it into the spool; a second poll takes nothing."""
+    from radfm.hospital.dicomweb_pull import DicomwebPull
+    from radfm.hospital.job_queue import JobQueue
+    from radfm.hospital.node_config import NodeConfig
+    from radfm.hospital.storage_scp import StorageSCP
+
+    orthanc, _ = pacs
+    files = write_ct_series(tmp_path / "ct", slices=3, size=16, patient_id="PULL001")
+    orthanc.store_files(files + [write_chest_xray(tmp_path / "dx", size=16, patient_id="OTHER")])
+    config = NodeConfig.from_dict({"state_dir": str(tmp_path / "state"), "allowed_callers": [
+        {"ae_title": "ORTHANC", "host": "127.0.0.1"}], "pull": {"url": orthanc.dicomweb, "filter": {"PatientID": "PULL001"}}})
+    queue = JobQueue(config.state_path)
+    puller = DicomwebPull(config, StorageSCP(config, queue))
+    assert puller.poll_once() == 3
+    assert puller.poll_once() == 0
+    study_uid = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+    assert queue.pending_count(study_uid) == 3 and queue.waiting_instances() == 3
+    queue.close()
