@@ -75,6 +75,7 @@ setup(
             "selenium>=4.20",
             "openai>=1.40",  # the official client, to test the OpenAI-compatible endpoint
             "schemathesis>=4.32",  # fuzzes the service against its OpenAPI schema (tests/interop/test_api_fuzz.py)
+            "hypothesis>=6.100",  # property tests of the scan guards (generated NRRD/MetaImage headers)
         ],
     },
     entry_points={"console_scripts": ["radfm=radfm.cli:main"]},

@@ -14,6 +14,10 @@
   for inputs that must simply work), never a 500.
 * URL traversal: raw request paths (not normalised by a client) against the service and the
   rating app (signed in). Expected: no file content, no 500.
+* Rating app: NRRD/MetaImage headers pointing at a planted host file, written into a study's
+  image folder after ``create`` (issue 22, H1): the viewer refuses each (422), no byte or size of
+  the host file comes back. The same headers (and a deflated DICOM bomb) also go through
+  ``radfm preprocess`` and ``/v1/answer``.
 
 Each row records the bad input, the command or request, what it got (exit status or HTTP
 status) and the one-line message. The workspace path is written as ``$W`` and ports as ``PORT``
@@ -40,6 +44,8 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hostile_files import deflated_dicom_bomb, hostile_headers  # noqa: E402
 DEMO_MODEL = REPO / "bundles" / "radfm" / "models" / "demo"
 DEFAULT_OUTPUT = REPO / "docs" / "bad_input_sweep.md"
 CASE_TIMEOUT_S = 300
@@ -112,6 +118,23 @@ def make_workspace(work: Path) -> None:
     (work / "a_file").write_text("x")
     (work / "vocab_missing_dir").mkdir()
     (work / "vocab_latin1.txt").write_bytes(b"pneumonia\nn\xe9oplasme\n")
+    # issue 22: headers that walk a bare reader to a host file, a deflated DICOM bomb, special files
+    (work / "host").mkdir()
+    (work / "host" / "passwd").write_bytes(b"root:x:0:0:planted-secret-of-the-sweep\n" * 8)  # 320 bytes
+    (work / "host" / "hostname").write_text("build-machine-7\n")
+    (work / "hostile").mkdir()
+    for name, header in hostile_headers(work / "host" / "passwd").items():
+        (work / "hostile" / name).write_bytes(header)
+    (work / "hostile" / "nrrd_named.png").write_bytes(hostile_headers(work / "host" / "passwd")["plain.nhdr"])
+    deflated_dicom_bomb(work / "hostile" / "bomb.dcm", 512 * 1024**2)  # 0.5 MB inflating to 512 MiB
+    os.mkfifo(work / "hostile" / "fifo.nrrd")
+    (work / "png_link.png").symlink_to(work / "scan.png")
+    series = data / "series"
+    series.mkdir()
+    (series / "1.dcm").symlink_to(work / "host" / "passwd")  # a DICOM folder holding a link out of the root
+    (data / "m_series_link.jsonl").write_text(json.dumps(dict(sample, images=["series"])) + "\n")
+    (work / "rate_host.jsonl").write_text(json.dumps(dict(good, task="vqa", instruction="<image> q",
+                                                          images=[str(work / "host" / "hostname")])) + "\n")
 
 
 def cli_cases() -> list[CliCase]:
@@ -216,12 +239,23 @@ def cli_cases() -> list[CliCase]:
         CliCase("text file", ["preprocess", f"{W}/notes.txt"], 1),
         CliCase("unknown window", ["preprocess", png, "--window", "liver"], 1),
         CliCase("grid not a multiple of 32", ["preprocess", png, "--size_2d", "100"], 1),
+        *[CliCase(f"hostile header {name} (22-H1)", ["preprocess", f"{W}/hostile/{name}"], 1)
+          for name in hostile_headers("x")],
+        CliCase("NRRD header named .png", ["preprocess", f"{W}/hostile/nrrd_named.png"], 1),
+        CliCase("deflated DICOM: 0.5 MB inflating to 512 MiB (22-H2)", ["preprocess", f"{W}/hostile/bomb.dcm"], 1),
+        CliCase("a FIFO named .nrrd", ["preprocess", f"{W}/hostile/fifo.nrrd"], 1),
+        CliCase("--png is a symlink (22-M5)", ["preprocess", png, "--png", f"{W}/png_link.png"], 1),
+        CliCase("manifest: DICOM folder holding a link out of the root (22-M4)",
+                ["evaluate", f"{W}/data/m_series_link.jsonl", "--model", "tiny", "--output", f"{W}/eval_out",
+                 "--nobertscore"], 1, [f"{W}/eval_out"]),
         CliCase("bind 0.0.0.0 without --allow_remote", ["serve", "--host", "0.0.0.0"], 1),
         CliCase("misspelled --prot", ["serve", "--prot", "1"], 2),
         CliCase("--port not a number", ["serve", "--port", "http"], 2),
         CliCase("group without a command", ["rate"], 2),
         CliCase("predictions missing", ["rate", "create", "--study", f"{W}/study_new", "--predictions", f"{W}/none.jsonl"], 1, [f"{W}/study_new"]),
         CliCase("predictions not UTF-8", ["rate", "create", "--study", f"{W}/study_new", "--predictions", f"{W}/latin1.jsonl"], 1, [f"{W}/study_new"]),
+        CliCase("--per_task 0 (22-L2)", ["rate", "create", "--study", f"{W}/study_new", "--predictions", f"{W}/good.jsonl", "--per_task", "0"], 2, [f"{W}/study_new"]),
+        CliCase("image is a host file, not a scan (22-M4)", ["rate", "create", "--study", f"{W}/study_new", "--predictions", f"{W}/rate_host.jsonl"], 1, [f"{W}/study_new"]),
         CliCase("misspelled --nme", ["rate", "add_rater", "--nme", "x", "--study", f"{W}/study"], 2),
         CliCase("study missing", ["rate", "add_rater", "x", f"{W}/no_study"], 1),
         CliCase("surplus argument", ["rate", "add_rater", "x", f"{W}/study", "extra"], 2),
@@ -444,6 +478,13 @@ def service_cases(url: str, port: int, work: Path) -> list[HttpCase]:
         HttpCase("scan in the wrong field", "POST upload=scan.png", post(files=[("upload", ("scan.png", png, "image/png"))], data={"prompt": "hi"}), (400,)),
         HttpCase("file sent as the prompt", "POST prompt=<file>", post(files=[("files", ("scan.png", png, "image/png")), ("prompt", ("p.txt", b"hi", "text/plain"))]), (400,)),
         HttpCase("more scans than the model takes", "POST 11 x scan.png", post(files=[("files", (f"s{i}.png", png, "image/png")) for i in range(11)], data={"prompt": "hi"}), (413,)),
+        *[HttpCase(f"hostile header {name} (22-H1)", f"POST files={name} (data file -> $W/host/passwd)",
+                   post(files=[("files", (name, (work / "hostile" / name).read_bytes(), "application/octet-stream"))],
+                        data={"prompt": "hi"}), (413, 415, 422))
+          for name in hostile_headers("x")],
+        HttpCase("deflated DICOM: 0.5 MB inflating to 512 MiB (22-H2)", "POST files=bomb.dcm",
+                 post(files=[("files", ("bomb.dcm", (work / "hostile" / "bomb.dcm").read_bytes(), "application/dicom"))],
+                      data={"prompt": "hi"}), (413,)),
         HttpCase("placeholders != scans", "POST prompt='<image> vs <image>', 1 scan", post(files=[("files", ("scan.png", png, "image/png"))], data={"prompt": "<image> vs <image>"}), (422,)),
     ]
     bad_fields = [
@@ -537,6 +578,19 @@ def traversal_cases(service_port: int, rating_port: int, session_cookie: str) ->
     return cases
 
 
+def rating_cases(rating_port: int, session_cookie: str) -> list[HttpCase]:
+    """Hostile headers planted in a study's image folder (after create): the viewer refuses each (22-H1)."""
+    def get(path: str):
+        head = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{rating_port}\r\nConnection: close\r\n"
+                f"Cookie: {session_cookie}\r\n\r\n").encode()
+        return lambda: raw_request(rating_port, head)
+
+    return [HttpCase(f"rating app: planted header {name} (22-H1)", f"GET /case/{number}/image/0.png (signed in)",
+                     get(f"/case/{number}/image/0.png"), (422,), area="rating",
+                     forbidden=("root:x:0:0", "320 bytes", "320,"))
+            for number, name in enumerate(hostile_headers("x"), start=3)]
+
+
 # ------------------------------------------------------------------------ servers ----
 def start_service(work: Path):
     from radfm.serving.answerer import ModelAnswerer
@@ -558,9 +612,21 @@ def start_rating_app(work: Path):
     from radfm.rating.study import create_study
     from radfm.utils.http_guard import GuardLimits
 
-    rows = [{"id": f"c{i}", "dataset": "d", "task": "vqa", "images": [str(work / "scan.png")],
+    # cases 1-2 show the PNG; cases 3.. get a valid one-file NRRD/MetaImage, replaced below by a hostile header
+    valid = {".nrrd": b"NRRD0004\ntype: uint8\ndimension: 2\nsizes: 4 4\nencoding: raw\n\n" + bytes(16),
+             ".mha": b"ObjectType = Image\nNDims = 2\nDimSize = 4 4\nElementType = MET_UCHAR\n"
+                     b"ElementDataFile = LOCAL\n" + bytes(16)}
+    planted = []
+    for name in hostile_headers("x"):
+        suffix = ".mha" if name.endswith(".mhd") else ".nrrd"
+        placeholder = work / "planted" / f"{Path(name).stem}{suffix}"
+        placeholder.parent.mkdir(exist_ok=True)
+        placeholder.write_bytes(valid[suffix])
+        planted.append((name, placeholder))
+    images = [work / "scan.png"] * 2 + [path for _, path in planted]
+    rows = [{"id": f"c{i}", "dataset": "d", "task": "vqa", "images": [str(image)],
              "instruction": "<image> What is shown?", "reference": "yes", "prediction": f"answer {i}",
-             "model": model, "error": None, "closed_set": None} for i in range(2) for model in ("a",)]
+             "model": "a", "error": None, "closed_set": None} for i, image in enumerate(images)]
     files = []
     for model in ("a", "b"):
         path = work / f"rate_{model}.jsonl"
@@ -568,6 +634,10 @@ def start_rating_app(work: Path):
         files.append(path)
     summary = create_study(work / "study", files, raters=["alice"])
     token = summary["tokens"]["alice"]
+    hostile = hostile_headers(work / "host" / "passwd")
+    for number, (name, placeholder) in enumerate(planted, start=3):
+        stored = next((work / "study" / "images" / f"c{number - 1:05d}").iterdir())
+        stored.write_bytes(hostile[name])
     server = BackgroundServer(create_app(work / "study"), guard=GuardLimits(header_timeout_s=2.0)).start()
     response = httpx.post(f"{server.url}/signin", data={"token": token}, follow_redirects=False)
     cookie = "; ".join(f"{name}={value}" for name, value in response.cookies.items())
@@ -590,7 +660,8 @@ def write_report(results: list[Result], path: Path, work: Path, ports: list[int]
     for result in results:
         by_area.setdefault(result.area, []).append(result)
     titles = {"cli": "Command line", "service": "Service requests (`radfm serve`)",
-              "url": "URL traversal (service and rating app)"}
+              "url": "URL traversal (service and rating app)",
+              "rating": "Rating app: hostile headers planted in a study (`radfm rate serve`)"}
     bad = [r for r in results if not r.ok]
     lines = [
         "# Bad-input sweep",
@@ -622,13 +693,13 @@ def write_report(results: list[Result], path: Path, work: Path, ports: list[int]
 def run_sweep(only: set[str] | None = None, use_subprocess: bool = False, cli_filter: Callable[[CliCase], bool] | None = None,
               progress: Callable[[str], None] = print, work: Path | None = None,
               http_filter: Callable[[HttpCase], bool] | None = None) -> tuple[list[Result], Path, list[int]]:
-    """Run the sweep (``only``: some of {"cli", "service", "url"}; filters pick cases); returns (results, workspace, ports)."""
+    """Run the sweep (``only``: some of {"cli", "service", "url", "rating"}; filters pick cases); returns (results, workspace, ports)."""
     import radfm.cli  # noqa: F401  (imported once before forking)
     for module in ("radfm.interop.generate", "radfm.engines.evaluate", "radfm.metrics.score", "radfm.data.cli",
                    "radfm.rating.cli", "radfm.interop.sr", "radfm.interop.convert", "radfm.interop.info",
                    "radfm.transforms.preprocess", "radfm.interop.service", "radfm.engines.cli", "fire"):
         __import__(module)
-    only = only or {"cli", "service", "url"}
+    only = only or {"cli", "service", "url", "rating"}
     work = work or Path(tempfile.mkdtemp(prefix="radfm-sweep-"))
     make_workspace(work)
     results: list[Result] = []
@@ -636,7 +707,7 @@ def run_sweep(only: set[str] | None = None, use_subprocess: bool = False, cli_fi
     if "cli" in only:
         cases = [case for case in cli_cases() if cli_filter is None or cli_filter(case)]
         results += run_cli_cases(work, cases, use_subprocess, progress)  # before any server thread exists (fork)
-    if only & {"service", "url"}:
+    if only & {"service", "url", "rating"}:
         service = start_service(work)
         rating, cookie = start_rating_app(work)
         ports = [service.port, rating.port]
@@ -646,6 +717,8 @@ def run_sweep(only: set[str] | None = None, use_subprocess: bool = False, cli_fi
                 results += run_http_cases([c for c in service_cases(service.url, service.port, work) if keep(c)], progress)
             if "url" in only:
                 results += run_http_cases([c for c in traversal_cases(service.port, rating.port, cookie) if keep(c)], progress)
+            if "rating" in only:
+                results += run_http_cases([c for c in rating_cases(rating.port, cookie) if keep(c)], progress)
         finally:
             service.stop()
             rating.stop()
@@ -655,7 +728,7 @@ def run_sweep(only: set[str] | None = None, use_subprocess: bool = False, cli_fi
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown table to write")
-    parser.add_argument("--only", default="cli,service,url", help="comma-separated: cli, service, url")
+    parser.add_argument("--only", default="cli,service,url,rating", help="comma-separated: cli, service, url, rating")
     parser.add_argument("--subprocess", action="store_true", help="run each CLI case as `python -m radfm.cli`")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()

@@ -40,8 +40,10 @@ def test_radfm_load_is_the_package_attribute():
 def test_generate_loads_through_radfm_load(load_calls, tiny_model_dir, tmp_path):
     from radfm.interop.generate import generate
 
+    import numpy as np
+
     scan = tmp_path / "scan.npy"
-    scan.write_bytes(b"")  # never read: the spy stops the command first
+    np.save(scan, np.zeros((4, 4, 4), np.float32))  # checked before the load (a scan), read after: never here
     with pytest.raises(LoaderReached):
         generate(str(scan), prompt="<image> modality?", model=str(tiny_model_dir), device="cpu", dtype="float32")
     assert [str(args[0]) for args, _ in load_calls] == [str(tiny_model_dir)]

@@ -22,6 +22,8 @@ from .intensity import (
     resolve_window,
 )
 from .preprocess import describe, preprocess_cli, preprocess_pipeline, preprocess_scan, preprocess_transforms
+from . import formats
+from .formats import ScanFormat, detect_format, detect_upload
 from .readers import LoadScan, LoadScand, read_scan, scan_format, scan_spatial_dims
 from .spatial import (
     OrientToRAS,
@@ -37,7 +39,8 @@ from .spatial import (
 __all__ = [
     "DEFAULT_MAX_SCAN_BYTES", "WINDOW_PRESETS", "CTWindow", "CTWindowd", "DicomSeriesInfo", "DropAlpha", "DropAlphad",
     "LoadScan", "LoadScand", "MinMaxScale", "MinMaxScaled", "OrientToRAS", "OrientToRASd", "RadFMDicomReader",
-    "ResizeToRadFM", "ResizeToRadFMd", "ScaleResizeToRadFM", "ScaleResizeToRadFMd", "ScanReadError", "ScanTooLargeError",
+    "ResizeToRadFM", "ResizeToRadFMd", "ScaleResizeToRadFM", "ScaleResizeToRadFMd", "ScanFormat", "ScanReadError",
+    "ScanTooLargeError", "detect_format", "detect_upload", "formats",
     "ToThreeChannels", "ToThreeChannelsd",
     "describe", "list_dicom_series", "preprocess_cli", "preprocess_pipeline", "preprocess_scan",
     "preprocess_transforms", "radfm_spatial_size", "read_scan", "resolve_window", "scan_format", "scan_spatial_dims", "scan_size_limit", "target_depth",

@@ -49,16 +49,6 @@ class DicomSeriesInfo:
                 f"{len(self.files)} file(s), description {self.description!r}, number {self.number or '?'})")
 
 
-def is_dicom_file(path: str | os.PathLike) -> bool:
-    """True when the file carries the DICM preamble (what ``pydicom.misc.is_dicom`` checks)."""
-    from pydicom.misc import is_dicom
-
-    try:
-        return is_dicom(str(path))
-    except OSError:
-        return False
-
-
 def list_dicom_series(folder: str | os.PathLike, *, max_scan_bytes: int | None = None) -> list[DicomSeriesInfo]:
     """All image series under ``folder`` (searched recursively), largest first.
 
@@ -99,8 +89,8 @@ def choose_series(folder: str | os.PathLike, series_uid: str | None, *,
                 return s
         raise ScanReadError(f"{folder}: no series with SeriesInstanceUID={series_uid}; the folder holds:\n  {listing}")
     if len(series) > 1:
-        raise ScanReadError(f"{folder}: the folder holds {len(series)} DICOM series; choose one with "
-                            f"series_uid=...:\n  {listing}")
+        raise ScanReadError(f"{folder}: the folder holds {len(series)} DICOM series; choose one: pass "
+                            f"--series_uid UID on the command line (series_uid=UID in Python):\n  {listing}")
     return series[0]
 
 

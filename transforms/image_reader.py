@@ -40,10 +40,11 @@ import numpy as np
 from monai.data.image_reader import ImageReader
 from monai.utils import MetaKeys, SpaceKeys
 
-from .dicom import is_dicom_file, read_dicom_file, read_dicom_series
+from .dicom import read_dicom_file, read_dicom_series
 from .errors import ScanReadError
+from .formats import DICOM, DICOM_SERIES, detect_format
 
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+DICOM_SUFFIXES = DICOM.suffixes  # from the one registry of formats
 
 # (array [C, *spatial] as our reader returns it, metadata)
 DicomImage = tuple[np.ndarray, dict[str, Any]]
@@ -115,7 +116,12 @@ class RadFMDicomReader(ImageReader):
         path = Path(name)
         if path.is_dir():
             return True  # a series folder: what is inside is checked when it is read
-        return path.name.lower().endswith(DICOM_SUFFIXES) or (path.is_file() and is_dicom_file(path))
+        if not path.exists():
+            return path.name.lower().endswith(DICOM_SUFFIXES)  # claimed by name: read() reports it missing
+        try:
+            return detect_format(path) in (DICOM, DICOM_SERIES)  # content first, then name (formats registry)
+        except ScanReadError:
+            return False
 
     @staticmethod
     def _read_one(path: str, series_uid: str | None) -> DicomImage:

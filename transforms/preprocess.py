@@ -19,7 +19,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose
 
-from radfm.utils.io import atomic_path
+from radfm.utils.io import atomic_path, check_output_target
 
 from .errors import ScanReadError
 from .intensity import DropAlpha, DropAlphad, ToThreeChannels, ToThreeChannelsd, WindowSpec
@@ -175,11 +175,13 @@ def preprocess_cli(path: str, window: Any = None, series_uid: str | None = None,
         max_scan_mb: refuse files whose header claims more decoded data than this (MiB; default 2048).
     """
     try:
+        if png:
+            check_output_target(png)  # a symlink or special file at --png: refused before any work
         image = preprocess_scan(path, window=window, series_uid=series_uid, nonfinite=nonfinite, axcodes=axcodes,
                                 size_2d=_cli_size(size_2d, "size_2d"), size_3d=_cli_size(size_3d, "size_3d"),
                                 max_depth=max_depth,
                                 max_scan_bytes=None if max_scan_mb is None else int(max_scan_mb) * 1024**2)
-    except (ScanReadError, ValueError) as error:
+    except (ScanReadError, ValueError, OSError) as error:
         raise SystemExit(f"radfm preprocess: {error}") from None
     print(describe(image))
     if png:

@@ -26,44 +26,35 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends
 
-from .dicom import apply_rescale, is_dicom_file, read_dicom_file, read_dicom_series
+from . import formats
+from .dicom import apply_rescale, read_dicom_file, read_dicom_series
 from .errors import ScanReadError
-from .guards import ALLOWED_PIL_FORMATS, check_scan_file, read_nrrd_bounded
+from .guards import ALLOWED_PIL_FORMATS, read_metaimage_header, read_nrrd_bounded, read_nrrd_header
 
 try:  # ISA-L's gzip: optional, a faster inflate of .nii.gz (nibabel's zlib read otherwise)
     from isal import igzip as _igzip
 except ImportError:  # pragma: no cover - isal ships wheels for the usual platforms
     _igzip = None
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
-NRRD_SUFFIXES = (".nrrd", ".nhdr")
-ITK_SUFFIXES = (".mha", ".mhd")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-NUMPY_SUFFIXES = (".npy",)
-SUPPORTED = ("a DICOM series folder, " + ", ".join(
-    NIFTI_SUFFIXES + DICOM_SUFFIXES + NRRD_SUFFIXES + ITK_SUFFIXES + IMAGE_SUFFIXES + NUMPY_SUFFIXES))
+# the suffixes of each reader, from the one registry of formats (radfm.transforms.formats)
+NIFTI_SUFFIXES = formats.NIFTI.suffixes
+DICOM_SUFFIXES = formats.DICOM.suffixes
+NRRD_SUFFIXES = formats.NRRD.suffixes
+ITK_SUFFIXES = formats.METAIMAGE.suffixes
+IMAGE_SUFFIXES = formats.PNG.suffixes + formats.JPEG.suffixes
+NUMPY_SUFFIXES = formats.NUMPY.suffixes
+SUPPORTED = formats.supported_text()
 
 # PIL modes that PILReader cannot hand over as plain grey/RGB(A) arrays
 _PIL_CONVERT = {"P": "RGBA", "PA": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "1": "L"}
 
 
 def scan_format(path: str | os.PathLike) -> str:
-    """The reader a path needs: nifti, dicom, dicom_series, nrrd, itk, image or numpy."""
-    path = Path(path)
-    name = path.name.lower()
-    if path.is_dir():
-        return "dicom_series"
-    if not path.exists():
-        raise ScanReadError(f"{path}: no such file or folder")
-    for fmt, suffixes in (("nifti", NIFTI_SUFFIXES), ("dicom", DICOM_SUFFIXES), ("nrrd", NRRD_SUFFIXES),
-                          ("itk", ITK_SUFFIXES), ("image", IMAGE_SUFFIXES), ("numpy", NUMPY_SUFFIXES)):
-        if name.endswith(suffixes):
-            return fmt
-    if is_dicom_file(path):  # PACS exports often have no extension
-        return "dicom"
-    raise ScanReadError(f"{path}: unsupported file type {''.join(path.suffixes) or '(no extension)'}; "
-                        f"expected {SUPPORTED}")
+    """The reader a path needs: nifti, dicom, dicom_series, nrrd, itk, image or numpy.
+
+    ``formats.detect_format(path).reader`` (content first, then name; see :mod:`radfm.transforms.formats`).
+    """
+    return formats.detect_format(path).reader
 
 
 def _depth_dims(shape: Sequence[int], depth_axis: int) -> int:
@@ -82,40 +73,32 @@ def scan_spatial_dims(path: str | os.PathLike) -> int:
     fmt = scan_format(path)
     path_text = str(path)
     try:
+        if formats.by_reader(fmt).dims == (2,):
+            return 2
         if fmt == "dicom_series":
             return 3
-        if fmt == "image":
-            return 2
         if fmt == "dicom":
             import pydicom
 
+            from .guards import check_dicom_inflation
+
+            check_dicom_inflation(path_text)  # pydicom inflates a deflated file whole, even for a header
             header = pydicom.dcmread(path_text, stop_before_pixels=True, specific_tags=["NumberOfFrames"])
             return 3 if int(header.get("NumberOfFrames", 1) or 1) > 1 else 2
         if fmt == "nifti":
             import nibabel as nib
 
             return _depth_dims(nib.load(path_text).shape, 2)  # the header only: the data stays a proxy
-        if fmt == "nrrd":
-            import nrrd
-
-            with open(path_text, "rb") as handle:
-                return _depth_dims([int(s) for s in nrrd.read_header(handle).get("sizes", [])], 2)
+        if fmt == "nrrd":  # the guard's parse (pynrrd's parser, checked)
+            return _depth_dims([int(s) for s in read_nrrd_header(path_text)[0].get("sizes", [])], 2)
         if fmt == "numpy":
             with open(path_text, "rb") as handle:
                 version = np.lib.format.read_magic(handle)
                 shape = (np.lib.format.read_array_header_1_0(handle) if version == (1, 0)
                          else np.lib.format.read_array_header_2_0(handle))[0]
             return _depth_dims(shape, len(shape) - 1) if len(shape) >= 3 else 2  # [H, W, D] or [C, H, W, D]
-        dims = []  # MetaImage: DimSize in the text header
-        with open(path_text, "rb") as handle:
-            for raw in handle.read(65536).split(b"\n"):
-                key, _, value = raw.decode("latin-1").partition("=")
-                if key.strip().lower() == "dimsize":
-                    dims = [int(v) for v in value.split()]
-                    break
-        if not dims:
-            raise ValueError("no DimSize field in the header")
-        return _depth_dims(dims, 2)
+        # MetaImage: DimSize from the guard's strict parse
+        return _depth_dims([int(v) for v in read_metaimage_header(path_text)["DimSize"].split()], 2)
     except ScanReadError:
         raise
     except Exception as error:
@@ -253,11 +236,60 @@ def _metaimage_reader() -> Any:
     return ITKReader(imageio=itk.MetaImageIO.New())
 
 
+# the readers of the registry (radfm.transforms.formats): read(path, series_uid=, defer_rescale=, max_scan_bytes=)
+def read_nifti(path: str, *, series_uid: str | None = None, defer_rescale: bool = False,
+               max_scan_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """NIfTI (.nii/.nii.gz) -> ([1, x, y(, z)] as stored, meta); the float scaling kept aside with ``defer_rescale``."""
+    return _read_spatial(_unscaled_nibabel_reader(), path, defer_rescale=defer_rescale)
+
+
+def read_nrrd(path: str, *, series_uid: str | None = None, defer_rescale: bool = False,
+              max_scan_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """NRRD (.nrrd/.nhdr) -> ([1, x, y(, z)], meta); the guard runs on the header this read parses."""
+    return _read_spatial(_bounded_nrrd_reader(max_scan_bytes), path, defer_rescale=defer_rescale)
+
+
+def read_metaimage(path: str, *, series_uid: str | None = None, defer_rescale: bool = False,
+                   max_scan_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """MetaImage (.mha/.mhd) through ITK's MetaImageIO -> ([1, x, y(, z)], meta)."""
+    return _read_spatial(_metaimage_reader(), path, defer_rescale=defer_rescale)
+
+
+def read_picture(path: str, *, series_uid: str | None = None, defer_rescale: bool = False,
+                 max_scan_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """PNG/JPEG -> ([C, rows, cols], meta)."""
+    return _read_pil(path)
+
+
+def read_numpy(path: str, *, series_uid: str | None = None, defer_rescale: bool = False,
+               max_scan_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """``.npy`` (no pickles) -> ([C, H, W(, D)], meta)."""
+    return _read_numpy(path)
+
+
+def read_dicom(path: str, *, series_uid: str | None = None, defer_rescale: bool = False,
+               max_scan_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """One DICOM file (also multi-frame) -> ([C, rows, cols(, frames)], meta)."""
+    return read_dicom_file(path, defer_rescale=defer_rescale, max_scan_bytes=max_scan_bytes)
+
+
+def read_dicom_folder(path: str, *, series_uid: str | None = None, defer_rescale: bool = False,
+                      max_scan_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """A folder holding one DICOM series (or ``series_uid`` naming one) -> ([C, rows, cols, slices], meta)."""
+    return read_dicom_series(path, series_uid=series_uid, max_scan_bytes=max_scan_bytes)
+
+
+# the read function of each reader family of the registry (radfm.transforms.formats.ScanFormat.reader)
+READERS: dict[str, Any] = {"nifti": read_nifti, "nrrd": read_nrrd, "itk": read_metaimage, "image": read_picture,
+                           "numpy": read_numpy, "dicom": read_dicom, "dicom_series": read_dicom_folder}
+
+
 def read_scan_array(path: str | os.PathLike, series_uid: str | None = None,
                     defer_rescale: bool = False, *, max_scan_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Read ``path`` -> (array [C, *spatial] as stored, metadata); errors are ``ScanReadError``.
 
-    Before any library reads the file, :func:`radfm.transforms.guards.check_scan_file` refuses
+    The format comes from :func:`radfm.transforms.formats.detect_format`, its guard and reader
+    from the same registry entry. Before any library reads the file, the guard refuses
     detached data files outside the header's folder (NRRD ``data file``, MetaImage
     ``ElementDataFile``) and images whose header claims more than ``max_scan_bytes`` of decoded
     data (default 2 GiB, or the limit set with ``scan_size_limit``): ``ScanTooLargeError``.
@@ -267,22 +299,13 @@ def read_scan_array(path: str | os.PathLike, series_uid: str | None = None,
     :class:`ScaleResizeToRadFM` (and ``CTWindow``/``MinMaxScale``) to apply leanly.
     """
     path_text = str(path)
-    fmt = scan_format(path)
-    if fmt not in ("dicom", "dicom_series"):  # the DICOM readers check each header themselves
-        check_scan_file(path_text, fmt, max_scan_bytes)
+    scan = formats.detect_format(path)
+    fmt = scan.reader
+    if not scan.reader_checks:  # DICOM and NRRD readers run their guard on the header they parse
+        scan.check(path_text, max_scan_bytes)
     try:
-        if fmt == "dicom_series":
-            array, meta = read_dicom_series(path_text, series_uid=series_uid, max_scan_bytes=max_scan_bytes)
-        elif fmt == "dicom":
-            array, meta = read_dicom_file(path_text, defer_rescale=defer_rescale, max_scan_bytes=max_scan_bytes)
-        elif fmt == "image":
-            array, meta = _read_pil(path_text)
-        elif fmt == "numpy":
-            array, meta = _read_numpy(path_text)
-        else:
-            reader = {"nifti": _unscaled_nibabel_reader, "nrrd": lambda: _bounded_nrrd_reader(max_scan_bytes),
-                      "itk": _metaimage_reader}[fmt]()
-            array, meta = _read_spatial(reader, path_text, defer_rescale=defer_rescale)
+        array, meta = READERS[scan.reader](path_text, series_uid=series_uid, defer_rescale=defer_rescale,
+                                           max_scan_bytes=max_scan_bytes)
     except ScanReadError:
         raise
     except Exception as error:  # corrupt or truncated files: say which file and what was expected

@@ -10,7 +10,9 @@ Two kinds of sample (see ``docs/data.md`` for the full reference):
 
 Image paths are stored relative to the manifest file's folder. On load they are resolved
 against that folder and must stay inside the data root (``data_root`` or, by default, the
-manifest's folder): a manifest cannot point at arbitrary files on the machine. Indirections
+manifest's folder): a manifest cannot point at arbitrary files on the machine. A DICOM series
+folder is looked into: a symbolic link inside it (to a file or a folder) must also resolve
+inside the data root, since the series reader reads every file of the folder. Indirections
 inside a scan are covered when the scan is read: ``radfm.transforms`` refuses a detached data
 file (NRRD ``data file``, MetaImage ``ElementDataFile``) outside the header's own folder, which
 lies inside the data root (see ``radfm.transforms.guards``), so a header in the data root cannot
@@ -124,6 +126,21 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
+def _outside_link(folder: Path, root: Path) -> str | None:
+    """The first symbolic link under ``folder`` (searched recursively, links not followed) resolving outside ``root``."""
+    for current, dirs, files in os.walk(folder, followlinks=False):
+        for name in dirs + files:
+            entry = Path(current) / name
+            if entry.is_symlink():
+                try:
+                    target = entry.resolve(strict=False)
+                except (OSError, RuntimeError):  # a link loop
+                    return str(entry)
+                if not _inside(target, root):
+                    return str(entry)
+    return None
+
+
 def parse_sample(obj: Any, *, source: str, line: int, base_dir: Path, data_root: Path) -> Sample:
     """Validate one decoded manifest object and resolve its image paths."""
     if not isinstance(obj, dict):
@@ -142,6 +159,11 @@ def parse_sample(obj: Any, *, source: str, line: int, base_dir: Path, data_root:
         resolved = (base_dir / item["path"]).resolve()
         if not _inside(resolved, data_root):
             raise _fail(source, line, f"images[{k}].path", f"{item['path']!r} resolves outside the data root {data_root}")
+        if resolved.is_dir():  # a DICOM series folder: the reader reads every file in it
+            escaped = _outside_link(resolved, data_root)
+            if escaped is not None:
+                raise _fail(source, line, f"images[{k}].path", f"{item['path']!r} is a folder holding the link "
+                            f"{os.path.relpath(escaped, resolved)!r}, which resolves outside the data root {data_root}")
         for opt in ("modality", "plane"):
             if item.get(opt) is not None and not isinstance(item[opt], str):
                 raise _fail(source, line, f"images[{k}].{opt}", f"expected a string, got {item[opt]!r}")

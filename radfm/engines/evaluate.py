@@ -208,13 +208,25 @@ def model_predictor(path: Any, *, max_new_tokens: int = 64) -> PredictBatch:
 
     ``images`` are the cases' :class:`~radfm.serving.request.ScanInput` lists (see
     :func:`scan_input`): each case is one request, read and checked like every other door's
-    (limits, formats, zips), so a bad scan fails its case with the same message.
+    (limits, formats, zips), so a bad scan fails its case with the same message; a batch's
+    generations share one ``generate`` call (:class:`~radfm.serving.request.Batch`).
     """
-    from radfm.serving.request import AnswerRequest
+    import asyncio
+
+    from radfm.serving.request import AnswerRequest, Batch
+
+    async def run_all(prompts: list[str], images: list[list[Any]]) -> list[Any]:
+        batch = Batch(len(prompts))  # read one by one, generated together (left padded)
+        return await asyncio.gather(*(path.run(AnswerRequest(prompt, list(scans), {"max_new_tokens": max_new_tokens}),
+                                               batch=batch) for prompt, scans in zip(prompts, images)),
+                                    return_exceptions=True)
 
     def predict(prompts: list[str], images: list[list[Any]]) -> list[str]:
-        return [path.run_blocking(AnswerRequest(prompt, list(scans), {"max_new_tokens": max_new_tokens})).text
-                for prompt, scans in zip(prompts, images)]
+        results = asyncio.run(run_all(prompts, images))
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed  # run_predictions then runs each case alone and records the failing one
+        return [result.text for result in results]
 
     return predict
 
@@ -255,7 +267,7 @@ def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] 
         tasks: tasks to evaluate (comma-separated), default all.
         datasets: datasets to evaluate (comma-separated), default all.
         split: manifest split to evaluate (samples without a split are included); "" for all.
-        batch_size: cases written (and fsync'ed) together; a failing batch is retried case by case.
+        batch_size: prompts per generate call; a failing batch is retried case by case.
         max_new_tokens: answer length limit.
         limit: evaluate only the first LIMIT selected samples (>= 1).
         prompt_format: "radfm" (instruction as is) or "flamingo" (Med-Flamingo zero/few-shot format).

@@ -13,9 +13,11 @@ Routes::
     POST   /chat/api/answer                  JSON conversation -> server-sent events, token by token
     POST   /chat/api/export/sr               JSON answer record -> DICOM SR (or a zip, see below)
 
-Uploaded scans are preprocessed once (the model's input is kept in memory) and addressed by a
-random id; the page sends ids, not files, with each question. At most ``MAX_KEPT_SCANS`` are
-kept: older ones are dropped with their files.
+Uploaded scans go through the request path (``radfm.serving.request``) with ``prompt=None``:
+read and preprocessed once (the model's input is kept in memory), addressed by a random id; the
+page sends ids, not files, with each question, which goes through the request path again with
+the kept images. At most ``MAX_KEPT_SCANS`` and ``Limits.max_kept_scan_bytes`` (over all
+clients) are kept: the oldest are dropped with their files, and all at shutdown.
 
 An SR must reference DICOM images. When some scans of an answer are not DICOM (PNG, NIfTI,
 NRRD), the export also writes one Secondary Capture image per such scan (its middle slice as
@@ -45,7 +47,7 @@ from starlette.requests import ClientDisconnect
 from radfm.interop.api_schema import CHAT_ANSWER_JSON, CHAT_SCANS_FORM, CHAT_SR_JSON
 from radfm.serving.conversation import Turn, conversation_prompt
 from radfm.serving.refusal import BodyTooLarge, RequestError
-from radfm.serving.options import OPTION_NAMES, refuse_unknown
+from radfm.serving.options import refuse_unknown
 from radfm.serving.request import AnswerRequest, AnswerResult, ScanInput
 from radfm.serving.scans import Scan
 

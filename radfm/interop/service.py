@@ -33,7 +33,7 @@ from starlette.requests import ClientDisconnect
 from radfm.interop.api_schema import ANSWER_FORM
 from radfm.serving.refusal import BodyTooLarge, RequestError
 from radfm.serving.limits import Limits
-from radfm.serving.options import OPTION_NAMES, parse_bool, refuse_unknown
+from radfm.serving.options import OPTION_NAMES, GenerationOptions, parse_bool, refuse_unknown
 from radfm.serving.request import AnswerRequest, AnswerResult, RequestPath, ScanInput
 from radfm.serving.scans import Scan
 from radfm.utils.http_guard import GuardLimits, guarded_server
@@ -145,9 +145,9 @@ class InferenceService:
             stray = sorted({key for key, _ in uploads if key not in FILE_FIELDS})
             if stray:
                 raise RequestError(f"file(s) sent in field(s) {stray}; send scans in the field 'files'", 400)
-            refuse_unknown(list(dict.fromkeys(form.keys())), ANSWER_FIELDS, "form field")
             if not uploads:
                 raise RequestError("no scans uploaded: send one or more files in the multipart field 'files'", 400)
+            refuse_unknown(list(dict.fromkeys(form.keys())), ANSWER_FIELDS, "form field")
             prompt = form.get("prompt")
             if not isinstance(prompt, str) or not prompt.strip():
                 raise RequestError("missing form field 'prompt' (the question, optionally with <image> placeholders)", 400)
@@ -245,8 +245,8 @@ def serve(
     max_files: int = 2000,
     max_queue: int = 32,
     max_new_tokens_limit: int = 1024,
-    max_num_beams: int = 8,
-    max_beam_tokens: int = 4096,
+    max_num_beams: int = GenerationOptions.MAX_NUM_BEAMS,
+    max_beam_tokens: int = GenerationOptions.MAX_BEAM_TOKENS,
     generation_timeout_s: float = 300.0,
     header_timeout_s: float = 10.0,
     body_timeout_s: float = 600.0,
@@ -270,7 +270,7 @@ def serve(
         quantize: "8bit" or "4bit" (needs bitsandbytes and a CUDA GPU).
         max_request_mb: largest request body in MiB.
         max_files: most uploaded files per request (DICOM slices count one each).
-        max_queue: requests allowed to wait for the model before 503 (0: none waits).
+        max_queue: requests allowed to wait for the model before 503 (>= 1).
         max_new_tokens_limit: largest max_new_tokens a request may ask for.
         max_num_beams: largest num_beams a request may ask for.
         max_beam_tokens: largest max_new_tokens x num_beams a request may ask for.

@@ -29,6 +29,7 @@ class RateCommands:
         seed: int = 0,
         link: bool = False,
         keep_errors: bool = False,
+        data_root: str | None = None,
     ) -> None:
         """Build a new study folder from prediction files (one model each, same case ids).
 
@@ -39,12 +40,18 @@ class RateCommands:
           more_predictions: (positional) further predictions files.
           raters: optional rater names to register now; their tokens are printed once.
           tasks: optional tasks to keep, e.g. vqa,report,rationale (the paper's open-ended tasks).
-          per_task: optional number of cases to sample at random per task.
+          per_task: optional number of cases to sample at random per task (a positive integer).
           seed: seed for that sampling.
           link: hard-link scans instead of copying (same filesystem only; falls back to copying).
           keep_errors: also offer answers whose prediction row has a non-null "error".
+          data_root: optional folder every image must lie in (symbolic links resolved). Images that
+            are not scans (e.g. /etc/hostname) are refused either way.
         """
         from radfm.rating.study import create_study
+        from radfm.utils.cli import UsageError
+
+        if per_task is not None and (isinstance(per_task, bool) or not isinstance(per_task, int) or per_task < 1):
+            raise UsageError(f"--per_task: expected a positive number of cases per task, got {per_task!r}")
 
         result = create_study(
             study,
@@ -55,6 +62,7 @@ class RateCommands:
             link=link,
             skip_errors=not keep_errors,
             raters=as_list(raters),
+            data_root=data_root,
         )
         print(f"created study {result['study']}: {result['cases']} cases, models {', '.join(result['models'])}")
         for note in result["notes"]:

@@ -7,6 +7,14 @@ Layout of a study folder::
 
 The folder is assembled under a temporary name next to ``DIR`` and renamed at the end, so
 a failed ``create`` leaves nothing half-built behind.
+
+Only scans are copied in: before anything is built, each image of the kept cases must be a
+file in one of the formats of :mod:`radfm.transforms.formats` (recognised by content or name)
+whose header passes that format's guard, with its data inside the file (a detached NRRD/MetaImage
+data file would not come along), or a DICOM series folder, of which only the DICOM files (no
+links leaving the folder) are copied. With ``data_root`` every image must also lie inside that
+folder (symbolic links resolved). A path such as ``/etc/hostname`` is refused naming the
+predictions file and line; a missing image is recorded and the study still built.
 """
 
 from __future__ import annotations
@@ -133,10 +141,67 @@ def merge_predictions(files: list[Path], *, skip_errors: bool = True) -> tuple[l
     return models, list(cases.values())
 
 
-def _copy_scan(source: Path, target: Path, link: bool) -> None:
-    """Copy a file or a DICOM series folder; with ``link`` hard-link files when possible."""
+_ANY_SIZE = 1 << 62  # the size limit is the app's (--max_scan_mb); here only the header's sense is checked
+
+
+def _dicom_files(folder: Path) -> list[Path]:
+    """The DICOM files under ``folder`` (relative paths), links leaving the folder refused."""
+    from radfm.transforms.formats import DICOM, detect_format
+
+    root = folder.resolve()
+    found = []
+    for current, dirs, files in os.walk(folder, followlinks=False):
+        for name in sorted(files):
+            entry = Path(current) / name
+            if entry.is_symlink() and not entry.resolve().is_relative_to(root):
+                raise ValueError(f"{entry}: a link to {entry.resolve()}, outside the DICOM folder {folder}")
+            try:
+                if detect_format(entry) is DICOM:
+                    found.append(entry.relative_to(folder))
+            except ValueError:  # notes, thumbnails: not copied
+                continue
+    return found
+
+
+def check_scan(source: Path, where: str, data_root: Path | None = None) -> list[Path] | None:
+    """Refuse an image that is not a scan to copy (see the module doc); ``ValueError`` naming ``where`` and the path.
+
+    Returns the DICOM files to copy for a series folder, None for a file (or a missing path,
+    which the copy records as missing).
+    """
+    from radfm.transforms.errors import ScanReadError
+    from radfm.transforms.formats import DICOM_SERIES, METAIMAGE, NRRD, detect_format
+    from radfm.transforms.guards import read_metaimage_header, read_nrrd_header
+
+    if data_root is not None and not source.resolve().is_relative_to(data_root):
+        raise ValueError(f"{where}: image {source} lies outside the data root {data_root}")
+    if not source.exists() and not source.is_symlink():
+        return None
+    try:
+        fmt = detect_format(source)
+        if fmt is DICOM_SERIES:
+            files = _dicom_files(source)
+            if not files:
+                raise ScanReadError(f"{source}: a folder without DICOM files; expected a DICOM series folder or a scan file")
+            return files
+        fmt.check(source, _ANY_SIZE)
+        detached = (fmt is NRRD and {"data file", "datafile"} & set(read_nrrd_header(source)[0])) or (
+            fmt is METAIMAGE and read_metaimage_header(source)["ElementDataFile"].upper() != "LOCAL")
+        if detached:
+            raise ScanReadError(f"{source}: its pixel data are in a separate file, which a study does not copy; "
+                                f"save the scan as one file ({'.nrrd' if fmt is NRRD else '.mha'}) first")
+    except ValueError as error:  # ScanReadError included: the message names the file
+        raise ValueError(f"{where}: image not accepted: {error}") from None
+    return None
+
+
+def _copy_scan(source: Path, target: Path, link: bool, dicom_files: list[Path] | None = None) -> None:
+    """Copy a file or the DICOM files of a series folder; with ``link`` hard-link files when possible."""
+    copy = _link_or_copy if link else shutil.copy2
     if source.is_dir():
-        shutil.copytree(source, target, copy_function=_link_or_copy if link else shutil.copy2)
+        for relative in dicom_files if dicom_files is not None else _dicom_files(source):
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            copy(source / relative, target / relative)
     elif link:
         _link_or_copy(source, target)
     else:
@@ -171,12 +236,20 @@ def create_study(
     link: bool = False,
     skip_errors: bool = True,
     raters: list[str] | None = None,
+    data_root: str | Path | None = None,
 ) -> dict:
     """Create the study folder; returns a summary dict (counts, warnings, rater tokens).
 
     ``tasks`` keeps only those tasks (e.g. the open-ended ``vqa``, ``report``, ``rationale``);
-    ``per_task`` randomly samples that many cases of each task with ``seed``.
+    ``per_task`` (a positive integer) randomly samples that many cases of each task with ``seed``;
+    ``data_root``: every image must lie inside this folder. Images that are not scans are refused
+    (:func:`check_scan`) before anything is written.
     """
+    if per_task is not None and (isinstance(per_task, bool) or not isinstance(per_task, int) or per_task < 1):
+        raise ValueError(f"per_task: expected a positive number of cases per task, got {per_task!r}")
+    root = None if data_root is None else Path(data_root).expanduser().resolve()
+    if root is not None and not root.is_dir():
+        raise FileNotFoundError(f"{root}: data root folder not found")
     study_dir = Path(study_dir).resolve()
     if study_dir.exists() and (not study_dir.is_dir() or any(study_dir.iterdir())):
         raise FileExistsError(f"{study_dir}: already exists and is not empty; choose a new study folder")
@@ -191,6 +264,11 @@ def create_study(
     cases = [c for c in cases if c.answers]
     if not cases:
         raise ValueError("no case with at least one answer to rate (check --tasks and the prediction files)")
+    dicom_files: dict[Path, list[Path] | None] = {}
+    for case in cases:  # every image checked before anything is written
+        for source in case.images:
+            if source not in dicom_files:
+                dicom_files[source] = check_scan(source, case.source, root)
 
     notes: list[str] = []
     for model in models:
@@ -205,7 +283,7 @@ def create_study(
         conn = store.open_db(build_dir / store.DB_NAME, must_exist=False)
         try:
             store.init_schema(conn, models)
-            _fill(conn, build_dir, cases, link, notes)
+            _fill(conn, build_dir, cases, link, notes, dicom_files)
             for name in raters or []:
                 tokens[name] = store.add_rater(conn, name)
             conn.commit()
@@ -223,7 +301,8 @@ def create_study(
     return {"study": str(study_dir), "models": models, "cases": len(cases), "notes": notes, "tokens": tokens}
 
 
-def _fill(conn, build_dir: Path, cases: list[CaseRecord], link: bool, notes: list[str]) -> None:
+def _fill(conn, build_dir: Path, cases: list[CaseRecord], link: bool, notes: list[str],
+          dicom_files: dict[Path, list[Path] | None]) -> None:
     """Insert cases/candidates and copy each case's scans into ``build_dir/images``."""
     from tqdm.auto import tqdm
 
@@ -239,7 +318,7 @@ def _fill(conn, build_dir: Path, cases: list[CaseRecord], link: bool, notes: lis
             rel = case_folder / f"{index}_{source.name}"
             error = None
             try:
-                _copy_scan(source, build_dir / rel, link)
+                _copy_scan(source, build_dir / rel, link, dicom_files.get(source))
             except OSError as failure:
                 # a batch job records the failure and carries on; the page says what is missing
                 error = f"{source}: could not copy ({failure.strerror or failure})"

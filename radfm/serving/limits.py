@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from radfm.serving.options import GenerationOptions
+
 MiB = 1024 * 1024
 
 
@@ -18,10 +20,10 @@ class Limits:
     max_request_bytes: int = 512 * MiB  # request body (HTTP doors)
     max_files: int = 2000  # uploaded files (a DICOM series is one file per slice)
     max_images: int | None = None  # scans per prompt
-    max_queue: int = 32  # requests waiting for the model before 503
+    max_queue: int = 32  # requests waiting for the model before 503 (a request counts until it runs)
     max_new_tokens: int = 1024
-    max_num_beams: int = 8
-    max_beam_tokens: int = 4096  # max_new_tokens x num_beams
+    max_num_beams: int = GenerationOptions.MAX_NUM_BEAMS
+    max_beam_tokens: int = GenerationOptions.MAX_BEAM_TOKENS  # max_new_tokens x num_beams
     generation_timeout_s: float | None = 300.0  # per request, from the start of its generation
     max_prompt_chars: int = 8000
     parallel_preprocess: int = 2  # uploads read and preprocessed at once (threads of the pool)
@@ -34,15 +36,13 @@ class Limits:
 
     def check(self) -> Limits:
         """Raise ``ValueError`` naming the first limit out of range; returns ``self``."""
-        positive = ("max_request_bytes", "max_files", "max_new_tokens", "max_num_beams", "max_beam_tokens",
+        positive = ("max_request_bytes", "max_files", "max_queue", "max_new_tokens", "max_num_beams", "max_beam_tokens",
                     "max_prompt_chars", "parallel_preprocess", "max_scan_bytes", "prepare_budget_bytes",
                     "max_kept_scan_bytes")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r}: expected a whole number >= 1")
-        if isinstance(self.max_queue, bool) or not isinstance(self.max_queue, int) or self.max_queue < 0:
-            raise ValueError(f"max_queue={self.max_queue!r}: expected a whole number >= 0")
         if self.max_images is not None and (not isinstance(self.max_images, int) or self.max_images < 1):
             raise ValueError(f"max_images={self.max_images!r}: expected a whole number >= 1")
         timeout = self.generation_timeout_s

@@ -37,7 +37,7 @@ class GenerationOptions:
         """Check every field (types, finite values, ranges and the work caps); returns ``self``.
 
         ``max_num_beams`` / ``max_beam_tokens`` default to the class caps; the service passes
-        its ``ServiceLimits``. Raises ``ValueError`` naming the field and what was expected.
+        :class:`radfm.serving.limits.Limits`. Raises ``ValueError`` naming the field and what was expected.
         """
         max_num_beams = self.MAX_NUM_BEAMS if max_num_beams is None else max_num_beams
         max_beam_tokens = self.MAX_BEAM_TOKENS if max_beam_tokens is None else max_beam_tokens

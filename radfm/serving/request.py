@@ -20,7 +20,6 @@ import asyncio
 import errno
 import inspect
 import os
-import secrets
 import shutil
 import tempfile
 import threading
@@ -154,12 +153,66 @@ def _caused_by(error: BaseException | None, kind: type) -> bool:
     return False
 
 
+def _named(error: RequestError, item: ScanInput) -> RequestError:
+    """The error with the request field of the input it is about (``messages[0].content[1]: ...``)."""
+    if item.field is not None and error.field is None:
+        error.field = item.field
+        error.args = (f"{item.field}: {error}",)
+    return error
+
+
 def supports_streaming(answerer) -> bool:
     """Whether ``answerer.answer`` takes ``stream=`` (the model answerer does; simple test doubles may not)."""
     try:
         return "stream" in inspect.signature(answerer.answer).parameters
     except (TypeError, ValueError):
         return False
+
+
+class Batch:
+    """Requests whose generations run as one ``generate`` call: each :meth:`RequestPath.run` with
+    this batch reads its scans alone, then waits until every member is ready (or has failed)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = int(size)
+        self._waiting: list[tuple[str, list, GenerationOptions, asyncio.Future]] = []
+        self._left = 0
+        self._started = False
+
+    async def generate(self, path: RequestPath, prompt: str, images: list, options: GenerationOptions):
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((prompt, images, options, future))
+        self._maybe_start(path)
+        return await future
+
+    def leave(self, path: RequestPath) -> None:
+        """A member is done (answered or failed): one that failed before generating holds nobody up."""
+        self._left += 1
+        self._maybe_start(path)
+
+    def _maybe_start(self, path: RequestPath) -> None:
+        if self._started or not self._waiting or len(self._waiting) + self._left < self.size:
+            return
+        self._started = True
+        members = list(self._waiting)
+        asyncio.ensure_future(self._generate(path, members))
+
+    async def _generate(self, path: RequestPath, members: list) -> None:
+        prompts, images = [m[0] for m in members], [m[1] for m in members]
+        options = members[0][2]
+        try:
+            if any(m[2] != options for m in members) or not hasattr(path.answerer, "answer_batch"):
+                raise RuntimeError("a batch needs the same options and an answerer with answer_batch")
+            texts, queued_s, generate_s = await path.worker.generate(
+                lambda: path.answerer.answer_batch(prompts, images, options))
+        except BaseException as error:  # every member gets the failure (the caller retries them alone)
+            for *_, future in members:
+                if not future.done():
+                    future.set_exception(error if isinstance(error, Exception) else RuntimeError(str(error)))
+            return
+        for (*_, future), text in zip(members, texts):
+            if not future.done():
+                future.set_result((text, queued_s, generate_s))
 
 
 class RequestPath:
@@ -178,11 +231,13 @@ class RequestPath:
 
     # ---- the entry --------------------------------------------------------------------------
     async def run(self, request: AnswerRequest, stream: AnswerStream | None = None,
-                  queued: asyncio.Event | None = None) -> AnswerResult:
+                  queued: asyncio.Event | None = None, batch: Batch | None = None) -> AnswerResult:
         """Answer ``request`` (see the module docstring); raises :class:`RequestError`.
 
         ``stream`` receives the text while it is generated; ``queued`` is set once the scans are
         ready and the request waits for the model (a streaming door starts its response then).
+        ``batch``: requests run together with the same :class:`Batch` share one ``generate`` call
+        (left padded, as ``radfm evaluate`` batches cases); each is still read and checked alone.
         """
         started = time.perf_counter()
         options = parse_options(request.options, self.limits)
@@ -209,9 +264,14 @@ class RequestPath:
             if stream is None and supports_streaming(self.answerer):
                 stream = AnswerStream(stop=request.stop)  # counts the tokens (usage)
             if queued is not None:
+                self.worker.check_queue()  # a streaming door still answers a full queue with 503
                 queued.set()
             try:
-                text, queued_s, generate_s = await self.worker.generate(lambda: self._answer(prompt, images, options, stream))
+                if batch is not None:
+                    text, queued_s, generate_s = await batch.generate(self, prompt, images, options)
+                else:
+                    text, queued_s, generate_s = await self.worker.generate(
+                        lambda: self._answer(prompt, images, options, stream))
             except asyncio.CancelledError:
                 if stream is not None:
                     stream.cancel()  # the model stops after its current token; the thread is free again
@@ -231,6 +291,8 @@ class RequestPath:
         except OSError as error:
             raise disk_error(error) from None
         finally:
+            if batch is not None:
+                batch.leave(self)  # a request that failed before generating no longer holds the others up
             if not keep:
                 workspace.remove()
 
@@ -310,8 +372,12 @@ class RequestPath:
             raise RequestError(f"{len(request.scans)} files sent; the limit is {limits.max_files}", 413, field="files",
                                code="too_many_files")
 
-    def _materialise(self, request: AnswerRequest, workdir: Path) -> list[Scan | ScanInput]:
-        """Inputs -> scans on disk (bytes written, zips unpacked, series grouped), prepared ones kept."""
+    def _materialise(self, request: AnswerRequest, workdir: Path) -> list[Any]:
+        """Inputs on disk (bytes written, zips unpacked; streamed, little memory), in order.
+
+        Each entry is a :class:`Scan` (by reference), a prepared :class:`ScanInput`, or
+        ``(folder, saved files)`` still to be grouped into scans once admitted.
+        """
         limits = self.limits
         entries: list[Any] = []
         count = 0
@@ -334,40 +400,63 @@ class RequestPath:
                 finally:
                     if item.path is not None:
                         source.close()
-                count += len(files)
-                if count > limits.max_files:
-                    raise RequestError(f"{count} files sent; the limit is {limits.max_files}", 413,
-                                       code="too_many_files")
-                if not request.one_scan_per_input:
-                    entries.extend(files)
-                    continue
-                grouped = group_scans(files, folder, max_scan_bytes=limits.max_scan_bytes)
-                if len(grouped) != 1:
-                    raise RequestError(f"{item.name} holds {len(grouped)} scans (series or files); send one scan here",
-                                       422, code="invalid_scan")
-                entries.append(grouped[0])
             except RequestError as error:
-                if item.field is not None and error.field is None:
-                    error.field = item.field
-                    error.args = (f"{item.field}: {error}",)
-                raise
-        if not request.one_scan_per_input:
-            entries = group_scans(entries, workdir, max_scan_bytes=limits.max_scan_bytes)
+                raise _named(error, item) from None
+            count += len(files)
+            if count > limits.max_files:
+                raise RequestError(f"{count} files sent; the limit is {limits.max_files}", 413, code="too_many_files")
+            if request.one_scan_per_input or not entries or not isinstance(entries[-1], tuple):
+                entries.append((folder, files, item))
+            else:
+                entries[-1][1].extend(files)  # uploaded files are grouped together (slices of one series)
         return entries
 
+    def _group(self, entries: list[Any], one_scan_per_input: bool) -> list[Any]:
+        """Saved files -> scans (DICOM series grouped, deflated files bounded); run inside the budget."""
+        grouped: list[Any] = []
+        for entry in entries:
+            if not isinstance(entry, tuple):
+                grouped.append(entry)
+                continue
+            folder, files, item = entry
+            try:
+                scans = group_scans(files, folder, max_scan_bytes=self.limits.max_scan_bytes)
+                if one_scan_per_input and len(scans) != 1:
+                    raise RequestError(f"{item.name} holds {len(scans)} scans (series or files); send one scan here",
+                                       422, code="invalid_scan")
+            except RequestError as error:
+                raise _named(error, item if one_scan_per_input else ScanInput(item.name)) from None
+            grouped.extend(scans)
+        return grouped
+
+    def _claim(self, entries: list[Any]) -> int:
+        """Bytes the entries' headers claim (files not yet grouped counted one by one)."""
+        limit = self.limits.max_scan_bytes
+        total = 0
+        for entry in entries:
+            if isinstance(entry, Scan):
+                total += claimed_bytes(entry.path, entry.kind, limit)
+            elif isinstance(entry, tuple):
+                total += sum(claimed_bytes(path, kind, limit) for _, path, kind in entry[1])
+        return total
+
     def _prepare(self, request: AnswerRequest, workdir: Path) -> tuple[list[Scan], list[Any], float, float]:
-        """In the reading pool: ``(scans, images, seconds waiting for the budget, seconds reading)``."""
+        """In the reading pool: ``(scans, images, seconds waiting for the budget, seconds reading)``.
+
+        Files are written first (streamed); grouping (which parses DICOM headers, and inflates a
+        deflated file whole) and reading run only once the headers' claim is admitted.
+        """
         from radfm.transforms import scan_size_limit
         from radfm.transforms.errors import ScanTooLargeError
 
         entries = self._materialise(request, workdir)
-        if len(entries) > self.limits.max_images:
-            raise RequestError(f"{len(entries)} scans sent; the limit is {self.limits.max_images} per prompt "
-                               "(a DICOM series counts once)", 413, field="files", code="too_many_images")
-        to_read = [entry for entry in entries if isinstance(entry, Scan)]
-        claim = sum(claimed_bytes(scan, self.limits.max_scan_bytes) for scan in to_read)
-        with self.worker.budget.hold(claim) as waited:
+        with self.worker.budget.hold(self._claim(entries)) as waited:
             started = time.perf_counter()
+            entries = self._group(entries, request.one_scan_per_input)
+            if len(entries) > self.limits.max_images:
+                raise RequestError(f"{len(entries)} scans sent; the limit is {self.limits.max_images} per prompt "
+                                   "(a DICOM series counts once)", 413, field="files", code="too_many_images")
+            to_read = [entry for entry in entries if isinstance(entry, Scan)]
             try:
                 with scan_size_limit(self.limits.max_scan_bytes):  # every reader behind the answerer gets it
                     read = iter(self.answerer.prepare([scan.path for scan in to_read]) if to_read else [])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import shutil
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -61,10 +62,12 @@ def is_zip(head: bytes) -> bool:
     return head.startswith(_ZIP_MAGIC)
 
 
-def detect_kind(name: str, head: bytes) -> str:
-    """Scan kind of a file from its first bytes (>= 352) and its name; the one upload format check.
+def detect_kind(name: str, head: bytes, by_reference: bool = False) -> str:
+    """Scan kind of a file from its first bytes (>= 352) and its name; the one format check of the path.
 
-    Raises :class:`RequestError` (415) naming the file when it is not a supported scan.
+    ``by_reference``: a file given by path (CLI, manifests) may also be a kind no upload carries
+    (MetaImage ``.mha``/``.mhd`` with its data beside it, ``.npy``). Raises :class:`RequestError`
+    (415) naming the file when it is not a supported scan.
     """
     if len(head) >= 132 and head[128:132] == b"DICM":
         return "dicom"
@@ -76,6 +79,10 @@ def detect_kind(name: str, head: bytes) -> str:
         return "nrrd"
     if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
         return "nifti"
+    lower = name.lower()
+    extra = next((kind for suffix, kind in _REFERENCE_ONLY.items() if lower.endswith(suffix)), None)
+    if by_reference and extra is not None:
+        return extra
     by_name = suffix_kind(name)
     if by_name is not None:
         kind = by_name[1]
@@ -234,10 +241,11 @@ def group_scans(saved: list[SavedFile], workdir: Path, *, max_scan_bytes: int) -
             continue
         try:
             check_dicom_inflation(path, max_scan_bytes)
+            inflate_to_disk(path, max_scan_bytes)  # pydicom would inflate a deflated file whole, in memory, per read
         except ScanTooLargeError as error:
             raise RequestError(f"{name}: {str(error).split(': ', 1)[-1]}", 413, code="scan_too_large") from None
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            header = pydicom.dcmread(path, stop_before_pixels=True, force=True, defer_size="1 MB")
             series_uid = str(header.SeriesInstanceUID)
             _ = header.Rows  # an image instance, not e.g. a DICOMDIR or SR
         except Exception as error:
@@ -254,6 +262,55 @@ def group_scans(saved: list[SavedFile], workdir: Path, *, max_scan_bytes: int) -
         shutil.move(str(path), scan.path / (path.name if path.name.lower().endswith(".dcm") else path.name + ".dcm"))
         scan.names.append(name)
     return scans
+
+
+def inflate_to_disk(path: Path, max_scan_bytes: int) -> bool:
+    """Rewrite a Deflated Explicit VR Little Endian file in place as plain Explicit VR Little Endian.
+
+    Inflated in 1 MiB pieces straight to disk and counted (over ``max_scan_bytes``:
+    ``ScanTooLargeError``), so later header and pixel reads never hold the whole inflated
+    dataset in memory. Returns whether the file was deflated. The data elements are unchanged.
+    """
+    import pydicom
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filereader import read_preamble
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from radfm.transforms.errors import ScanTooLargeError
+
+    with path.open("rb") as source:
+        try:
+            read_preamble(source, False)
+            meta = pydicom.filereader._read_file_meta_info(source)
+        except Exception:
+            return False  # no preamble: pydicom reports it as it reads (and does not inflate it)
+        if str(meta.get("TransferSyntaxUID", "")) != _DEFLATED_DICOM:
+            return False
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        target = path.with_name(path.name + ".inflated")
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        written = 0
+        with target.open("wb") as out:
+            out.write(b"\0" * 128 + b"DICM")
+            write_file_meta_info(DicomFileLike(out), meta, enforce_standard=True)
+            while chunk := source.read(1 << 20):
+                pending = chunk
+                while pending:
+                    piece = inflater.decompress(pending, 1 << 20)
+                    pending = inflater.unconsumed_tail
+                    written += len(piece)
+                    if written > max_scan_bytes:
+                        out.close()
+                        target.unlink()
+                        raise ScanTooLargeError(f"{path.name}: the deflated DICOM data inflates to more than "
+                                                f"{max_scan_bytes} bytes (max_scan_bytes); refusing to read it")
+                    out.write(piece)
+                if inflater.eof:
+                    break
+            out.write(inflater.flush())
+    target.replace(path)
+    return True
 
 
 def reference_scan(path: Path, name: str) -> Scan | None:
@@ -273,37 +330,33 @@ def reference_scan(path: Path, name: str) -> Scan | None:
         raise RequestError(f"{name}: cannot be read ({error.strerror})", 403, code="unreadable") from None
     if is_zip(head):
         return None
-    lower = name.lower()
-    extra = next((kind for suffix, kind in _REFERENCE_ONLY.items() if lower.endswith(suffix)), None)
-    if extra is not None and not head.startswith(b"NRRD") and head[128:132] != b"DICM":
-        return Scan(kind=extra, path=path, names=[name])
     if not head:
         raise RequestError(f"{name}: empty file", 400, code="invalid_scan")
-    return Scan(kind=detect_kind(name, head), path=path, names=[name])
+    return Scan(kind=detect_kind(name, head, by_reference=True), path=path, names=[name])
 
 
-def claimed_bytes(scan: Scan, limit: int) -> int:
-    """Bytes of image data the scan's headers claim, for admission to the reading pool (at most ``limit``).
+def claimed_bytes(path: Path, kind: str, limit: int) -> int:
+    """Bytes of image data a scan file (or DICOM folder) claims, for admission to the reading pool (<= ``limit``).
 
-    Read from headers only (NIfTI dims x bits, DICOM rows x columns x frames x bits over the
-    series, picture width x height x bands); a deflated DICOM or a format whose header is not
-    read here counts as ``limit`` (it may inflate that far before the guard stops it).
+    Read from headers only (NIfTI dims x bits, DICOM rows x columns x frames x bits summed over
+    the folder, picture width x height x bands); a deflated DICOM, or a format whose header is
+    not read here, counts as ``limit``: it may inflate that far before the guard stops it.
     """
     try:
-        if scan.kind == "dicom":
-            return min(limit, sum(_dicom_claim(p, limit) for p in _files(scan.path)))
-        if scan.kind == "nifti":
+        if kind == "dicom":
+            return min(limit, sum(_dicom_claim(p, limit) for p in _files(path)))
+        if kind == "nifti":
             import nibabel as nib
 
-            header = nib.load(str(scan.path)).header
+            header = nib.load(str(path)).header
             count = 1
             for size in header.get_data_shape():
                 count *= int(size)
             return min(limit, count * max(1, int(header["bitpix"]) // 8))
-        if scan.kind in ("png", "jpeg"):
+        if kind in ("png", "jpeg"):
             from PIL import Image
 
-            with Image.open(scan.path) as picture:
+            with Image.open(path) as picture:
                 return min(limit, picture.width * picture.height * len(picture.getbands()))
     except Exception:  # the reader reports a broken header with its own message
         return limit
@@ -328,4 +381,4 @@ def _dicom_claim(path: Path, limit: int) -> int:
                 return limit
         except Exception:
             pass
-    return dicom_pixel_bytes(pydicom.dcmread(str(path), stop_before_pixels=True, force=True))
+    return dicom_pixel_bytes(pydicom.dcmread(str(path), stop_before_pixels=True, force=True, defer_size="1 MB"))

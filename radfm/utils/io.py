@@ -3,11 +3,17 @@
 Everything is written to a hidden temporary file in the target's folder and then renamed onto
 the target (a rename within one folder is atomic). On any error the temporary file is removed
 and the target is left as it was.
+
+An existing target that is not a regular file (a symlink, even to a regular file; a FIFO, a
+socket, a device, a folder) is refused with :class:`OutputNotRegularFileError` before anything is
+written: a rename would silently replace the link or special file itself (not write through
+it), and writing through a link would let an ``--output`` reach a file somewhere else.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,14 +41,40 @@ def _format_suffix(path: Path) -> str:
     return path.suffix
 
 
+class OutputNotRegularFileError(FileExistsError):
+    """An output path exists and is not a regular file (symlink, FIFO, socket, device, folder)."""
+
+
+_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def check_output_target(path: str | os.PathLike) -> None:
+    """Refuse an existing ``path`` that is not a regular file (the link itself is looked at, not its target).
+
+    Raises :class:`OutputNotRegularFileError` naming the path and what it is; a missing path is fine.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    raise OutputNotRegularFileError(f"{path}: the output exists and is {kind}; refusing to replace it "
+                                    "(remove it or choose another output path)")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``, on error removed.
 
     For writers that want a file name (``torch.save``, ``figure.savefig``, ``dataset.save_as``).
-    The parent folder is created if missing.
+    The parent folder is created if missing. An existing ``path`` that is not a regular file is
+    refused (:func:`check_output_target`), before and again right before the rename.
     """
     path = Path(path)
+    check_output_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{_format_suffix(path)}")
     os.close(handle)
@@ -50,6 +82,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         os.chmod(temp, _NEW_FILE_MODE)
         yield temp
+        check_output_target(path)  # it may have appeared while the writer ran
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)  # only still there if something failed

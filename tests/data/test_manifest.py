@@ -74,3 +74,56 @@ def test_paths_escaping_data_root_are_refused(tmp_path):
     _write_lines(sub / "m.jsonl", [obj])
     with pytest.raises(ManifestError, match="outside the data root"):
         load_manifest(sub / "m.jsonl", data_root=tmp_path)
+
+
+def _dicom_folder_manifest(tmp_path):
+    """A data root with a DICOM series folder ``series/`` and a manifest naming it; returns (manifest, folder, outside)."""
+    root = tmp_path / "root"
+    series = root / "series"
+    series.mkdir(parents=True)
+    (series / "1.dcm").write_bytes(b"\0" * 128 + b"DICM")
+    outside = tmp_path / "host"
+    outside.mkdir()
+    (outside / "shadow").write_text("planted secret")
+    obj = {"id": "a", "dataset": "d", "task": "vqa", "images": [{"path": "series"}], "instruction": "<image> q",
+           "response": "r"}
+    _write_lines(root / "m.jsonl", [obj])
+    return root / "m.jsonl", series, outside
+
+
+def test_a_symlink_inside_a_dicom_folder_must_stay_in_the_data_root(tmp_path):
+    """22-M4: the folder itself was checked, not the files the series reader reads from it."""
+    manifest, series, outside = _dicom_folder_manifest(tmp_path)
+    assert load_manifest(manifest)[0].images[0].path == str(series)
+    (series / "2.dcm").symlink_to(outside / "shadow")
+    with pytest.raises(ManifestError, match=r"m\.jsonl:1: field 'images\[0\]\.path': 'series' is a folder holding "
+                                            r"the link '2\.dcm', which resolves outside the data root"):
+        load_manifest(manifest)
+    (series / "2.dcm").unlink()
+    (series / "deeper").mkdir()
+    (series / "deeper" / "more").symlink_to(outside, target_is_directory=True)  # a linked folder, one level down
+    with pytest.raises(ManifestError, match=r"the link 'deeper/more', which resolves outside"):
+        load_manifest(manifest)
+    (series / "deeper" / "more").unlink()
+    (series / "3.dcm").symlink_to(series / "1.dcm")  # a link that stays inside is fine
+    assert len(load_manifest(manifest)) == 1
+
+
+def test_a_hostile_header_in_the_data_root_is_refused_when_the_sample_is_read(tmp_path):
+    """22-H1 through the manifest door (what `radfm evaluate` and training read): a BOM before the NRRD
+    magic used to skip the guard; the image loader now refuses it and no byte of the host file comes back."""
+    from radfm.data.loaders import default_image_loader
+    from radfm.transforms import ScanReadError
+
+    secret = tmp_path / "host_secret"
+    secret.write_bytes(b"root:x:0:0:planted\n" * 64)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "scan.nrrd").write_bytes(b"\xef\xbb\xbfNRRD0004\ntype: uint8\ndimension: 2\nsizes: 16 76\n"
+                                     b"encoding: raw\ndata file: " + str(secret).encode() + b"\n")
+    obj = {"id": "a", "dataset": "d", "task": "vqa", "images": ["scan.nrrd"], "instruction": "<image> q", "response": "r"}
+    _write_lines(root / "m.jsonl", [obj])
+    sample = load_manifest(root / "m.jsonl")[0]
+    with pytest.raises(ScanReadError, match=r"scan\.nrrd: .*(BOM|magic)") as refused:
+        default_image_loader()(sample.images[0].path)
+    assert "planted" not in str(refused.value)

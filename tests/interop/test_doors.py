@@ -202,3 +202,45 @@ def test_generate_checks_inputs_before_loading_the_model(monkeypatch, small_scan
     paths = {"png": str(small_scans["png"]), "text": str(tmp_path / "notes.txt"), "missing": str(tmp_path / "nope.nii.gz")}
     with pytest.raises(RequestError, match=message.replace("(", r"\(").replace(")", r"\)")):
         door.generate(*[paths[s] for s in scans], prompt=prompt, model=str(tmp_path / "no_model"))
+
+
+@pytest.fixture(scope="module")
+def deflated_3mb(tmp_path_factory) -> bytes:
+    """A deflated DICOM (a few KB) whose dataset inflates to over 3 MiB (a private element of zeros)."""
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    dataset = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm", download=False))
+    dataset.add_new(0x00091010, "OB", b"\0" * (3 * MiB))
+    dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    assert len(buffer.getvalue()) < 100_000
+    return buffer.getvalue()
+
+
+def test_grouping_uploads_holds_the_scan_limit_on_every_http_door(one_mb_server, deflated_3mb):
+    """Issue 22 M1: the grouping of uploads (which parses DICOM headers) ran without --max_scan_mb on
+    the chat page and the OpenAI route; now every door's grouping is the request path's."""
+    url = one_mb_server.url
+    reply = httpx.post(f"{url}/v1/answer", data={"prompt": "Which?"}, files=[("files", ("ct.dcm", deflated_3mb))],
+                       timeout=60)
+    assert reply.status_code == 413 and "inflates to more than" in reply.json()["error"], reply.text
+    reply = httpx.post(f"{url}/chat/api/scans", files=[("files", ("ct.dcm", deflated_3mb))], timeout=60)
+    assert reply.status_code == 413 and "inflates to more than" in reply.json()["error"], reply.text
+    reply = httpx.post(f"{url}/v1/chat/completions", json=_openai_body("ct.dcm", deflated_3mb), timeout=60)
+    assert reply.status_code == 413 and "inflates to more than" in reply.json()["error"]["message"], reply.text
+
+
+def test_reference_only_kinds_work_by_path_but_are_not_uploads(server, tiny_model_dir, tmp_path, capsys):
+    """A .npy volume is a scan given by path (the readers take it); as an upload it is refused (415)."""
+    from radfm.interop.generate import generate
+
+    volume = tmp_path / "vol.npy"
+    np.save(volume, np.random.default_rng(0).random((24, 24, 8), dtype=np.float32))
+    generate(str(volume), prompt="Which modality?", model=str(tiny_model_dir), max_new_tokens=2, json=True,
+             device="cpu", dtype="float32")
+    assert json.loads(capsys.readouterr().out)["scans"] == [str(volume.resolve())]
+    reply = httpx.post(f"{server.url}/v1/answer", data={"prompt": "Which?"},
+                       files=[("files", ("vol.npy", volume.read_bytes()))], timeout=60)
+    assert reply.status_code == 415 and "vol.npy: not a supported scan" in reply.json()["error"]

@@ -5,12 +5,8 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -110,9 +106,9 @@ def test_a_full_temp_disk_is_507_naming_nothing_of_the_host(tiny_answerer, small
     assert not list(tmp_path.glob("radfm-request-*"))
 
 
-def test_twenty_uploads_then_sigterm_leave_no_folder(tiny_model_dir, small_scans, tmp_path):
-    """The real CLI server: 20 uploads (kept chat scans and answers), SIGTERM, an empty TMPDIR; a stale
-    folder of a dead earlier process is removed at start, a live process's folder is not."""
+def test_twenty_uploads_then_sigterm_leave_no_folder(radfm_server, tiny_model_dir, small_scans, tmp_path, monkeypatch):
+    """The real CLI server: 20 uploads (kept chat scans and answers), SIGTERM (the fixture's exit), an
+    empty TMPDIR; a stale folder of a dead earlier process is removed at start, a live process's is not."""
     temp = tmp_path / "tmp"
     temp.mkdir()
     stale = temp / "radfm-request-999999999-old"  # no such pid
@@ -120,22 +116,9 @@ def test_twenty_uploads_then_sigterm_leave_no_folder(tiny_model_dir, small_scans
     (stale / "slice.dcm").write_bytes(b"x" * 1000)
     alive = temp / f"radfm-request-{os.getpid()}-busy"  # this test process: alive
     alive.mkdir()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "radfm.cli", "serve", "--model", str(tiny_model_dir),
-                                "--device", "cpu", "--dtype", "float32", "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env={**os.environ, "TMPDIR": str(temp), "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-            assert process.poll() is None, process.stderr.read().decode()[-2000:]
+    monkeypatch.setenv("TMPDIR", str(temp))
+    args = ["serve", "--model", str(tiny_model_dir), "--device", "cpu", "--dtype", "float32"]
+    with radfm_server(args, "/health", timeout_s=120) as url:
         assert not stale.exists() and alive.exists()
         png = small_scans["png"].read_bytes()
         for index in range(20):
@@ -146,13 +129,7 @@ def test_twenty_uploads_then_sigterm_leave_no_folder(tiny_model_dir, small_scans
                                    files=[("files", (f"c{index}.png", png))], timeout=60)
             assert reply.status_code == 200, reply.text
         assert len(list(temp.glob("radfm-request-*"))) == 11  # ten kept chat uploads + the live process's
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after its shutdown
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert [p.name for p in temp.glob("radfm-request-*")] == [alive.name]
+    assert [p.name for p in temp.glob("radfm-request-*")] == [alive.name]  # after SIGTERM
 
 
 # ---------------------------------------------------------------- L2: flags refused before any work ----
@@ -206,3 +183,45 @@ def test_docs_load_nothing_from_a_cdn_and_the_schema_documents_every_route(serve
     assert "max_new_tokens" in paths["/v1/answer"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     assert np.all([route in paths for route in ("/health", "/v1/models", "/chat/api/info")])
     assert json.dumps(schema).count("cdn") == 0
+
+
+def test_a_full_queue_is_a_503_before_a_stream_starts(small_scans):
+    """The streaming doors (OpenAI, chat) answer a full queue with 503 in their format, not mid-stream."""
+    import base64
+    import threading
+
+    from radfm.serving.identity import ModelIdentity
+
+    release = threading.Event()
+
+    class Blocking:
+        identity, max_images = ModelIdentity(), 3
+
+        def prepare(self, paths):
+            return [np.zeros((3, 4, 4, 4), np.float32) for _ in paths]
+
+        def answer(self, prompt, images, options):
+            release.wait(30)
+            return "done"
+
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Which?"}, {"type": "image_url",
+            "image_url": {"url": "data:image/png;base64," + base64.b64encode(small_scans["png"].read_bytes()).decode()}}]}],
+            "stream": True}
+    with BackgroundServer(create_app(Blocking(), Limits(max_queue=1))) as running:
+        first = threading.Thread(target=lambda: httpx.post(f"{running.url}/v1/chat/completions", json=body, timeout=60))
+        first.start()
+        for _ in range(100):  # the first request holds the model thread
+            if httpx.get(f"{running.url}/health", timeout=5).json()["queue"]["running"] == 1:
+                break
+            time.sleep(0.05)
+        second = threading.Thread(target=lambda: httpx.post(f"{running.url}/v1/chat/completions", json=body, timeout=60))
+        second.start()
+        for _ in range(100):  # the second one waits
+            if httpx.get(f"{running.url}/health", timeout=5).json()["queue"]["waiting"] == 1:
+                break
+            time.sleep(0.05)
+        reply = httpx.post(f"{running.url}/v1/chat/completions", json=body, timeout=60)
+        release.set()
+        first.join()
+        second.join()
+    assert reply.status_code == 503 and reply.json()["error"]["code"] == "queue_full"

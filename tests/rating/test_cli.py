@@ -62,3 +62,32 @@ def test_loopback_detection():
 
     assert _is_loopback("127.0.0.1") and _is_loopback("localhost") and _is_loopback("::1")
     assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.4")
+
+
+@pytest.mark.parametrize("value,status", [("0", 2), ("-1", 2)])
+def test_create_refuses_per_task_below_one_before_any_work(tmp_path, prediction_files, capsys, value, status):
+    """22-L2: `radfm rate create --per_task 0` is a usage error (exit 2) and builds nothing."""
+    with pytest.raises(SystemExit) as exited:
+        main(["rate", "create", "--study", str(tmp_path / "s"), "--predictions", str(prediction_files[0]),
+              "--per_task", value])
+    assert exited.value.code == status
+    assert "--per_task: expected a positive number of cases per task" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_create_refuses_a_host_file_with_one_error_line(tmp_path, capsys):
+    """22-M4: an absolute path to a file that is not a scan is refused (exit 1), nothing is built."""
+    import json
+
+    host = tmp_path / "hostname"
+    host.write_text("machine\n")
+    row = {"id": "1", "task": "vqa", "images": [str(host)], "instruction": "<image> q", "reference": "r",
+           "prediction": "p", "model": "m"}
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text(json.dumps(row) + "\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["rate", "create", "--study", str(tmp_path / "s"), "--predictions", str(predictions)])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "p.jsonl:1: image not accepted" in err[0] and "hostname" in err[0], err
+    assert not (tmp_path / "s").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,9 @@ from fastapi.testclient import TestClient
 from radfm.rating import store, views
 from radfm.rating.app import create_app
 from radfm.rating.study import create_study
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from hostile_files import hostile_headers  # noqa: E402  (the sweep writes the same files)
 
 SECRET = b"root:x:0:0:planted-secret-for-the-rating-app\n" * 8
 
@@ -37,21 +41,70 @@ def _signed_in(app, token: str) -> TestClient:
     return client
 
 
-def test_image_endpoint_does_not_follow_a_header_to_a_host_file(tmp_path):
+@pytest.mark.parametrize("variant", sorted(hostile_headers("/x")))
+def test_image_endpoint_does_not_follow_a_header_to_a_host_file(tmp_path, variant):
+    """A header inside the study (written there after create) that points at a host file: 422, no byte of it."""
+    import numpy as np
+    from PIL import Image
+
     secret = tmp_path / "host" / "passwd"
     secret.parent.mkdir()
     secret.write_bytes(SECRET)
-    side = int(len(SECRET) ** 0.5)
-    attack = tmp_path / "attack.nrrd"
-    attack.write_text(f"NRRD0004\ntype: uint8\ndimension: 2\nsizes: {side} {side}\nencoding: raw\n"
-                      f"byte skip: -1\ndata file: {secret}\n")
-    result = create_study(tmp_path / "study", _predictions(tmp_path, [[str(attack)]]), raters=["eve"])
+    good = tmp_path / f"scan{'.nrrd' if 'nrrd' in variant or 'nhdr' in variant else '.mha'}"
+    if good.suffix == ".nrrd":
+        good.write_bytes(b"NRRD0004\ntype: uint8\ndimension: 2\nsizes: 4 4\nencoding: raw\n\n" + bytes(16))
+    else:
+        good.write_bytes(b"ObjectType = Image\nNDims = 2\nDimSize = 4 4\nElementType = MET_UCHAR\n"
+                         b"ElementDataFile = LOCAL\n" + bytes(16))
+    result = create_study(tmp_path / "study", _predictions(tmp_path, [[str(good)]]), raters=["eve"])
+    stored = next((Path(result["study"]) / "images").rglob(f"*{good.suffix}"))
+    stored.write_bytes(hostile_headers(secret)[variant])
     eve = _signed_in(create_app(result["study"]), result["tokens"]["eve"])
     for url in ("/case/1/image/0.png?window=0,255", "/case/1/image/0.json"):
         response = eve.get(url)
         assert response.status_code == 422, response.text
-        assert "outside the header's folder" in response.json()["detail"]
+        detail = response.json()["detail"]
+        assert stored.name in detail and ("refus" in detail or "outside the header's folder" in detail), detail
         assert b"planted-secret" not in response.content and b"root:" not in response.content
+        assert str(len(SECRET)) not in detail and f"{len(SECRET):,}" not in detail  # 22-H1 (e): no size of it
+
+
+def test_create_refuses_files_that_are_not_scans(tmp_path, scans):
+    """22-M4: `rate create` copied any path (e.g. /etc/hostname) into the study; now only scans are copied."""
+    host_file = tmp_path / "hostname"
+    host_file.write_text("build-machine-7\n")
+    for bad, message in ((host_file, "unsupported file type"),
+                         (Path("/etc/hostname") if Path("/etc/hostname").is_file() else host_file, "unsupported")):
+        with pytest.raises(ValueError, match=rf"a\.jsonl:1: image not accepted: .*{message}"):
+            create_study(tmp_path / "study", _predictions(tmp_path, [[str(bad)]]), raters=["r"])
+        assert not (tmp_path / "study").exists() and not list(tmp_path.glob(".study.building-*"))
+    # a folder is copied only as its DICOM files; a link leaving it is refused
+    folder = tmp_path / "series"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not copied")
+    with pytest.raises(ValueError, match="a folder without DICOM files"):
+        create_study(tmp_path / "study", _predictions(tmp_path, [[str(folder)]]))
+    import shutil
+
+    shutil.copy(scans["dicom"], folder / "1.dcm")
+    (folder / "2.dcm").symlink_to(host_file)
+    with pytest.raises(ValueError, match=r"2\.dcm: a link to .*hostname, outside the DICOM folder"):
+        create_study(tmp_path / "study", _predictions(tmp_path, [[str(folder)]]))
+    (folder / "2.dcm").unlink()
+    result = create_study(tmp_path / "study", _predictions(tmp_path, [[str(folder)]]))
+    copied = sorted(p.name for p in (Path(result["study"]) / "images").rglob("*") if p.is_file())
+    assert copied == ["1.dcm"]
+    # --data_root confines the images to one folder
+    with pytest.raises(ValueError, match="outside the data root"):
+        create_study(tmp_path / "study2", _predictions(tmp_path, [[str(scans["nifti"])]]), data_root=folder)
+
+
+@pytest.mark.parametrize("per_task", [0, -3, True, 2.5])
+def test_per_task_must_be_positive_before_any_work(tmp_path, per_task):
+    """22-L2: `rate create --per_task 0` built an empty study's worth of work before failing."""
+    with pytest.raises(ValueError, match="per_task: expected a positive number"):
+        create_study(tmp_path / "study", [tmp_path / "missing.jsonl"], per_task=per_task)
+    assert not (tmp_path / "study").exists()
 
 
 def test_image_size_limit_is_configurable(tmp_path, scans):

@@ -149,3 +149,56 @@ def test_the_folder_is_removed_when_the_request_is_cancelled(nifti, tmp_path):
     asyncio.run(cancelled())
     assert not list(tmp_path.glob("radfm-request-*")) and path.live_folders() == []
     path.close()
+
+
+def test_a_deflated_dicom_is_inflated_once_to_disk_streamed_and_bounded(tmp_path):
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from radfm.serving.scans import inflate_to_disk
+    from radfm.transforms.errors import ScanTooLargeError
+
+    original = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm", download=False))
+    original.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    deflated = tmp_path / "ct.dcm"
+    original.save_as(deflated, enforce_file_format=True)
+    copy = tmp_path / "copy.dcm"
+    copy.write_bytes(deflated.read_bytes())
+    with pytest.raises(ScanTooLargeError, match="inflates to more than 1000 bytes"):
+        inflate_to_disk(copy, 1000)
+    assert copy.read_bytes() == deflated.read_bytes() and not list(tmp_path.glob("*.inflated"))
+    assert inflate_to_disk(deflated, 1 << 20) and not inflate_to_disk(deflated, 1 << 20)  # once only
+    again = pydicom.dcmread(deflated)
+    assert again.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert again.SeriesInstanceUID == original.SeriesInstanceUID
+    assert np.array_equal(again.pixel_array, pydicom.dcmread(copy).pixel_array)
+
+
+def test_a_batch_reads_each_request_alone_and_generates_them_together(nifti, tmp_path):
+    from radfm.serving.request import Batch
+
+    class BatchAnswerer(RecordingAnswerer):
+        calls: list = []
+
+        def answer_batch(self, prompts, images, options):
+            self.calls.append(len(prompts))
+            return [f"{p} ({len(i)})" for p, i in zip(prompts, images)]
+
+    holder: list = []
+    answerer = BatchAnswerer(holder)
+    path = RequestPath(answerer, Limits())
+    holder.append(path)
+    (tmp_path / "notes.txt").write_text("not a scan")
+    inputs = [[ScanInput(str(nifti), path=nifti)], [ScanInput("notes.txt", path=tmp_path / "notes.txt")],
+              [ScanInput(str(nifti), path=nifti)]]
+
+    async def together():
+        batch = Batch(3)
+        return await asyncio.gather(*(path.run(AnswerRequest(f"q{i}", scans), batch=batch)
+                                      for i, scans in enumerate(inputs)), return_exceptions=True)
+
+    first, bad, third = asyncio.run(together())
+    assert isinstance(bad, RequestError) and "notes.txt: not a supported scan" in str(bad)
+    assert (first.text, third.text) == ("<image>q0 (1)", "<image>q2 (1)")
+    assert BatchAnswerer.calls == [2]  # one generate call for the two good requests
+    path.close()

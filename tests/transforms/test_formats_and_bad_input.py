@@ -66,6 +66,7 @@ def test_several_series_lists_them_and_can_choose(multi_series_dir):
         preprocess_scan(multi_series_dir)
     message = str(info.value)
     assert str(multi_series_dir) in message and "3 DICOM series" in message
+    assert "pass --series_uid UID on the command line (series_uid=UID in Python)" in message  # issue 24 item 15
     series = list_dicom_series(multi_series_dir)
     for s in series:
         assert s.uid in message

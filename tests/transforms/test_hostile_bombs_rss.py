@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from hostile_files import deflated_dicom_bomb  # noqa: E402  (the sweep writes the same files)
+
 CHUNK = 64 * 1024**2
 GIB = 1024**3
 
@@ -100,3 +103,36 @@ def test_gzip_bombs_keep_peak_rss_under_1_gib(bombs):
     assert outcome[str(bombs["nifti_honest_header"])] == "read (3, 256, 256, 64)"  # the trailing members are never read
     assert outcome[str(bombs["nrrd_honest_header"])] == "read (3, 256, 256, 64)"  # only 8 MiB are inflated
     assert outcome["peak_rss_bytes"] < GIB, outcome
+
+
+_DICOM_IN_FRESH_PROCESS = r"""
+import json, sys
+from radfm.transforms import ScanReadError, preprocess_scan, read_scan
+
+def rss(field):
+    return int([l for l in open("/proc/self/status") if l.startswith(field)][0].split()[1]) * 1024
+
+before = rss("VmRSS:")
+try:
+    read_scan(sys.argv[1])
+    outcome = "read"
+except ScanReadError as error:
+    outcome = "refused: " + str(error)
+print(json.dumps({"outcome": outcome, "rss_before": before, "peak": rss("VmHWM:")}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS read from /proc/self/status (Linux)")
+def test_small_deflated_dicom_inflating_to_512_mib_is_refused_with_bounded_memory(tmp_path):
+    """22-H2: a ~0.5 MB deflated DICOM inflating to 512 MiB was not checked (files under ~2 MB were skipped
+    under the default 2 GiB limit) and pydicom inflated it whole; now it is refused, memory grows < 64 MiB."""
+    path = deflated_dicom_bomb(tmp_path / "bomb.dcm", 512 * 1024**2)
+    assert 400_000 < path.stat().st_size < 1_100_000, path.stat().st_size
+    result = subprocess.run([sys.executable, "-c", _DICOM_IN_FRESH_PROCESS, str(path)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    assert measured["outcome"].startswith("refused") and "beyond what its header describes (64 bytes" in \
+        measured["outcome"], measured
+    # the deflated data are counted, never kept: the read adds little to what the imports took
+    assert measured["peak"] - measured["rss_before"] < 64 * 1024**2, measured

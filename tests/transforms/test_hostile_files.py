@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from radfm.transforms import ScanReadError, ScanTooLargeError, preprocess_scan, read_scan, scan_size_limit
-from radfm.transforms.guards import DEFAULT_MAX_SCAN_BYTES, check_scan_file
+from radfm.transforms.formats import check_scan_file
+from radfm.transforms.guards import DEFAULT_MAX_SCAN_BYTES
 from radfm.transforms.readers import read_scan_array
 
 SECRET = b"root:x:0:0:secret-line-that-must-not-leak\n" * 64  # 2752 bytes
@@ -43,19 +44,25 @@ def _nrrd_header(data_line: str, sizes: str = "43 64", kind: str = "uint8", enco
             f"sizes: {sizes}\nencoding: {encoding}\n{extra}{data_line}\n")
 
 
-@pytest.mark.parametrize("data_line", [
-    "data file: {secret}",                  # absolute path, the reported attack
-    "datafile: {relative}",                 # the other spelling, relative with ..
-    "data file: LIST\n{secret}",            # LIST form: names follow the field
-    "data file: ../host/passw%c 100 100 1",  # printf pattern expanding to ../host/passwd
+OUTSIDE = r"attack\.nhdr: header field .*data ?file.* outside the header's folder"
+
+
+@pytest.mark.parametrize("data_line,refusal", [
+    ("data file: {secret}", OUTSIDE),                  # absolute path, the reported attack
+    ("datafile: {relative}", OUTSIDE),                 # the other spelling, relative with ..
+    ("data file:={secret}", OUTSIDE),                  # a key/value pair: pynrrd reads it as the field
+    # LIST form (names follow the field): pynrrd cannot parse the name lines
+    ("data file: LIST\n{secret}", r"attack\.nhdr: cannot read as nrrd"),
+    # printf pattern expanding to ../host/passwd: pynrrd reads one file only, so patterns are refused
+    ("data file: ../host/passw%c 100 100 1", r"attack\.nhdr: header field 'data file' .*pattern is not supported"),
 ])
-def test_nrrd_detached_data_outside_folder_is_refused(planted, data_line):
+def test_nrrd_detached_data_outside_folder_is_refused(planted, data_line, refusal):
     scans, secret = planted
     relative = os.path.relpath(secret, scans)
     header = scans / "attack.nhdr"
     header.write_text(_nrrd_header(data_line.format(secret=secret, relative=relative), extra="byte skip: -1\n"))
     for read in (preprocess_scan, read_scan):
-        with pytest.raises(ScanReadError, match=r"attack\.nhdr: header field .*data ?file.* outside the header's folder"):
+        with pytest.raises(ScanReadError, match=refusal):
             read(header)
 
 
@@ -84,7 +91,7 @@ def test_nrrd_detached_data_next_to_the_header_still_reads(tmp_path):
     (".mhd", "ElementDataFile = {secret}"),
     (".mha", "ElementDataFile = {secret}"),  # a .mha may point elsewhere too
     (".mhd", "ElementDataFile = LIST\n{secret}"),
-    (".mhd", "ElementDataFile = ../host/passw%c 100 100 1"),
+    (".mhd", "ElementDataFile = ../host/passw%d 100 100 1"),
 ])
 def test_metaimage_element_data_file_outside_folder_is_refused(planted, suffix, data_line):
     scans, secret = planted
@@ -217,7 +224,8 @@ def test_deflated_dicom_bomb_is_counted_not_kept(tmp_path):
     path = tmp_path / "deflated.dcm"
     ds.save_as(path, enforce_file_format=True)
     assert path.stat().st_size < 100_000
-    with pytest.raises(ScanTooLargeError, match="deflated.dcm: the deflated DICOM data inflates to more than"):
+    with pytest.raises(ScanTooLargeError, match="deflated.dcm: the deflated DICOM data hold more than 1,048,576 bytes "
+                                                r"\(1.0 MiB\) of elements before any pixel data"):
         read_scan(path, max_scan_bytes=1024**2)
     assert read_scan(path).shape[-2:] == (8, 8)
 
@@ -246,3 +254,31 @@ def test_preprocess_cli_takes_the_limit_and_names_the_attack(planted, tmp_path):
     claims_2mib.write_bytes(_nifti_bytes((1024, 1024), b""))  # 1024 x 1024 int16: 2 MiB claimed
     with pytest.raises(SystemExit, match=r"claims_2mib\.nii: .* over the limit of 1,048,576 bytes"):
         preprocess_cli(str(claims_2mib), max_scan_mb=1)
+
+
+def _hostile_headers():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    from hostile_files import hostile_headers
+
+    return hostile_headers
+
+
+@pytest.mark.parametrize("variant", sorted(_hostile_headers()("x")))
+def test_every_reported_bypass_is_refused_through_every_transforms_door(planted, variant, capsys):
+    """22-H1 (a)-(e) through preprocess_scan, LoadScan, scan_spatial_dims and `radfm preprocess`: refused,
+    and no message states the host file's size."""
+    from radfm.transforms import LoadScan, preprocess_cli, scan_spatial_dims
+
+    scans, secret = planted
+    header = scans / variant
+    header.write_bytes(_hostile_headers()(secret)[variant])
+    size_texts = (f"{len(SECRET)}", f"{len(SECRET):,}")
+    for door in (preprocess_scan, LoadScan(), read_scan, scan_spatial_dims):
+        with pytest.raises(ScanReadError) as refused:
+            door(header)
+        assert variant in str(refused.value) and not any(t in str(refused.value) for t in size_texts), refused.value
+    with pytest.raises(SystemExit) as exited:
+        preprocess_cli(str(header))
+    assert str(exited.value.code).startswith(f"radfm preprocess: {header}") and "root:x" not in str(exited.value.code)

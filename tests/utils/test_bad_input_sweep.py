@@ -23,9 +23,15 @@ def sweep():
 
 
 CLI_SUBSET = {"misspelled --limt", "manifest not UTF-8", "JSON list as prediction", "table with duplicate ids",
-              "output folder locked by a running evaluate", "num_beams 96"}
+              "output folder locked by a running evaluate", "num_beams 96",
+              "hostile header bom.nrrd (22-H1)", "hostile header colon.mhd (22-H1)", "a FIFO named .nrrd",
+              "deflated DICOM: 0.5 MB inflating to 512 MiB (22-H2)", "--png is a symlink (22-M5)",
+              "--per_task 0 (22-L2)", "image is a host file, not a scan (22-M4)",
+              "manifest: DICOM folder holding a link out of the root (22-M4)"}
 HTTP_SUBSET = {"option do_sample=true, temperature=inf", "300-character file name", "DNS rebinding Host",
-               "slow upload body", "rating app /case/1/image/..%2f..%2f..%2fetc%2fpasswd.png"}
+               "slow upload body", "rating app /case/1/image/..%2f..%2f..%2fetc%2fpasswd.png",
+               "hostile header non_ascii_field.nhdr (22-H1)", "deflated DICOM: 0.5 MB inflating to 512 MiB (22-H2)",
+               "rating app: planted header long_comments.nhdr (22-H1)", "rating app: planted header colon.mhd (22-H1)"}
 
 
 def test_sweep_subset_holds(sweep, tmp_path):
@@ -43,7 +49,7 @@ def test_the_table_lists_every_case(sweep, tmp_path):
     work = tmp_path / "w"
     sweep.make_workspace(work)
     expected = (len(sweep.cli_cases()) + len(sweep.service_cases("http://127.0.0.1:1", 1, work))
-                + len(sweep.traversal_cases(1, 2, "")))
+                + len(sweep.traversal_cases(1, 2, "")) + len(sweep.rating_cases(2, "")))
     table = (REPO / "docs" / "bad_input_sweep.md").read_text(encoding="utf-8")
     rows = re.findall(r"^\| \d+ \|", table, flags=re.MULTILINE)
     assert len(rows) == expected, "docs/bad_input_sweep.md is stale: rerun python scripts/bad_input_sweep.py"
