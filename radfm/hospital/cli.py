@@ -48,7 +48,7 @@ class NodeCommands:
             if not stopping:
                 stopping.append(signum)
                 logging.getLogger("radfm.node").info("signal %d: stopping", signum)
-                node._stop.set()
+                node.request_stop()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)

@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import tempfile
-import time
 from pathlib import Path
 
 from radfm.hospital.node_config import NodeConfig
@@ -31,7 +30,6 @@ class DicomwebPull:
         self.client = DICOMwebClient(url=config.pull.url)
         self.client.set_http_retry_params(retry=False)  # a failed poll is simply tried at the next poll
         self.queue = scp.queue
-        self.queue._tx([("CREATE TABLE IF NOT EXISTS pulled (study_uid TEXT PRIMARY KEY, pulled_at REAL NOT NULL)", ())])
 
     def new_studies(self) -> list[str]:
         """Study UIDs the QIDO-RS search returns that were not pulled before."""
@@ -41,7 +39,7 @@ class DicomwebPull:
             uid = (study.get("0020000D", {}).get("Value") or [None])[0]
             if not isinstance(uid, str) or len(uid) > 64 or not _UID.match(uid):
                 continue  # a malformed answer is skipped, not trusted
-            if not self.queue._rows("SELECT 1 FROM pulled WHERE study_uid = ?", (uid,)):
+            if not self.queue.was_pulled(uid):
                 uids.append(uid)
         return uids
 
@@ -59,7 +57,7 @@ class DicomwebPull:
                         count += 1
                 finally:
                     os.unlink(temp)
-            self.queue._tx([("INSERT OR REPLACE INTO pulled VALUES (?, ?)", (uid, time.time()))])
+            self.queue.mark_pulled(uid)
             logger.info("study %s: %d instance(s) pulled over DICOMweb", uid, count)
             taken += count
         return taken

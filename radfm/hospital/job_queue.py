@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     job_id INTEGER NOT NULL, destination TEXT NOT NULL, sr_path TEXT NOT NULL, state TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0, next_try_at REAL NOT NULL, last_error TEXT, delivered_at REAL,
     PRIMARY KEY (job_id, destination, sr_path));
+CREATE TABLE IF NOT EXISTS pulled (study_uid TEXT PRIMARY KEY, pulled_at REAL NOT NULL);
 """
 
 JOB_STATES = ("queued", "running", "sending", "done", "failed")
@@ -299,6 +300,13 @@ class JobQueue:
                 (row["id"],))]
             out.append(record)
         return out
+
+    def was_pulled(self, study_uid: str) -> bool:
+        """Whether the DICOMweb pull mode fetched ``study_uid`` before."""
+        return bool(self._rows("SELECT 1 FROM pulled WHERE study_uid = ?", (study_uid,)))
+
+    def mark_pulled(self, study_uid: str) -> None:
+        self._tx([("INSERT OR REPLACE INTO pulled VALUES (?, ?)", (study_uid, time.time()))])
 
     def waiting_instances(self) -> int:
         return self._rows("SELECT COUNT(*) FROM instances")[0][0]

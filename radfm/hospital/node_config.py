@@ -175,10 +175,7 @@ class NodeConfig:
         if not isinstance(callers, list) or not callers:
             raise _fail(s, "allowed_callers", "a non-empty list of {\"ae_title\", \"host\"} (who may send studies)",
                         callers)
-        for i, item in enumerate(callers):
-            if not isinstance(item, dict):
-                raise _fail(s, f"allowed_callers[{i}]", "an object", item)
-            _check_keys(s, f"allowed_callers[{i}].", item, {"ae_title", "host"})
+        for i, _, item in _objects(s, "allowed_callers", callers, Caller, "", False):
             c.allowed_callers.append(Caller(_ae(s, f"allowed_callers[{i}].ae_title", item.get("ae_title")),
                                             _host(s, f"allowed_callers[{i}].host", item.get("host"))))
         state = raw.get("state_dir", c.state_dir)
@@ -209,15 +206,21 @@ class NodeConfig:
         return c
 
 
-def _rules(s: str, raw: Any) -> list[SeriesRule]:
-    if not isinstance(raw, list) or not raw:
-        raise _fail(s, "rules", "a non-empty list of series rules", raw)
-    rules = []
+def _objects(s: str, name: str, raw: Any, kind: type, what: str, non_empty: bool):
+    """``(i, "name[i]", item)`` for a list of objects with ``kind``'s fields (unknown keys refused)."""
+    if not isinstance(raw, list) or (non_empty and not raw):
+        raise _fail(s, name, what, raw)
     for i, item in enumerate(raw):
-        where = f"rules[{i}]"
+        where = f"{name}[{i}]"
         if not isinstance(item, dict):
             raise _fail(s, where, "an object", item)
-        _check_keys(s, f"{where}.", item, {f.name for f in fields(SeriesRule)})
+        _check_keys(s, f"{where}.", item, {f.name for f in fields(kind)})
+        yield i, where, item
+
+
+def _rules(s: str, raw: Any) -> list[SeriesRule]:
+    rules = []
+    for i, where, item in _objects(s, "rules", raw, SeriesRule, "a non-empty list of series rules", True):
         name = item.get("name", f"rule{i}")
         modalities = item.get("modalities")
         if not isinstance(modalities, list) or not modalities or not all(
@@ -238,14 +241,8 @@ def _rules(s: str, raw: Any) -> list[SeriesRule]:
 
 
 def _destinations(s: str, raw: Any) -> list[Destination]:
-    if not isinstance(raw, list):
-        raise _fail(s, "destinations", "a list", raw)
     found = []
-    for i, item in enumerate(raw):
-        where = f"destinations[{i}]"
-        if not isinstance(item, dict):
-            raise _fail(s, where, "an object", item)
-        _check_keys(s, f"{where}.", item, {f.name for f in fields(Destination)})
+    for i, where, item in _objects(s, "destinations", raw, Destination, "a list", False):
         kind = item.get("kind")
         name = item.get("name", f"destination{i}")
         if not isinstance(name, str) or not re.fullmatch(r"[\w.-]{1,64}", name):

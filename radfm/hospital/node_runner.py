@@ -50,6 +50,7 @@ class NodeRunner:
         limits = Limits(max_scan_bytes=config.max_scan_mb * 1024 * 1024, max_new_tokens=max(config.max_new_tokens, 1),
                         parallel_preprocess=config.max_studies_in_memory, max_queue=config.max_studies_in_memory,
                         max_files=config.max_instances_per_study)
+        (config.state_path / "tmp-requests").mkdir(parents=True, exist_ok=True)
         self.path = RequestPath(answerer, limits, temp_root=config.state_path / "tmp-requests")
         self.scp = StorageSCP(config, self.queue)
         self.pull = None
@@ -62,7 +63,6 @@ class NodeRunner:
 
     # ---- lifetime ---------------------------------------------------------------------------------
     def start(self) -> None:
-        (self.config.state_path / "tmp-requests").mkdir(parents=True, exist_ok=True)
         requeued = self.queue.recover(self.config.max_job_attempts)
         if requeued:
             logger.info("%d interrupted job(s) queued again", requeued)
@@ -87,6 +87,10 @@ class NodeRunner:
         self.path.close()
         self.queue.close()
 
+    def request_stop(self) -> None:
+        """Ask :meth:`wait` to return (safe from a signal handler); then call :meth:`stop`."""
+        self._stop.set()
+
     def wait(self) -> None:
         """Block until :meth:`stop` is called (from a signal handler)."""
         while not self._stop.wait(0.5):
@@ -110,23 +114,28 @@ class NodeRunner:
 
     def _run_loop(self) -> None:
         while not self._stop.is_set():
-            job = self.queue.claim()
-            if job is None:
+            if not self.run_next():
                 self._stop.wait(0.2)
-                continue
+
+    def run_next(self) -> bool:
+        """Claim the oldest queued job and run it; a failure is recorded on the job. False: none queued."""
+        job = self.queue.claim()
+        if job is None:
+            return False
+        with self._active_lock:
+            self._active += 1
+            self.peak_active = max(self.peak_active, self._active)
+        try:
+            self.run_job(job)
+        except JobFailed as error:
+            self.queue.fail_job(job.id, str(error))
+        except Exception as error:  # one bad study must not stop the others
+            logger.exception("job %d: unexpected error", job.id)
+            self.queue.fail_job(job.id, f"{type(error).__name__}: {error}")
+        finally:
             with self._active_lock:
-                self._active += 1
-                self.peak_active = max(self.peak_active, self._active)
-            try:
-                self.run_job(job)
-            except JobFailed as error:
-                self.queue.fail_job(job.id, str(error))
-            except Exception as error:  # one bad study must not stop the others
-                logger.exception("job %d: unexpected error", job.id)
-                self.queue.fail_job(job.id, f"{type(error).__name__}: {error}")
-            finally:
-                with self._active_lock:
-                    self._active -= 1
+                self._active -= 1
+        return True
 
     def _send_loop(self) -> None:
         by_name = {d.name: d for d in self.config.destinations}

@@ -103,12 +103,12 @@ def test_malformed_and_oversized_instances_are_refused_and_the_node_keeps_runnin
     assert not any(p.is_file() for p in scp.queue.incoming.rglob("*"))
 
 
-def test_a_deflate_bomb_is_refused_by_the_transforms_guard(scp, tmp_path):
-    """Deflated Explicit VR: 16 MiB of zeros in a few kB; the guard counts the inflated size first."""
+def test_a_deflate_bomb_is_refused_by_the_transforms_guard(scp, tmp_path, caplog):
+    """Deflated Explicit VR: a 16x16 header over 16 MiB of zeros, shipped as a few kB; the guard inflates no
+    further than the header describes (radfm.transforms.guards.check_dicom) and refuses it."""
     (ct,) = write_ct_series(tmp_path / "base", slices=1, size=16)
     ds = pydicom.dcmread(ct)
-    ds.Rows = ds.Columns = 2048
-    ds.PixelData = np.zeros((2048, 2048), np.int16).tobytes()
+    ds.PixelData = bytes(16 << 20)
     deflated = pydicom.uid.DeflatedExplicitVRLittleEndian
     ds.file_meta.TransferSyntaxUID = deflated
     ae = AE(ae_title="TESTSCU")
@@ -117,8 +117,9 @@ def test_a_deflate_bomb_is_refused_by_the_transforms_guard(scp, tmp_path):
     assert assoc.is_established
     status = assoc.send_c_store(ds)
     assoc.release()
-    assert len(zlib.compress(bytes(8 << 20))) < 1 << 20  # what the sender ships is small
+    assert len(zlib.compress(bytes(16 << 20))) < 1 << 20  # what the sender ships is small
     assert status.Status == 0xA700
+    assert "refused by the scan guard" in caplog.text and "beyond what its header describes" in caplog.text
     assert scp.queue.waiting_instances() == 0 and _echo_ok(scp)
 
 
