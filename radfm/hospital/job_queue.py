@@ -76,6 +76,7 @@ class JobQueue:
         for folder in (self.root, self.incoming, self.jobs_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self.lock = self._lock  # held by a receiver while it moves a file into the spool and records it
         self._db = sqlite3.connect(self.root / "node.sqlite", check_same_thread=False, isolation_level=None,
                                    timeout=30)
         self._db.row_factory = sqlite3.Row

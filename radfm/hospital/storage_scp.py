@@ -115,6 +115,7 @@ class StorageSCP:
 
         ``caller`` names the source in logs (``AE@host`` or ``DICOMweb``). Used by C-STORE and the pull mode.
         """
+        temp = None
         try:
             header = check_instance(received, self.config)
             study = _uid(header.get("StudyInstanceUID"), "StudyInstanceUID")
@@ -129,8 +130,6 @@ class StorageSCP:
             if self.queue.pending_count(study) >= self.config.max_instances_per_study:
                 raise InstanceRefused(f"study has more than max_instances_per_study="
                                       f"{self.config.max_instances_per_study} instances", STATUS_OUT_OF_RESOURCES)
-            target = self.queue.instance_path(study, series, sop)
-            target.parent.mkdir(parents=True, exist_ok=True)
             digest = hashlib.sha256()
             fd, temp = tempfile.mkstemp(dir=self._spool_tmp, suffix=".dcm")
             with os.fdopen(fd, "wb") as out, received.open("rb") as source:
@@ -139,9 +138,13 @@ class StorageSCP:
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(temp, target)
-            self.queue.add_instance(study, series, sop, target, digest.hexdigest(), str(header.get("Modality", "")),
-                                    str(header.get("SeriesDescription", ""))[:256], caller.split("@")[0])
+            target = self.queue.instance_path(study, series, sop)
+            with self.queue.lock:  # the file and its row together: the sealer never sees one without the other
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(temp, target)
+                self.queue.add_instance(study, series, sop, target, digest.hexdigest(),
+                                        str(header.get("Modality", "")), str(header.get("SeriesDescription", ""))[:256],
+                                        caller.split("@")[0])
             self.received += 1
             return STATUS_OK
         except InstanceRefused as error:
@@ -156,6 +159,9 @@ class StorageSCP:
             self.refused += 1
             logger.exception("instance from %s not stored (%s)", caller, type(error).__name__)
             return STATUS_PROCESSING_FAILURE
+        finally:
+            if temp is not None and os.path.exists(temp):  # not moved into the spool (an error on the way)
+                os.unlink(temp)
 
     def start(self) -> None:
         from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
