@@ -90,9 +90,13 @@ class Orthanc:
             time.sleep(0.1)
         raise RuntimeError(f"Orthanc did not answer in {timeout_s} s; see {self.folder / 'orthanc.log'}")
 
-    def stop(self) -> None:
+    def stop(self, kill: bool = False) -> None:
+        """Stop Orthanc: SIGTERM (a clean shutdown), or with ``kill`` SIGKILL (a crash: gone at once)."""
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:

@@ -103,3 +103,19 @@ def test_a_report_written_before_an_interruption_is_reused_not_generated_again(n
     node.run_job(node.queue.job(job.id))
     (again,) = node.queue.jobs()[0]["results"]
     assert again["sop_uid"] == first["sop_uid"] and node.answerer.calls == 1
+
+
+def test_the_running_node_answers_every_study_with_at_most_max_studies_in_memory_at_once(node, tmp_path):
+    studies = [_spool(node, [write_chest_xray(tmp_path / f"dx{i}", size=32)]) for i in range(4)]
+    node.start()
+    try:
+        deadline = time.monotonic() + 60
+        while {job["state"] for job in node.queue.jobs()} != {"done"} or len(node.queue.jobs()) < 4:
+            assert time.monotonic() < deadline, node.queue.jobs()
+            time.sleep(0.1)
+        assert sorted(job["study_uid"] for job in node.queue.jobs()) == sorted(studies)
+    finally:
+        node.request_stop()
+        node.stop()
+    assert 1 <= node.peak_active <= node.config.max_studies_in_memory == 2
+    assert node.answerer.peak == 1  # one model thread, whatever the number of readers

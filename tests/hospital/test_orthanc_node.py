@@ -113,7 +113,7 @@ def test_a_calling_ae_not_on_the_allow_list_is_refused_and_bad_instances_do_not_
 def test_orthanc_down_while_the_report_is_sent_gets_it_after_restart_exactly_once(pacs, tmp_path):
     orthanc, node = pacs
     study_uid = _send_through_orthanc(orthanc, [write_chest_xray(tmp_path / "dx", size=64)])
-    orthanc.stop()  # the node still has stable_after_s (2 s) to wait before it even starts the job
+    orthanc.stop(kill=True)  # gone at once; the node still waits stable_after_s (2 s) before it starts the job
     deadline = time.monotonic() + 60
     while True:
         job = node.job_of(study_uid)
