@@ -10,6 +10,9 @@ The node takes studies from the PACS and sends reports back::
         -> destinations (C-STORE / STOW-RS)         retried with backoff until delivered or failed
 
 Modules: ``node_config`` (the one JSON file), ``job_queue``, ``storage_scp``, ``series_rules``,
-``destinations``, ``node_runner``, ``dicomweb_pull``, ``cli`` (``radfm node run|status``).
+``destinations``, ``node_runner``, ``dicomweb_pull``, ``cli`` (``radfm node run|status``);
+``deploy_app`` + ``deploy_rules`` (the MONAI Deploy application, ``map/`` its packaging files);
+``synthetic`` (made-up CT and X-ray studies) and ``orthanc_lab`` (Orthanc + node processes for
+tests and ``scripts/bench_node.py``).
 Nothing is imported here so that ``import radfm`` stays light.
 """

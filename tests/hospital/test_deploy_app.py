@@ -53,12 +53,3 @@ def test_the_app_answers_the_selected_ct_series_and_writes_an_sr_referencing_it(
     if shutil.which("dciodvfy") is not None:
         check = subprocess.run(["dciodvfy", str(sr_path)], capture_output=True, text=True, timeout=60)
         assert [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")] == []
-
-
-def test_bad_rules_are_refused_naming_the_file(tmp_path):
-    from radfm.hospital.deploy_app import load_rules
-
-    rules = tmp_path / "rules.json"
-    rules.write_text(json.dumps({"selections": [{"name": "x", "conditions": {}, "prompt": "<image> <image>"}]}))
-    with pytest.raises(ValueError, match=r"rules.json: selections\[0\].prompt"):
-        load_rules(rules)

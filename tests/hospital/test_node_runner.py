@@ -119,3 +119,29 @@ def test_the_running_node_answers_every_study_with_at_most_max_studies_in_memory
         node.stop()
     assert 1 <= node.peak_active <= node.config.max_studies_in_memory == 2
     assert node.answerer.peak == 1  # one model thread, whatever the number of readers
+
+
+def test_pull_mode_node_fetches_a_matching_study_over_dicomweb_and_stows_the_report_back(orthanc_factory, tmp_path):
+    """The node's pull loop end to end against Orthanc (the answerer is the counting one: no model here)."""
+    orthanc = orthanc_factory({})
+    dx = write_chest_xray(tmp_path / "dx", size=32, patient_id="PULLNODE")
+    orthanc.store_files([dx, write_chest_xray(tmp_path / "other", size=32, patient_id="NOTME")])
+    study = pydicom.dcmread(dx, stop_before_pixels=True).StudyInstanceUID
+    config = NodeConfig.from_dict({
+        "port": 0, "state_dir": str(tmp_path / "state"), "stable_after_s": 0.5,
+        "allowed_callers": [{"ae_title": "ORTHANC", "host": "127.0.0.1"}],
+        "pull": {"url": orthanc.dicomweb, "filter": {"PatientID": "PULLNODE"}, "every_s": 0.5},
+        "destinations": [{"name": "orthanc", "kind": "stow", "url": orthanc.dicomweb}]})
+    runner = NodeRunner(config, answerer=CountingAnswerer())
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (jobs := runner.queue.jobs()) or jobs[0]["state"] not in ("done", "failed"):
+            assert time.monotonic() < deadline, jobs
+            time.sleep(0.1)
+    finally:
+        runner.request_stop()
+        runner.stop()
+    assert [(job["study_uid"], job["state"]) for job in jobs] == [(study, "done")], jobs
+    (sr,) = orthanc.srs_of_study(study)
+    assert sr["00080060"]["Value"] == ["SR"]
