@@ -132,6 +132,7 @@ class NodeConfig:
     model: str | None = None  # a model folder; null: the demo model
     device: str = "cpu"
     max_new_tokens: int = 128
+    generation_timeout_s: float = 1800.0  # one series' generation; a full-size model on CPU takes minutes
     rules: list[SeriesRule] = field(default_factory=lambda: list(DEFAULT_RULES))
     destinations: list[Destination] = field(default_factory=list)
     max_attempts: int = 8  # delivery tries per destination before the job is marked failed
@@ -187,6 +188,8 @@ class NodeConfig:
                           ("max_instances_per_study", 1), ("max_new_tokens", 1), ("max_attempts", 1),
                           ("max_job_attempts", 1)):
             setattr(c, name, _int(s, name, raw.get(name, getattr(c, name)), low))
+        c.generation_timeout_s = _seconds(s, "generation_timeout_s",
+                                          raw.get("generation_timeout_s", c.generation_timeout_s), 1.0)
         c.retry_first_s = _seconds(s, "retry_first_s", raw.get("retry_first_s", c.retry_first_s), 0.01)
         c.retry_max_s = _seconds(s, "retry_max_s", raw.get("retry_max_s", c.retry_max_s), c.retry_first_s)
         for name in ("model", "institution_name"):

@@ -36,6 +36,7 @@ def test_a_full_config_loads_and_state_dir_is_relative_to_the_file(tmp_path):
     ({"port": 70000}, "port: expected a whole number >= 0 and <= 65535"),
     ({"stable_after_s": 0}, "stable_after_s: expected a number of seconds >= 0.1"),
     ({"max_studies_in_memory": 0}, "max_studies_in_memory: expected a whole number >= 1"),
+    ({"generation_timeout_s": 0}, "generation_timeout_s: expected a number of seconds >= 1"),
     ({"stable_afer_s": 3}, "stable_afer_s: unknown field (did you mean 'stable_after_s'?)"),
     ({"rules": [{"modalities": ["ct"], "prompt": "x"}]}, "rules[0].modalities: expected a list of DICOM modality"),
     ({"rules": [{"modalities": ["CT"], "prompt": "<image> <image>"}]}, "rules[0].prompt: expected a question"),
