@@ -53,6 +53,8 @@ setup(
         "safetensors>=0.4",
         "peft>=0.10",
         "highdicom>=0.22",
+        "pynetdicom>=3.0",  # radfm node: the DICOM Storage SCP and C-STORE of reports
+        "dicomweb-client>=0.60",  # radfm node: STOW-RS of reports, QIDO-RS/WADO-RS pull
         "rouge-score>=0.1.2",
         "sacrebleu>=2.3",
         "bert-score>=0.3.13",
@@ -68,6 +70,7 @@ setup(
     ],
     extras_require={
         "quant": ["bitsandbytes>=0.43"],
+        "deploy": ["monai-deploy-app-sdk==4.0.0"],  # radfm.hospital.deploy_app (pulls holoscan; own venv advised)
         "vocab": ["simple-icd-10-cm>=1.5"],  # only to rebuild radfm/data/vocab/icd10cm_terms.txt
         "test": [
             "pytest>=8.0",

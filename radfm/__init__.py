@@ -1,9 +1,12 @@
 """RadFM toolkit.
 
-``model, tokenizer, preprocessing = radfm.load("path/to/model_folder")`` is the one way to load
-a model (see :func:`radfm.model.loading.load`); ``from radfm import RadFM, RadFMConfig`` gives
-the network; ``radfm.transforms`` holds the MONAI preprocessing and imports no model code. Heavy submodules load lazily so that
-``import radfm.transforms`` stays light.
+``loaded = radfm.load("path/to/model_folder")`` is the one way to load a model (``loaded.model``,
+``loaded.processor``; it still unpacks as ``model, tokenizer, preprocessing``; see
+:func:`radfm.model.loading.load`). ``from radfm import RadFM, RadFMConfig, RadFMProcessor`` gives the
+transformers classes; importing ``radfm`` registers them with transformers' Auto classes
+(``AutoConfig``, ``AutoModelForImageTextToText``, ``AutoProcessor``), so a model folder loads with
+``AutoProcessor.from_pretrained(d)`` / ``AutoModelForImageTextToText.from_pretrained(d)``.
+``radfm.transforms`` holds the MONAI preprocessing and imports no model code.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "RadFM": "radfm.model.radfm",
+    "RadFMForConditionalGeneration": "radfm.model.radfm",
     "RadFMConfig": "radfm.model.config",
+    "RadFMProcessor": "radfm.model.processing",
     "load": "radfm.model.loading",
     "LoadedModel": "radfm.model.loading",
 }
@@ -27,3 +32,15 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'radfm' has no attribute {name!r}")
+
+
+def _register_with_transformers() -> None:
+    """Make ``model_type: radfm`` known to transformers' Auto classes (skipped without transformers)."""
+    try:
+        importlib.import_module("radfm.model.auto")
+    except ImportError as error:  # the transforms-only install has no transformers
+        if getattr(error, "name", None) != "transformers":
+            raise
+
+
+_register_with_transformers()

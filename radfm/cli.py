@@ -34,6 +34,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "rate": ("radfm.rating.cli:RateCommands", "blinded radiologist rating of model answers in the browser"),
     "preprocess": ("radfm.interop.info:preprocess", "preprocess a scan and show what a model receives (--model DIR)"),
     "mlflow": ("radfm.interop.mlflow_model:MLflowCommands", "MLflow: log-model (RadFM as a pyfunc model, registered)"),
+    "node": ("radfm.hospital.cli:NodeCommands", "DICOM node: studies from the PACS in, RadFM reports (SR) back"),
     "demo": ("radfm.demo:main", "the quick-start job: the demo model answers questions about shipped scans"),
 }
 

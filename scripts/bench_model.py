@@ -7,8 +7,12 @@ Sections (all measured side by side in one run):
   generate  8 prompts generated as one left-padded batch vs one by one (small config).
   load      a generated official-format checkpoint (≥ 2 GB): peak RSS / size of loaded weights
             for RadFM.from_official vs naive torch.load + load_state_dict, each in a subprocess.
+  folder    the same weights saved as a model folder (safetensors) and loaded back the way
+            ``radfm.load`` does on the CPU, fp32 and bf16, every weight touched once after loading
+            (memory-mapped weights count once used), in a subprocess: peak RSS / checkpoint size. ``--code DIR`` runs the child on another copy of the
+            package (e.g. ``git archive`` of an older commit) to compare before/after.
 
-    python scripts/bench_model.py [--sections vision,generate,load] [--output bench_model.md]
+    python scripts/bench_model.py [--sections vision,generate,load,folder] [--output bench_model.md]
 """
 
 from __future__ import annotations
@@ -270,6 +274,76 @@ def bench_load(size_gb: float, keep: Path | None) -> list[str]:
     return lines
 
 
+_FOLDER_CHILD = r"""
+import json, resource, sys, torch
+folder, dtype = sys.argv[1:3]
+import radfm
+from radfm.model.radfm import RadFM
+try:
+    from radfm.model.loading import _load_weights  # radfm.load's weight loading (dtype cast included)
+except ImportError:
+    _load_weights = None
+import transformers.models.llama.modeling_llama  # library code counts as startup, not as loading
+baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+dtype = "float32" if dtype == "none" else dtype
+if _load_weights is not None:  # transformers' from_pretrained, as radfm.load calls it
+    from pathlib import Path
+    model = _load_weights(Path(folder), device="cpu", dtype=dtype, device_map=None, max_memory=None,
+                          offload_folder=None, quantization=None)
+else:  # the hand-written loader before
+    model = RadFM.from_pretrained(folder, dtype=getattr(torch, dtype), device="cpu")
+# touch every weight once: memory-mapped weights count in RSS once they are used
+touched = sum(float(t.sum()) for t in model.state_dict().values() if t.is_floating_point())
+weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"peak": peak, "baseline": baseline, "weights": weights, "code": radfm.__file__}))
+"""
+
+
+def bench_folder(size_gb: float, keep: Path | None, code: Path | None) -> list[str]:
+    """Peak RSS of loading a saved model folder, relative to the checkpoint's size on disk."""
+    hidden, layers = 2048, max(1, round((size_gb * 1e9 / 4 - 2 * 32000 * 2048 - 100e6) / (4 * 2048**2 + 3 * 2048 * 5504)))
+    workdir = keep or Path(tempfile.mkdtemp(prefix="radfm-bench-"))
+    env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = f"{code}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    folder = workdir / ("folder" if code is None else "folder-" + code.name)
+    if not folder.exists():
+        print(f"writing a {layers}-layer, {hidden}-wide model folder to {folder} …", flush=True)
+        subprocess.run(
+            [sys.executable, "-c", "import sys, torch; from radfm.model.radfm import RadFM; "
+             f"sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_model as b; torch.manual_seed(0); "
+             f"RadFM(b._load_config({hidden}, {layers})).save_pretrained({str(folder)!r}, max_shard_size='1GB')"],
+            check=True, env=env,
+        )
+    file_gb = sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 1e9
+    lines = [
+        f"folder: {file_gb:.2f} GB of fp32 safetensors (LLaMA {hidden} wide × {layers} layers + published vision/perceiver)"
+        + (f"; code: {code}" if code else ""),
+        "",
+        "| loader | dtype | loaded weights (GB) | peak RSS (GB) | peak / checkpoint | (peak − startup) / checkpoint |",
+        "|---|---|---|---|---|---|",
+    ]
+    for dtype in ("none", "bfloat16"):
+        out = subprocess.run([sys.executable, "-c", _FOLDER_CHILD, str(folder), dtype], capture_output=True,
+                             text=True, env=env)
+        if out.returncode != 0:
+            raise RuntimeError(f"folder load subprocess ({dtype}) failed:\n{out.stderr[-3000:]}")
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        size = file_gb * 1e9
+        lines.append(
+            f"| radfm.load weights ({result['code']}) | {'float32' if dtype == 'none' else dtype} | "
+            f"{result['weights'] / 1e9:.2f} | {result['peak'] / 1e9:.2f} | {result['peak'] / size:.2f}× | "
+            f"{(result['peak'] - result['baseline']) / size:.2f}× |"
+        )
+        print(lines[-1], flush=True)
+    if keep is None:
+        import shutil
+
+        shutil.rmtree(workdir)
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default="vision,generate,load")
@@ -277,6 +351,8 @@ def main() -> None:
     parser.add_argument("--load-size-gb", type=float, default=2.2)
     parser.add_argument("--keep-checkpoint", type=Path, default=None, help="folder to keep/reuse the generated checkpoint")
     parser.add_argument("--output", type=Path, default=None, help="write the Markdown report here")
+    parser.add_argument("--code", type=Path, default=None,
+                        help="folder section: run the child on this copy of the package (PYTHONPATH), for before/after")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
@@ -290,6 +366,9 @@ def main() -> None:
         report += ["## Batched vs one-by-one generation", ""] + bench_generate(args.repeats) + [""]
     if "load" in sections:
         report += ["## Loading an official-format checkpoint", ""] + bench_load(args.load_size_gb, args.keep_checkpoint) + [""]
+    if "folder" in sections:
+        report += ["## Loading a saved model folder", ""] + bench_folder(args.load_size_gb, args.keep_checkpoint,
+                                                                          args.code) + [""]
     text = "\n".join(report)
     print("\n" + text)
     if args.output:

@@ -7,6 +7,17 @@ iteration (forward, weighted loss, backward, AdamW step) on synthetic batches of
 
     python scripts/bench_train.py --output bench_train.md            # all four configurations
     python scripts/bench_train.py --configs tiny --steps 5
+    python scripts/bench_train.py --compare-published --output bench_train_vs_published.md
+
+``--compare-published``: in ONE process, on the same weights and the same batch (one 3D scan
+[3, 256, 256, 64] + text per sample, fp32, forward + backward + AdamW), our trainer's step
+(``RadFMTrainer``, driven by Ignite) against the published code's step as the spec describes it:
+image tokens embedded through a one-hot matrix over a per-sample table ``[V+2+32S, hidden]``
+(``RADFM_SPEC.md`` §1), the weighted loss, AdamW, gradients zeroed after the step (HF ``Trainer``).
+Both with and without gradient checkpointing. Peak memory per phase: the process's peak RSS
+(``VmHWM``), reset through ``/proc/self/clear_refs`` (after ``malloc_trim``) before each phase,
+minus the RSS at the phase start. The CPU model is small (``--model cpu-small``); say so when
+quoting the figures.
 
 Sizes: ``tiny`` = the tiny preset; ``small`` = the published vision encoder and perceiver
 (768 wide, 12 blocks; perceiver 6 layers) + a 4-layer 1024-wide LLaMA-style LLM (vocab 32000).
@@ -19,6 +30,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -38,10 +50,192 @@ def build_model(size: str):
     if size == "tiny":
         config = RadFMConfig.preset("tiny")
     elif size == "small":
-        config = RadFMConfig(llm=dict(SMALL_LLM))  # published vision/perceiver defaults
+        config = RadFMConfig(text_config=dict(SMALL_LLM))  # published vision/perceiver defaults
     else:
         raise ValueError(f"unknown size {size!r}")
     return RadFM(config)
+
+
+CPU_SMALL = {
+    "llm": {**SMALL_LLM, "hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 4,
+            "num_attention_heads": 8, "num_key_value_heads": 8},
+    "vision": {"dim": 192, "depth": 4, "heads": 4, "dim_head": 48, "mlp_dim": 512},
+    "perceiver": {"depth": 2, "heads": 4, "dim_head": 48, "ff_mult": 4},
+}
+
+
+def _rss_now() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_reset() -> int:
+    """Release free heap to the OS and reset the peak RSS (Linux); returns the RSS now."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    return _rss_now()
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def published_embedding(model, input_ids, images):
+    """The published code's embedding: a one-hot ``[B, L, V+2+32S]`` matmul over a per-sample table."""
+    import torch
+
+    vocab, hidden = model.config.base_vocab_size, model.config.hidden_size
+    rows = []
+    for b in range(input_ids.shape[0]):
+        visual = model.encode_images(images[b]).reshape(-1, hidden)  # [32S, hidden]
+        table = torch.cat([model.language_model.get_input_embeddings().weight, model.figure_token_weight, visual])
+        one_hot = torch.nn.functional.one_hot(input_ids[b], table.shape[0]).to(table.dtype)
+        rows.append(one_hot @ table)
+    return torch.stack(rows)
+
+
+def compare_published(steps: int, batch_size: int, text_tokens: int, threads: int, scan: tuple[int, int, int],
+                      rounds: int = 2) -> dict:
+    """Our trainer's step vs the published step, same weights and batch, one process (see the module doc)."""
+    import copy
+
+    import torch
+
+    from radfm.engines.loss import weighted_next_token_loss
+    from radfm.engines.trainer import RadFMTrainer
+    from radfm.model.config import RadFMConfig
+    from radfm.model.radfm import RadFM
+    from radfm.model.tokenizer import image_token_ids
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config = RadFMConfig(text_config=dict(CPU_SMALL["llm"]), vision_config=CPU_SMALL["vision"],
+                         perceiver_config=CPU_SMALL["perceiver"])
+    model = RadFM(config).train()
+    for module in model.modules():  # dropout off: both steps must compute the same function
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    initial = copy.deepcopy(model.state_dict())
+    vocab = config.base_vocab_size
+    ids = torch.randint(4, vocab, (batch_size, text_tokens + 34))
+    ids[:, 1:35] = torch.tensor(image_token_ids(vocab, 0))
+    weights = torch.zeros_like(ids, dtype=torch.float32)
+    weights[:, -text_tokens // 2:] = 1.0
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "loss_weights": weights,
+             "images": [[torch.rand(3, *scan)] for _ in range(batch_size)]}
+
+    def published(n: int) -> list[float]:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        times = []
+        for _ in range(n):
+            start = (time.perf_counter(), time.process_time())
+            embeds = published_embedding(model, batch["input_ids"], batch["images"])
+            out = model.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"])
+            weighted_next_token_loss(out.logits, batch["input_ids"], batch["loss_weights"]).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)  # HF Trainer: model.zero_grad() after the step
+            times.append((time.perf_counter() - start[0], time.process_time() - start[1]))
+        return times
+
+    class KeepGradsAdamW(torch.optim.AdamW):
+        """The trainer before issue 21: gradients stayed alive until the next step's zero_grad."""
+
+        stepped = False
+
+        def step(self, *args, **kwargs):
+            self.stepped = True
+            return super().step(*args, **kwargs)
+
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            if self.stepped:  # the trainer's zero_grad right after the step: skipped
+                self.stepped = False
+                return
+            super().zero_grad(set_to_none=set_to_none)
+
+    def ours(n: int, optimizer_class=torch.optim.AdamW) -> list[float]:
+        from ignite.engine import Events
+
+        optimizer = optimizer_class(model.parameters(), lr=1e-5)
+        trainer = RadFMTrainer(device="cpu", max_epochs=1, train_data_loader=[batch] * n, network=model,
+                               optimizer=optimizer, max_grad_norm=None)
+        times, start = [], [(0.0, 0.0)]
+        trainer.add_event_handler(Events.ITERATION_STARTED,
+                                  lambda _: start.__setitem__(0, (time.perf_counter(), time.process_time())))
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: times.append(
+            (time.perf_counter() - start[0][0], time.process_time() - start[0][1])))
+        trainer.run()
+        return times
+
+    def ours_before(n: int) -> list[float]:
+        return ours(n, KeepGradsAdamW)
+
+    phases = (("published", published), ("ours", ours), ("ours, before (grads kept)", ours_before))
+    samples: dict = {}
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        for round_ in range(rounds):  # phases alternate so that machine noise hits all of them
+            for name, run in phases if round_ % 2 == 0 else phases[::-1]:
+                model.load_state_dict(initial)
+                run(1)  # warm-up: allocator, kernels
+                model.load_state_dict(initial)
+                model.zero_grad(set_to_none=True)  # every phase starts without gradients (the warm-up may keep some)
+                start_rss = _peak_reset()
+                times = run(steps)
+                entry = samples.setdefault((name, checkpointing), {"times": [], "peaks": []})
+                entry["times"] += times
+                entry["peaks"].append((_peak_rss() - start_rss) / 2**30)
+        model.activation_checkpointing_disable()
+    results = {key: {"s_per_step": statistics.median(t[0] for t in v["times"]),
+                     "cpu_s_per_step": statistics.median(t[1] for t in v["times"]),
+                     "peak_gib": statistics.median(v["peaks"])} for key, v in samples.items()}
+    return {"parameters": sum(p.numel() for p in model.parameters()), "scan": list(scan), "steps": steps,
+            "rounds": rounds, "batch_size": batch_size, "text_tokens": text_tokens, "threads": threads,
+            "rows": [{"step": k[0], "gradient_checkpointing": k[1], **v} for k, v in results.items()]}
+
+
+def published_report(result: dict, command: str) -> list[str]:
+    rows = {(r["step"], r["gradient_checkpointing"]): r for r in result["rows"]}
+    lines = [
+        "# Our training step vs the published step (same weights and batch, one process, CPU)", "",
+        f"Command: `{command}`  ",
+        f"Model: `cpu-small` ({result['parameters'] / 1e6:.1f} M parameters: vision 192 wide × 4 blocks, "
+        f"LLaMA 512 wide × 4 layers, vocab 32000) — a small config for this CPU, not the 14B model. "
+        f"Batch {result['batch_size']} × (one 3D scan {result['scan']} + {result['text_tokens']} text tokens), fp32, "
+        f"AdamW, {result['rounds']} alternating rounds of {result['steps']} timed steps after one warm-up each "
+        f"(median step time, median phase peak), torch threads {result['threads']}. "
+        "`ours, before` = our trainer with the gradients kept alive until the next step, as before this change. "
+        "Peak = peak RSS during the phase minus RSS at its start (no gradients alive at the start).", "",
+        "| gradient checkpointing | step | wall s/step | CPU s/step | CPU time vs published | peak (GiB) | memory vs published |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for ckpt in (False, True):
+        pub = rows[("published", ckpt)]
+        for name in ("published", "ours", "ours, before (grads kept)"):
+            row = rows[(name, ckpt)]
+            lines.append(f"| {'on' if ckpt else 'off'} | {name} | {row['s_per_step']:.3f} | {row['cpu_s_per_step']:.3f} | "
+                         f"{row['cpu_s_per_step'] / pub['cpu_s_per_step']:.2f}× | {row['peak_gib']:.3f} | "
+                         f"{row['peak_gib'] / pub['peak_gib']:.2f}× |")
+    off, on = rows[("ours", False)], rows[("ours", True)]
+    lines.append("")
+    lines.append(f"Our checkpointing mode vs the published step without it: "
+                 f"{on['cpu_s_per_step'] / rows[('published', False)]['cpu_s_per_step']:.2f}× CPU time, "
+                 f"{on['peak_gib'] / rows[('published', False)]['peak_gib']:.2f}× memory "
+                 f"(vs our own step without it: {on['cpu_s_per_step'] / off['cpu_s_per_step']:.2f}× CPU time). "
+                 "CPU time (process time, 1 thread) is the ratio to read on this shared machine; wall time is noisy.")
+    return lines
 
 
 def worker(size: str, checkpointing: bool, steps: int, batch_size: int, text_tokens: int, threads: int) -> dict:
@@ -55,7 +249,7 @@ def worker(size: str, checkpointing: bool, steps: int, batch_size: int, text_tok
     torch.manual_seed(0)
     model = build_model(size).train()
     if checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     vocab = model.config.base_vocab_size
     ids = torch.randint(4, vocab, (batch_size, text_tokens + 34))
     ids[:, 1:35] = torch.tensor(image_token_ids(vocab, 0))
@@ -95,12 +289,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default="bench_train.md")
+    parser.add_argument("--compare-published", action="store_true",
+                        help="our trainer step vs the published step, one process (see the module doc)")
+    parser.add_argument("--scan", default="256,256,64", help="--compare-published: the 3D scan H,W,D")
+    parser.add_argument("--rounds", type=int, default=2, help="--compare-published: alternating rounds")
     parser.add_argument("--worker", nargs=2, metavar=("SIZE", "CHECKPOINTING"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
         size, checkpointing = args.worker[0], args.worker[1] == "1"
         print(json.dumps(worker(size, checkpointing, args.steps, args.batch_size, args.text_tokens, args.threads)))
+        return 0
+
+    if args.compare_published:
+        scan = tuple(int(n) for n in args.scan.split(","))
+        result = compare_published(args.steps, args.batch_size, args.text_tokens, args.threads, scan, args.rounds)
+        command = "python scripts/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        lines = published_report(result, command)
+        Path(args.output).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        print("\n".join(lines))
         return 0
 
     rows = []

@@ -143,8 +143,8 @@ def build_llm_model(sizes: Sizes, device: torch.device, dtype: torch.dtype):
 
     config = RadFMConfig.preset(sizes.llm_preset, **sizes.llm_overrides)
     if not sizes.vision_full:
-        config = RadFMConfig(llm=config.llm, vision=RadFMConfig.preset("tiny").vision,
-                             perceiver=RadFMConfig.preset("tiny").perceiver)
+        config = RadFMConfig(text_config=config.llm, vision_config=RadFMConfig.preset("tiny").vision,
+                             perceiver_config=RadFMConfig.preset("tiny").perceiver)
     return materialise(RadFM.empty(config), device, dtype).eval()
 
 
@@ -244,7 +244,7 @@ def check_memory(sizes: Sizes, device: torch.device, state: dict) -> list[tuple[
     model = state.pop("model", None) or build_llm_model(sizes, device, torch.bfloat16)
     rows = []
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as folder:
-        model.save_pretrained(folder, tokenizer=tiny_tokenizer())
+        model.save_pretrained(folder, tokenizer=tiny_tokenizer(base_vocab_size=model.config.base_vocab_size))
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -11,7 +11,7 @@ Steps (all offline, CPU):
 4. a small RadFM trained with our own ``instruct.json`` bundle (``monai.bundle run``);
 5. evaluation on the held-out split: yes/no diagnosis, single-lesion location VQA, modality;
    and yes/no diagnosis again with every image replaced by zeros (the images must matter);
-6. weights (safetensors), tokenizer, config, grid (``preprocess.json``) and ``EVAL.md``/``eval.json``
+6. weights (safetensors), config, processor (tokenizer + grid, ``processor_config.json``) and ``EVAL.md``/``eval.json``
    to the output folder, and the same weights as a plain state dict in ``<output>/../model.pt``
    (``bundles/radfm/models/model.pt``, what the bundle's ``inference.json`` loads).
 
@@ -187,10 +187,10 @@ def evaluate(model_dir: Path, phantom_dir: Path, batch_size: int = 32) -> dict:
     from radfm.data.loaders import default_image_loader
     from radfm.metrics.closed import match_closed_set, match_reference
     from radfm.model.generation import generate_text
-    from radfm.model.radfm import RadFM
+    from radfm.model.loading import load
 
-    model = RadFM.from_pretrained(model_dir).eval()
-    tokenizer = model.tokenizer
+    loaded = load(model_dir, device="cpu", dtype="float32")
+    model, tokenizer = loaded.model, loaded.tokenizer
     loader = default_image_loader(**IMAGE_SIZES)
     groups: dict[str, list[dict]] = {"diagnosis_yes_no": [], "lesion_location": [], "modality_open": [],
                                      "modality_yes_no": []}
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer_dir=str(tokenizer_dir),
         vision_init=str(vision_init) if vision_init else None,
         config_overrides=DEMO_CONFIG,
-        image_grid=IMAGE_SIZES,  # written to the model's preprocess.json by SavePretrained
+        image_grid=IMAGE_SIZES,  # written to the model's processor_config.json by SavePretrained
         cache_images=True,
         term_weighting=False,
         seed=args.seed,
@@ -328,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     tmp = output.parent / f".{output.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(model_dir, tmp)
-    (tmp / "preprocess.json").write_text(json.dumps({"loader": "radfm.transforms.preprocess_scan", **IMAGE_SIZES}, indent=2))
+    from radfm.engines.grid import save_grid
+
+    save_grid(tmp, IMAGE_SIZES)  # already recorded by SavePretrained; stated again so the folder cannot drift
     (tmp / "eval.json").write_text(json.dumps(results, indent=2))
     rows = [f"| {name} | {r['n']} | {100 * r['accuracy']:.1f}% |" for name, r in results.items()
             if name not in ("settings", "vision_warm_start")]

@@ -26,6 +26,7 @@ LAYERS = {
     "radfm.engines": 6,
     "radfm.interop": 7,
     "radfm.rating": 7,
+    "radfm.hospital": 7,  # the DICOM node and the MONAI Deploy app: call the request path, write SR (interop)
     "radfm.cli": 8,
     "radfm.demo": 8,
 }

@@ -23,7 +23,7 @@ def load_model(
     vision_init: str | os.PathLike | None = None,
     image_grid: dict[str, Any] | None = None,
 ):
-    """A ``RadFM`` with ``.tokenizer`` attached.
+    """A ``RadFM`` with ``.tokenizer`` and ``.processor`` attached (built or loaded through :func:`radfm.load`).
 
     ``model``: a ``save_pretrained`` directory (weights loaded), a ``RadFMConfig`` JSON file or a
     preset name (random init; then ``tokenizer_dir`` gives the tokenizer, default the preset's
@@ -35,41 +35,49 @@ def load_model(
     (``radfm.engines.grid.GridMismatchError`` otherwise).
     """
     from radfm.model.config import RadFMConfig
+    from radfm.model.loading import load
+    from radfm.model.processing import RadFMImageProcessor, RadFMProcessor
     from radfm.model.radfm import RadFM
 
     source = Path(os.fspath(model))
     if source.is_dir():
         from radfm.engines.grid import check_model_grid
-        from radfm.model.loading import load
 
         check_model_grid(source, image_grid)
-        net = load(source, device="cpu", dtype="float32").model
+        loaded = load(source, device="cpu", dtype="float32")
+        net = loaded.model
         if tokenizer_dir is not None:
             net.tokenizer = _load_tokenizer(tokenizer_dir)
-        if net.tokenizer is None:
-            raise ValueError(f"model directory {source} has no tokenizer; pass tokenizer_dir")
+            net.processor = RadFMProcessor(loaded.processor.image_processor, net.tokenizer)
     else:
-        tokenizer = _load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else None
-        if tokenizer is None:
+        if tokenizer_dir is not None:
+            tokenizer = _load_tokenizer(tokenizer_dir)
+        else:
             from radfm.model.loading import tiny_tokenizer
 
             tokenizer = tiny_tokenizer()
         base = tokenizer.convert_tokens_to_ids("<image>")
         if source.is_file():
-            values = RadFMConfig.from_json_file(source).to_dict()
+            config = RadFMConfig.from_json_file(source)
         elif os.sep in os.fspath(model) or os.fspath(model).endswith(".json"):
             raise FileNotFoundError(f"model {os.fspath(model)!r}: no such model directory or config file")
         else:
-            values = RadFMConfig.preset(os.fspath(model)).to_dict()
+            config = RadFMConfig.preset(os.fspath(model))
+        parts = {"llm": config.text_config.to_dict(), "vision": config.vision_config.sizes(),
+                 "perceiver": config.perceiver_config.to_dict()}
         for part, entries in (config_overrides or {}).items():
-            if part not in ("vision", "perceiver", "llm"):
+            if part not in parts:
                 raise ValueError(f"config_overrides key {part!r}: expected 'vision', 'perceiver' or 'llm'")
-            values[part].update(entries)
-        values["llm"]["vocab_size"] = base
+            parts[part].update(entries)
+        parts["llm"]["vocab_size"] = base
         if seed is not None:
             torch.manual_seed(seed)
-        net = RadFM(RadFMConfig.from_dict(values))
+        net = RadFM(RadFMConfig(text_config=parts["llm"], vision_config=parts["vision"],
+                                       perceiver_config=_perceiver_sizes(parts["perceiver"]),
+                                       max_images=config.max_images))
         net.tokenizer = tokenizer
+        # the grid this run trains at travels with the weights (SavePretrained writes the processor)
+        net.processor = RadFMProcessor(RadFMImageProcessor(**(image_grid or {})), tokenizer)
     if vision_init is not None:
         from safetensors.torch import load_file
 
@@ -78,7 +86,7 @@ def load_model(
         if missing or unexpected:
             raise ValueError(f"vision_init {vision_init}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     if gradient_checkpointing:
-        net.gradient_checkpointing_enable()
+        net.activation_checkpointing_enable()
     return net.to(device)
 
 
@@ -89,15 +97,20 @@ def export_state_dict(model_dir: str | os.PathLike, output: str | os.PathLike) -
     ``python -c "from radfm.engines.build import export_state_dict as e; e('bundles/radfm/models/demo',
     'bundles/radfm/models/model.pt')"``.
     """
-    from radfm.model.radfm import RadFM
+    from radfm.model.loading import load
     from radfm.utils.io import atomic_path
 
-    model = RadFM.from_pretrained(model_dir)
+    model = load(model_dir, device="cpu", dtype="float32").model
     output = Path(os.fspath(output))
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(output) as tmp:
         torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
     return output
+
+
+def _perceiver_sizes(values: dict[str, Any]) -> dict[str, Any]:
+    keys = ("depth", "heads", "dim_head", "num_latents", "ff_mult")
+    return {k: values[k] for k in keys if k in values}
 
 
 def _load_tokenizer(tokenizer_dir: str | os.PathLike):

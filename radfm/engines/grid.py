@@ -2,7 +2,8 @@
 
 A bundle config holds the grid as one entry, ``image_grid = {"size_2d": [H, W], "size_3d": [H, W],
 "max_depth": D}``; the preprocessing reads its sizes from there, training writes it beside the
-weights (``preprocess.json``, see :mod:`radfm.model.loading`) and inference reads it back. A model
+weights (the processor's ``processor_config.json``, see :mod:`radfm.model.processing`) and inference
+reads it back. A model
 given scans at another grid raises :class:`GridMismatchError` naming both grids instead of
 silently answering worse (the demo model, trained at 128², answers "ultrasound" for X-rays at 512²).
 """
@@ -58,14 +59,14 @@ def describe_grid(grid: Mapping[str, Any]) -> str:
 
 
 def saved_grid(model_dir: str | os.PathLike | None) -> dict[str, Any]:
-    """The grid a model folder records in ``preprocess.json`` (the standard grid when it records none)."""
+    """The grid a model folder records (its processor; ``preprocess.json`` for the classification
+    bundle), the standard grid when it records none."""
     if model_dir is None:
         return standard_grid()
-    from radfm.model.loading import PREPROCESS_FILE, preprocess_options
+    from radfm.model.loading import preprocess_options
 
     options = preprocess_options(model_dir)  # validates the file, naming it on errors
-    return as_grid({k: options[k] for k in GRID_KEYS if k in options},
-                   source=str(Path(os.fspath(model_dir)) / PREPROCESS_FILE))
+    return as_grid({k: options[k] for k in GRID_KEYS if k in options}, source=f"the grid recorded in {model_dir}")
 
 
 def model_grid(model: str | os.PathLike | None) -> dict[str, Any]:
@@ -82,14 +83,23 @@ def check_model_grid(model: str | os.PathLike | None, image_grid: Mapping[str, A
 
 
 def save_grid(model_dir: str | os.PathLike, grid: Mapping[str, Any]) -> Path:
-    """Record ``grid`` in ``model_dir/preprocess.json`` (other recorded options are kept); atomic."""
-    from radfm.model.loading import KNOWN_LOADERS, PREPROCESS_FILE
+    """Record ``grid`` with a saved model: in its processor (``processor_config.json``) for a RadFM
+    model folder, else in ``preprocess.json`` (the classification bundle's ``models/``); atomic."""
+    from radfm.model.loading import KNOWN_LOADERS
+    from radfm.model.processing import LEGACY_PREPROCESS_FILE, PROCESSOR_FILE, read_json
     from radfm.utils.io import atomic_write_text
 
-    path = Path(os.fspath(model_dir)) / PREPROCESS_FILE
-    spec: dict[str, Any] = {"loader": KNOWN_LOADERS[0]}
+    folder = Path(os.fspath(model_dir))
+    if (folder / PROCESSOR_FILE).is_file():
+        path = folder / PROCESSOR_FILE
+        spec = read_json(path)
+        spec.setdefault("image_processor", {}).update(as_grid(grid))
+        atomic_write_text(path, json.dumps(spec, indent=2) + "\n")
+        return path
+    path = folder / LEGACY_PREPROCESS_FILE
+    spec = {"loader": KNOWN_LOADERS[0]}
     if path.is_file():
-        spec.update(json.loads(path.read_text(encoding="utf-8")))
+        spec.update(read_json(path))
     spec.update(as_grid(grid))
     atomic_write_text(path, json.dumps(spec, indent=2) + "\n")
     return path

@@ -52,11 +52,11 @@ class ProgressBar:
 
 
 class SavePretrained:
-    """At ``COMPLETED``, write the model (safetensors + config + tokenizer) with ``save_pretrained``,
-    and the run's ``image_grid`` in ``preprocess.json`` beside it.
+    """At ``COMPLETED``, write the model (safetensors + config + processor) with ``save_pretrained``,
+    and the run's ``image_grid`` in the processor's ``processor_config.json``.
 
     LoRA adapters are merged into the LLM weights of the copy written, so the output loads
-    with plain ``RadFM.from_pretrained``.
+    with plain ``radfm.load`` / ``from_pretrained``.
     """
 
     def __init__(self, model: torch.nn.Module, output_dir: str, merge_lora: bool = True,
@@ -101,6 +101,7 @@ class SavePretrained:
         full = RadFM(inner.config)
         full.load_state_dict(state)
         full.tokenizer = getattr(self.model, "tokenizer", None) or getattr(inner, "tokenizer", None)
+        full.processor = getattr(self.model, "processor", None) or getattr(inner, "processor", None)
         return full
 
 
@@ -175,7 +176,8 @@ class TrackingParams:
 
 
 class SaveGrid:
-    """Handler: at the end of training, record ``image_grid`` in ``model_dir/preprocess.json`` beside the weights."""
+    """Handler: at the end of training, record ``image_grid`` beside the weights (``preprocess.json`` for a
+    classifier folder, the processor's config for a RadFM folder)."""
 
     def __init__(self, model_dir: str | os.PathLike, image_grid: Mapping[str, Any]) -> None:
         self.model_dir = model_dir

@@ -84,7 +84,7 @@ class RadFMTrainer(SupervisedTrainer):
         return torch.autocast(device_type, dtype=self.autocast_dtype)
 
     def _step_flags(self) -> tuple[bool, bool]:
-        """(zero the gradients before this micro-batch, step the optimizer after it)."""
+        """(this micro-batch starts an accumulation window, step the optimizer after it)."""
         acc = self.accumulation_steps
         epoch_length = self.state.epoch_length
         local_iter = (self.state.iteration - 1) % epoch_length if epoch_length else self.state.iteration - 1
@@ -98,7 +98,7 @@ class RadFMTrainer(SupervisedTrainer):
         inputs, loss_weights, _, _ = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)
         should_zero_grad, should_step = engine._step_flags()
         engine.network.train()
-        if should_zero_grad:
+        if should_zero_grad:  # normally a no-op: gradients are freed right after each optimizer step
             engine.optimizer.zero_grad(set_to_none=True)
 
         # DDP: all-reduce gradients only on the micro-batch that steps
@@ -136,6 +136,10 @@ class RadFMTrainer(SupervisedTrainer):
                     if params:
                         torch.nn.utils.clip_grad_norm_(params, engine.max_grad_norm)
             engine.optimizer.step()
+            # free the gradients now, not at the start of the next step: otherwise they stay
+            # alive through the data loading and the next forward pass (a full model's worth of
+            # memory on top of the peak)
+            engine.optimizer.zero_grad(set_to_none=True)
             if engine.lr_scheduler is not None:
                 engine.lr_scheduler.step()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)

@@ -1,21 +1,26 @@
-"""``radfm convert``: the published ``pytorch_model.bin`` -> our safetensors model folder."""
+"""``radfm convert``: the published ``pytorch_model.bin`` (or an old-format model folder) -> a transformers model folder."""
 
 from __future__ import annotations
 
 
 def convert(
     official_bin: str,
-    llm_config: str,
-    output: str,
+    llm_config: str | None = None,
+    output: str | None = None,
     dtype: str = "float32",
     tokenizer: str | None = None,
     max_shard_size: str = "2GB",
 ) -> str:
-    """Convert the published RadFM ``pytorch_model.bin`` into our safetensors model directory.
+    """Convert the published RadFM ``pytorch_model.bin`` (or an old-format model folder) into a model folder.
+
+    ``radfm convert OLD_FOLDER --output NEW_FOLDER`` upgrades a folder saved before RadFM became a
+    transformers model (config.json with ``llm``/``vision``/``perceiver``); tensors are unchanged.
 
     Args:
-        official_bin: path to the published ``pytorch_model.bin`` (a plain state dict).
-        llm_config: the LLaMA ``config.json`` (file or folder) of the language model.
+        official_bin: path to the published ``pytorch_model.bin`` (a plain state dict), or an
+            old-format model folder.
+        llm_config: the LLaMA ``config.json`` (file or folder) of the language model (for the
+            published checkpoint).
         output: directory to write (config.json, sharded safetensors, tokenizer if given).
         dtype: float32 (default), bfloat16 or float16; cast tensor by tensor.
         tokenizer: optional local tokenizer directory to store beside the weights; the image
@@ -24,6 +29,16 @@ def convert(
     Returns:
         The output directory.
     """
+    from pathlib import Path
+
+    if output is None:
+        raise ValueError("radfm convert: pass --output DIR")
+    if Path(official_bin).is_dir():
+        from radfm.model.legacy import upgrade_folder
+
+        return str(upgrade_folder(official_bin, output, max_shard_size=max_shard_size))
+    if llm_config is None:
+        raise ValueError("radfm convert: the published checkpoint needs --llm_config (the LLaMA config.json)")
     from radfm.model.radfm import RadFM
     from radfm.model.weights import parse_dtype
 
@@ -41,5 +56,10 @@ def convert(
                 f"tokenizer {tokenizer} puts <image> at id {base} but the model's vocabulary is "
                 f"{model.config.base_vocab_size}"
             )
-    model.save_pretrained(output, tokenizer=tok, max_shard_size=max_shard_size)
+    model.save_pretrained(output, max_shard_size=max_shard_size)
+    if tok is not None:
+        from radfm.model.processing import RadFMImageProcessor, RadFMProcessor
+
+        # the published model runs at the paper's grid (512² 2D, 256²×≤64 3D)
+        RadFMProcessor(RadFMImageProcessor(), tok).save_pretrained(output)
     return output

@@ -1,4 +1,10 @@
-"""The RadFM network: ``RadFM``, ``RadFMConfig``, loading/saving, generation helpers."""
+"""The RadFM network as a transformers model: config, model, processor, loading, generation helpers.
+
+Importing this package registers ``radfm`` with transformers' ``AutoConfig``,
+``AutoModelForImageTextToText``, ``AutoImageProcessor`` and ``AutoProcessor`` (see
+:mod:`radfm.model.auto`), so ``AutoProcessor.from_pretrained(d)`` and
+``AutoModelForImageTextToText.from_pretrained(d)`` load a RadFM folder.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,12 @@ from typing import Any
 
 _LAZY = {
     "RadFM": "radfm.model.radfm",
+    "RadFMForConditionalGeneration": "radfm.model.radfm",
     "RadFMConfig": "radfm.model.config",
     "VisionConfig": "radfm.model.config",
     "PerceiverConfig": "radfm.model.config",
+    "RadFMProcessor": "radfm.model.processing",
+    "RadFMImageProcessor": "radfm.model.processing",
     "load": "radfm.model.loading",
     "LoadedModel": "radfm.model.loading",
     "generate_text": "radfm.model.generation",

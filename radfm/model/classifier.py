@@ -60,17 +60,17 @@ def load_classifier(
     vision_overrides: dict[str, Any] | None = None,
     seed: int = 0,
 ) -> RadFMClassifier:
-    """Classifier whose encoder comes from ``radfm_dir`` (a ``save_pretrained`` folder) or is random."""
+    """Classifier whose encoder comes from ``radfm_dir`` (a RadFM model folder) or is random."""
     from radfm.model.config import RadFMConfig, VisionConfig
     from radfm.model.vision import VisionEncoder3D
 
     torch.manual_seed(seed)
     if radfm_dir is not None:
-        from radfm.model.radfm import RadFM
+        from radfm.model.loading import load
 
-        encoder = copy.deepcopy(RadFM.from_pretrained(radfm_dir).vision_encoder)
+        encoder = copy.deepcopy(load(radfm_dir, device="cpu", dtype="float32").model.vision_encoder)
     else:
-        values = RadFMConfig.preset(preset).to_dict()["vision"]
+        values = RadFMConfig.preset(preset).vision_config.sizes()
         values.update(vision_overrides or {})
         encoder = VisionEncoder3D(VisionConfig(**values))
     return RadFMClassifier(encoder, num_classes)

@@ -1,7 +1,11 @@
-"""``RadFMConfig``: sizes of the vision encoder, perceiver and the wrapped language model.
+"""``RadFMConfig``: a transformers ``PreTrainedConfig`` (``model_type="radfm"``).
 
-The language model is described by a plain Hugging Face config dict (with ``model_type``),
-so any decoder-only causal LM that ``AutoModelForCausalLM.from_config`` can build fits.
+Three sub-configs: ``vision_config`` (the 3D ViT), ``perceiver_config`` (the resampler) and
+``text_config``, the config of any decoder-only causal LM that ``AutoModelForCausalLM`` can
+build (LLaMA for the published checkpoint). Saved as ``config.json`` by ``save_pretrained``.
+
+Sizes are checked against :data:`SIZE_LIMITS` when a config is built, so an absurd value in a
+``config.json`` (``vocab_size: 1000000000``) is refused before any tensor is allocated.
 """
 
 from __future__ import annotations
@@ -9,17 +13,20 @@ from __future__ import annotations
 import copy
 import json
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
 from radfm.model.tokenizer import DEFAULT_MAX_IMAGES, TOKENS_PER_IMAGE
-from radfm.utils.io import atomic_write_text
 
 
-@dataclass
-class VisionConfig:
+class VisionConfig(PreTrainedConfig):
     """3D ViT sizes. ``pos_table`` = entries of the (row, column, depth) position tables."""
+
+    model_type = "radfm_vision"
+    base_config_key = "vision_config"
 
     dim: int = 768
     depth: int = 12
@@ -28,25 +35,43 @@ class VisionConfig:
     mlp_dim: int = 2048
     patch_size: int = 32
     frame_patch_size: int = 4
-    pos_table: tuple[int, int, int] = (16, 16, 128)
+    pos_table: Any = (16, 16, 128)
     channels: int = 3
     dropout: float = 0.1
     emb_dropout: float = 0.1
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, **kwargs: Any) -> None:
         self.pos_table = tuple(int(n) for n in self.pos_table)  # JSON gives a list
+        if len(self.pos_table) != 3:
+            raise ValueError(f"vision_config.pos_table must have 3 entries (rows, columns, depth), got {list(self.pos_table)}")
         if self.dim % 3:
-            raise ValueError(f"vision.dim must be divisible by 3 (three position tables), got {self.dim}")
+            raise ValueError(f"vision_config.dim must be divisible by 3 (three position tables), got {self.dim}")
+        super().__post_init__(**kwargs)
+
+    def sizes(self) -> dict[str, Any]:
+        """Only this config's own fields (no transformers bookkeeping), e.g. to build a variant."""
+        return {name: getattr(self, name) for name in VISION_FIELDS}
 
     @property
     def patch_dim(self) -> int:
         """Values in one flattened patch: ``patch² × frame_patch × channels``."""
         return self.patch_size * self.patch_size * self.frame_patch_size * self.channels
 
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["pos_table"] = list(self.pos_table)
+        return out
 
-@dataclass
-class PerceiverConfig:
+
+VISION_FIELDS = ("dim", "depth", "heads", "dim_head", "mlp_dim", "patch_size", "frame_patch_size", "pos_table",
+                 "channels", "dropout", "emb_dropout")
+
+
+class PerceiverConfig(PreTrainedConfig):
     """Perceiver resampler sizes; ``num_latents`` must equal the 32 tokens per image."""
+
+    model_type = "radfm_perceiver"
+    base_config_key = "perceiver_config"
 
     depth: int = 6
     heads: int = 8
@@ -54,12 +79,13 @@ class PerceiverConfig:
     num_latents: int = TOKENS_PER_IMAGE
     ff_mult: int = 4
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, **kwargs: Any) -> None:
         if self.num_latents != TOKENS_PER_IMAGE:
             raise ValueError(
-                f"perceiver.num_latents must be {TOKENS_PER_IMAGE} (the image-token scheme has "
+                f"perceiver_config.num_latents must be {TOKENS_PER_IMAGE} (the image-token scheme has "
                 f"{TOKENS_PER_IMAGE} tokens per image), got {self.num_latents}"
             )
+        super().__post_init__(**kwargs)
 
 
 # MedLLaMA-13B (LLaMA-13B sizes), the language model of the published checkpoint.
@@ -112,42 +138,121 @@ _PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+# Largest value accepted for each size (checked before anything is built). Generous against
+# today's models (largest vocabularies ~262k, widths ~16k, ~130 layers) but far below the
+# sizes that would try to allocate terabytes.
+SIZE_LIMITS: dict[str, int] = {
+    "vocab_size": 2**22,
+    "hidden_size": 65536,
+    "intermediate_size": 262144,
+    "num_hidden_layers": 1024,
+    "num_attention_heads": 1024,
+    "max_position_embeddings": 2**21,
+    "dim": 16384,
+    "depth": 256,
+    "heads": 1024,
+    "dim_head": 1024,
+    "mlp_dim": 65536,
+    "patch_size": 1024,
+    "frame_patch_size": 1024,
+    "ff_mult": 64,
+    "max_images": 1024,
+    "pos_table": 65536,
+}
+# Largest whole model (parameters): 1e12 (4 TB in fp32), 70x the published 14B model.
+MAX_PARAMETERS = 10**12
+LEGACY_KEYS = ("llm", "vision", "perceiver")
+CONVERTER_HINT = "radfm convert OLD_FOLDER --output NEW_FOLDER"
 
-@dataclass
-class RadFMConfig:
-    """Whole-model config. ``llm`` is a Hugging Face config dict that includes ``model_type``."""
 
-    llm: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(_MEDLLAMA_13B))
-    vision: VisionConfig = field(default_factory=VisionConfig)
-    perceiver: PerceiverConfig = field(default_factory=PerceiverConfig)
+def _check_limits(values: dict[str, Any], where: str) -> None:
+    """``ValueError`` naming ``where.key`` when a size is not a positive int within :data:`SIZE_LIMITS`."""
+    for key, limit in SIZE_LIMITS.items():
+        if key not in values or values[key] is None:
+            continue
+        items = values[key] if isinstance(values[key], (list, tuple)) else [values[key]]
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, int) or not 0 < item <= limit:
+                raise ValueError(f"{where}.{key} = {values[key]!r} is out of range: expected an integer in [1, {limit}]")
+
+
+class RadFMConfig(PreTrainedConfig):
+    """Whole-model config: ``text_config`` (any causal LM), ``vision_config``, ``perceiver_config``.
+
+    Old names still work as read-only views: ``llm`` (the text config as a dict), ``vision``,
+    ``perceiver``; ``RadFMConfig(llm=..., vision=..., perceiver=...)`` is accepted too.
+    """
+
+    model_type = "radfm"
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama",
+                                     init_kwargs={k: v for k, v in _MEDLLAMA_13B.items() if k != "model_type"}),
+        "vision_config": VisionConfig,
+        "perceiver_config": PerceiverConfig,
+    }
+
+    text_config: Any = None
+    vision_config: Any = None
+    perceiver_config: Any = None
     max_images: int = DEFAULT_MAX_IMAGES
+    tie_word_embeddings: bool = False
 
-    def __post_init__(self) -> None:
-        if isinstance(self.vision, dict):
-            self.vision = VisionConfig(**self.vision)
-        if isinstance(self.perceiver, dict):
-            self.perceiver = PerceiverConfig(**self.perceiver)
-        if "model_type" not in self.llm:
-            raise ValueError("RadFMConfig.llm must include 'model_type' (e.g. 'llama', 'qwen2', 'mistral')")
-        for key in ("vocab_size", "hidden_size"):
-            if key not in self.llm:
-                raise ValueError(f"RadFMConfig.llm is missing {key!r}")
+    def __post_init__(self, **kwargs: Any) -> None:
+        for old, new in zip(LEGACY_KEYS, ("text_config", "vision_config", "perceiver_config")):
+            if old in kwargs:  # RadFMConfig(llm=..., vision=..., perceiver=...) from older code
+                value = kwargs.pop(old)
+                setattr(self, new, value.to_dict() if isinstance(value, PreTrainedConfig) and old == "llm" else value)
+        if isinstance(self.text_config, dict):
+            self.text_config = copy.deepcopy(self.text_config)
+            if "model_type" not in self.text_config:
+                raise ValueError("RadFMConfig.text_config must include 'model_type' (e.g. 'llama', 'qwen2', 'mistral')")
+            for key in ("vocab_size", "hidden_size"):
+                if key not in self.text_config:
+                    raise ValueError(f"RadFMConfig.text_config is missing {key!r}")
+            _check_limits(self.text_config, "text_config")
+        for name in ("vision_config", "perceiver_config"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                _check_limits(value, name)
+        _check_limits({"max_images": self.max_images}, "config")
+        super().__post_init__(**kwargs)
+        _check_limits(self.text_config.to_dict(), "text_config")
+        self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
+        if self.estimated_parameters() > MAX_PARAMETERS:
+            raise ValueError(
+                f"RadFMConfig describes about {self.estimated_parameters():.3g} parameters, more than the limit "
+                f"{MAX_PARAMETERS:.0e}; check the sizes in text_config/vision_config"
+            )
+
+    # ---- old names (read-only views) -------------------------------------------------
+    @property
+    def llm(self) -> dict[str, Any]:
+        """The text config as a plain dict (includes ``model_type``)."""
+        return self.text_config.to_dict()
+
+    @property
+    def vision(self) -> VisionConfig:
+        return self.vision_config
+
+    @property
+    def perceiver(self) -> PerceiverConfig:
+        return self.perceiver_config
 
     # ---- derived sizes -------------------------------------------------------------
     @property
     def base_vocab_size(self) -> int:
         """``V``: the language model's vocabulary; image tokens start at this id."""
-        return int(self.llm["vocab_size"])
+        return int(self.text_config.vocab_size)
 
     @property
     def hidden_size(self) -> int:
         """Width of the language model's token embeddings."""
-        return int(self.llm["hidden_size"])
+        return int(self.text_config.hidden_size)
 
     @property
     def max_context(self) -> int | None:
         """Longest sequence the language model accepts (``max_position_embeddings``), if known."""
-        value = self.llm.get("max_position_embeddings")
+        value = getattr(self.text_config, "max_position_embeddings", None)
         return int(value) if value is not None else None
 
     @property
@@ -155,12 +260,23 @@ class RadFMConfig:
         """``V`` + ``<image>``, ``</image>`` + 32 ids per image slot."""
         return self.base_vocab_size + 2 + TOKENS_PER_IMAGE * self.max_images
 
+    def estimated_parameters(self) -> int:
+        """A quick upper-bound-style parameter count from the sizes alone (for the size check)."""
+        text = self.text_config
+        h, v = int(text.vocab_size), int(text.hidden_size)
+        inter = int(getattr(text, "intermediate_size", None) or 4 * v)
+        layers = int(getattr(text, "num_hidden_layers", None) or 1)
+        llm = 2 * h * v + layers * (4 * v * v + 3 * v * inter)
+        vis = self.vision_config
+        vision = vis.depth * (4 * vis.dim * vis.dim + 2 * vis.dim * vis.mlp_dim) + vis.patch_dim * vis.dim
+        return llm + vision
+
     # ---- construction --------------------------------------------------------------
     @classmethod
     def preset(cls, name: str, *, vocab_size: int | None = None, **llm_overrides: Any) -> RadFMConfig:
         """A named config: ``"radfm-14b"`` (published sizes) or ``"tiny"`` (tests, demos).
 
-        ``vocab_size`` and any other keyword override entries of the LLM config dict.
+        ``vocab_size`` and any other keyword override entries of the text config.
         """
         if name not in _PRESETS:
             raise ValueError(f"unknown RadFM preset {name!r}; choose from {sorted(_PRESETS)}")
@@ -168,48 +284,33 @@ class RadFMConfig:
         if vocab_size is not None:
             llm_overrides["vocab_size"] = int(vocab_size)
         spec["llm"].update(llm_overrides)
-        return cls(llm=spec["llm"], vision=VisionConfig(**spec["vision"]), perceiver=PerceiverConfig(**spec["perceiver"]))
+        return cls(text_config=spec["llm"], vision_config=spec["vision"], perceiver_config=spec["perceiver"])
 
-    def build_llm_config(self):
-        """The ``transformers`` config object for the language model."""
-        from transformers import AutoConfig
-
-        values = {k: v for k, v in self.llm.items() if k not in ("model_type", "transformers_version")}
-        return AutoConfig.for_model(self.llm["model_type"], **values)
-
-    # ---- JSON ----------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict: ``{"llm", "vision", "perceiver", "max_images"}``."""
-        out = asdict(self)
-        out["vision"]["pos_table"] = list(self.vision.pos_table)
-        return out
+    def build_llm_config(self) -> PreTrainedConfig:
+        """A copy of the language model's config object."""
+        return copy.deepcopy(self.text_config)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> RadFMConfig:
-        """The inverse of :meth:`to_dict`; an unknown field is a ``ValueError`` naming it."""
-        known = {"llm", "vision", "perceiver", "max_images"}
-        unknown = sorted(set(values) - known - {"radfm_version"})
-        if unknown:
-            raise ValueError(f"unknown RadFMConfig field(s): {unknown}; expected {sorted(known)}")
-        return cls(**{k: copy.deepcopy(v) for k, v in values.items() if k in known})
-
-    def to_json_string(self) -> str:
-        """:meth:`to_dict` as indented, key-sorted JSON."""
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    def to_json_file(self, path: str | os.PathLike) -> None:
-        """Write atomically (temp file then rename)."""
-        atomic_write_text(path, self.to_json_string() + "\n")
-
-    @classmethod
-    def from_json_file(cls, path: str | os.PathLike) -> RadFMConfig:
-        """Read a ``config.json``; unreadable or invalid files raise ``ValueError`` naming the path."""
-        path = Path(path)
+    def from_json_file(cls, json_file: str | os.PathLike) -> RadFMConfig:
+        """Read a ``config.json``; an unreadable, old-format or invalid file is a ``ValueError`` naming the path."""
+        path = Path(json_file)
         try:
-            values = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ValueError(f"cannot read RadFM config {path}: {err}") from err
+        check_config_dict(values, path)
+        values = {k: v for k, v in values.items() if k not in ("model_type", "transformers_version", "architectures")}
         try:
-            return cls.from_dict(values)
-        except (TypeError, ValueError) as err:
+            return cls(**values)
+        except (TypeError, ValueError, KeyError) as err:
             raise ValueError(f"invalid RadFM config {path}: {err}") from err
+
+
+def check_config_dict(values: Any, path: str | os.PathLike) -> None:
+    """Refuse a ``config.json`` that is not a RadFM config of this format, naming ``path`` and the fix."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(values).__name__}")
+    if values.get("model_type") != "radfm" and any(key in values for key in LEGACY_KEYS):
+        raise ValueError(f"{path} is an old-format RadFM model folder (before transformers); convert it: {CONVERTER_HINT}")
+    if values.get("model_type") != "radfm":
+        raise ValueError(f"{path}: not a RadFM config (model_type is {values.get('model_type')!r}, expected 'radfm')")

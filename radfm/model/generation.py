@@ -1,4 +1,8 @@
-"""Text in, text out: batched, left-padded generation over prompts with ``<image>`` placeholders."""
+"""Text in, text out: batched, left-padded generation over prompts with ``<image>`` placeholders.
+
+The prompt rules are the processor's (:mod:`radfm.model.processing`); this is the batching loop
+the engines and the service call.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any
 
 import torch
 
-from radfm.model.tokenizer import count_placeholders, encode_prompt, with_placeholders
+from radfm.model.processing import decode_answers, encode_prompts
 
 
 def build_prompt_batch(
@@ -18,40 +22,15 @@ def build_prompt_batch(
     base_vocab_size: int,
     add_bos: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ``input_ids`` and ``attention_mask`` ``[B, L]``.
-
-    A prompt without placeholders gets one ``<image>`` per image in front; otherwise the number
-    of placeholders must equal the number of images (the error names both counts and the prompt).
-    """
+    """Left-padded ``input_ids`` and ``attention_mask`` ``[B, L]`` (the processor's rules:
+    :func:`radfm.model.processing.encode_prompts`)."""
     if len(prompts) != len(images):
         raise ValueError(f"{len(prompts)} prompt(s) but {len(images)} image list(s)")
-    encoded: list[list[int]] = []
-    for i, (prompt, sample_images) in enumerate(zip(prompts, images)):
-        try:
-            text = prompt if count_placeholders(prompt) else with_placeholders(prompt, len(sample_images))
-            ids = encode_prompt(tokenizer, text, base_vocab_size=base_vocab_size, num_images=len(sample_images), add_bos=add_bos)
-        except ValueError as err:
-            raise ValueError(f"prompt {i}: {err}") from err
-        encoded.append(ids)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    length = max(len(ids) for ids in encoded)
-    input_ids = torch.full((len(encoded), length), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(encoded), length), dtype=torch.long)
-    for row, ids in enumerate(encoded):
-        input_ids[row, length - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, length - len(ids) :] = 1
-    return input_ids, attention_mask
+    return encode_prompts(tokenizer, prompts, [len(sample) for sample in images], base_vocab_size=base_vocab_size,
+                          add_bos=add_bos)
 
 
-def decode_new_tokens(tokenizer, new_tokens: torch.Tensor) -> list[str]:
-    """Cut each row at its first EOS and decode without special tokens."""
-    eos = tokenizer.eos_token_id
-    texts = []
-    for row in new_tokens.tolist():
-        if eos is not None and eos in row:
-            row = row[: row.index(eos)]
-        texts.append(tokenizer.decode(row, skip_special_tokens=True).strip())
-    return texts
+decode_new_tokens = decode_answers
 
 
 def generate_text(

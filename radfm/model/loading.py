@@ -1,26 +1,33 @@
-"""The one loader: ``radfm.load(path_or_preset, ...)`` -> ``(model, tokenizer, preprocessing)``.
+"""The one loader: ``radfm.load(path_or_preset, ...)`` -> model, processor (and tokenizer, preprocessing).
 
 Every command, the service, the bundles and the Slicer path load models through :func:`load`.
-Where the weights go (one device, a device map over GPUs/CPU/disk, 8-/4-bit) is its
-arguments; :mod:`radfm.model.placement` does the spreading. ``preprocessing`` is the
-``radfm.transforms`` pipeline at the grid the model was trained at (its folder's
-``preprocess.json``), so a model never silently sees scans at another grid.
+A model folder is a transformers folder: ``config.json`` (``model_type: radfm``), safetensors,
+and the processor files (``processor_config.json`` with the grid the model was trained at,
+tokenizer files, ``chat_template.jinja``). The weights are loaded by transformers' ``from_pretrained``
+(meta-device init, memory-mapped safetensors, ``device_map``/``max_memory``/offload,
+bitsandbytes through ``quantization_config``); the processor by ``RadFMProcessor.from_pretrained``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from radfm.model.config import RadFMConfig
-from radfm.model.placement import load_placed, resolve_device, resolve_dtype
+from radfm.model.folder import WEIGHT_FILES, check_model_folder, preprocess_options
+from radfm.model.processing import KNOWN_LOADERS, MODEL_PREPROCESS_KEYS, PROCESSOR_FILE, RadFMImageProcessor, RadFMProcessor
 from radfm.model.radfm import RadFM
 
+__all__ = ["KNOWN_LOADERS", "MODEL_PREPROCESS_KEYS", "PREPROCESS_FILE", "LoadedModel", "load", "preprocess_options",
+           "resolve_model_dir", "demo_model_dir", "check_model_folder", "tiny_tokenizer", "tiny_processor"]
+
+# The file a model folder records its preprocessing in (the processor's config, "image_processor" entry).
+PREPROCESS_FILE = PROCESSOR_FILE
 
 # A few sentences so the "tiny" preset has a working tokenizer without any download.
 _TINY_CORPUS = [
@@ -33,57 +40,20 @@ _TINY_CORPUS = [
 ]
 
 
-def tiny_tokenizer(max_images: int = 10):
-    """A small BPE tokenizer (trained here, deterministic) for the ``tiny`` preset."""
+def tiny_tokenizer(max_images: int = 10, base_vocab_size: int | None = None):
+    """A small BPE tokenizer (trained here, deterministic) for the ``tiny`` preset.
+
+    ``base_vocab_size``: put ``<image>`` at this id (filler tokens in between), for a model with
+    a larger vocabulary.
+    """
     from radfm.model.tokenizer import train_tokenizer
 
-    return train_tokenizer(_TINY_CORPUS * 4, vocab_size=400, max_images=max_images)
+    return train_tokenizer(_TINY_CORPUS * 4, vocab_size=400, max_images=max_images, base_vocab_size=base_vocab_size)
 
 
-PREPROCESS_FILE = "preprocess.json"
-# Options of preprocess_scan a model folder may record (series_uid is per scan, not per model).
-MODEL_PREPROCESS_KEYS = ("size_2d", "size_3d", "max_depth", "window", "nonfinite", "axcodes", "contiguous")
-# "loader" only records provenance: the one preprocessing every model runs through.
-KNOWN_LOADERS = ("radfm.transforms.preprocess_scan",)
-
-
-def preprocess_options(model_dir: str | os.PathLike) -> dict[str, Any]:
-    """The ``preprocess_scan`` keyword options recorded in ``model_dir/preprocess.json`` ({} if none).
-
-    Keys: ``size_2d`` [H, W], ``size_3d`` [H, W], ``max_depth`` (the grid the model was trained
-    at), optionally ``window``, ``nonfinite``, ``axcodes``, ``contiguous``, and ``loader`` (one of
-    ``KNOWN_LOADERS``, dropped). Unknown keys or a bad grid raise ``ValueError`` naming the file.
-    """
-    path = Path(os.fspath(model_dir)) / PREPROCESS_FILE
-    if not path.is_file():
-        return {}
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not readable JSON ({error})") from error
-    if not isinstance(spec, dict):
-        raise ValueError(f"{path}: expected a JSON object of preprocess_scan options, got {type(spec).__name__}")
-    options = dict(spec)
-    loader = options.pop("loader", KNOWN_LOADERS[0])
-    if loader not in KNOWN_LOADERS:
-        raise ValueError(f"{path}: unknown loader {loader!r}; expected one of {list(KNOWN_LOADERS)}")
-    unknown = sorted(set(options) - set(MODEL_PREPROCESS_KEYS))
-    if unknown:
-        raise ValueError(f"{path}: unknown preprocessing option(s) {unknown}; expected some of "
-                         f"{list(MODEL_PREPROCESS_KEYS)} (and 'loader')")
-    from radfm.transforms.spatial import MAX_DEPTH, SIZE_2D, SIZE_3D, check_grid  # lazy: light model import
-
-    try:  # fail at load time, naming the file, rather than on the first scan
-        grid = check_grid(options.get("size_2d", SIZE_2D), options.get("size_3d", SIZE_3D),
-                          options.get("max_depth", MAX_DEPTH))
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
-    for key, value in zip(("size_2d", "size_3d", "max_depth"), grid):
-        if key in options:
-            options[key] = value  # JSON lists -> tuples
-    if isinstance(options.get("window"), list):
-        options["window"] = tuple(options["window"])  # (low, high) HU
-    return options
+def tiny_processor(**image_options: Any) -> RadFMProcessor:
+    """The ``tiny`` preset's processor: :func:`tiny_tokenizer` + the standard grid (or ``image_options``)."""
+    return RadFMProcessor(RadFMImageProcessor(**image_options), tiny_tokenizer())
 
 
 def demo_model_dir() -> Path:
@@ -111,17 +81,22 @@ def resolve_model_dir(model: str | os.PathLike | None) -> Path:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """What :func:`load` returns; unpacks as ``model, tokenizer, preprocessing = radfm.load(...)``.
+    """What :func:`load` returns: ``.model`` and ``.processor``.
 
+    Unpacks as ``model, tokenizer, preprocessing = radfm.load(...)`` (older callers).
     ``preprocessing``: a MONAI ``Compose`` path -> float32 ``MetaTensor [3, H, W, D]`` at the
     model's grid. ``preprocess(path, **per_scan)`` runs the same steps with per-scan options
     (``series_uid``, ``window``) and raises ``ScanReadError`` itself rather than Compose's wrapper.
     """
 
     model: RadFM
-    tokenizer: Any
-    preprocessing: Any
+    processor: RadFMProcessor
+    preprocessing: Any = None
     preprocess_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
 
     def __iter__(self):
         return iter((self.model, self.tokenizer, self.preprocessing))
@@ -131,6 +106,67 @@ class LoadedModel:
         from radfm.transforms import preprocess_scan  # lazy: keeps model import light
 
         return preprocess_scan(path, **{**self.preprocess_options, **per_scan})
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto``: the GPU when there is one, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | str) -> torch.dtype:
+    """``auto``: bf16 on a GPU that supports it, else fp16 on GPU, fp32 on CPU."""
+    from radfm.model.weights import parse_dtype
+
+    if dtype in (None, "auto"):
+        if torch.device(device).type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32  # also on CPUs with native bf16: fp32 stays the CPU default
+    resolved = parse_dtype(dtype)
+    from radfm.utils.cpu import warn_slow_cpu_bf16
+
+    warn_slow_cpu_bf16(resolved, device)  # asked for bf16 on a CPU that emulates it: say so (once)
+    return resolved
+
+
+def parse_max_memory(max_memory: str | dict | None) -> dict[int | str, int | str] | None:
+    """``"0=22GiB,1=22GiB,cpu=64GiB"`` -> ``{0: "22GiB", 1: "22GiB", "cpu": "64GiB"}``; dicts pass (keys normalised)."""
+    if max_memory is None or max_memory == "":
+        return None
+    if isinstance(max_memory, str):
+        pairs = [item.split("=", 1) for item in max_memory.split(",") if item.strip()]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError(f"max_memory {max_memory!r}: expected 'DEVICE=SIZE,…' such as '0=22GiB,cpu=64GiB'")
+        max_memory = {key.strip(): value.strip() for key, value in pairs}
+    parsed: dict[int | str, int | str] = {}
+    for key, value in max_memory.items():
+        key = str(key).strip().removeprefix("cuda:")
+        if not (key.isdigit() or key in ("cpu", "disk", "mps")):
+            raise ValueError(f"max_memory device {key!r}: expected a GPU index, 'cpu' or 'disk'")
+        parsed[int(key) if key.isdigit() else key] = value
+    return parsed
+
+
+def quantization_config(quantization: str | None, dtype: torch.dtype):
+    """``"8bit"``/``"4bit"`` -> a transformers ``BitsAndBytesConfig`` for the language model (vision side kept)."""
+    if quantization is None:
+        return None
+    if quantization not in ("8bit", "4bit"):
+        raise ValueError(f"quantization {quantization!r}: expected '8bit' or '4bit'")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as error:
+        raise RuntimeError("quantized loading needs bitsandbytes: pip install bitsandbytes (CUDA GPU required)") from error
+    if not torch.cuda.is_available():
+        raise RuntimeError("quantized loading (bitsandbytes) needs a CUDA GPU")
+    from transformers import BitsAndBytesConfig
+
+    skip = ["vision_encoder", "perceiver", "projection", "lm_head"]
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=skip)
 
 
 def load(
@@ -145,7 +181,7 @@ def load(
     weights: bool = True,
     **preprocess_overrides: Any,
 ) -> LoadedModel:
-    """A RadFM model, its tokenizer and its preprocessing from a model folder or the ``"tiny"`` preset.
+    """A RadFM model and its processor from a model folder or the ``"tiny"`` preset.
 
     Args:
         path_or_preset: a ``save_pretrained`` folder (``radfm convert`` writes one from the
@@ -155,7 +191,7 @@ def load(
         dtype: ``auto`` (bf16 on a GPU that has it, fp16 on other GPUs, fp32 on CPU), ``float32``,
             ``bfloat16``, ``float16``.
         device_map: ``auto``/``balanced``/``balanced_low_0``/``sequential`` or ``{module: device}``:
-            spread the language model over GPUs, CPU RAM and disk (accelerate).
+            spread the model over GPUs, CPU RAM and disk (transformers/accelerate).
         max_memory: caps per device for ``device_map``, e.g. ``"0=22GiB,1=22GiB,cpu=64GiB"``.
         offload_folder: folder for weights a device map puts on disk.
         quantization: ``"8bit"`` or ``"4bit"`` for the language model (bitsandbytes, CUDA GPU).
@@ -163,36 +199,31 @@ def load(
             weights and leaves the loading to the caller: a MONAI bundle's ``network_def`` does
             this and its ``CheckpointLoader`` then loads ``models/model.pt``.
         preprocess_overrides: options of ``radfm.transforms.preprocess_scan`` that override the
-            folder's ``preprocess.json`` (e.g. ``window="lung"``).
+            folder's recorded ones (e.g. ``window="lung"``).
     """
     from radfm.transforms import preprocess_transforms  # lazy: keeps model import light
 
     name = os.fspath(path_or_preset)
     path = Path(name)
-    recorded = preprocess_options(path) if path.is_dir() else {}  # a bad file fails before the weights load
     if name == "tiny" and not path.exists():
         if device_map is not None or quantization is not None:
             raise ValueError("the 'tiny' preset loads on one device: device_map and quantization need a model folder")
-        tokenizer = tiny_tokenizer()
-        model = RadFM(RadFMConfig.preset("tiny", vocab_size=tokenizer.convert_tokens_to_ids("<image>")))
+        processor = tiny_processor()
+        model = RadFM(RadFMConfig.preset("tiny", vocab_size=processor.base_vocab_size))
         target = resolve_device(device)
         model = model.to(device=target, dtype=resolve_dtype(dtype, target))
-        model.tokenizer = tokenizer
-    elif path.is_dir() and not weights:
-        if device_map is not None or quantization is not None:
-            raise ValueError("weights=False builds the network on one device: device_map and quantization need weights")
-        from transformers import AutoTokenizer
-
-        model_dir = resolve_model_dir(path)
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        target = resolve_device(device)
-        model = RadFM(RadFMConfig.from_json_file(model_dir / "config.json"))
-        model = model.to(device=target, dtype=resolve_dtype(dtype, target))
-        model.tokenizer = tokenizer
     elif path.is_dir():
-        model = _load_folder(resolve_model_dir(path), device=device, dtype=dtype, device_map=device_map,
-                             max_memory=max_memory, offload_folder=offload_folder, quantization=quantization)
-        tokenizer = model.tokenizer
+        check_model_folder(path, weights=weights)  # names the missing/bad file before anything is built
+        processor = RadFMProcessor.from_pretrained(str(path))
+        if not weights:
+            if device_map is not None or quantization is not None:
+                raise ValueError("weights=False builds the network on one device: device_map and quantization need weights")
+            target = resolve_device(device)
+            model = RadFM(RadFMConfig.from_json_file(path / "config.json"))
+            model = model.to(device=target, dtype=resolve_dtype(dtype, target))
+        else:
+            model = _load_weights(path, device=device, dtype=dtype, device_map=device_map, max_memory=max_memory,
+                                  offload_folder=offload_folder, quantization=quantization)
     elif path.is_file() and path.suffix == ".bin":
         raise ValueError(
             f"{path} looks like the published checkpoint; convert it first: "
@@ -202,21 +233,123 @@ def load(
         raise ValueError("the radfm-14b preset has no weights here; convert the published checkpoint with `radfm convert`")
     else:
         raise ValueError(f"{name!r} is neither a model directory nor a preset ('tiny')")
-    options = {**recorded, **preprocess_overrides}
-    return LoadedModel(model.eval(), tokenizer, preprocess_transforms(**options), options)
+    model.tokenizer = processor.tokenizer  # older callers read model.tokenizer
+    model.processor = processor
+    if processor.base_vocab_size != model.config.base_vocab_size:
+        raise ValueError(f"{name}: the tokenizer puts <image> at id {processor.base_vocab_size} but the model's "
+                         f"vocabulary is {model.config.base_vocab_size}")
+    options = {**processor.image_processor.options, **preprocess_overrides}
+    return LoadedModel(model.eval(), processor, preprocess_transforms(**options), options)
 
 
-def _load_folder(model_dir: Path, *, device, dtype, device_map, max_memory, offload_folder, quantization) -> RadFM:
-    """Weights from a folder: straight onto one device, or placed by a device map / quantized."""
+VISION_SIDE = ("vision_encoder", "perceiver", "projection")
+EMBEDDINGS = "language_model.model.embed_tokens"
+
+
+def _device_of(device_map: dict[str, Any], module_name: str) -> Any:
+    """Device of ``module_name`` under ``device_map`` (longest matching prefix; "" is the root)."""
+    best, device = -1, None
+    for key, value in device_map.items():
+        if (key == "" or module_name == key or module_name.startswith(key + ".")) and len(key) > best:
+            best, device = len(key), value
+    return device
+
+
+def plan_device_map(model: RadFM, strategy: str | dict, max_memory: str | dict | None, dtype: torch.dtype) -> dict:
+    """The device map ``from_pretrained(device_map=strategy, max_memory=...)`` computes for ``model`` in ``dtype``.
+
+    transformers' own planner (no GPU needed; e.g. a meta-device 14B model for ``radfm info --plan``).
+    """
+    from transformers.integrations.accelerate import _get_device_map
+
+    if isinstance(strategy, dict):
+        check_vision_placement(strategy)
+        return dict(strategy)
+    return _get_device_map(model.to(dtype), strategy, parse_max_memory(max_memory), None)
+
+
+def check_vision_placement(device_map: dict[str, Any]) -> None:
+    """A hand-written device map must keep the vision side with the token embeddings (image tokens are
+    spliced into them); ``ValueError`` naming the module and both devices otherwise."""
+    main = _device_of(device_map, EMBEDDINGS)
+    for name in VISION_SIDE:
+        where = _device_of(device_map, name)
+        if main is not None and where is not None and where != main:
+            raise ValueError(f"device_map puts {name} on {where} but {EMBEDDINGS} on {main}; they must match")
+
+
+def _safetensors_mappings() -> list[tuple[int, int]]:
+    """Address ranges of this process's private mappings of ``*.safetensors`` files (Linux; else none)."""
+    ranges = []
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            for line in maps:
+                parts = line.split()
+                # private (copy-on-write) mappings only: dropped pages are re-read from the file
+                if len(parts) >= 6 and parts[-1].endswith(".safetensors") and parts[1].endswith("p"):
+                    low, high = (int(x, 16) for x in parts[0].split("-"))
+                    ranges.append((low, high))
+    except OSError:
+        return []
+    return ranges
+
+
+def _cast_releasing_pages(model: RadFM, dtype: torch.dtype) -> RadFM:
+    """Cast floating tensors to ``dtype`` one at a time, dropping each source's mapped file pages.
+
+    After the cast of a memory-mapped tensor its pages are released (``madvise``), so the peak
+    RSS is the cast weights plus one tensor, not the file plus the cast weights. Tied tensors
+    stay tied.
+    """
+    from radfm.model.weights import _release_mapped_pages
+
+    mapped = _safetensors_mappings()
+    done: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for slots, is_param in ((module._parameters, True), (module._buffers, False)):
+            for name, tensor in list(slots.items()):
+                if tensor is None or not tensor.is_floating_point() or tensor.dtype == dtype:
+                    continue
+                if id(tensor) not in done:
+                    value = tensor.detach().to(dtype)
+                    done[id(tensor)] = nn.Parameter(value, requires_grad=tensor.requires_grad) if is_param else value
+                    start = tensor.data_ptr()
+                    end = start + tensor.numel() * tensor.element_size()
+                    # only pages of a safetensors file mapping, never heap memory; nothing has written to
+                    # the freshly loaded weights, and the source is dropped right after its cast
+                    if any(low <= start and end <= high for low, high in mapped):
+                        _release_mapped_pages(tensor.detach())
+                slots[name] = done[id(tensor)]
+    model.config.dtype = dtype
+    return model
+
+
+def _load_weights(folder: Path, *, device, dtype, device_map, max_memory, offload_folder, quantization) -> RadFM:
+    """transformers' ``from_pretrained`` with our device/dtype defaults; errors name the folder's files."""
+    kwargs: dict[str, Any] = {}
+    cast_to = None
     if device_map is None and quantization is None:
         target = resolve_device(device)
-        model = RadFM.from_pretrained(model_dir, device=target, dtype=resolve_dtype(dtype, target))
+        resolved = resolve_dtype(dtype, target)
+        if target.type == "cpu":
+            # on the CPU, load in the stored dtype (the safetensors stay memory-mapped, no copy) and
+            # cast tensor by tensor below, so a cast never holds the file's pages and the copy at once
+            kwargs.update(dtype="auto", device_map=None)
+            cast_to = resolved
+        else:
+            kwargs.update(dtype=resolved, device_map=target)
     else:
-        from transformers import AutoTokenizer
-
-        model = load_placed(RadFM, model_dir, dtype=dtype, device_map=device_map, max_memory=max_memory,
-                            offload_folder=offload_folder, quantization=quantization)
-        model.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    if model.tokenizer is None:
-        raise ValueError(f"model directory {model_dir} has no tokenizer files; save the model with a tokenizer")
-    return model
+        gpu = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        resolved = resolve_dtype(dtype, gpu)
+        kwargs.update(dtype=resolved, device_map=device_map or "auto", max_memory=parse_max_memory(max_memory),
+                      offload_folder=offload_folder, quantization_config=quantization_config(quantization, resolved))
+    if isinstance(kwargs.get("device_map"), dict):
+        check_vision_placement(kwargs["device_map"])
+    try:
+        model = RadFM.from_pretrained(str(folder), **kwargs)
+        return _cast_releasing_pages(model, cast_to) if cast_to is not None else model
+    except Exception as error:  # noqa: BLE001 — safetensors/accelerate raise their own types; name the files
+        if isinstance(error, (FileNotFoundError, ValueError)) and str(folder) in str(error):
+            raise
+        raise ValueError(f"cannot load the weights of {folder} ({', '.join(n for n in WEIGHT_FILES if (folder / n).is_file())}): "
+                         f"{type(error).__name__}: {error}") from error

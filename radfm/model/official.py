@@ -151,7 +151,7 @@ def load_official(
         )
     if config is None:
         vision, perceiver = infer_official_sizes(state)
-        config = RadFMConfig(llm=_read_llm_config(llm_config), vision=vision, perceiver=perceiver)
+        config = RadFMConfig(text_config=_read_llm_config(llm_config), vision_config=vision, perceiver_config=perceiver)
     model = build_empty(model_class, config)
     if OFFICIAL_SHARED_SOURCE not in state and OFFICIAL_SHARED_DUPLICATE in state:
         mapping[OFFICIAL_SHARED_DUPLICATE] = "language_model.model.embed_tokens.weight"

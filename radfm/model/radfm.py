@@ -1,7 +1,13 @@
-"""``RadFM``: 3D ViT → perceiver → projection, spliced into any Hugging Face causal LM.
+"""``RadFMForConditionalGeneration``: 3D ViT → perceiver → projection, spliced into any causal LM.
 
-``model(input_ids=[B, L], images=[[Tensor[3, H, W, D], ...], ...])`` → output with
-``.logits [B, L, V]``; ``model.generate(...)`` → ``[B, new]`` token ids (KV cache, left padding).
+A transformers ``PreTrainedModel`` + ``GenerationMixin``: ``save_pretrained``/``from_pretrained``
+(sharded safetensors, ``dtype``, ``device_map``, ``max_memory``, ``offload_folder``,
+``quantization_config``), ``generate`` (streamers, stopping criteria, beams, KV cache) and
+gradient checkpointing are transformers' own. ``RadFM`` is the same class (the older name).
+
+``model(input_ids=[B, L], images=[[Tensor[3, H, W, D], ...], ...])`` → ``CausalLMOutputWithPast``
+with ``.logits [B, L, V]``; ``model.generate(input_ids, images=..., attention_mask=...)`` →
+``[B, new]`` token ids (left padding).
 """
 
 from __future__ import annotations
@@ -14,14 +20,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 
-from radfm.model import official, pretrained
+from radfm.model import official
 from radfm.model.config import RadFMConfig
 from radfm.model.embedding import embed_with_images
 from radfm.model.perceiver import PerceiverResampler
 from radfm.model.tokenizer import TOKENS_PER_IMAGE
 from radfm.model.vision import VisionEncoder3D, check_image_shape
-from radfm.model.weights import build_empty
 
 logger = logging.getLogger(__name__)
 
@@ -31,61 +37,88 @@ def _plain(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor
 
 
-def build_language_model(config: RadFMConfig) -> nn.Module:
-    """A randomly initialised ``AutoModelForCausalLM`` from ``config.llm``."""
-    from transformers import AutoModelForCausalLM
+class RadFMPreTrainedModel(PreTrainedModel):
+    """Shared transformers class attributes of the RadFM models."""
 
-    return AutoModelForCausalLM.from_config(config.build_llm_config())
+    config_class = RadFMConfig
+    base_model_prefix = "radfm"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    # the vision side runs as one piece next to the token embeddings (image tokens are spliced
+    # into them); the language model adds its own decoder-layer class
+    _no_split_modules = ["VisionEncoder3D", "PerceiverResampler"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """PyTorch's default init for the vision side (what the published code used), randn latents."""
+        if isinstance(module, (nn.Linear, nn.LayerNorm, nn.Embedding)):
+            module.reset_parameters()
+        elif isinstance(module, PerceiverResampler):
+            nn.init.normal_(module.latents)
+        elif isinstance(module, RadFMForConditionalGeneration):
+            std = float(getattr(self.config.text_config, "initializer_range", 0.02) or 0.02)
+            nn.init.normal_(module.figure_token_weight, std=std)
 
 
-class RadFM(nn.Module):
+class RadFMForConditionalGeneration(RadFMPreTrainedModel, GenerationMixin):
     """The RadFM network around any decoder-only causal LM (``self.language_model``)."""
 
     def __init__(self, config: RadFMConfig, language_model: nn.Module | None = None) -> None:
-        super().__init__()
-        self.config = config
-        self.language_model = language_model if language_model is not None else build_language_model(config)
-        embed_rows = self.language_model.get_input_embeddings().weight.shape[0]
+        super().__init__(config)
+        if language_model is None:
+            language_model = AutoModelForCausalLM.from_config(config.text_config)
+        embed_rows = language_model.get_input_embeddings().weight.shape[0]
         if embed_rows != config.base_vocab_size:
             raise ValueError(
-                f"language model has {embed_rows} embedding rows but config.llm['vocab_size'] is "
+                f"language model has {embed_rows} embedding rows but text_config.vocab_size is "
                 f"{config.base_vocab_size}; they must match (image tokens start at V)"
             )
-        self.vision_encoder = VisionEncoder3D(config.vision)
-        self.perceiver = PerceiverResampler(config.vision.dim, config.perceiver)
-        self.projection = nn.Linear(config.vision.dim, config.hidden_size)
-        std = float(config.llm.get("initializer_range", 0.02))
+        self.vision_encoder = VisionEncoder3D(config.vision_config)
+        self.perceiver = PerceiverResampler(config.vision_config.dim, config.perceiver_config)
+        self.projection = nn.Linear(config.vision_config.dim, config.hidden_size)
+        std = float(getattr(config.text_config, "initializer_range", 0.02) or 0.02)
         self.figure_token_weight = nn.Parameter(torch.randn(2, config.hidden_size) * std)
-        self.tokenizer = None  # optional; saved with save_pretrained when attached
+        # registered after the vision side: a device map fills devices in module order, so the
+        # vision side lands on the first (main) device, next to the token embeddings
+        self.language_model = language_model
+        self.tokenizer = None  # optional; older callers read it (the processor carries it too)
+        self.processor = None  # optional RadFMProcessor, saved by save_pretrained
         self.vision_batch_size: int | None = None  # images per encoder call (None = whole group)
+        self.post_init()
 
     # ---- construction helpers ------------------------------------------------------
     @classmethod
-    def from_llm(cls, llm: str | os.PathLike | nn.Module, config: RadFMConfig | None = None, **llm_kwargs: Any) -> RadFM:
+    def from_llm(cls, llm: str | os.PathLike | nn.Module, config: RadFMConfig | None = None,
+                 **llm_kwargs: Any) -> RadFMForConditionalGeneration:
         """Wrap a causal LM (a model or a local directory) with fresh vision/perceiver weights.
 
-        ``config`` supplies the vision/perceiver sizes (default: the published ones); its ``llm``
-        entry is replaced by the language model's own config.
+        ``config`` supplies the vision/perceiver sizes (default: the published ones); its text
+        config is replaced by the language model's own config.
         """
-        from transformers import AutoModelForCausalLM
-
         if not isinstance(llm, nn.Module):
             llm = AutoModelForCausalLM.from_pretrained(os.fspath(llm), **llm_kwargs)
         config = RadFMConfig() if config is None else config
         llm_dict = llm.config.to_dict()
         llm_dict["vocab_size"] = llm.get_input_embeddings().weight.shape[0]
-        config = RadFMConfig(llm=llm_dict, vision=config.vision, perceiver=config.perceiver, max_images=config.max_images)
+        config = RadFMConfig(text_config=llm_dict, vision_config=config.vision_config.to_dict(),
+                             perceiver_config=config.perceiver_config.to_dict(), max_images=config.max_images)
         return cls(config, language_model=llm)
 
     @classmethod
-    def empty(cls, config: RadFMConfig) -> RadFM:
-        """The network with parameters on the meta device (no memory), ready for weights to be assigned."""
-        return build_empty(cls, config)
+    def empty(cls, config: RadFMConfig) -> RadFMForConditionalGeneration:
+        """The network with parameters on the meta device (no memory), ready for weights to be assigned.
 
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, device: str | torch.device = "cpu", dtype=None) -> RadFM:
-        """Load our format (``save_pretrained``): config.json + sharded safetensors (+ tokenizer)."""
-        return pretrained.load_pretrained(cls, directory, device=device, dtype=dtype)
+        Buffers (e.g. rotary tables) stay real, so a caller can materialise the parameters anywhere.
+        """
+        from radfm.model.weights import build_empty
+
+        return build_empty(cls, config)
 
     @classmethod
     def from_official(
@@ -97,7 +130,7 @@ class RadFM(nn.Module):
         device: str | torch.device = "cpu",
         config: RadFMConfig | None = None,
         progress: bool = True,
-    ) -> RadFM:
+    ) -> RadFMForConditionalGeneration:
         """Load the published ``pytorch_model.bin`` (see ``radfm.model.official.load_official``).
 
         ``llm_config``: the LLaMA config (dict, config.json or its folder); ``dtype`` e.g.
@@ -107,9 +140,52 @@ class RadFM(nn.Module):
             cls, bin_path, llm_config=llm_config, dtype=dtype, device=device, config=config, progress=progress
         )
 
-    def save_pretrained(self, directory: str | os.PathLike, *, tokenizer=None, max_shard_size: int | str = "2GB") -> None:
-        """Write config.json, sharded safetensors and the tokenizer (given or attached)."""
-        pretrained.save_pretrained(self, directory, tokenizer=tokenizer, max_shard_size=max_shard_size)
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args: Any, **kwargs: Any):
+        """transformers' ``from_pretrained``; an old-format folder is refused naming the converter."""
+        from radfm.model.folder import check_model_folder
+
+        if os.path.isdir(os.fspath(pretrained_model_name_or_path)):
+            check_model_folder(pretrained_model_name_or_path, processor=False)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, tokenizer=None, processor=None,
+                        **kwargs: Any) -> None:
+        """transformers' ``save_pretrained``, plus the processor so the folder loads on its own.
+
+        ``processor`` (or the attached ``.processor``) is saved as is; with only a tokenizer (given
+        or ``.tokenizer``), a processor at the standard grid is saved (``radfm.engines.grid.save_grid``
+        records another grid).
+        """
+        super().save_pretrained(save_directory, *args, **kwargs)
+        processor = processor if processor is not None else self.processor
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        if processor is None and tokenizer is not None:
+            from radfm.model.processing import RadFMImageProcessor, RadFMProcessor
+
+            processor = RadFMProcessor(RadFMImageProcessor(), tokenizer)
+        elif processor is not None and tokenizer is not None and tokenizer is not processor.tokenizer:
+            processor = type(processor)(processor.image_processor, tokenizer, chat_template=processor.chat_template)
+        if processor is not None:
+            processor.save_pretrained(os.fspath(save_directory))
+
+    # ---- transformers plumbing -------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.language_model.get_output_embeddings()
+
+    def get_decoder(self) -> nn.Module:
+        return self.language_model.get_decoder()
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
+        """Recompute activations in the backward pass (vision encoder and LLM); non-reentrant by default."""
+        kwargs_ = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+        super().activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs_, **kwargs)
 
     # ---- properties ------------------------------------------------------------------
     @property
@@ -122,12 +198,6 @@ class RadFM(nn.Module):
         """Floating-point dtype of the vision side."""
         return self.figure_token_weight.dtype
 
-    def gradient_checkpointing_enable(self) -> None:
-        """Recompute activations in the backward pass (vision encoder and LLM)."""
-        self.vision_encoder.gradient_checkpointing = True
-        if hasattr(self.language_model, "gradient_checkpointing_enable"):
-            self.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
     # ---- images -----------------------------------------------------------------------
     def encode_images(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """``N`` images ``[3, H, W, D]`` (any mix of sizes) → ``[N, 32, hidden]`` LLM-width tokens.
@@ -138,7 +208,7 @@ class RadFM(nn.Module):
         out = torch.empty(len(images), TOKENS_PER_IMAGE, self.config.hidden_size, device=self.device, dtype=vision_dtype)
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for index, image in enumerate(images):
-            check_image_shape(image.shape, self.config.vision, where=f"image {index}")
+            check_image_shape(image.shape, self.config.vision_config, where=f"image {index}")
             groups[tuple(image.shape)].append(index)
         for indices in groups.values():
             step = self.vision_batch_size or len(indices)
@@ -146,7 +216,7 @@ class RadFM(nn.Module):
                 chunk = indices[start : start + step]
                 pixels = torch.stack([_plain(images[i]) for i in chunk]).to(self.device, vision_dtype)
                 latents = self.perceiver(self.vision_encoder(pixels))
-                out[chunk] = self.projection(latents)
+                out[chunk] = self.projection(latents).to(out.device)
         return out
 
     def _normalise_images(self, images, batch_size: int) -> list[list[torch.Tensor]]:
@@ -155,7 +225,6 @@ class RadFM(nn.Module):
         if isinstance(images, torch.Tensor):  # published layout [B, S, 3, H, W, D]
             if images.ndim != 6:
                 raise ValueError(f"images tensor must be [B, S, 3, H, W, D], got shape {list(images.shape)}")
-            images = [list(sample) for sample in images]
         images = [list(sample) for sample in images]
         if len(images) != batch_size:
             raise ValueError(f"input_ids has {batch_size} prompt(s) but images has {len(images)} list(s)")
@@ -165,10 +234,7 @@ class RadFM(nn.Module):
         """``[B, L]`` ids + per-sample image lists → ``[B, L, hidden]`` input embeddings."""
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [B, L], got shape {list(input_ids.shape)}")
-        batch, length = input_ids.shape
-        context = self.config.max_context
-        if context is not None and length > context:
-            raise ValueError(f"prompt is {length} tokens long but the language model's context is {context} tokens")
+        batch, _ = input_ids.shape
         images = self._normalise_images(images, batch)
         vocab = self.config.base_vocab_size
         blocks_per_sample = (input_ids == vocab).sum(dim=1).tolist()
@@ -188,64 +254,87 @@ class RadFM(nn.Module):
             else:
                 visual_tokens.append(self.projection.weight.new_zeros(0, self.config.hidden_size))
             start += n
+        embeddings = self.language_model.get_input_embeddings()
         return embed_with_images(
-            input_ids.to(self.device),
-            self.language_model.get_input_embeddings(),
+            input_ids.to(embeddings.weight.device if embeddings.weight.device.type != "meta" else self.device),
+            embeddings,
             self.figure_token_weight,
             visual_tokens,
             vocab,
         )
 
+    def _check_context(self, length: int) -> None:
+        context = self.config.max_context
+        if context is not None and length > context:
+            raise ValueError(f"prompt is {length} tokens long but the language model's context is {context} tokens")
+
     # ---- forward / generate -----------------------------------------------------------
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         images=None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cache=None,
+        use_cache: bool | None = None,
         **llm_kwargs: Any,
     ):
-        """Language-model output (``.logits [B, L, V]``, ``.loss`` when ``labels`` are given).
+        """Language-model output (``CausalLMOutputWithPast``: ``.logits [B, L, V]``, ``.loss`` with ``labels``).
 
-        With left padding, positions are counted from each prompt's first real token.
+        ``images``: per prompt, a list of ``[3, H, W, D]`` tensors (sizes may differ), or the
+        published ``[B, S, 3, H, W, D]`` tensor. With left padding, positions are counted from
+        each prompt's first real token.
         """
-        inputs_embeds = self.embed(input_ids, images)
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("forward needs input_ids or inputs_embeds")
+            if cache is None or images is not None:
+                self._check_context(input_ids.shape[1])
+            inputs_embeds = self.embed(input_ids, images)
         if labels is not None and bool((labels >= self.config.base_vocab_size).any()):
             raise ValueError(
                 f"labels contain ids >= {self.config.base_vocab_size} (image tokens); the LM head only predicts "
                 "text ids, so set image-token positions to -100"
             )
         if attention_mask is not None:
-            attention_mask = attention_mask.to(self.device)
-            if position_ids is None:
+            attention_mask = attention_mask.to(inputs_embeds.device)
+            if position_ids is None and cache is None:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            labels=labels.to(self.device) if labels is not None else None,
+            labels=labels.to(inputs_embeds.device) if labels is not None else None,
+            cache=cache,
+            use_cache=use_cache,
             **llm_kwargs,
         )
 
     @torch.no_grad()
     def generate(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         images=None,
         attention_mask: torch.Tensor | None = None,
         max_new_tokens: int = 64,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
-        """``[B, new]`` new token ids via HF ``generate(inputs_embeds=...)`` (KV cache).
+        """``[B, new]`` new token ids: transformers' ``generate`` on the spliced prompt embeddings.
 
         Prompts must be left padded (``attention_mask`` 0 on the left). Greedy by default; pass
-        ``num_beams``, ``do_sample``/``top_p``/``temperature``, ``streamer`` etc. as in HF.
+        ``num_beams``, ``do_sample``/``top_p``/``temperature``, ``streamer``, ``stopping_criteria``
+        etc. as in transformers. ``max_new_tokens`` is cut to fit the LM's context (logged).
         """
+        if input_ids is None or "inputs_embeds" in generate_kwargs:
+            return super().generate(input_ids=input_ids, attention_mask=attention_mask,
+                                    max_new_tokens=max_new_tokens, **generate_kwargs)
+        self._check_context(input_ids.shape[1])
         inputs_embeds = self.embed(input_ids, images)
         if attention_mask is None:
             attention_mask = torch.ones(input_ids.shape, dtype=torch.long)
-        attention_mask = attention_mask.to(self.device)
+        attention_mask = attention_mask.to(inputs_embeds.device)
         if bool((attention_mask[:, -1] == 0).any()):
             raise ValueError("generate needs left-padded prompts: attention_mask is 0 at the last position")
         context = self.config.max_context
@@ -258,14 +347,10 @@ class RadFM(nn.Module):
                 )
             logger.warning("max_new_tokens %d cut to %d to fit the %d-token context", max_new_tokens, allowed, context)
             max_new_tokens = allowed
-        llm_config = self.language_model.config
-        generate_kwargs.setdefault("pad_token_id", getattr(llm_config, "pad_token_id", None))
-        generate_kwargs.setdefault("eos_token_id", getattr(llm_config, "eos_token_id", None))
         if "do_sample" not in generate_kwargs and not any(k in generate_kwargs for k in ("temperature", "top_p")):
             generate_kwargs["do_sample"] = False  # greedy (or beam) unless sampling is asked for
-        return self.language_model.generate(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            **generate_kwargs,
-        )
+        return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                max_new_tokens=max_new_tokens, **generate_kwargs)
+
+
+RadFM = RadFMForConditionalGeneration

@@ -128,12 +128,14 @@ def train_tokenizer(
     vocab_size: int = 1000,
     max_images: int = DEFAULT_MAX_IMAGES,
     min_frequency: int = 1,
+    base_vocab_size: int | None = None,
 ):
     """Train a small byte-level BPE tokenizer (``tokenizers``) and wrap it for transformers.
 
     Special tokens: ``<pad>`` = 0, ``<s>`` = 1, ``</s>`` = 2, ``<unk>`` = 3 (the LLaMA order).
-    The image tokens are added after training, so ``V`` = the trained vocabulary size.
-    Returns a ``PreTrainedTokenizerFast``.
+    The image tokens are added after training, so ``V`` = the trained vocabulary size, or
+    ``base_vocab_size`` when given (filler tokens pad the vocabulary up to it first, to match a
+    language model with more embedding rows). Returns a ``PreTrainedTokenizerFast``.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -159,6 +161,8 @@ def train_tokenizer(
         unk_token="<unk>",
         padding_side="left",
     )
+    if base_vocab_size is not None:
+        pad_vocabulary(tokenizer, base_vocab_size)
     add_image_tokens(tokenizer, max_images=max_images)
     return tokenizer
 

@@ -4,7 +4,8 @@ Memory rule: never two full copies of the weights. A model is built with paramet
 meta device (:func:`build_empty`), a file is memory-mapped (``torch.load(mmap=True,
 weights_only=True)`` or safetensors), and each tensor is copied/cast into place one at a time;
 the mapped pages of a tensor are released as soon as it has been copied. Knows nothing of
-RadFM's layout: :mod:`radfm.model.official` and :mod:`radfm.model.pretrained` build on it.
+RadFM's layout: :mod:`radfm.model.official` (the published-checkpoint converter) builds on it;
+our own folders load through transformers' ``from_pretrained``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import ctypes
 import mmap
 import os
 import pickle
-import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -215,14 +215,3 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     if not isinstance(value, torch.dtype) or not value.is_floating_point:
         raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
     return value
-
-
-def parse_size(size: int | str) -> int:
-    """``"2GB"`` → 2·10⁹ bytes; ints pass through."""
-    if isinstance(size, int):
-        return size
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)?\s*", str(size), re.IGNORECASE)
-    if not match:
-        raise ValueError(f"cannot read shard size {size!r}; use e.g. '2GB' or a byte count")
-    units = {None: 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-    return int(float(match.group(1)) * units[match.group(2).upper() if match.group(2) else None])

@@ -53,7 +53,7 @@ def test_pretrain_freezes_llm_and_tracks_mlflow(pretrained):
     model_dir = tmp_path / "out" / "model"
     assert (model_dir / "model.safetensors").is_file() and (model_dir / "tokenizer.json").is_file()
     # the grid travels with the model
-    assert json.loads((model_dir / "preprocess.json").read_text())["size_2d"] == [64, 64]
+    assert json.loads((model_dir / "processor_config.json").read_text())["image_processor"]["size_2d"] == [64, 64]
     assert list((tmp_path / "scan_cache").glob("*.pt"))  # PersistentDataset cached the preprocessed scans
     from radfm.engines.build import load_model
     from radfm.model.radfm import RadFM

@@ -149,3 +149,18 @@ def test_accumulation_equals_larger_batch(tmp_path):
     b = run(8, 1, "b")
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_gradients_are_freed_right_after_each_optimizer_step(tmp_path):
+    """Issue 21: no gradient stays alive between optimizer steps (they were kept until the next
+    iteration's zero_grad, a model's worth of memory during the next data loading and forward)."""
+    trainer, model = build(tmp_path, accumulation=2, epochs=1)
+    alive: list[tuple[int, bool]] = []
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _record(engine):
+        alive.append((engine.state.iteration, any(p.grad is not None for p in model.parameters())))
+
+    trainer.run()
+    assert alive and all(has_grads == (iteration % 2 == 1) for iteration, has_grads in alive[:-1]), alive
+    assert alive[-1][1] is False  # the epoch's last micro-batch always steps

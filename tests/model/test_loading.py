@@ -39,3 +39,17 @@ def test_save_is_atomic_over_an_existing_directory(tmp_path, tiny_model):
     tiny_model.save_pretrained(target)
     tiny_model.save_pretrained(target)  # replacing works and leaves no temp folders behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_cpu_cast_keeps_ties_and_matches_a_plain_cast(tmp_path, tiny_tokenizer, tiny_base_vocab):
+    """radfm.load(dtype=bf16) on the CPU: mapped fp32 weights cast one by one, tied weights stay tied."""
+    base = RadFMConfig.preset("tiny")
+    llm = dict(base.llm, model_type="qwen2", vocab_size=tiny_base_vocab, tie_word_embeddings=True)
+    model = RadFM(RadFMConfig(llm=llm, vision=base.vision, perceiver=base.perceiver))
+    model.save_pretrained(tmp_path / "tied", tokenizer=tiny_tokenizer)
+    loaded = load(tmp_path / "tied", device="cpu", dtype="bfloat16").model
+    lm = loaded.language_model
+    assert lm.lm_head.weight is lm.get_input_embeddings().weight
+    expected = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    got = loaded.state_dict()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)

@@ -1,4 +1,5 @@
-"""radfm.load with device maps on CPU: half of the LLM layers offloaded to disk gives identical outputs."""
+"""radfm.load with device maps on CPU (transformers' loading): half of the LLM layers offloaded to disk gives
+identical outputs; the vision side stays with the token embeddings."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from radfm.model.loading import load
-from radfm.model.placement import parse_max_memory
+from radfm.model.loading import parse_max_memory
 from radfm.model.generation import generate_text
 
 
@@ -44,7 +45,6 @@ def test_disk_offload_of_half_the_layers_gives_identical_outputs(tiny_model_dir,
                            offload_folder=str(tmp_path / "offload"))
     on_meta = {n for n, p in offloaded.named_parameters() if p.device.type == "meta"}
     assert any(f"layers.{layers - 1}." in n for n in on_meta) and not any("layers.0." in n for n in on_meta)
-    assert list((tmp_path / "offload").glob("*.dat"))  # the weights really went to disk
     ids, images = inputs
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids, images=images).logits, offloaded(input_ids=ids, images=images).logits)
@@ -67,16 +67,10 @@ def test_auto_device_map_with_memory_cap_spills_to_disk(tiny_model_dir, tmp_path
         assert torch.equal(model(input_ids=ids, images=images).logits, capped(input_ids=ids, images=images).logits)
 
 
-def test_disk_offload_needs_a_folder(tiny_model_dir, plain):
-    layers = plain[0].config.llm["num_hidden_layers"]
-    with pytest.raises(ValueError, match="offload_folder"):
-        load(tiny_model_dir, device_map=_offload_half_map(layers))
-
-
 def test_vision_side_must_share_the_embedding_device(tiny_model_dir, plain, tmp_path):
     device_map = _offload_half_map(plain[0].config.llm["num_hidden_layers"])
     device_map["perceiver"] = "disk"
-    with pytest.raises(ValueError, match="perceiver"):
+    with pytest.raises(ValueError, match="perceiver.*disk.*embed_tokens.*cpu"):
         load(tiny_model_dir, device_map=device_map, offload_folder=str(tmp_path))
 
 

@@ -11,6 +11,7 @@ import torch
 
 from monai.transforms import Compose
 
+from radfm.engines.grid import save_grid
 from radfm.model.loading import load, preprocess_options
 from radfm.model.tokenizer import encode_prompt
 
@@ -19,7 +20,7 @@ DEMO_RECORD = {"loader": "radfm.transforms.preprocess_scan", "size_2d": [64, 64]
 
 @pytest.fixture(scope="module")
 def saved_tiny(tmp_path_factory):
-    """A saved tiny model folder (weights + tokenizer), no preprocess.json."""
+    """A saved tiny model folder (weights + processor at the standard grid)."""
     model, _, _ = load("tiny")
     folder = tmp_path_factory.mktemp("tiny_model")
     model.save_pretrained(folder)
@@ -62,13 +63,16 @@ def test_unreadable_preprocess_json(tmp_path):
 def test_load_preprocessing_uses_the_model_grid(saved_tiny, volume_path, tmp_path):
     loaded = load(saved_tiny)
     assert isinstance(loaded.preprocessing, Compose)
-    assert tuple(loaded.preprocessing(volume_path).shape) == (3, 256, 256, 32)  # standard grid without preprocess.json
+    assert tuple(loaded.preprocessing(volume_path).shape) == (3, 256, 256, 32)  # saved with the standard grid
 
-    (saved_tiny / "preprocess.json").write_text(json.dumps(DEMO_RECORD))
+    processor_file = saved_tiny / "processor_config.json"
+    saved = processor_file.read_text()
+    save_grid(saved_tiny, {k: DEMO_RECORD[k] for k in ("size_2d", "size_3d", "max_depth")})
     try:
         loaded = load(saved_tiny)
         model, tokenizer, preprocessing = loaded
-        assert loaded.preprocess_options == {"size_2d": (64, 64), "size_3d": (64, 64), "max_depth": 8}
+        assert {k: loaded.preprocess_options[k] for k in ("size_2d", "size_3d", "max_depth")} == \
+            {"size_2d": (64, 64), "size_3d": (64, 64), "max_depth": 8}
         image = preprocessing(volume_path)
         assert tuple(image.shape) == (3, 64, 64, 8)
         torch.testing.assert_close(loaded.preprocess(volume_path), image)  # the same steps, per-scan entry point
@@ -81,16 +85,18 @@ def test_load_preprocessing_uses_the_model_grid(saved_tiny, volume_path, tmp_pat
         windowed = load(saved_tiny, window="lung")
         assert windowed.preprocess_options["window"] == "lung" and windowed.preprocess_options["max_depth"] == 8
 
-        (saved_tiny / "preprocess.json").write_text(json.dumps({"size_2d": [64, 64], "typo": 1}))
+        spec = json.loads(processor_file.read_text())
+        spec["image_processor"]["typo"] = 1
+        processor_file.write_text(json.dumps(spec))
         with pytest.raises(ValueError, match="typo"):
             load(saved_tiny)
     finally:
-        (saved_tiny / "preprocess.json").unlink()
+        processor_file.write_text(saved)
 
 
 def test_weights_false_builds_the_architecture_only(saved_tiny):
     built = load(saved_tiny, weights=False).model
     stored = load(saved_tiny).model
-    assert built.config.to_dict() == stored.config.to_dict()
+    assert {n: p.shape for n, p in built.state_dict().items()} == {n: p.shape for n, p in stored.state_dict().items()}
     assert built.tokenizer.get_vocab() == stored.tokenizer.get_vocab()
     assert not torch.equal(built.projection.weight, stored.projection.weight)  # fresh weights, for a CheckpointLoader

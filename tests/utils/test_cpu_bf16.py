@@ -40,7 +40,7 @@ def native_bf16(monkeypatch):
 
 
 def test_bf16_on_an_avx2_cpu_warns_once_and_the_default_stays_fp32(avx2_only):
-    from radfm.model.placement import resolve_dtype
+    from radfm.model.loading import resolve_dtype
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

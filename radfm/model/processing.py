@@ -1,0 +1,340 @@
+"""``RadFMProcessor``: the image processor (MONAI transforms at the model's grid) + tokenizer + chat template.
+
+The rules of a RadFM prompt live here and nowhere else:
+
+* **grid**: :class:`RadFMImageProcessor` turns each scan (a path, a channel-first array or a
+  MONAI ``MetaTensor``) into ``[3, H, W, D]`` at the grid the model was trained at
+  (``size_2d``, ``size_3d``, ``max_depth``, saved in ``processor_config.json``), with the
+  ``radfm.transforms`` steps (min-max, CT windows, the depth rule);
+* **``<image>`` placement**: a prompt without placeholders gets one ``<image>`` per scan in front;
+  otherwise the count must equal the number of scans; each ``<image>`` becomes its 34-id block.
+
+``processor(text=..., images=...)`` → ``BatchFeature`` with ``input_ids``/``attention_mask``
+``[B, L]`` (left padded) and ``images`` (per prompt, a list of tensors; sizes may differ), ready
+for ``model(**inputs)`` / ``model.generate(**inputs)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import BatchFeature
+from transformers.image_processing_utils import BaseImageProcessor
+from transformers.processing_utils import ProcessorMixin
+
+from radfm.model.tokenizer import (
+    DEFAULT_MAX_IMAGES,
+    IMAGE_PLACEHOLDER,
+    count_placeholders,
+    encode_prompt,
+    with_placeholders,
+)
+
+# transformers 5 saves the image processor's config inside processor_config.json ("image_processor")
+PROCESSOR_FILE = "processor_config.json"
+TOKENIZER_FILE = "tokenizer_config.json"
+LEGACY_PREPROCESS_FILE = "preprocess.json"
+# Options of preprocess_scan a model records (series_uid and window may also be given per scan).
+MODEL_PREPROCESS_KEYS = ("size_2d", "size_3d", "max_depth", "window", "nonfinite", "axcodes", "contiguous")
+KNOWN_LOADERS = ("radfm.transforms.preprocess_scan",)
+
+# RadFM has no chat format of its own: turns are joined by newlines, image parts become <image>.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}<image>{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- if not loop.last -%}{{ '\n' }}{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+
+def check_preprocess_options(spec: Any, source: str | os.PathLike) -> dict[str, Any]:
+    """Validated ``preprocess_scan`` options from a mapping (``loader`` dropped); ``ValueError`` naming ``source``.
+
+    Grid lists become tuples, a ``window`` list becomes ``(low, high)``.
+    """
+    if not isinstance(spec, dict):
+        raise ValueError(f"{source}: expected a JSON object of preprocess_scan options, got {type(spec).__name__}")
+    options = dict(spec)
+    loader = options.pop("loader", KNOWN_LOADERS[0])
+    if loader not in KNOWN_LOADERS:
+        raise ValueError(f"{source}: unknown loader {loader!r}; expected one of {list(KNOWN_LOADERS)}")
+    unknown = sorted(set(options) - set(MODEL_PREPROCESS_KEYS))
+    if unknown:
+        raise ValueError(f"{source}: unknown preprocessing option(s) {unknown}; expected some of "
+                         f"{list(MODEL_PREPROCESS_KEYS)} (and 'loader')")
+    from radfm.transforms.spatial import MAX_DEPTH, SIZE_2D, SIZE_3D, check_grid
+
+    try:  # fail at load time, naming the file, rather than on the first scan
+        grid = check_grid(options.get("size_2d", SIZE_2D), options.get("size_3d", SIZE_3D),
+                          options.get("max_depth", MAX_DEPTH))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{source}: {error}") from None
+    for key, value in zip(("size_2d", "size_3d", "max_depth"), grid):
+        if key in options:
+            options[key] = value
+    if isinstance(options.get("window"), list):
+        options["window"] = tuple(options["window"])  # (low, high) HU
+    return options
+
+
+def read_json(path: Path) -> Any:
+    """JSON of ``path``; an unreadable or corrupt file is a ``ValueError`` naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not readable JSON ({error})") from error
+
+
+class RadFMImageProcessor(BaseImageProcessor):
+    """Scans → ``[3, H, W, D]`` float32 tensors in [0, 1] at the model's grid (``radfm.transforms``).
+
+    Inputs: a path (file or DICOM folder), or a channel-first array/tensor/``MetaTensor``
+    ``[C, H, W]`` (2D) or ``[C, H, W, D]`` (3D) as ``LoadScan`` gives it. A tensor that is already
+    ``[3, H, W, D]`` at this grid passes unchanged (a scan preprocessed before).
+    """
+
+    model_input_names = ["images"]
+
+    def __init__(
+        self,
+        size_2d: Sequence[int] | None = None,
+        size_3d: Sequence[int] | None = None,
+        max_depth: int | None = None,
+        window: Any = None,
+        nonfinite: str = "error",
+        axcodes: str = "RAS",
+        contiguous: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        from radfm.transforms.spatial import MAX_DEPTH, SIZE_2D, SIZE_3D
+
+        kwargs.pop("loader", None)
+        super().__init__(**kwargs)
+        options = check_preprocess_options(
+            {"size_2d": list(size_2d or SIZE_2D), "size_3d": list(size_3d or SIZE_3D),
+             "max_depth": int(max_depth or MAX_DEPTH), "window": window, "nonfinite": nonfinite,
+             "axcodes": axcodes, "contiguous": bool(contiguous)}, type(self).__name__)
+        self.size_2d = list(options["size_2d"])
+        self.size_3d = list(options["size_3d"])
+        self.max_depth = int(options["max_depth"])
+        self.window = list(options["window"]) if isinstance(options["window"], tuple) else options["window"]
+        self.nonfinite = nonfinite
+        self.axcodes = axcodes
+        self.contiguous = bool(contiguous)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The ``radfm.transforms.preprocess_scan`` keyword options of this processor."""
+        window = tuple(self.window) if isinstance(self.window, list) else self.window
+        return {"size_2d": tuple(self.size_2d), "size_3d": tuple(self.size_3d), "max_depth": self.max_depth,
+                "window": window, "nonfinite": self.nonfinite, "axcodes": self.axcodes, "contiguous": self.contiguous}
+
+    @property
+    def grid(self) -> dict[str, Any]:
+        """``{"size_2d": [H, W], "size_3d": [H, W], "max_depth": D}``."""
+        return {"size_2d": list(self.size_2d), "size_3d": list(self.size_3d), "max_depth": self.max_depth}
+
+    def transforms(self, **overrides: Any):
+        """The MONAI ``Compose``: path -> ``MetaTensor [3, H, W, D]`` (options overridable)."""
+        from radfm.transforms import preprocess_transforms
+
+        return preprocess_transforms(**{**self.options, **overrides})
+
+    def _at_grid(self, shape: Sequence[int]) -> bool:
+        if len(shape) != 4 or shape[0] != 3:
+            return False
+        plane, depth = tuple(shape[1:3]), shape[3]
+        if plane == tuple(self.size_2d) and depth == 4:
+            return True
+        return plane == tuple(self.size_3d) and depth <= self.max_depth and depth % 4 == 0
+
+    def process_one(self, image: Any, **per_scan: Any) -> torch.Tensor:
+        """One scan (path, array, tensor or ``MetaTensor``) -> ``[3, H, W, D]`` at the grid."""
+        from radfm.transforms import preprocess_scan
+
+        options = {**self.options, **per_scan}
+        if isinstance(image, (str, os.PathLike)):
+            return preprocess_scan(image, **options)
+        if isinstance(image, np.ndarray):
+            image = torch.from_numpy(image)
+        if not isinstance(image, torch.Tensor):
+            raise TypeError(f"images: expected a path, an array or a tensor, got {type(image).__name__}")
+        if image.dtype == torch.float32 and self._at_grid(tuple(image.shape)):
+            return image
+        if image.ndim not in (3, 4):
+            raise ValueError(f"an image array must be channel-first [C, H, W] or [C, H, W, D], got shape {list(image.shape)}")
+        from radfm.transforms import DropAlpha, OrientToRAS, ScaleResizeToRadFM, ToThreeChannels
+
+        steps = [DropAlpha(), OrientToRAS(axcodes=options["axcodes"]),
+                 ScaleResizeToRadFM(window=options["window"], nonfinite=options["nonfinite"], size_2d=options["size_2d"],
+                                    size_3d=options["size_3d"], max_depth=options["max_depth"]),
+                 ToThreeChannels(contiguous=options["contiguous"])]
+        for step in steps:
+            image = step(image)
+        return image
+
+    def preprocess(self, images: Any, **per_scan: Any) -> BatchFeature:
+        """``images``: one scan, a list of scans, or a list of lists (per prompt) → ``{"images": same nesting}``."""
+        nested = _nest(images)
+        return BatchFeature({"images": [[self.process_one(item, **per_scan) for item in sample] for sample in nested]})
+
+    def __call__(self, images: Any, **per_scan: Any) -> BatchFeature:
+        return self.preprocess(images, **per_scan)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        for key in ("size_2d", "size_3d", "window"):
+            if isinstance(out.get(key), tuple):
+                out[key] = list(out[key])
+        return out
+
+    @classmethod
+    def from_preprocess_json(cls, path: str | os.PathLike) -> RadFMImageProcessor:
+        """From a legacy ``preprocess.json`` (the options of ``preprocess_scan``)."""
+        path = Path(path)
+        return cls(**check_preprocess_options(read_json(path), path))
+
+
+def _nest(images: Any) -> list[list[Any]]:
+    """None -> [[]]; a scan -> [[scan]]; [scans] -> [[scans]]; [[scans], ...] stays."""
+    if images is None:
+        return [[]]
+    if isinstance(images, (str, os.PathLike, np.ndarray, torch.Tensor)):
+        return [[images]]
+    images = list(images)
+    if images and all(isinstance(item, (list, tuple)) for item in images):
+        return [list(item) for item in images]
+    if any(isinstance(item, (list, tuple)) for item in images):
+        raise ValueError("images: give one list of scans per prompt, or one flat list for a single prompt")
+    return [images]
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], num_images: Sequence[int], *, base_vocab_size: int,
+                   add_bos: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ``input_ids`` and ``attention_mask`` ``[B, L]`` for prompts with ``num_images[b]`` scans each.
+
+    A prompt without placeholders gets one ``<image>`` per scan in front; otherwise the number of
+    placeholders must equal the number of scans (the error names both counts and the prompt).
+    """
+    if len(prompts) != len(num_images):
+        raise ValueError(f"{len(prompts)} prompt(s) but {len(num_images)} image list(s)")
+    encoded: list[list[int]] = []
+    for i, (prompt, count) in enumerate(zip(prompts, num_images)):
+        try:
+            text = prompt if count_placeholders(prompt) else with_placeholders(prompt, count)
+            ids = encode_prompt(tokenizer, text, base_vocab_size=base_vocab_size, num_images=count, add_bos=add_bos)
+        except ValueError as err:
+            raise ValueError(f"prompt {i}: {err}") from err
+        encoded.append(ids)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    length = max((len(ids) for ids in encoded), default=0)
+    input_ids = torch.full((len(encoded), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(encoded), length), dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        input_ids[row, length - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, length - len(ids):] = 1
+    return input_ids, attention_mask
+
+
+def decode_answers(tokenizer, new_tokens: torch.Tensor) -> list[str]:
+    """Cut each row of generated ids at its first EOS and decode without special tokens."""
+    eos = tokenizer.eos_token_id
+    texts = []
+    for row in new_tokens.tolist():
+        if eos is not None and eos in row:
+            row = row[: row.index(eos)]
+        texts.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    return texts
+
+
+class RadFMProcessor(ProcessorMixin):
+    """Image processor + tokenizer (with RadFM's image tokens) + chat template, saved beside the weights."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template: str | None = None, **kwargs: Any) -> None:
+        if tokenizer is None or image_processor is None:
+            raise ValueError("RadFMProcessor needs an image_processor and a tokenizer")
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE, **kwargs)
+        self.image_token = IMAGE_PLACEHOLDER
+        vocab = tokenizer.get_vocab()
+        if IMAGE_PLACEHOLDER not in vocab:
+            raise ValueError(f"the tokenizer has no {IMAGE_PLACEHOLDER} token; add them with radfm.model.tokenizer.add_image_tokens")
+        self.image_token_id = vocab[IMAGE_PLACEHOLDER]
+
+    @property
+    def base_vocab_size(self) -> int:
+        """``V``: the id of ``<image>`` (the language model's vocabulary size)."""
+        return self.image_token_id
+
+    @property
+    def max_images(self) -> int:
+        """Image slots the tokenizer has ids for."""
+        return (len(self.tokenizer) - self.base_vocab_size - 2) // 32 or DEFAULT_MAX_IMAGES
+
+    def expand_prompt(self, text: str, num_images: int) -> str:
+        """The prompt with one ``<image>`` per scan: as written, or prepended when it has none."""
+        if not text.strip():
+            raise ValueError("the prompt is empty")
+        return with_placeholders(text, num_images)
+
+    def __call__(self, text: str | Sequence[str] | None = None, images: Any = None, *, add_bos: bool = True,
+                 return_tensors: str | None = "pt", **per_scan: Any) -> BatchFeature:
+        """``text`` (one prompt or a list) + ``images`` (per prompt a list of scans) → ``BatchFeature``.
+
+        Keys: ``input_ids``, ``attention_mask`` ``[B, L]`` (left padded) and ``images`` (a list per
+        prompt of ``[3, H, W, D]`` tensors, sizes may differ). ``per_scan``: ``window``, ``series_uid``.
+        """
+        if text is None:
+            raise ValueError("RadFMProcessor needs text (the prompt)")
+        prompts = [text] if isinstance(text, str) else list(text)
+        nested = _nest(images) if images is not None else [[] for _ in prompts]
+        if len(nested) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompt(s) but {len(nested)} image list(s)")
+        pixels = [[self.image_processor.process_one(item, **per_scan) for item in sample] for sample in nested]
+        input_ids, attention_mask = encode_prompts(self.tokenizer, prompts, [len(s) for s in pixels],
+                                                   base_vocab_size=self.base_vocab_size, add_bos=add_bos)
+        return BatchFeature({"input_ids": input_ids, "attention_mask": attention_mask, "images": pixels})
+
+    def batch_decode(self, sequences: torch.Tensor, skip_special_tokens: bool = True, **kwargs: Any) -> list[str]:
+        """Generated ids ``[B, new]`` → answers (cut at the first EOS, special tokens dropped)."""
+        if not skip_special_tokens:
+            return self.tokenizer.batch_decode(sequences, skip_special_tokens=False, **kwargs)
+        return decode_answers(self.tokenizer, torch.as_tensor(sequences))
+
+    def decode(self, sequence: torch.Tensor, skip_special_tokens: bool = True, **kwargs: Any) -> str:
+        return self.batch_decode(torch.as_tensor(sequence)[None], skip_special_tokens=skip_special_tokens, **kwargs)[0]
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "images"]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args: Any, **kwargs: Any) -> RadFMProcessor:
+        """transformers' loading; a local folder lacking a processor file is refused, naming it."""
+        folder = Path(os.fspath(pretrained_model_name_or_path))
+        if folder.is_dir():
+            missing_processor_files(folder, raise_error=True)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+
+def missing_processor_files(folder: str | os.PathLike, *, raise_error: bool = False) -> list[str]:
+    """Processor files absent from a model folder (``processor_config.json``, ``tokenizer_config.json``)."""
+    folder = Path(os.fspath(folder))
+    missing = [name for name in (PROCESSOR_FILE, TOKENIZER_FILE) if not (folder / name).is_file()]
+    if missing and raise_error:
+        hint = ""
+        if PROCESSOR_FILE in missing and (folder / LEGACY_PREPROCESS_FILE).is_file():
+            from radfm.model.config import CONVERTER_HINT
+
+            hint = f"; it has the old {LEGACY_PREPROCESS_FILE}: convert the folder with `{CONVERTER_HINT}`"
+        raise FileNotFoundError(f"{folder / missing[0]} is missing: a RadFM model folder needs its processor "
+                                f"files ({', '.join(missing)}){hint}")
+    return missing
