@@ -4,7 +4,7 @@ Pipeline (array and dictionary versions are the same steps):
 ``LoadScan -> DropAlpha -> OrientToRAS -> ScaleResizeToRadFM(window, nonfinite) -> ToThreeChannels``
 giving a float32 ``MetaTensor [3, 512, 512, 4]`` (2D) or ``[3, 256, 256, target_depth(D)]`` (3D)
 with values in [0, 1] and the source metadata kept. ``size_2d``/``size_3d``/``max_depth`` choose
-another grid (a model trained at a smaller resolution records its grid in ``preprocess.json``).
+another grid (a model trained at a smaller resolution records its grid with its processor).
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def default_image_loader(**options: Any) -> ImageLoader:
 
 def image_loader_for(model_dir: str | os.PathLike | None) -> ImageLoader:
     """The preprocessing a model was trained with: ``preprocess_scan`` with the options recorded in
-    its ``preprocess.json`` (the demo model records a smaller grid there), else the standard one."""
+    its processor (``processor_config.json``) (the demo model records a smaller grid there), else the standard one."""
     if model_dir is None:
         return default_image_loader()
     from radfm.model.loading import preprocess_options

@@ -26,7 +26,7 @@ from radfm.utils.io import atomic_write_text
 class GenerationInferer(Inferer):
     """Greedy answers for a batch ``{"prompt": [...], "images": [[tensors]]}`` from a RadFM network.
 
-    ``trained_grid`` (from the model folder's ``preprocess.json``) is checked twice: against the
+    ``trained_grid`` (from the model folder's processor (``processor_config.json``)) is checked twice: against the
     config's ``image_grid`` at construction and against every scan's shape before generation,
     so a model never answers about scans at a grid it was not trained at
     (:class:`radfm.engines.grid.GridMismatchError`, naming both grids).

@@ -166,12 +166,12 @@ def preprocess(path: str, model: str | None = None, window: Any = None, series_u
     """Preprocess one scan and print what a model receives (shape, dtype, range, metadata).
 
     Without --model: the published RadFM grid (2D 512x512, 3D 256x256, depth <= 64). With
-    --model DIR: that model's own preprocessing, read from DIR/preprocess.json (the demo model
+    --model DIR: that model's own preprocessing, read from DIR/processor_config.json (the demo model
     sees 2D 128x128, 3D 128x128, depth <= 8).
 
     Args:
         path: a NIfTI/DICOM/NRRD/MHA/PNG/JPEG/.npy file or a folder holding a DICOM series.
-        model: a model folder: show what that model receives (its grid and options in preprocess.json).
+        model: a model folder: show what that model receives (its grid and options in processor_config.json).
         window: CT window: lung, mediastinum, bone, brain or "[low,high]" in HU (default: none, or the model's).
         series_uid: SeriesInstanceUID to read when the folder holds several series.
         nonfinite: "error" (default) or "replace" NaN/Inf voxels.
@@ -193,13 +193,13 @@ def preprocess(path: str, model: str | None = None, window: Any = None, series_u
     if model is not None:
         clash = [f"--{name}" for name, value in grid.items() if value is not None]
         if clash:
-            raise UsageError(f"{', '.join(clash)} and --model: the grid is the model's (its preprocess.json)")
+            raise UsageError(f"{', '.join(clash)} and --model: the grid is the model's (its processor_config.json)")
         model_dir = resolve_model_dir(model)
         options = preprocess_options(model_dir)
         grid = {key: options.get(key, default) for key, default in
                 (("size_2d", SIZE_2D), ("size_3d", SIZE_3D), ("max_depth", MAX_DEPTH))}
         given = {key: value if value is not None else options.get(key) for key, value in given.items()}
-        source = f"the model in {model_dir}" + ("" if options else " (no preprocess.json: the published grid)")
+        source = f"the model in {model_dir}" + ("" if options else " (no recorded grid: the published one)")
     else:
         grid = {key: value if value is not None else default for (key, value), default in
                 zip(grid.items(), (SIZE_2D, SIZE_3D, MAX_DEPTH))}

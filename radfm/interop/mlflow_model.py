@@ -1,7 +1,7 @@
 """RadFM as an MLflow ``pyfunc`` model: log, register, load, serve, batch-score.
 
 ``radfm mlflow log-model MODEL_DIR --tracking_uri sqlite:///mlruns.db --registered_model_name radfm``
-logs a saved RadFM folder (safetensors weights, config, tokenizer and ``preprocess.json``, the
+logs a saved RadFM folder (safetensors weights, config, tokenizer and ``processor_config.json``, the
 preprocessing grid) as an MLflow model with
 
 * the model code as a *model from code* (``radfm/interop/mlflow_pyfunc_code.py``; nothing is
@@ -230,7 +230,9 @@ def _log_model(mlflow, model_dir: str | Path, *, tracking_uri: str | None, regis
         input_example = pd.DataFrame({"prompt": ["What is the modality of the input scan <image>?"],
                                       "images": [[str(example_scan.resolve())]]})
     identity = identity_of_model_dir(model_dir)
-    preprocess = json.loads((model_dir / "preprocess.json").read_text()) if (model_dir / "preprocess.json").is_file() else {}
+    from radfm.model.loading import preprocess_options  # the grid the model folder's processor records
+
+    preprocess = {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess_options(model_dir).items()}
     with tempfile.TemporaryDirectory(prefix="radfm-mlflow-") as staging, mlflow.start_run(run_id=run_id) as run:
         code = _staged_code(Path(staging))
         info = mlflow.pyfunc.log_model(
@@ -302,7 +304,7 @@ class MLflowCommands:
         """Log a RadFM model folder to MLflow as a pyfunc model (and register it).
 
         Args:
-            model_dir: a saved RadFM folder (config.json, safetensors, tokenizer, preprocess.json).
+            model_dir: a saved RadFM folder (config.json, safetensors, tokenizer, processor_config.json).
             tracking_uri: MLflow tracking URI: a database (sqlite:///mlruns.db) or a tracking server.
             registered_model_name: register the model under this name (a new version each time).
             experiment_name: MLflow experiment of the run.

@@ -4,7 +4,7 @@
 ARM: ``bf16``/``FEAT_BF16``) next to torch's vector capability
 (``torch.backends.cpu.get_cpu_capability()``, e.g. "AVX2", "AVX512"). ``warn_slow_cpu_bf16``
 warns (once per process) when a model is put on the CPU in bf16 without native support; the
-CPU default stays float32 (``radfm.model.placement.resolve_dtype``).
+CPU default stays float32 (``radfm.model.loading.resolve_dtype``).
 """
 
 from __future__ import annotations
