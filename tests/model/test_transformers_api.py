@@ -27,8 +27,12 @@ def auto_demo():
 
 
 def _quick_start_cases() -> list[dict]:
-    config = json.loads((bundle_dir("radfm") / "configs" / "inference.json").read_text())
-    return config["cases"]
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()  # the default cases name the shipped scans through $@dataset_dir
+    parser.read_config(str(bundle_dir("radfm") / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle_dir("radfm"))
+    return parser.get_parsed_content("cases")
 
 
 def test_auto_classes_answer_the_quick_start_like_the_demo(auto_demo, capsys):
