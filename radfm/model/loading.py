@@ -10,7 +10,9 @@ bitsandbytes through ``quantization_config``); the processor by ``RadFMProcessor
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +169,23 @@ def quantization_config(quantization: str | None, dtype: torch.dtype):
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=skip)
+
+
+@contextlib.contextmanager
+def _quiet_bar_off_terminal():
+    """transformers' "Loading weights" bar off while stderr is not a terminal (it would write ``\\r`` lines into logs)."""
+    from transformers.utils import logging as hf_logging
+
+    from radfm.utils.progress import is_terminal
+
+    switch = hf_logging.is_progress_bar_enabled() and not is_terminal(sys.stderr)
+    if switch:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if switch:
+            hf_logging.enable_progress_bar()
 
 
 def load(
@@ -346,7 +365,8 @@ def _load_weights(folder: Path, *, device, dtype, device_map, max_memory, offloa
     if isinstance(kwargs.get("device_map"), dict):
         check_vision_placement(kwargs["device_map"])
     try:
-        model = RadFM.from_pretrained(str(folder), **kwargs)
+        with _quiet_bar_off_terminal():
+            model = RadFM.from_pretrained(str(folder), **kwargs)
         return _cast_releasing_pages(model, cast_to) if cast_to is not None else model
     except Exception as error:  # noqa: BLE001 — safetensors/accelerate raise their own types; name the files
         if isinstance(error, (FileNotFoundError, ValueError)) and str(folder) in str(error):
