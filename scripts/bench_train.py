@@ -96,7 +96,7 @@ def published_embedding(model, input_ids, images):
     """The published code's embedding: a one-hot ``[B, L, V+2+32S]`` matmul over a per-sample table."""
     import torch
 
-    vocab, hidden = model.config.base_vocab_size, model.config.hidden_size
+    hidden = model.config.hidden_size
     rows = []
     for b in range(input_ids.shape[0]):
         visual = model.encode_images(images[b]).reshape(-1, hidden)  # [32S, hidden]

@@ -163,11 +163,6 @@ class ChatScans:
         self._bytes: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    @property
-    def kept_bytes(self) -> int:
-        with self._lock:
-            return sum(self._bytes.values())
-
     def add(self, items: list[ChatScan]) -> None:
         """Keep one upload's scans (they share a folder, whose bytes count once)."""
         if not items:

@@ -286,10 +286,6 @@ class RadFMConfig(PreTrainedConfig):
         spec["llm"].update(llm_overrides)
         return cls(text_config=spec["llm"], vision_config=spec["vision"], perceiver_config=spec["perceiver"])
 
-    def build_llm_config(self) -> PreTrainedConfig:
-        """A copy of the language model's config object."""
-        return copy.deepcopy(self.text_config)
-
     @classmethod
     def from_json_file(cls, json_file: str | os.PathLike) -> RadFMConfig:
         """Read a ``config.json``; an unreadable, old-format or invalid file is a ``ValueError`` naming the path."""

@@ -279,12 +279,6 @@ class RadFMProcessor(ProcessorMixin):
         """Image slots the tokenizer has ids for."""
         return (len(self.tokenizer) - self.base_vocab_size - 2) // 32 or DEFAULT_MAX_IMAGES
 
-    def expand_prompt(self, text: str, num_images: int) -> str:
-        """The prompt with one ``<image>`` per scan: as written, or prepended when it has none."""
-        if not text.strip():
-            raise ValueError("the prompt is empty")
-        return with_placeholders(text, num_images)
-
     def __call__(self, text: str | Sequence[str] | None = None, images: Any = None, *, add_bos: bool = True,
                  return_tensors: str | None = "pt", **per_scan: Any) -> BatchFeature:
         """``text`` (one prompt or a list) + ``images`` (per prompt a list of scans) → ``BatchFeature``.

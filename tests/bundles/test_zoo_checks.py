@@ -10,9 +10,6 @@ TorchScript exclusion lists), plus ``create_workflow(...).check_properties()`` f
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch

@@ -44,9 +44,6 @@ def _signed_in(app, token: str) -> TestClient:
 @pytest.mark.parametrize("variant", sorted(hostile_headers("/x")))
 def test_image_endpoint_does_not_follow_a_header_to_a_host_file(tmp_path, variant):
     """A header inside the study (written there after create) that points at a host file: 422, no byte of it."""
-    import numpy as np
-    from PIL import Image
-
     secret = tmp_path / "host" / "passwd"
     secret.parent.mkdir()
     secret.write_bytes(SECRET)
