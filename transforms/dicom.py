@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from . import formats
 from .errors import ScanReadError
-from .guards import check_claimed_size, check_dicom_inflation, dicom_pixel_bytes
+from .guards import HeaderCheck, check_claimed_size, check_dicom_inflation, dicom_pixel_bytes
 
 # header fields read when scanning a folder (no pixel data)
 _HEADER_TAGS = [
@@ -42,6 +43,7 @@ class DicomSeriesInfo:
     description: str = ""
     number: str = ""
     files: list[str] = field(default_factory=list)
+    headers: list[Any] = field(default_factory=list)  # each file's header (no pixels), as listed
 
     def describe(self) -> str:
         """One line naming the series (UID, modality, file count, description) for error messages."""
@@ -62,8 +64,10 @@ def list_dicom_series(folder: str | os.PathLike, *, max_scan_bytes: int | None =
         if not path.is_file() or path.name.upper() == "DICOMDIR":
             continue
         check_dicom_inflation(path, max_scan_bytes)  # pydicom inflates a deflated file whole, even for headers
+        kept = formats.recall(path, max_scan_bytes)  # the request path read this header for its claim
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+            ds = kept.checked.header if kept is not None and kept.checked is not None else pydicom.dcmread(
+                path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         except Exception:  # not DICOM or unreadable: a folder may hold notes, thumbnails...
             continue
         if "Rows" not in ds or "SeriesInstanceUID" not in ds:
@@ -73,6 +77,7 @@ def list_dicom_series(folder: str | os.PathLike, *, max_scan_bytes: int | None =
             uid=uid, modality=str(ds.get("Modality", "")), description=str(ds.get("SeriesDescription", "")),
             number=str(ds.get("SeriesNumber", ""))))
         info.files.append(str(path))
+        info.headers.append(ds)
     return sorted(by_uid.values(), key=lambda s: (-len(s.files), s.uid))
 
 
@@ -293,22 +298,60 @@ def _base_meta(ds: Any, path: str) -> dict[str, Any]:
     }
 
 
+def inspect_dicom_file(path: str | os.PathLike, max_scan_bytes: int | None = None) -> formats.InspectedScan | None:
+    """One DICOM file's header read as :func:`read_dicom_file` reads it (no pixels), kept for it.
+
+    Inside :func:`radfm.transforms.formats.inspected_scans` the reader (and the series listing)
+    reuses this parse and the position of the pixel data instead of reading the header again;
+    the size check runs there, on this header. Values over 1 MiB are left on disk (read if asked
+    for). None for a deflated file (its data set must first be inflated, see ``guards``) or one
+    pydicom reads only with ``force`` (no preamble): those are read again by the reader.
+    """
+    import pydicom
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    path = str(path)
+    try:
+        with open(path, "rb") as handle:
+            read_preamble(handle, False)
+            if str(_read_file_meta_info(handle).get("TransferSyntaxUID", "")) == "1.2.840.10008.1.2.1.99":
+                return None
+            handle.seek(0)
+            ds = pydicom.dcmread(handle, stop_before_pixels=True, defer_size="1 MB")
+            pixels_at = handle.tell()
+        stamp = formats._stamp(path)
+    except Exception:
+        return None
+    return formats.remember(formats.InspectedScan(path, formats.DICOM, HeaderCheck(ds, dicom_pixel_bytes(ds), pixels_at),
+                                                  formats.guards.effective_limit(max_scan_bytes), stamp))
+
+
 def read_dicom_file(path: str | os.PathLike, defer_rescale: bool = False, *,
-                    max_scan_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                    max_scan_bytes: int | None = None, checked: HeaderCheck | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """One DICOM file (single- or multi-frame) -> (array [C, rows, cols(, frames)], metadata).
 
     ``defer_rescale``: a MONOCHROME1 image is not inverted here but returned with
     ``meta["rescale"] = (-1, lo + hi)``, which the resize applies to its (smaller) output.
     ``max_scan_bytes``: rows x columns x frames x samples x bits (and a deflated file's inflated
     size) above it raise ``ScanTooLargeError`` before the pixels are read (None: the default limit).
+    ``checked``: this file's header as :func:`inspect_dicom_file` read it (else the kept inspection
+    of this file, else it is read here); the size check runs on it all the same.
     """
     import pydicom
 
     path = str(path)
     check_dicom_inflation(path, max_scan_bytes)
+    if checked is None:
+        kept = formats.recall(path, max_scan_bytes)
+        checked = kept.checked if kept is not None and kept.format is formats.DICOM else None
     try:
         with open(path, "rb") as handle:  # the header, then plain pixels straight from the file
-            ds = pydicom.dcmread(handle, stop_before_pixels=True)
+            if checked is not None and checked.header_bytes:
+                ds = checked.header
+                ds.filename = path  # values left on disk are read from here (the file may have moved)
+                handle.seek(checked.header_bytes)
+            else:
+                ds = pydicom.dcmread(handle, stop_before_pixels=True)
             check_claimed_size(path, dicom_pixel_bytes(ds), f"the DICOM header ({ds.get('Rows', '?')} rows x "
                                f"{ds.get('Columns', '?')} columns x {ds.get('NumberOfFrames', 1) or 1} frames, "
                                f"{ds.get('BitsAllocated', '?')} bits)", max_scan_bytes)
@@ -366,18 +409,13 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None, 
     ``max_scan_bytes``: the whole volume (sum over the slices' headers) must fit, checked before
     any pixels are read (``ScanTooLargeError``; None: the default limit).
     """
-    import pydicom
-
     folder = str(folder)
     series = choose_series(folder, series_uid, max_scan_bytes=max_scan_bytes)
     if len(series.files) == 1:
         data, meta = read_dicom_file(series.files[0], max_scan_bytes=max_scan_bytes)
         meta["filename_or_obj"] = folder
         return data, meta
-    headers = []
-    for path in series.files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-        headers.append(ds)
+    headers = series.headers  # read while listing the folder
     check_claimed_size(folder, sum(dicom_pixel_bytes(h) for h in headers),
                        f"series {series.uid} ({len(headers)} slices, by their headers)", max_scan_bytes)
     if any(int(h.get("NumberOfFrames", 1) or 1) > 1 for h in headers):

@@ -20,9 +20,11 @@ share one reader, so a ``.png`` holding a JPEG is read as the JPEG it is.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,11 +71,14 @@ class ScanFormat:
     upload: bool = False
     reader_checks: bool = False  # the reader runs the guard itself (per slice, or with the header it parses)
 
-    def check(self, path: str | os.PathLike, max_scan_bytes: int | None = None) -> None:
-        """Run this format's guard on ``path`` (:class:`ScanReadError` / ``ScanTooLargeError`` naming the file)."""
+    def check(self, path: str | os.PathLike, max_scan_bytes: int | None = None) -> guards.HeaderCheck | None:
+        """Run this format's guard on ``path`` (:class:`ScanReadError` / ``ScanTooLargeError`` naming the file).
+
+        Returns what the guard learned (:class:`~radfm.transforms.guards.HeaderCheck`: the parsed
+        header the reader goes on with, the claimed bytes), or None for a format without a guard.
+        """
         guards.effective_limit(max_scan_bytes)  # a bad limit fails before any file is opened
-        if self.guard is not None:
-            self.guard(path, max_scan_bytes)
+        return None if self.guard is None else self.guard(path, max_scan_bytes)
 
 
 NIFTI = ScanFormat("nifti", "NIfTI volume", "nifti", (".nii.gz", ".nii"), (2, 3), _nifti_magic,
@@ -83,7 +88,7 @@ DICOM = ScanFormat("dicom", "DICOM file", "dicom", (".dcm", ".dicom", ".ima"), (
 DICOM_SERIES = ScanFormat("dicom_series", "DICOM series (folder)", "dicom_series", (), (2, 3), None, None,
                           reader_checks=True)
 NRRD = ScanFormat("nrrd", "NRRD volume", "nrrd", (".nrrd", ".nhdr"), (2, 3), lambda head: head.startswith(b"NRRD"),
-                  guards.check_nrrd, upload=True, reader_checks=True)
+                  guards.check_nrrd, upload=True)
 METAIMAGE = ScanFormat("metaimage", "MetaImage volume", "itk", (".mha", ".mhd"), (2, 3), None,
                        guards.check_metaimage)
 PNG = ScanFormat("png", "PNG image (2D)", "image", (".png",), (2,), lambda head: head.startswith(b"\x89PNG\r\n\x1a\n"),
@@ -216,7 +221,94 @@ def by_reader(reader: str) -> ScanFormat:
     raise ValueError(f"unknown reader {reader!r}; expected one of {sorted({f.reader for f in FORMATS})}")
 
 
+@dataclass(frozen=True)
+class InspectedScan:
+    """A scan file as its format's check saw it: what the request path and the reader reuse.
+
+    ``format``: the registry entry (:func:`detect_format`); ``checked``: what its guard learned
+    (the parsed header the reader reads on with, the claimed bytes), None when the reader runs the
+    guard itself (``reader_checks``: DICOM) or the format has none; ``limit``: the
+    ``max_scan_bytes`` it was checked against; ``stamp``: the file's identity and size when
+    checked (device, inode, size, mtime), so a file changed since is checked again.
+    """
+
+    path: str
+    format: ScanFormat
+    checked: guards.HeaderCheck | None
+    limit: int
+    stamp: tuple[int, int, int, int]  # Stamp
+
+    @property
+    def claimed_bytes(self) -> int | None:
+        """Bytes of image data the header claims (None: not read from a header here)."""
+        return None if self.checked is None else self.checked.claimed
+
+
+Stamp = tuple[int, int, int, int]  # device, inode, size, mtime (ns): the same file, unchanged, even if moved
+_inspected: contextvars.ContextVar[dict[Stamp, InspectedScan] | None] = contextvars.ContextVar(
+    "radfm_inspected_scans", default=None)
+
+
+def _stamp(path: str | os.PathLike) -> Stamp:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
+@contextlib.contextmanager
+def inspected_scans() -> Iterator[dict[Stamp, InspectedScan]]:
+    """Within the block, what :func:`inspect_scan` (and :func:`remember`) learn is kept and given back.
+
+    The request path opens one such block per request: the memory budget's claim inspects each
+    scan file, and the reader (``read_scan`` behind the answerer) reuses that inspection instead of
+    parsing the header again. An entry is used only for the same file unchanged (device, inode,
+    size, mtime: a file moved into a series folder is still found) checked against the same limit;
+    anything else is inspected anew.
+    """
+    token = _inspected.set({})
+    try:
+        yield _inspected.get()
+    finally:
+        _inspected.reset(token)
+
+
+def recall(path: str | os.PathLike, max_scan_bytes: int | None = None) -> InspectedScan | None:
+    """The inspection of ``path`` kept in this :func:`inspected_scans` block (same file, same limit), or None."""
+    cache = _inspected.get()
+    if not cache:
+        return None
+    try:
+        kept = cache.get(_stamp(path))
+    except (OSError, ValueError):
+        return None
+    return kept if kept is not None and kept.limit == guards.effective_limit(max_scan_bytes) else None
+
+
+def remember(inspected: InspectedScan) -> InspectedScan:
+    """Keep ``inspected`` for the rest of this :func:`inspected_scans` block (no-op outside one)."""
+    cache = _inspected.get()
+    if cache is not None and inspected.format is not DICOM_SERIES:
+        cache[inspected.stamp] = inspected
+    return inspected
+
+
+def inspect_scan(path: str | os.PathLike, max_scan_bytes: int | None = None) -> InspectedScan:
+    """Detect the format of ``path`` and run its guard (unless its reader runs it): one header parse.
+
+    Raises what :func:`detect_format` and the guard raise (:class:`ScanReadError`,
+    ``ScanTooLargeError``). Inside :func:`inspected_scans`, a file inspected before (unchanged,
+    same limit) is not read again.
+    """
+    limit = guards.effective_limit(max_scan_bytes)
+    kept = recall(path, limit)
+    if kept is not None:
+        return kept
+    fmt = detect_format(path)
+    stamp = (0, 0, 0, 0) if fmt is DICOM_SERIES else _stamp(path)
+    checked = None if fmt.reader_checks else fmt.check(path, limit)
+    return remember(InspectedScan(str(path), fmt, checked, limit, stamp))
+
+
 __all__ = ["BY_NAME", "DICOM", "DICOM_SERIES", "FORMATS", "HEAD_BYTES", "JPEG", "METAIMAGE", "NIFTI", "NRRD", "NUMPY",
-           "PNG", "SCAN_SUFFIXES", "UPLOAD_FORMATS", "UPLOAD_SUFFIXES", "ScanFormat", "by_reader", "check_scan_file",
-           "detect_format",
-           "detect_upload", "format_by_content", "format_by_suffix", "label_of", "supported_text"]
+           "PNG", "SCAN_SUFFIXES", "UPLOAD_FORMATS", "UPLOAD_SUFFIXES", "InspectedScan", "ScanFormat", "by_reader",
+           "check_scan_file", "detect_format", "detect_upload", "format_by_content", "format_by_suffix", "inspect_scan",
+           "inspected_scans", "label_of", "recall", "remember", "supported_text"]

@@ -39,10 +39,11 @@ import contextvars
 import gzip
 import os
 import re
-import struct
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import ScanReadError, ScanTooLargeError
 
@@ -89,6 +90,21 @@ def check_claimed_size(path: str | os.PathLike, claimed: int, what: str, max_sca
     if claimed > limit:
         raise ScanTooLargeError(f"{path}: {what} claims {_size_text(claimed)} of image data, over the limit of "
                                 f"{_size_text(limit)} (max_scan_bytes); refusing to read it")
+
+
+@dataclass(frozen=True)
+class HeaderCheck:
+    """What a guard learned from a header: the parse the reader goes on with, and the bytes it claims.
+
+    ``header``: the parsed header the format's reader uses instead of parsing it again (a nibabel
+    ``Nifti1Header``/``Nifti2Header``, pynrrd's header dict, the MetaImage fields, a DICOM
+    dataset without pixels) or None; ``claimed``: bytes of decoded image data the header states
+    (already checked against the limit); ``header_bytes``: where the data start (NRRD).
+    """
+
+    header: Any
+    claimed: int
+    header_bytes: int = 0
 
 
 def inflate_bounded(decompressor, source, wanted: int, path: str | os.PathLike, what: str,
@@ -403,21 +419,29 @@ def _pattern_names(header: Path, value: str) -> list[str]:
     return [match.group(1) % index for index in range(low, stop, step)]
 
 
-def check_metaimage(path: str | os.PathLike, max_scan_bytes: int | None = None) -> dict[str, str]:
-    """MetaImage (.mha/.mhd): the strict header checks, then DimSize x channels x ElementType within the limit."""
+def check_metaimage(path: str | os.PathLike, max_scan_bytes: int | None = None) -> HeaderCheck:
+    """MetaImage (.mha/.mhd): the strict header checks, then DimSize x channels x ElementType within the limit.
+
+    Returns the fields (``HeaderCheck.header``) and the claimed bytes; ITK's reader parses the header itself.
+    """
     fields = read_metaimage_header(path)
     dims = [int(v) for v in fields["DimSize"].split()]
     element = fields["ElementType"].upper().removeprefix("MET_").removesuffix("_ARRAY")
     voxels = 1
     for dim in dims:
         voxels *= dim
-    check_claimed_size(path, voxels * int(fields.get("ElementNumberOfChannels", "1")) * _META_SIZES[element],
-                       f"the MetaImage header (DimSize {' x '.join(map(str, dims))}, {element})", max_scan_bytes)
-    return fields
+    claimed = voxels * int(fields.get("ElementNumberOfChannels", "1")) * _META_SIZES[element]
+    check_claimed_size(path, claimed, f"the MetaImage header (DimSize {' x '.join(map(str, dims))}, {element})",
+                       max_scan_bytes)
+    return HeaderCheck(fields, claimed)
 
 
-def check_nrrd(path: str | os.PathLike, max_scan_bytes: int | None = None) -> tuple[dict, int]:
-    """NRRD: :func:`read_nrrd_header`, then sizes x type within the limit. Returns ``(header, header bytes)``."""
+def check_nrrd(path: str | os.PathLike, max_scan_bytes: int | None = None) -> HeaderCheck:
+    """NRRD: :func:`read_nrrd_header`, then sizes x type within the limit.
+
+    Returns pynrrd's header, the claimed bytes and the header's length (where the data start),
+    which :func:`read_nrrd_bounded` reads on from.
+    """
     import numpy as np
     from nrrd.reader import _determine_datatype
 
@@ -435,7 +459,7 @@ def check_nrrd(path: str | os.PathLike, max_scan_bytes: int | None = None) -> tu
         voxels *= count
     check_claimed_size(path, voxels * itemsize, f"the NRRD header (sizes {' x '.join(map(str, sizes))}, "
                        f"type {header.get('type', '?')})", max_scan_bytes)
-    return header, size
+    return HeaderCheck(header, voxels * itemsize, size)
 
 
 def _open_maybe_gzip(path: Path):
@@ -444,8 +468,15 @@ def _open_maybe_gzip(path: Path):
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
 
 
-def check_nifti(path: str | os.PathLike, max_scan_bytes: int | None = None) -> None:
-    """NIfTI-1/2 (.nii, .nii.gz): vox_offset + dims x bitpix within the limit, read from the raw header."""
+def check_nifti(path: str | os.PathLike, max_scan_bytes: int | None = None) -> HeaderCheck:
+    """NIfTI-1/2 (.nii, .nii.gz): the header parsed once, as ``nibabel.load`` parses it, then
+    vox_offset + dims x bitpix within the limit.
+
+    The header class is picked as nibabel picks it (NIfTI-1 magic first, then NIfTI-2) and built
+    with nibabel's own checks and fixes (``check=True``, as ``Nifti1Header.from_fileobj`` does), so
+    the header checked here is the one :func:`radfm.transforms.readers.read_nifti` reads the data
+    with (``HeaderCheck.header``); extensions are not read (nothing of ours uses them).
+    """
     import nibabel as nib
 
     path = Path(path)
@@ -457,26 +488,26 @@ def check_nifti(path: str | os.PathLike, max_scan_bytes: int | None = None) -> N
     if len(block) < 348:
         raise ScanReadError(f"{path}: cannot read as nifti ({len(block)} bytes; a NIfTI header needs 348); "
                             "expected a valid nifti file")
-    sizes = {struct.unpack("<i", block[:4])[0], struct.unpack(">i", block[:4])[0]}
     try:
-        if 540 in sizes and len(block) >= 540:
-            header = nib.Nifti2Header(binaryblock=block[:540], check=False)
-        else:
-            header = nib.Nifti1Header(binaryblock=block[:348], check=False)
+        klass = next((k for k in (nib.Nifti1Header, nib.Nifti2Header) if k.may_contain_header(block)), None)
+        if klass is None:
+            raise nib.filebasedimages.ImageFileError("no NIfTI-1 or NIfTI-2 magic in the header")
+        header = klass(block[:klass.sizeof_hdr], check=True)
         shape = header.get_data_shape()
         itemsize = header.get_data_dtype().itemsize
         offset = int(header["vox_offset"])
-    except Exception as error:  # an invalid header: nibabel explains when it reads
+    except Exception as error:  # an invalid header: the reader's wording
         raise _unreadable(path, "nifti", error) from None
     voxels = 1
     for size in shape:
         voxels *= max(int(size), 0)
-    check_claimed_size(path, max(offset, 0) + voxels * itemsize,
-                       f"the NIfTI header (shape {' x '.join(map(str, shape))}, {itemsize}-byte voxels, "
-                       f"vox_offset {offset})", max_scan_bytes)
+    claimed = max(offset, 0) + voxels * itemsize
+    check_claimed_size(path, claimed, f"the NIfTI header (shape {' x '.join(map(str, shape))}, {itemsize}-byte "
+                       f"voxels, vox_offset {offset})", max_scan_bytes)
+    return HeaderCheck(header, voxels * itemsize)
 
 
-def check_numpy(path: str | os.PathLike, max_scan_bytes: int | None = None) -> None:
+def check_numpy(path: str | os.PathLike, max_scan_bytes: int | None = None) -> HeaderCheck:
     """``.npy``: shape x dtype from the array header within the limit."""
     import numpy as np
 
@@ -493,6 +524,7 @@ def check_numpy(path: str | os.PathLike, max_scan_bytes: int | None = None) -> N
     for size in shape:
         voxels *= int(size)
     check_claimed_size(path, voxels * dtype.itemsize, f"the .npy header (shape {tuple(shape)}, {dtype})", max_scan_bytes)
+    return HeaderCheck(None, voxels * dtype.itemsize)
 
 
 _PIL_BAND_BYTES = {"I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I": 4, "F": 4}
@@ -500,7 +532,7 @@ ALLOWED_PIL_FORMATS = ("PNG", "JPEG")
 
 
 def check_picture(path: str | os.PathLike, max_scan_bytes: int | None = None,
-                  formats: tuple[str, ...] = ALLOWED_PIL_FORMATS) -> None:
+                  formats: tuple[str, ...] = ALLOWED_PIL_FORMATS) -> HeaderCheck:
     """PNG/JPEG: width x height x bands (after the palette/CMYK conversion) within the limit, before decoding."""
     from PIL import Image
 
@@ -512,8 +544,9 @@ def check_picture(path: str | os.PathLike, max_scan_bytes: int | None = None,
     except Exception as error:
         raise _unreadable(path, "image", error) from None
     bands = 4 if mode in ("P", "PA", "RGBA", "CMYK", "LA") else 3 if mode in ("RGB", "YCbCr", "LAB", "HSV") else 1
-    check_claimed_size(path, width * height * bands * _PIL_BAND_BYTES.get(mode, 1),
-                       f"the image header ({width} x {height}, mode {mode})", max_scan_bytes)
+    claimed = width * height * bands * _PIL_BAND_BYTES.get(mode, 1)
+    check_claimed_size(path, claimed, f"the image header ({width} x {height}, mode {mode})", max_scan_bytes)
+    return HeaderCheck(None, claimed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -622,28 +655,34 @@ def check_dicom_inflation(path: str | os.PathLike, max_scan_bytes: int | None = 
                                 "read it")
 
 
-def check_dicom(path: str | os.PathLike, max_scan_bytes: int | None = None) -> None:
-    """DICOM file: the deflate guard, then rows x columns x frames x samples x bits within the limit."""
+def check_dicom(path: str | os.PathLike, max_scan_bytes: int | None = None) -> HeaderCheck | None:
+    """DICOM file: the deflate guard, then rows x columns x frames x samples x bits within the limit.
+
+    Returns the header (without pixels) and its claim; None when pydicom cannot read it (the reader
+    reports that with its own message).
+    """
     import pydicom
 
     check_dicom_inflation(path, max_scan_bytes)
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True)
     except Exception:
-        return  # the reader reports an unreadable file with its own message
-    check_claimed_size(path, dicom_pixel_bytes(ds), f"the DICOM header ({ds.get('Rows', '?')} rows x "
+        return None  # the reader reports an unreadable file with its own message
+    claimed = dicom_pixel_bytes(ds)
+    check_claimed_size(path, claimed, f"the DICOM header ({ds.get('Rows', '?')} rows x "
                        f"{ds.get('Columns', '?')} columns x {ds.get('NumberOfFrames', 1)} frames, "
                        f"{ds.get('BitsAllocated', '?')} bits)", max_scan_bytes)
+    return HeaderCheck(ds, claimed)
 
 
 _NRRD_COMPRESSED = {"gzip": "gzip", "gz": "gzip", "bzip2": "bzip2", "bz2": "bzip2"}
 
 
-def read_nrrd_bounded(path: str | os.PathLike, max_scan_bytes: int | None = None):
+def read_nrrd_bounded(path: str | os.PathLike, max_scan_bytes: int | None = None, checked: HeaderCheck | None = None):
     """``nrrd.read`` with the checks above and a gzip/bzip2 body inflated only as far as the header says.
 
-    The header is parsed once, by pynrrd's parser inside :func:`check_nrrd`; the data are read
-    from the byte after it. pynrrd inflates a compressed body whole before comparing it with the
+    The header is parsed once, by pynrrd's parser inside :func:`check_nrrd` (here, or earlier by
+    the caller, which passes that check as ``checked``); the data are read from the byte after it. pynrrd inflates a compressed body whole before comparing it with the
     header; here at most the claimed size (plus the byte skip) is inflated, so a small file
     cannot expand to gigabytes. ``byte skip: -1`` (data at the end of the file) is allowed for
     raw data only, as the NRRD format says. Errors never state the data file's own size.
@@ -657,7 +696,8 @@ def read_nrrd_bounded(path: str | os.PathLike, max_scan_bytes: int | None = None
     from nrrd.reader import _determine_datatype
 
     path = Path(path)
-    header, header_size = check_nrrd(path, max_scan_bytes)
+    checked = checked if checked is not None else check_nrrd(path, max_scan_bytes)
+    header, header_size = checked.header, checked.header_bytes
     encoding = _NRRD_COMPRESSED.get(str(header.get("encoding", "")).lower())
     dtype = _determine_datatype(header)
     wanted = int(np.prod(np.asarray(header["sizes"], dtype=np.int64))) * dtype.itemsize
@@ -704,7 +744,7 @@ def read_nrrd_bounded(path: str | os.PathLike, max_scan_bytes: int | None = None
     return nrrd.read_data(raw, io.BytesIO(payload), str(path)), header
 
 
-__all__ = ["DEFAULT_MAX_SCAN_BYTES", "MAX_HEADER_BYTES", "ScanTooLargeError", "check_claimed_size", "check_dicom",
+__all__ = ["DEFAULT_MAX_SCAN_BYTES", "MAX_HEADER_BYTES", "HeaderCheck", "ScanTooLargeError", "check_claimed_size", "check_dicom",
            "check_dicom_inflation", "check_metaimage", "check_nifti", "check_nrrd", "check_numpy", "check_picture",
            "effective_limit", "read_metaimage_header", "read_nrrd_bounded", "read_nrrd_header",
            "scan_size_limit"]

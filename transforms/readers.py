@@ -164,16 +164,37 @@ def _inflate_gzip_block(proxy: Any) -> np.ndarray | None:
     return flat.reshape(shape, order=proxy.order)
 
 
-def _unscaled_nibabel_reader() -> Any:
+def _nifti_image(path: str, header: Any) -> Any:
+    """The nibabel image of ``path`` on the header the guard parsed (no second parse of the file).
+
+    Built as ``nibabel.load`` builds it (``from_file_map``): an array proxy over the file with a
+    copy of the header, the affine from the header.
+    """
+    import nibabel as nib
+
+    klass = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    proxy = klass.ImageArrayProxy(path, header.copy(), mmap=True)
+    return klass(proxy, header.get_best_affine(), header)
+
+
+def _unscaled_nibabel_reader(header: Any = None) -> Any:
     """MONAI ``NibabelReader`` that returns the stored integers and keeps scl_slope/scl_inter aside.
 
     nibabel applies the NIfTI scaling itself in float64 (8x a uint8 volume); we apply it leanly
-    (:func:`apply_rescale`) or defer it to the resize (``defer_rescale``).
+    (:func:`apply_rescale`) or defer it to the resize (``defer_rescale``). With ``header`` (the
+    guard's parse, :func:`radfm.transforms.guards.check_nifti`) the file's header is not parsed again.
     """
     from monai.data import NibabelReader
+    from monai.data.utils import correct_nifti_header_if_necessary
 
     class UnscaledNibabelReader(NibabelReader):
         rescale: tuple[float, float] = (1.0, 0.0)
+
+        def read(self, data, **kwargs):
+            if header is None:
+                return super().read(data, **kwargs)
+            self.filenames = (data,)
+            return correct_nifti_header_if_necessary(_nifti_image(str(data), header))
 
         def _get_array_data(self, img, filename=None):
             proxy = img.dataobj
@@ -213,8 +234,9 @@ def _read_spatial(reader: Any, path: str, defer_rescale: bool = False) -> tuple[
     return array[None], {"affine": affine, "orientation_known": True, **extra}
 
 
-def _bounded_nrrd_reader(max_scan_bytes: int | None) -> Any:
-    """MONAI ``NrrdReader`` whose gzip/bzip2 bodies are inflated only as far as the header says."""
+def _bounded_nrrd_reader(max_scan_bytes: int | None, checked: Any = None) -> Any:
+    """MONAI ``NrrdReader`` whose gzip/bzip2 bodies are inflated only as far as the header says
+    (``checked``: the guard's parse of the header, read on from instead of parsing it again)."""
     from monai.data import NrrdReader
     from monai.data.image_reader import NrrdImage
 
@@ -222,7 +244,7 @@ def _bounded_nrrd_reader(max_scan_bytes: int | None) -> Any:
         def read(self, data, **kwargs):
             if self.index_order != "F":
                 raise ValueError("BoundedNrrdReader reads in Fortran index order only")
-            return NrrdImage(*read_nrrd_bounded(str(data), max_scan_bytes))
+            return NrrdImage(*read_nrrd_bounded(str(data), max_scan_bytes, checked=checked))
 
     return BoundedNrrdReader()
 
@@ -235,45 +257,48 @@ def _metaimage_reader() -> Any:
     return ITKReader(imageio=itk.MetaImageIO.New())
 
 
-# the readers of the registry (radfm.transforms.formats): read(path, series_uid=, defer_rescale=, max_scan_bytes=)
+# the readers of the registry (radfm.transforms.formats):
+# read(path, series_uid=, defer_rescale=, max_scan_bytes=, checked=); ``checked`` is the format guard's
+# HeaderCheck (its parsed header), which the NIfTI and NRRD readers read on from instead of parsing again
 def read_nifti(path: str, *, series_uid: str | None = None, defer_rescale: bool = False,
-               max_scan_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+               max_scan_bytes: int | None = None, checked: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
     """NIfTI (.nii/.nii.gz) -> ([1, x, y(, z)] as stored, meta); the float scaling kept aside with ``defer_rescale``."""
-    return _read_spatial(_unscaled_nibabel_reader(), path, defer_rescale=defer_rescale)
+    return _read_spatial(_unscaled_nibabel_reader(None if checked is None else checked.header), path,
+                         defer_rescale=defer_rescale)
 
 
 def read_nrrd(path: str, *, series_uid: str | None = None, defer_rescale: bool = False,
-              max_scan_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """NRRD (.nrrd/.nhdr) -> ([1, x, y(, z)], meta); the guard runs on the header this read parses."""
-    return _read_spatial(_bounded_nrrd_reader(max_scan_bytes), path, defer_rescale=defer_rescale)
+              max_scan_bytes: int | None = None, checked: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """NRRD (.nrrd/.nhdr) -> ([1, x, y(, z)], meta); the data are read on from the guard's parse of the header."""
+    return _read_spatial(_bounded_nrrd_reader(max_scan_bytes, checked), path, defer_rescale=defer_rescale)
 
 
 def read_metaimage(path: str, *, series_uid: str | None = None, defer_rescale: bool = False,
-                   max_scan_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                   max_scan_bytes: int | None = None, checked: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
     """MetaImage (.mha/.mhd) through ITK's MetaImageIO -> ([1, x, y(, z)], meta)."""
     return _read_spatial(_metaimage_reader(), path, defer_rescale=defer_rescale)
 
 
 def read_picture(path: str, *, series_uid: str | None = None, defer_rescale: bool = False,
-                 max_scan_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                 max_scan_bytes: int | None = None, checked: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
     """PNG/JPEG -> ([C, rows, cols], meta)."""
     return _read_pil(path)
 
 
 def read_numpy(path: str, *, series_uid: str | None = None, defer_rescale: bool = False,
-               max_scan_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+               max_scan_bytes: int | None = None, checked: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
     """``.npy`` (no pickles) -> ([C, H, W(, D)], meta)."""
     return _read_numpy(path)
 
 
 def read_dicom(path: str, *, series_uid: str | None = None, defer_rescale: bool = False,
-               max_scan_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+               max_scan_bytes: int | None = None, checked: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
     """One DICOM file (also multi-frame) -> ([C, rows, cols(, frames)], meta)."""
     return read_dicom_file(path, defer_rescale=defer_rescale, max_scan_bytes=max_scan_bytes)
 
 
 def read_dicom_folder(path: str, *, series_uid: str | None = None, defer_rescale: bool = False,
-                      max_scan_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                      max_scan_bytes: int | None = None, checked: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
     """A folder holding one DICOM series (or ``series_uid`` naming one) -> ([C, rows, cols, slices], meta)."""
     return read_dicom_series(path, series_uid=series_uid, max_scan_bytes=max_scan_bytes)
 
@@ -298,13 +323,13 @@ def read_scan_array(path: str | os.PathLike, series_uid: str | None = None,
     :class:`ScaleResizeToRadFM` (and ``CTWindow``/``MinMaxScale``) to apply leanly.
     """
     path_text = str(path)
-    scan = formats.detect_format(path)
-    fmt = scan.reader
-    if not scan.reader_checks:  # DICOM and NRRD readers run their guard on the header they parse
-        scan.check(path_text, max_scan_bytes)
+    # format + guard: one header parse, which the reader reads on from (the DICOM readers run their
+    # guard per file as they read); inside formats.inspected_scans() an earlier inspection is reused
+    inspected = formats.inspect_scan(path, max_scan_bytes)
+    fmt = inspected.format.reader
     try:
-        array, meta = READERS[scan.reader](path_text, series_uid=series_uid, defer_rescale=defer_rescale,
-                                           max_scan_bytes=max_scan_bytes)
+        array, meta = READERS[fmt](path_text, series_uid=series_uid, defer_rescale=defer_rescale,
+                                   max_scan_bytes=max_scan_bytes, checked=inspected.checked)
     except ScanReadError:
         raise
     except Exception as error:  # corrupt or truncated files: say which file and what was expected

@@ -35,6 +35,7 @@ from radfm.serving.limits import Limits
 from radfm.serving.options import GenerationOptions, parse_options
 from radfm.serving.scans import Scan, claimed_bytes, group_scans, reference_scan, save_scan
 from radfm.serving.worker import Worker
+from radfm.transforms import formats
 
 FOLDER_PREFIX = "radfm-request-"  # + pid + "-" + random: the service recognises its own folders
 
@@ -444,8 +445,14 @@ class RequestPath:
         """In the reading pool: ``(scans, images, seconds waiting for the budget, seconds reading)``.
 
         Files are written first (streamed); grouping (which parses DICOM headers, and inflates a
-        deflated file whole) and reading run only once the headers' claim is admitted.
+        deflated file whole) and reading run only once the headers' claim is admitted. Each header
+        is parsed once: the claim inspects each file (``formats.inspected_scans``), and grouping and
+        the readers behind the answerer reuse that parse.
         """
+        with formats.inspected_scans():  # each header parsed once: the claim's parse is what the reader reads on from
+            return self._prepare_inspected(request, workdir)
+
+    def _prepare_inspected(self, request: AnswerRequest, workdir: Path) -> tuple[list[Scan], list[Any], float, float]:
         from radfm.transforms import scan_size_limit
         from radfm.transforms.errors import ScanTooLargeError
 

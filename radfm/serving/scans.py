@@ -165,31 +165,28 @@ def extract_zip_scans(archive: Path, workdir: Path, *, first_index: int, max_fil
                 raise RequestError(f"{label}: more than {max_bytes} bytes when unpacked; the limit is {max_bytes}",
                                    413, code="too_large")
             index = first_index + len(saved)
-            path = workdir / safe_name(Path(member.filename).name, index)
             written = 0
-            with bundle.open(member) as source, path.open("wb") as target:
-                while chunk := source.read(1 << 20):
-                    written += len(chunk)
-                    if written > member.file_size:
-                        raise RequestError(f"{label}: member {member.filename!r} inflates past its declared size",
-                                           413, code="too_large")
-                    target.write(chunk)
-            with path.open("rb") as handle:
-                head = handle.read(HEAD_BYTES)
-            if not head:
-                path.unlink()
-                continue
-            if is_zip(head):
-                raise RequestError(f"{label}: member {member.filename!r} is itself a zip; nested archives are not read",
-                                   400, code="invalid_scan")
-            try:
-                kind = detect_kind(member.filename, head)
-            except RequestError:
-                path.unlink()  # a README or a report next to the slices: not a scan
-                continue
-            wanted = _target_name(Path(member.filename).name, kind, index, head)
-            if wanted != path.name:  # a member whose name lacks its reader's suffix
-                path = path.rename(path.with_name(wanted))
+            with bundle.open(member) as source:
+                head = source.read(HEAD_BYTES)  # detected before anything is written: one write, to its final name
+                if not head:
+                    continue
+                if is_zip(head):
+                    raise RequestError(f"{label}: member {member.filename!r} is itself a zip; nested archives are not "
+                                       "read", 400, code="invalid_scan")
+                try:
+                    kind = detect_kind(member.filename, head)
+                except RequestError:
+                    continue  # a README or a report next to the slices: not a scan
+                path = workdir / _target_name(Path(member.filename).name, kind, index, head)
+                with path.open("wb") as target:
+                    chunk = head
+                    while chunk:
+                        written += len(chunk)
+                        if written > member.file_size:
+                            raise RequestError(f"{label}: member {member.filename!r} inflates past its declared size",
+                                               413, code="too_large")
+                        target.write(chunk)
+                        chunk = source.read(1 << 20)
             saved.append((f"{label}/{member.filename}", path, kind))
     if not saved:
         raise RequestError(f"{label}: the zip holds no scan (DICOM, NIfTI, NRRD, PNG or JPEG)", 415, code="invalid_scan")
@@ -216,11 +213,13 @@ def group_scans(saved: list[SavedFile], workdir: Path, *, max_scan_bytes: int) -
             continue
         try:
             check_dicom_inflation(path, max_scan_bytes)
-            inflate_to_disk(path, max_scan_bytes)  # pydicom would inflate a deflated file whole, in memory, per read
+            inflated = inflate_to_disk(path, max_scan_bytes)  # pydicom would inflate a deflated file whole, per read
         except ScanTooLargeError as error:
             raise RequestError(f"{name}: {str(error).split(': ', 1)[-1]}", 413, code="scan_too_large") from None
+        kept = None if inflated else formats.recall(path, max_scan_bytes)  # the claim's parse of this header
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True, force=True, defer_size="1 MB")
+            header = kept.checked.header if kept is not None and kept.checked is not None else pydicom.dcmread(
+                path, stop_before_pixels=True, force=True, defer_size="1 MB")
             series_uid = str(header.SeriesInstanceUID)
             _ = header.Rows  # an image instance, not e.g. a DICOMDIR or SR
         except Exception as error:
@@ -317,47 +316,38 @@ def reference_scan(path: Path, name: str) -> Scan | None:
 def claimed_bytes(path: Path, kind: str, limit: int) -> int:
     """Bytes of image data a scan file (or DICOM folder) claims, for admission to the reading pool (<= ``limit``).
 
-    Read from headers only (NIfTI dims x bits, DICOM rows x columns x frames x bits summed over
-    the folder, picture width x height x bands); a deflated DICOM, or a format whose header is
-    not read here, counts as ``limit``: it may inflate that far before the guard stops it.
+    Read from headers only, by the format's own check (:func:`radfm.transforms.formats.inspect_scan`:
+    NIfTI, NRRD and .npy dims x type, MetaImage DimSize x type, picture width x height x bands;
+    DICOM rows x columns x frames x bits, summed over a folder, by
+    :func:`radfm.transforms.dicom.inspect_dicom_file`). Inside the request's
+    ``formats.inspected_scans()`` block that parse is kept: grouping and the reader reuse it
+    instead of reading the header again. A deflated DICOM, or a header that does not pass its
+    check, counts as ``limit``: the reader refuses it with its own message.
     """
+    from radfm.transforms.dicom import inspect_dicom_file
+
     try:
         if kind == "dicom":
-            return min(limit, sum(_dicom_claim(p, limit) for p in _files(path)))
-        if kind == "nifti":
-            import nibabel as nib
-
-            header = nib.load(str(path)).header
-            count = 1
-            for size in header.get_data_shape():
-                count *= int(size)
-            return min(limit, count * max(1, int(header["bitpix"]) // 8))
-        if kind in ("png", "jpeg"):
-            from PIL import Image
-
-            with Image.open(path) as picture:
-                return min(limit, picture.width * picture.height * len(picture.getbands()))
+            claims = ((file, inspect_dicom_file(file, limit)) for file in _files(path))
+            return min(limit, sum(_forced_dicom_claim(file, limit) if found is None else found.claimed_bytes
+                                  for file, found in claims))
+        claimed = formats.inspect_scan(path, limit).claimed_bytes
     except Exception:  # the reader reports a broken header with its own message
         return limit
-    return limit
+    return limit if claimed is None else min(limit, claimed)
 
 
 def _files(path: Path) -> list[Path]:
     return [p for p in sorted(path.iterdir()) if p.is_file()] if path.is_dir() else [path]
 
 
-def _dicom_claim(path: Path, limit: int) -> int:
+
+def _forced_dicom_claim(path: Path, limit: int) -> int:
+    """The claim of a DICOM file :func:`inspect_dicom_file` does not keep: deflated (``limit``), or without preamble."""
     import pydicom
-    from pydicom.filereader import read_preamble
 
-    from radfm.transforms.guards import dicom_pixel_bytes
+    from radfm.transforms.guards import _deflated_stream_start, dicom_pixel_bytes
 
-    with path.open("rb") as handle:
-        try:
-            read_preamble(handle, False)
-            meta = pydicom.filereader._read_file_meta_info(handle)
-            if str(meta.get("TransferSyntaxUID", "")) == _DEFLATED_DICOM:
-                return limit
-        except Exception:
-            pass
+    if _deflated_stream_start(path) is not None:  # inflating it to read its header is the guard's job, later
+        return limit
     return dicom_pixel_bytes(pydicom.dcmread(str(path), stop_before_pixels=True, force=True, defer_size="1 MB"))
