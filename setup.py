@@ -82,6 +82,7 @@ setup(
             "openai>=1.40",  # the official client, to test the OpenAI-compatible endpoint
             "schemathesis>=4.32",  # fuzzes the service against its OpenAPI schema (tests/interop/test_api_fuzz.py)
             "hypothesis>=6.100",  # property tests of the scan guards (generated NRRD/MetaImage headers)
+            "bitsandbytes==0.50.2",  # quantised loading on the CPU backend (tests/model/test_quantized_loading.py)
         ],
     },
     entry_points={"console_scripts": ["radfm=radfm.cli:main"]},

@@ -101,7 +101,7 @@ def generate(
         device_map: "auto" to spread the model over GPUs/CPU/disk (accelerate).
         max_memory: caps for device_map, e.g. "0=22GiB,1=22GiB,cpu=64GiB".
         offload_folder: folder for weights offloaded to disk.
-        quantize: 8bit | 4bit (bitsandbytes, CUDA).
+        quantize: 8bit | 4bit (bitsandbytes: a CUDA GPU, or its CPU backend).
         max_scan_mb: largest decoded size of one scan in MiB, checked from its header before it is read.
     """
     from radfm.model.loading import demo_model_dir, resolve_model_dir

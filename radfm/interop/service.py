@@ -267,7 +267,7 @@ def serve(
         device_map: "auto" to spread the LLM over GPUs/CPU/disk with accelerate.
         max_memory: per-device caps for device_map, e.g. "0=22GiB,1=22GiB,cpu=64GiB".
         offload_folder: folder for weights offloaded to disk.
-        quantize: "8bit" or "4bit" (needs bitsandbytes and a CUDA GPU).
+        quantize: "8bit" or "4bit" (bitsandbytes: a CUDA GPU, or its CPU backend).
         max_request_mb: largest request body in MiB.
         max_files: most uploaded files per request (DICOM slices count one each).
         max_queue: requests allowed to wait for the model before 503 (>= 1).

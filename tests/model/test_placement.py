@@ -79,8 +79,11 @@ def test_bf16_loading(tiny_model_dir):
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
-def test_quantized_loading_is_guarded(tiny_model_dir):
-    with pytest.raises(RuntimeError, match="bitsandbytes|CUDA"):
+def test_quantized_loading_is_guarded(tiny_model_dir, monkeypatch):
+    with pytest.raises(ValueError, match="'2bit': expected '8bit' or '4bit'"):
+        load(tiny_model_dir, quantization="2bit")
+    monkeypatch.setitem(__import__("sys").modules, "bitsandbytes", None)  # not installed
+    with pytest.raises(RuntimeError, match="pip install bitsandbytes"):
         load(tiny_model_dir, quantization="4bit")
 
 
