@@ -50,6 +50,19 @@ def _run(inputs: list[ScanInput], one_scan_per_input: bool = True, **limits) -> 
     return result.text, answerer
 
 
+def _spy(monkeypatch, owner, name: str) -> list[tuple]:
+    """Replace ``owner.name`` by a wrapper that records each call's positional arguments; returns the record."""
+    calls: list[tuple] = []
+    real = getattr(owner, name)
+
+    def recording(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, recording)
+    return calls
+
+
 @pytest.fixture
 def count_nifti_parses(monkeypatch) -> list[int]:
     """Counts NIfTI headers built from a file's bytes with nibabel's checks (what ``nibabel.load`` does)."""
@@ -74,19 +87,12 @@ def test_a_nifti_upload_header_is_parsed_once_per_request(tmp_path, count_nifti_
     volume = np.arange(32 * 24 * 8, dtype=np.int16).reshape(32, 24, 8)
     source = tmp_path / f"ct{suffix}"
     nib.save(nib.Nifti1Image(volume, np.diag([0.8, 0.8, 2.0, 1.0])), source)
-    loads = [0]
-    real_load = nib.load
-
-    def counting_load(*args, **kwargs):
-        loads[0] += 1
-        return real_load(*args, **kwargs)
-
-    monkeypatch.setattr(nib, "load", counting_load)
+    loads = _spy(monkeypatch, nib, "load")
     count_nifti_parses[0] = 0
     text, answerer = _run([ScanInput(source.name, data=source.read_bytes())])
     assert text == "1 scan(s)" and len(answerer.shapes) == 1 and answerer.shapes[0][0] == 3
     assert count_nifti_parses[0] == 1  # the guard's parse; the claim and the reader reuse it
-    assert loads[0] == 0  # no second route to the header (nibabel.load parses it again)
+    assert loads == []  # no second route to the header (nibabel.load parses it again)
 
 
 def test_the_reader_reads_the_same_voxels_from_the_guards_header(tmp_path):
@@ -113,28 +119,14 @@ def test_an_nrrd_upload_header_is_parsed_once_and_claims_its_size(tmp_path, monk
     nrrd.write(str(source), np.zeros((16, 12, 8), np.float32), {"encoding": "gzip", "space": "left-posterior-superior",
                                                                       "space directions": np.diag([0.7, 0.7, 2.0]),
                                                                       "space origin": np.zeros(3)})
-    calls = [0]
-    real = nrrd.read_header
-
-    def counting(*args, **kwargs):
-        calls[0] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(nrrd, "read_header", counting)
-    claims: list[int] = []
     from radfm.serving import worker
 
-    real_hold = worker.MemoryBudget.hold
-
-    def recording_hold(self, claim):
-        claims.append(claim)
-        return real_hold(self, claim)
-
-    monkeypatch.setattr(worker.MemoryBudget, "hold", recording_hold)
+    parses = _spy(monkeypatch, nrrd, "read_header")
+    holds = _spy(monkeypatch, worker.MemoryBudget, "hold")
     text, _ = _run([ScanInput(source.name, data=source.read_bytes())])
     assert text == "1 scan(s)"
-    assert calls[0] == 1  # the guard's parse (pynrrd's parser), which the reader reads on from
-    assert claims == [16 * 12 * 8 * 4]  # the header's claim, not the whole limit
+    assert len(parses) == 1  # the guard's parse (pynrrd's parser), which the reader reads on from
+    assert [claim for _, claim in holds] == [16 * 12 * 8 * 4]  # the header's claim, not the whole limit
 
 
 def _dicom_slices(count: int) -> list[bytes]:
@@ -169,19 +161,12 @@ def test_each_dicom_slice_header_is_parsed_once_per_request(monkeypatch):
     import pydicom
 
     slices = _dicom_slices(4)
-    opened: list[str] = []
-    real = pydicom.dcmread
-
-    def counting(fp, *args, **kwargs):
-        opened.append(Path(getattr(fp, "name", fp)).name)
-        return real(fp, *args, **kwargs)
-
-    monkeypatch.setattr(pydicom, "dcmread", counting)
+    reads = _spy(monkeypatch, pydicom, "dcmread")
     inputs = [ScanInput(f"slice{i}.dcm", data=data) for i, data in enumerate(slices)]
     text, answerer = _run(inputs, one_scan_per_input=False)  # uploaded one file a slice, as /v1/answer takes them
     assert text == "1 scan(s)" and answerer.shapes[0][-1] == 4  # one volume of four slices
     per_file: dict[str, int] = {}
-    for name in opened:
+    for name in (Path(getattr(args[0], "name", args[0])).name for args in reads):
         per_file[name] = per_file.get(name, 0) + 1
     assert len(per_file) == 4 and set(per_file.values()) == {1}, per_file  # claim; grouping and reader reuse it
 
@@ -210,25 +195,12 @@ def test_uploaded_files_and_zip_members_are_sniffed_once_and_written_once_under_
         for index, data in enumerate(slices):
             bundle.writestr(f"series/IM{index:04d}", data)  # DICOM members named without .dcm, as PACS exports them
         bundle.writestr("series/README.txt", b"exported slices")
-    sniffed: list[str] = []
-    real_detect = scans.detect_kind
-
-    def counting_detect(name, head):
-        sniffed.append(name)
-        return real_detect(name, head)
-
-    renamed: list[str] = []
-    real_rename = Path.rename
-
-    def counting_rename(self, target):
-        renamed.append(self.name)
-        return real_rename(self, target)
-
-    monkeypatch.setattr(scans, "detect_kind", counting_detect)
-    monkeypatch.setattr(Path, "rename", counting_rename)
+    detected = _spy(monkeypatch, scans, "detect_kind")
+    renamed = _spy(monkeypatch, Path, "rename")
     text, answerer = _run([ScanInput("series.zip", data=archive.getvalue())])
     assert text == "1 scan(s)" and len(answerer.shapes) == 1  # one series of three slices
-    assert sorted(sniffed) == ["series/IM0000", "series/IM0001", "series/IM0002", "series/README.txt"]
+    assert sorted(name for name, _ in detected) == ["series/IM0000", "series/IM0001", "series/IM0002",
+                                                    "series/README.txt"]
     assert renamed == []
     import nibabel as nib
 
@@ -237,6 +209,6 @@ def test_uploaded_files_and_zip_members_are_sniffed_once_and_written_once_under_
     single = io.BytesIO()
     with zipfile.ZipFile(single, "w") as bundle:
         bundle.writestr("brain", volume.getvalue())  # its reader needs .nii: the name is chosen before writing
-    sniffed.clear()
+    detected.clear()
     text, _ = _run([ScanInput("brain.zip", data=single.getvalue()), ScanInput("chest", data=slices[0])])
-    assert text == "2 scan(s)" and sniffed == ["brain", "chest"] and renamed == []
+    assert text == "2 scan(s)" and [name for name, _ in detected] == ["brain", "chest"] and renamed == []
