@@ -5,8 +5,9 @@ reader of ``radfm.transforms`` (and so by the rating app, the CLI and the manife
 before ITK, nibabel, pynrrd, pydicom or Pillow reads pixel data. Three rules:
 
 1. **Headers are read as the reader reads them, and refused when not fully understood (fail
-   closed).** NRRD headers are parsed by pynrrd's own ``read_header`` (the parser of our NRRD
-   reader, run once: the reader uses this parse); MetaImage headers, which ITK's MetaIO reads
+   closed).** Each guard returns what it parsed (:class:`HeaderCheck`) and the reader reads on
+   from that parse: NIfTI headers are parsed as ``nibabel.load`` parses them, once; NRRD headers
+   by pynrrd's own ``read_header`` (the parser of our NRRD reader, run once); MetaImage headers, which ITK's MetaIO reads
    leniently (``:`` as well as ``=``, unknown keys skipped), by a strict parser that refuses any
    line it does not fully understand. Either way a header longer than :data:`MAX_HEADER_BYTES`
    (1 MiB, comment lines included), a byte that is not printable ASCII (a BOM or anything before
