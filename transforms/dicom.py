@@ -24,7 +24,7 @@ import numpy as np
 
 from . import formats
 from .errors import ScanReadError
-from .guards import HeaderCheck, check_claimed_size, check_dicom_inflation, dicom_pixel_bytes
+from .guards import HeaderCheck, check_claimed_size, check_dicom_inflation, dicom_pixel_bytes, effective_limit
 
 # header fields read when scanning a folder (no pixel data)
 _HEADER_TAGS = [
@@ -319,11 +319,11 @@ def inspect_dicom_file(path: str | os.PathLike, max_scan_bytes: int | None = Non
             handle.seek(0)
             ds = pydicom.dcmread(handle, stop_before_pixels=True, defer_size="1 MB")
             pixels_at = handle.tell()
-        stamp = formats._stamp(path)
+        stamp = formats.file_stamp(path)
     except Exception:
         return None
     return formats.remember(formats.InspectedScan(path, formats.DICOM, HeaderCheck(ds, dicom_pixel_bytes(ds), pixels_at),
-                                                  formats.guards.effective_limit(max_scan_bytes), stamp))
+                                                  effective_limit(max_scan_bytes), stamp))
 
 
 def read_dicom_file(path: str | os.PathLike, defer_rescale: bool = False, *,

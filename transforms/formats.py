@@ -249,7 +249,8 @@ _inspected: contextvars.ContextVar[dict[Stamp, InspectedScan] | None] = contextv
     "radfm_inspected_scans", default=None)
 
 
-def _stamp(path: str | os.PathLike) -> Stamp:
+def file_stamp(path: str | os.PathLike) -> Stamp:
+    """``(device, inode, size, mtime ns)`` of ``path``: the same file unchanged, wherever it was moved."""
     info = os.stat(path)
     return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
@@ -277,7 +278,7 @@ def recall(path: str | os.PathLike, max_scan_bytes: int | None = None) -> Inspec
     if not cache:
         return None
     try:
-        kept = cache.get(_stamp(path))
+        kept = cache.get(file_stamp(path))
     except (OSError, ValueError):
         return None
     return kept if kept is not None and kept.limit == guards.effective_limit(max_scan_bytes) else None
@@ -303,7 +304,7 @@ def inspect_scan(path: str | os.PathLike, max_scan_bytes: int | None = None) -> 
     if kept is not None:
         return kept
     fmt = detect_format(path)
-    stamp = (0, 0, 0, 0) if fmt is DICOM_SERIES else _stamp(path)
+    stamp = (0, 0, 0, 0) if fmt is DICOM_SERIES else file_stamp(path)
     checked = None if fmt.reader_checks else fmt.check(path, limit)
     return remember(InspectedScan(str(path), fmt, checked, limit, stamp))
 
@@ -311,4 +312,4 @@ def inspect_scan(path: str | os.PathLike, max_scan_bytes: int | None = None) -> 
 __all__ = ["BY_NAME", "DICOM", "DICOM_SERIES", "FORMATS", "HEAD_BYTES", "JPEG", "METAIMAGE", "NIFTI", "NRRD", "NUMPY",
            "PNG", "SCAN_SUFFIXES", "UPLOAD_FORMATS", "UPLOAD_SUFFIXES", "InspectedScan", "ScanFormat", "by_reader",
            "check_scan_file", "detect_format", "detect_upload", "format_by_content", "format_by_suffix", "inspect_scan",
-           "inspected_scans", "label_of", "recall", "remember", "supported_text"]
+           "file_stamp", "inspected_scans", "label_of", "recall", "remember", "supported_text"]
