@@ -13,30 +13,12 @@ from radfm.serving.limits import Limits
 from radfm.serving.request import AnswerRequest, RequestPath, ScanInput
 
 
-class CountingTokenizer:
-    """Wraps the processor's tokenizer; counts encode calls and whole-answer decodes (``batch_decode``)."""
-
-    def __init__(self, inner) -> None:
-        self.inner, self.encode_calls, self.batch_decode_calls = inner, 0, 0
-
-    def __call__(self, *args, **kwargs):
-        self.encode_calls += 1
-        return self.inner(*args, **kwargs)
-
-    def batch_decode(self, *args, **kwargs):
-        self.batch_decode_calls += 1
-        return self.inner.batch_decode(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
 @pytest.fixture
-def counted(tiny_model_dir):
+def counted(tiny_model_dir, counting_tokenizer):
     from radfm.serving.answerer import ModelAnswerer
 
     answerer = ModelAnswerer.from_model_dir(tiny_model_dir, device="cpu", dtype="float32")
-    counting = CountingTokenizer(answerer.processor.tokenizer)
+    counting = counting_tokenizer(answerer.processor.tokenizer)
     answerer.processor.tokenizer = counting
     return answerer, counting
 
