@@ -105,26 +105,6 @@ class GridMismatchError(ValueError):
     """Scans (or a config's ``image_grid``) at a grid the model was not trained at."""
 
 
-def _as_grid(grid: Mapping[str, Any] | None, source: str = "image_grid") -> dict[str, Any]:
-    """A validated ``{"size_2d": [H, W], "size_3d": [H, W], "max_depth": D}`` (missing keys: the published
-    grid); ``ValueError`` naming ``source``."""
-    from radfm.transforms.spatial import MAX_DEPTH, SIZE_2D, SIZE_3D, check_grid
-
-    if grid is None:
-        grid = {}
-    if not isinstance(grid, Mapping):
-        raise ValueError(f"{source}: expected a mapping with keys {list(GRID_KEYS)}, got {type(grid).__name__}")
-    unknown = sorted(set(grid) - set(GRID_KEYS))
-    if unknown:
-        raise ValueError(f"{source}: unknown key(s) {unknown}; expected some of {list(GRID_KEYS)}")
-    values = {"size_2d": SIZE_2D, "size_3d": SIZE_3D, "max_depth": MAX_DEPTH, **dict(grid)}
-    try:
-        size_2d, size_3d, max_depth = check_grid(values["size_2d"], values["size_3d"], values["max_depth"])
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{source}: {error}") from None
-    return {"size_2d": list(size_2d), "size_3d": list(size_3d), "max_depth": max_depth}
-
-
 def _describe(grid: Mapping[str, Any]) -> str:
     """``2D 128x128, 3D 128x128 (depth <= 8)``."""
     return (f"2D {grid['size_2d'][0]}x{grid['size_2d'][1]}, 3D {grid['size_3d'][0]}x{grid['size_3d'][1]} "
@@ -184,7 +164,16 @@ class RadFMImageProcessor(BaseImageProcessor):
     def at_grid(cls, grid: Mapping[str, Any] | None, source: str = "image_grid") -> RadFMImageProcessor:
         """The standard pipeline at ``grid`` (a bundle config's ``image_grid``; missing keys: the published
         grid); a bad grid is a ``ValueError`` naming ``source``."""
-        return cls(**_as_grid(grid, source))
+        grid = {} if grid is None else grid
+        if not isinstance(grid, Mapping):
+            raise ValueError(f"{source}: expected a mapping with keys {list(GRID_KEYS)}, got {type(grid).__name__}")
+        unknown = sorted(set(grid) - set(GRID_KEYS))
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {unknown}; expected some of {list(GRID_KEYS)}")
+        try:
+            return cls(**grid)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{source}: {str(error).removeprefix(cls.__name__ + ': ')}") from None
 
     @classmethod
     def from_model_dir(cls, model_dir: str | os.PathLike) -> RadFMImageProcessor:
@@ -249,7 +238,7 @@ class RadFMImageProcessor(BaseImageProcessor):
         """``GridMismatchError`` unless a config's ``image_grid`` is this (the trained) grid; ``None`` passes."""
         if image_grid is None:
             return
-        configured = _as_grid(image_grid)
+        configured = self.at_grid(image_grid).grid
         if configured != self.grid:
             raise GridMismatchError(
                 f"image_grid mismatch: {model} was trained at {self.describe_grid()}, but this config's "
