@@ -5,8 +5,7 @@ The rules of a RadFM prompt live here and nowhere else:
 * **grid**: :class:`RadFMImageProcessor` turns each scan (a path, a channel-first array or a
   MONAI ``MetaTensor``) into ``[3, H, W, D]`` at the grid the model was trained at
   (``size_2d``, ``size_3d``, ``max_depth``, saved in ``processor_config.json``), with the
-  ``radfm.transforms`` steps (min-max, CT windows, the depth rule);
-  A model given scans (or a bundle config's ``image_grid``) at another grid raises
+  ``radfm.transforms`` steps (min-max, CT windows, the depth rule). A model given scans (or a bundle config's ``image_grid``) at another grid raises
   :class:`GridMismatchError` naming both grids, instead of silently answering worse (the demo
   model, trained at 128², answers "ultrasound" for X-rays at 512²). The image processor reads and
   records its grid in a model folder (:meth:`RadFMImageProcessor.from_model_dir`, :meth:`~RadFMImageProcessor.save_grid`);
