@@ -1,7 +1,6 @@
 """RadFM toolkit.
 
-``loaded = radfm.load("path/to/model_folder")`` is the one way to load a model (``loaded.model``,
-``loaded.processor``; it still unpacks as ``model, tokenizer, preprocessing``; see
+``model, processor = radfm.load("path/to/model_folder")`` is the one way to load a model (see
 :func:`radfm.model.loading.load`). ``from radfm import RadFM, RadFMConfig, RadFMProcessor`` gives the
 transformers classes; importing ``radfm`` registers them with transformers' Auto classes
 (``AutoConfig``, ``AutoModelForImageTextToText``, ``AutoProcessor``), so a model folder loads with
@@ -21,6 +20,8 @@ _LAZY = {
     "RadFMForConditionalGeneration": "radfm.model.radfm",
     "RadFMConfig": "radfm.model.config",
     "RadFMProcessor": "radfm.model.processing",
+    "RadFMImageProcessor": "radfm.model.processing",
+    "GridMismatchError": "radfm.model.processing",
     "load": "radfm.model.loading",
     "LoadedModel": "radfm.model.loading",
 }

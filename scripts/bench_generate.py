@@ -67,7 +67,7 @@ def build_model(name: str):
 
 def prompts(model, n_text: int = TEXT_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
     """(RadFM prompt ids with one image block, bare-LM prompt ids of the same length), both [1, L]."""
-    from radfm.model.tokenizer import image_token_ids
+    from radfm.model.processing import image_token_ids
 
     vocab = model.config.base_vocab_size
     generator = torch.Generator().manual_seed(1)

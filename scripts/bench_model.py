@@ -111,7 +111,7 @@ def bench_vision(repeats: int) -> list[str]:
 
 # ---- generation -------------------------------------------------------------------------------
 def bench_generate(repeats: int, new_tokens: int = 32) -> list[str]:
-    from radfm.model.generation import build_prompt_batch
+    from radfm.model.processing import encode_prompts
     from radfm.model.radfm import RadFM
     from radfm.model.tokenizer import train_tokenizer
 
@@ -133,7 +133,7 @@ def bench_generate(repeats: int, new_tokens: int = 32) -> list[str]:
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens)  # same work whatever the tokens
 
     def run(batch_prompts, batch_images):
-        ids, mask = build_prompt_batch(tokenizer, batch_prompts, batch_images, base_vocab_size=vocab)
+        ids, mask = encode_prompts(tokenizer, batch_prompts, [len(i) for i in batch_images], base_vocab_size=vocab)
         return model.generate(input_ids=ids, images=batch_images, attention_mask=mask, **kwargs)
 
     batched = timed(lambda: run(prompts, images), repeats)

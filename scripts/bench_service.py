@@ -40,8 +40,8 @@ def tiny_model(folder: Path) -> Path:
     """Save a tiny random RadFM (the "tiny" preset) with its small tokenizer."""
     import radfm
 
-    model, tokenizer, _ = radfm.load("tiny")
-    model.save_pretrained(folder / "tiny", tokenizer=tokenizer)
+    model, processor = radfm.load("tiny")
+    model.save_pretrained(folder / "tiny", processor=processor)
     return folder / "tiny"
 
 
@@ -90,7 +90,8 @@ def main() -> None:
     scan = make_scan(work)
     import radfm
 
-    model_input_shape = tuple(radfm.load(model_dir).preprocess(scan).shape)
+    _, processor = radfm.load(model_dir)
+    model_input_shape = tuple(processor.image_processor.process_one(scan).shape)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "radfm.cli", "serve", "--model", str(model_dir), "--port", str(port),

@@ -117,7 +117,7 @@ def compare_published(steps: int, batch_size: int, text_tokens: int, threads: in
     from radfm.engines.trainer import RadFMTrainer
     from radfm.model.config import RadFMConfig
     from radfm.model.radfm import RadFM
-    from radfm.model.tokenizer import image_token_ids
+    from radfm.model.processing import image_token_ids
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -243,7 +243,7 @@ def worker(size: str, checkpointing: bool, steps: int, batch_size: int, text_tok
     import torch
 
     from radfm.engines.loss import weighted_next_token_loss
-    from radfm.model.tokenizer import image_token_ids
+    from radfm.model.processing import image_token_ids
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

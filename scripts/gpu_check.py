@@ -149,7 +149,7 @@ def build_llm_model(sizes: Sizes, device: torch.device, dtype: torch.dtype):
 
 
 def prompt_ids(model) -> torch.Tensor:
-    from radfm.model.tokenizer import image_token_ids
+    from radfm.model.processing import image_token_ids
 
     vocab = model.config.base_vocab_size
     text = torch.randint(3, vocab, (16,), generator=torch.Generator().manual_seed(0)).tolist()
@@ -260,7 +260,7 @@ def check_memory(sizes: Sizes, device: torch.device, state: dict) -> list[tuple[
             reference = f"plan: weights {weights_plan:.1f} GiB, peak {peak_plan:.1f} GiB"
             if device.type != "cuda":
                 if mode == "bf16":  # the load path still runs, so it cannot rot
-                    loaded, _, _ = load(folder, dtype="bfloat16", device="cpu")
+                    loaded, _ = load(folder, dtype="bfloat16", device="cpu")
                     with torch.inference_mode():
                         loaded.generate(prompt_ids(loaded), images=[[scan.to(torch.bfloat16)]], max_new_tokens=2)
                     del loaded
@@ -271,7 +271,7 @@ def check_memory(sizes: Sizes, device: torch.device, state: dict) -> list[tuple[
                 continue
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-            loaded, _, _ = load(folder, dtype="bfloat16", device=str(device),
+            loaded, _ = load(folder, dtype="bfloat16", device=str(device),
                                 quantization=None if mode == "bf16" else mode)
             after_load = torch.cuda.max_memory_allocated(device) / GIB
             with torch.inference_mode():

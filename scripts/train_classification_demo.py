@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run(export, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
     bundle_run(config_file=str(BUNDLE / "configs" / "evaluate.json"), test_items=str(work / "test.json"),
-               ckpt_path=str(staging / "model.pt"), trained_grid=f"$radfm.engines.grid.saved_grid({str(staging)!r})",
+               ckpt_path=str(staging / "model.pt"), trained_grid=f"$radfm.model.processing.RadFMImageProcessor.from_model_dir({str(staging)!r}).grid",
                output_dir=str(work / "eval"), **{k: v for k, v in common.items()})
     metrics = {}
     summary = (work / "eval" / "metrics.csv").read_text()

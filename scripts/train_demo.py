@@ -186,11 +186,10 @@ def evaluate(model_dir: Path, phantom_dir: Path, batch_size: int = 32) -> dict:
 
     from radfm.data.loaders import default_image_loader
     from radfm.metrics.closed import match_closed_set, match_reference
-    from radfm.model.generation import generate_text
+    from radfm.engines.validation import generate_answers
     from radfm.model.loading import load
 
-    loaded = load(model_dir, device="cpu", dtype="float32")
-    model, tokenizer = loaded.model, loaded.tokenizer
+    model, processor = load(model_dir, device="cpu", dtype="float32")
     loader = default_image_loader(**IMAGE_SIZES)
     groups: dict[str, list[dict]] = {"diagnosis_yes_no": [], "lesion_location": [], "modality_open": [],
                                      "modality_yes_no": []}
@@ -218,7 +217,8 @@ def evaluate(model_dir: Path, phantom_dir: Path, batch_size: int = 32) -> dict:
             chunk = samples[start : start + batch_size]
             images = [[torch.zeros_like(image(r)) if zero_images else image(r) for r in s["images"]] for s in chunk]
             with torch.no_grad():
-                answers = generate_text(model, tokenizer, [s["instruction"] for s in chunk], images, max_new_tokens=8)
+                answers = generate_answers(model, processor.tokenizer, [s["instruction"] for s in chunk], images,
+                                           max_new_tokens=8)
             for s, answer in zip(chunk, answers):
                 choices = s.get("closed_set") or ["yes", "no"]
                 correct += match_closed_set(answer, choices) == match_reference(s["response"], choices)
@@ -328,9 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp = output.parent / f".{output.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(model_dir, tmp)
-    from radfm.engines.grid import save_grid
+    from radfm.model.processing import RadFMImageProcessor
 
-    save_grid(tmp, IMAGE_SIZES)  # already recorded by SavePretrained; stated again so the folder cannot drift
+    # already recorded by SavePretrained; stated again so the folder cannot drift
+    RadFMImageProcessor.at_grid(IMAGE_SIZES).save_grid(tmp)
     (tmp / "eval.json").write_text(json.dumps(results, indent=2))
     rows = [f"| {name} | {r['n']} | {100 * r['accuracy']:.1f}% |" for name, r in results.items()
             if name not in ("settings", "vision_warm_start")]

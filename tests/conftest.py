@@ -47,6 +47,34 @@ def tiny_tokenizer():
     return train_tokenizer(corpus, vocab_size=400)
 
 
+class CountingTokenizer:
+    """Wraps a tokenizer; counts encode calls (``tokenizer(...)``), ``batch_decode`` and ``decode`` calls."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.encode_calls, self.batch_decode_calls, self.decode_calls = inner, 0, 0, 0
+
+    def __call__(self, *args, **kwargs):
+        self.encode_calls += 1
+        return self.inner(*args, **kwargs)
+
+    def batch_decode(self, *args, **kwargs):
+        self.batch_decode_calls += 1
+        return self.inner.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        self.decode_calls += 1
+        return self.inner.decode(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.fixture(scope="session")
+def counting_tokenizer():
+    """``counting_tokenizer(tokenizer)`` -> a wrapper counting its tokenizer and decoder calls."""
+    return CountingTokenizer
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     """A randomly initialised tiny RadFM (4 LLM layers) saved with its tokenizer."""

@@ -45,13 +45,14 @@ def default_image_loader(**options: Any) -> ImageLoader:
 
 
 def image_loader_for(model_dir: str | os.PathLike | None) -> ImageLoader:
-    """The preprocessing a model was trained with: ``preprocess_scan`` with the options recorded in
-    its processor (``processor_config.json``) (the demo model records a smaller grid there), else the standard one."""
+    """The preprocessing a model was trained with: ``preprocess_scan`` with the options its processor
+    records (``RadFMImageProcessor.from_model_dir``; the demo model records a smaller grid); without a
+    model folder, the standard one."""
     if model_dir is None:
         return default_image_loader()
-    from radfm.model.loading import preprocess_options
+    from radfm.model.processing import RadFMImageProcessor
 
-    return default_image_loader(**preprocess_options(model_dir))
+    return default_image_loader(**RadFMImageProcessor.from_model_dir(model_dir).options)
 
 
 def plain_image(image: Any) -> torch.Tensor:

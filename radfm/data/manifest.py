@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from radfm.model.tokenizer import count_placeholders
+from radfm.model.processing import count_placeholders
 from radfm.utils.io import atomic_write_text  # also imported from here by older code
 from radfm.utils.io import read_text
 

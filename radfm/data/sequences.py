@@ -26,7 +26,7 @@ import torch
 
 from radfm.data.manifest import Sample
 from radfm.data.medical_terms import MedicalTermMatcher, default_matcher
-from radfm.model.tokenizer import block_positions, encode_prompt, image_token_ids, split_on_placeholders
+from radfm.model.processing import block_positions, encode_prompt, image_token_ids, split_on_placeholders
 
 IGNORE_INDEX = -100
 INSTRUCTION_WEIGHT = 0.0

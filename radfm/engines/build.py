@@ -32,7 +32,7 @@ def load_model(
     ``vision_init``: a safetensors file of vision-encoder weights to start from (e.g. an encoder
     first trained as a classifier); shapes must match the config. ``image_grid``: the grid the
     run feeds the model; for a saved model folder it must be the grid recorded there
-    (``radfm.engines.grid.GridMismatchError`` otherwise).
+    (``radfm.model.processing.GridMismatchError`` otherwise).
     """
     from radfm.model.config import RadFMConfig
     from radfm.model.loading import load
@@ -41,14 +41,12 @@ def load_model(
 
     source = Path(os.fspath(model))
     if source.is_dir():
-        from radfm.engines.grid import check_model_grid
-
-        check_model_grid(source, image_grid)
-        loaded = load(source, device="cpu", dtype="float32")
-        net = loaded.model
+        # the grid the folder's processor records; checked before the weights load
+        RadFMImageProcessor.from_model_dir(source).check_same_grid(image_grid, model=f"the model in {source}")
+        net, processor = load(source, device="cpu", dtype="float32")
         if tokenizer_dir is not None:
             net.tokenizer = _load_tokenizer(tokenizer_dir)
-            net.processor = RadFMProcessor(loaded.processor.image_processor, net.tokenizer)
+            net.processor = RadFMProcessor(processor.image_processor, net.tokenizer)
     else:
         if tokenizer_dir is not None:
             tokenizer = _load_tokenizer(tokenizer_dir)

@@ -312,10 +312,10 @@ def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] 
         from radfm.serving.identity import ModelIdentity
         from radfm.serving.request import RequestPath
 
-        loaded = load(model, device=device, dtype=dtype)
+        network, processor = load(model, device=device, dtype=dtype)
         name = model_name or Path(str(model)).name or str(model)
         # each rank generates alone: HF must not wait for the others at every token
-        answerer = ModelAnswerer(loaded.model, loaded.tokenizer, loaded.preprocess, identity=ModelIdentity(name=name),
+        answerer = ModelAnswerer(network, processor, identity=ModelIdentity(name=name),
                                  generate_kwargs={"synced_gpus": False} if world_size > 1 else None)
         path = RequestPath(answerer, limits)
         predict = model_predictor(path, max_new_tokens=max_new_tokens)

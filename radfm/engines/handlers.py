@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
-from radfm.engines.grid import as_grid, save_grid
+from radfm.model.processing import RadFMImageProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class SavePretrained:
             model.language_model = model.language_model.merge_and_unload()
         model.save_pretrained(self.output_dir)
         if self.image_grid is not None:  # the grid travels with the weights; inference reads it back
-            save_grid(self.output_dir, self.image_grid)
+            RadFMImageProcessor.at_grid(self.image_grid).save_grid(self.output_dir)
         logger.info("saved model to %s", Path(self.output_dir).resolve())
 
     def _gathered_fsdp_model(self) -> torch.nn.Module | None:
@@ -181,11 +181,11 @@ class SaveGrid:
 
     def __init__(self, model_dir: str | os.PathLike, image_grid: Mapping[str, Any]) -> None:
         self.model_dir = model_dir
-        self.image_grid = as_grid(image_grid)
+        self.image_processor = RadFMImageProcessor.at_grid(image_grid)  # validated now, not at the end of training
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
         if is_rank0():
-            save_grid(self.model_dir, self.image_grid)
+            self.image_processor.save_grid(self.model_dir)

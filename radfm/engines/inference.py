@@ -29,32 +29,31 @@ class GenerationInferer(Inferer):
     ``trained_grid`` (from the model folder's processor (``processor_config.json``)) is checked twice: against the
     config's ``image_grid`` at construction and against every scan's shape before generation,
     so a model never answers about scans at a grid it was not trained at
-    (:class:`radfm.engines.grid.GridMismatchError`, naming both grids).
+    (:class:`radfm.model.processing.GridMismatchError`, naming both grids).
     """
 
     def __init__(self, max_new_tokens: int = 32, trained_grid: dict | None = None, image_grid: dict | None = None,
                  model_name: str = "the model") -> None:
-        from radfm.engines.grid import check_same_grid
+        from radfm.model.processing import RadFMImageProcessor
 
         self.max_new_tokens = max_new_tokens
-        self.trained_grid = trained_grid
+        self.trained = None if trained_grid is None else RadFMImageProcessor.at_grid(trained_grid, "trained_grid")
         self.model_name = model_name
-        if trained_grid is not None and image_grid is not None:
-            check_same_grid(trained_grid, image_grid, model=model_name)
+        if self.trained is not None:
+            self.trained.check_same_grid(image_grid, model=model_name)
 
     def __call__(self, inputs: dict[str, Any], network: torch.nn.Module, *args: Any, **kwargs: Any) -> list[str]:
-        from radfm.engines.grid import check_images
-        from radfm.model.generation import generate_text
+        from radfm.engines.validation import generate_answers
 
         model = getattr(network, "module", network)
-        if self.trained_grid is not None:
+        if self.trained is not None:
             for images, names in zip(inputs["images"], inputs.get("image_paths") or [None] * len(inputs["images"])):
-                check_images(images, self.trained_grid, names=names, model=self.model_name)
+                self.trained.check_images(images, names=names, model=self.model_name)
         dtype = next(model.parameters()).dtype
         images = [[img.to(device=model.device, dtype=dtype) for img in case] for case in inputs["images"]]
         with torch.no_grad():
-            return generate_text(model, model.tokenizer, list(inputs["prompt"]), images,
-                                 max_new_tokens=self.max_new_tokens, **kwargs)
+            return generate_answers(model, model.tokenizer, list(inputs["prompt"]), images,
+                                    max_new_tokens=self.max_new_tokens, **kwargs)
 
 
 class AnswerEvaluator(SupervisedEvaluator):

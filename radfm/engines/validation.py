@@ -29,17 +29,24 @@ logger = logging.getLogger(__name__)
 
 
 def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], images: Sequence[Sequence[torch.Tensor]],
-                     max_new_tokens: int = 16) -> list[str]:
-    """Greedy answers for a batch of prompts (``<image>`` placeholders) and their images.
+                     max_new_tokens: int = 16, **generate_kwargs: Any) -> list[str]:
+    """Greedy answers ``[B]`` for a batch of prompts (``<image>`` placeholders) and their preprocessed images.
 
-    Each rank generates on its own (``synced_gpus=False``; see ``generation_model``).
+    The processor's rules build the left-padded ``[B, L]`` prompt batch
+    (:func:`radfm.model.processing.encode_prompts`) and decode the new tokens
+    (:func:`~radfm.model.processing.decode_answers`); ``generate_kwargs`` go to ``model.generate``.
     """
-    from radfm.model.generation import generate_text
+    from radfm.model.processing import decode_answers, encode_prompts
 
-    return generate_text(model, tokenizer, list(prompts), [list(i) for i in images], max_new_tokens=max_new_tokens,
-                         synced_gpus=False)
-
-
+    images = [list(case) for case in images]
+    input_ids, attention_mask = encode_prompts(tokenizer, list(prompts), [len(case) for case in images],
+                                               base_vocab_size=model.config.base_vocab_size)
+    generate_kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
+    if tokenizer.pad_token_id is not None:
+        generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+    new_tokens = model.generate(input_ids=input_ids, images=images, attention_mask=attention_mask,
+                                max_new_tokens=max_new_tokens, **generate_kwargs)
+    return decode_answers(tokenizer, new_tokens)
 
 
 class ClosedSetEvaluator(Evaluator):
@@ -114,7 +121,9 @@ class ClosedSetEvaluator(Evaluator):
             model = getattr(engine.network, "module", engine.network)
         model.eval()
         images = [[img.to(engine.state.device) for img in case] for case in batchdata["images"]]
-        answers = generate_answers(model, engine.tokenizer, batchdata["prompt"], images, engine.max_new_tokens)
+        # each rank generates alone (see ``generation_model``): HF must not wait for the others at every token
+        answers = generate_answers(model, engine.tokenizer, batchdata["prompt"], images, engine.max_new_tokens,
+                                   synced_gpus=False)
         matched = [match_closed_set(a, c) for a, c in zip(answers, batchdata["choices"])]
         truth = [match_reference(r, c) for r, c in zip(batchdata["reference"], batchdata["choices"])]
         engine.state.output = {

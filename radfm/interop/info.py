@@ -182,8 +182,8 @@ def preprocess(path: str, model: str | None = None, window: Any = None, series_u
         max_depth: most slices of a 3D input, a multiple of 4 (default 64; not with --model).
         max_scan_mb: refuse files whose header claims more decoded data than this (MiB; default 2048).
     """
-    from radfm.engines.grid import describe_grid
-    from radfm.model.loading import preprocess_options, resolve_model_dir
+    from radfm.model.loading import resolve_model_dir
+    from radfm.model.processing import RadFMImageProcessor
     from radfm.transforms.preprocess import preprocess_cli
     from radfm.transforms.spatial import MAX_DEPTH, SIZE_2D, SIZE_3D
     from radfm.utils.cli import UsageError
@@ -195,11 +195,10 @@ def preprocess(path: str, model: str | None = None, window: Any = None, series_u
         if clash:
             raise UsageError(f"{', '.join(clash)} and --model: the grid is the model's (its processor_config.json)")
         model_dir = resolve_model_dir(model)
-        options = preprocess_options(model_dir)
-        grid = {key: options.get(key, default) for key, default in
-                (("size_2d", SIZE_2D), ("size_3d", SIZE_3D), ("max_depth", MAX_DEPTH))}
+        options = RadFMImageProcessor.from_model_dir(model_dir).options  # refuses a folder recording no grid
+        grid = {key: options[key] for key in ("size_2d", "size_3d", "max_depth")}
         given = {key: value if value is not None else options.get(key) for key, value in given.items()}
-        source = f"the model in {model_dir}" + ("" if options else " (no recorded grid: the published one)")
+        source = f"the model in {model_dir}"
     else:
         grid = {key: value if value is not None else default for (key, value), default in
                 zip(grid.items(), (SIZE_2D, SIZE_3D, MAX_DEPTH))}
@@ -209,7 +208,7 @@ def preprocess(path: str, model: str | None = None, window: Any = None, series_u
     preprocess_cli(path, series_uid=series_uid, png=png, max_scan_mb=max_scan_mb, **options_out, **grid)
     shown = {key: list(value) if isinstance(value, (tuple, list)) else value for key, value in grid.items()}
     try:
-        text = describe_grid(shown)
+        text = RadFMImageProcessor.at_grid(shown).describe_grid()
     except (KeyError, TypeError, ValueError, IndexError):  # a size given as "64,64" on the command line
         text = ", ".join(f"{key} {value}" for key, value in shown.items())
     print(f"grid:            {text}, from {source}")

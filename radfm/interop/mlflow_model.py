@@ -230,9 +230,10 @@ def _log_model(mlflow, model_dir: str | Path, *, tracking_uri: str | None, regis
         input_example = pd.DataFrame({"prompt": ["What is the modality of the input scan <image>?"],
                                       "images": [[str(example_scan.resolve())]]})
     identity = identity_of_model_dir(model_dir)
-    from radfm.model.loading import preprocess_options  # the grid the model folder's processor records
+    from radfm.model.processing import RadFMImageProcessor  # the grid the model folder's processor records
 
-    preprocess = {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess_options(model_dir).items()}
+    options = RadFMImageProcessor.from_model_dir(model_dir).options
+    preprocess = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
     with tempfile.TemporaryDirectory(prefix="radfm-mlflow-") as staging, mlflow.start_run(run_id=run_id) as run:
         code = _staged_code(Path(staging))
         info = mlflow.pyfunc.log_model(

@@ -1,4 +1,4 @@
-"""The RadFM network as a transformers model: config, model, processor, loading, generation helpers.
+"""The RadFM network as a transformers model: config, model, processor, loading.
 
 Importing this package registers ``radfm`` with transformers' ``AutoConfig``,
 ``AutoModelForImageTextToText``, ``AutoImageProcessor`` and ``AutoProcessor`` (see
@@ -21,7 +21,7 @@ _LAZY = {
     "RadFMImageProcessor": "radfm.model.processing",
     "load": "radfm.model.loading",
     "LoadedModel": "radfm.model.loading",
-    "generate_text": "radfm.model.generation",
+    "GridMismatchError": "radfm.model.processing",
     "CheckpointError": "radfm.model.weights",
 }
 

@@ -1,4 +1,4 @@
-"""The one loader: ``radfm.load(path_or_preset, ...)`` -> model, processor (and tokenizer, preprocessing).
+"""The one loader: ``model, processor = radfm.load(path_or_preset, ...)``.
 
 Every command, the service, the bundles and the Slicer path load models through :func:`load`.
 A model folder is a transformers folder: ``config.json`` (``model_type: radfm``), safetensors,
@@ -13,23 +13,19 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from radfm.model.config import RadFMConfig
-from radfm.model.folder import WEIGHT_FILES, check_model_folder, preprocess_options
-from radfm.model.processing import KNOWN_LOADERS, MODEL_PREPROCESS_KEYS, PROCESSOR_FILE, RadFMImageProcessor, RadFMProcessor
+from radfm.model.folder import WEIGHT_FILES, check_model_folder
+from radfm.model.processing import RadFMImageProcessor, RadFMProcessor
 from radfm.model.radfm import RadFM
 
-__all__ = ["KNOWN_LOADERS", "MODEL_PREPROCESS_KEYS", "PREPROCESS_FILE", "LoadedModel", "load", "preprocess_options",
-           "resolve_model_dir", "demo_model_dir", "check_model_folder", "tiny_tokenizer", "tiny_processor"]
-
-# The file a model folder records its preprocessing in (the processor's config, "image_processor" entry).
-PREPROCESS_FILE = PROCESSOR_FILE
+__all__ = ["LoadedModel", "load", "resolve_model_dir", "demo_model_dir", "check_model_folder", "tiny_tokenizer",
+           "tiny_processor"]
 
 # A few sentences so the "tiny" preset has a working tokenizer without any download.
 _TINY_CORPUS = [
@@ -81,33 +77,15 @@ def resolve_model_dir(model: str | os.PathLike | None) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    """What :func:`load` returns: ``.model`` and ``.processor``.
+class LoadedModel(NamedTuple):
+    """What :func:`load` returns: unpacks as ``model, processor = radfm.load(...)``.
 
-    Unpacks as ``model, tokenizer, preprocessing = radfm.load(...)`` (older callers).
-    ``preprocessing``: a MONAI ``Compose`` path -> float32 ``MetaTensor [3, H, W, D]`` at the
-    model's grid. ``preprocess(path, **per_scan)`` runs the same steps with per-scan options
-    (``series_uid``, ``window``) and raises ``ScanReadError`` itself rather than Compose's wrapper.
+    ``processor`` (a :class:`RadFMProcessor`) holds the tokenizer (``processor.tokenizer``) and the
+    scan preprocessing at the model's grid (``processor.image_processor``).
     """
 
     model: RadFM
     processor: RadFMProcessor
-    preprocessing: Any = None
-    preprocess_options: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def tokenizer(self):
-        return self.processor.tokenizer
-
-    def __iter__(self):
-        return iter((self.model, self.tokenizer, self.preprocessing))
-
-    def preprocess(self, path: str | os.PathLike, **per_scan: Any):
-        """One scan (file or DICOM folder) -> ``MetaTensor [3, H, W, D]`` at the model's grid."""
-        from radfm.transforms import preprocess_scan  # lazy: keeps model import light
-
-        return preprocess_scan(path, **{**self.preprocess_options, **per_scan})
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -200,7 +178,6 @@ def load(
     offload_folder: str | None = None,
     quantization: str | None = None,
     weights: bool = True,
-    **preprocess_overrides: Any,
 ) -> LoadedModel:
     """A RadFM model and its processor from a model folder or the ``"tiny"`` preset.
 
@@ -219,11 +196,10 @@ def load(
         weights: ``False`` builds the folder's architecture (its ``config.json``) with fresh
             weights and leaves the loading to the caller: a MONAI bundle's ``network_def`` does
             this and its ``CheckpointLoader`` then loads ``models/model.pt``.
-        preprocess_overrides: options of ``radfm.transforms.preprocess_scan`` that override the
-            folder's recorded ones (e.g. ``window="lung"``).
-    """
-    from radfm.transforms import preprocess_transforms  # lazy: keeps model import light
 
+    Returns ``(model, processor)`` (:class:`LoadedModel`): scans go through
+    ``processor(text=..., images=...)`` or ``processor.image_processor``, at the grid the folder records.
+    """
     name = os.fspath(path_or_preset)
     path = Path(name)
     if name == "tiny" and not path.exists():
@@ -259,8 +235,7 @@ def load(
     if processor.base_vocab_size != model.config.base_vocab_size:
         raise ValueError(f"{name}: the tokenizer puts <image> at id {processor.base_vocab_size} but the model's "
                          f"vocabulary is {model.config.base_vocab_size}")
-    options = {**processor.image_processor.options, **preprocess_overrides}
-    return LoadedModel(model.eval(), processor, preprocess_transforms(**options), options)
+    return LoadedModel(model.eval(), processor)
 
 
 VISION_SIDE = ("vision_encoder", "perceiver", "projection")

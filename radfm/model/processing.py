@@ -5,9 +5,17 @@ The rules of a RadFM prompt live here and nowhere else:
 * **grid**: :class:`RadFMImageProcessor` turns each scan (a path, a channel-first array or a
   MONAI ``MetaTensor``) into ``[3, H, W, D]`` at the grid the model was trained at
   (``size_2d``, ``size_3d``, ``max_depth``, saved in ``processor_config.json``), with the
-  ``radfm.transforms`` steps (min-max, CT windows, the depth rule);
+  ``radfm.transforms`` steps (min-max, CT windows, the depth rule). A model given scans (or a bundle config's ``image_grid``) at another grid raises
+  :class:`GridMismatchError` naming both grids, instead of silently answering worse (the demo
+  model, trained at 128², answers "ultrasound" for X-rays at 512²). The image processor reads and
+  records its grid in a model folder (:meth:`RadFMImageProcessor.from_model_dir`, :meth:`~RadFMImageProcessor.save_grid`);
 * **``<image>`` placement**: a prompt without placeholders gets one ``<image>`` per scan in front;
-  otherwise the count must equal the number of scans; each ``<image>`` becomes its 34-id block.
+  otherwise the count must equal the number of scans; each ``<image>`` becomes its 34-id block
+  (the published ids, with ``V`` the language model's vocabulary size: ``<image>`` = V,
+  ``</image>`` = V+1, ``<imageK>`` = V+2+K; image ``s`` of a prompt is
+  ``<image><image{32s}>…<image{32s+31}></image>``). The manifest checks, the training sequences
+  and the request path all use the functions below (:func:`count_placeholders`,
+  :func:`with_placeholders`, :func:`encode_prompt`, :func:`image_token_ids`, …).
 
 ``processor(text=..., images=...)`` → ``BatchFeature`` with ``input_ids``/``attention_mask``
 ``[B, L]`` (left padded) and ``images`` (per prompt, a list of tensors; sizes may differ), ready
@@ -18,7 +26,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +37,7 @@ from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from radfm.model.tokenizer import (
-    DEFAULT_MAX_IMAGES,
-    IMAGE_PLACEHOLDER,
-    count_placeholders,
-    encode_prompt,
-    with_placeholders,
-)
+from radfm.model.tokenizer import BLOCK_LENGTH, DEFAULT_MAX_IMAGES, IMAGE_PLACEHOLDER, TOKENS_PER_IMAGE
 
 # transformers 5 saves the image processor's config inside processor_config.json ("image_processor")
 PROCESSOR_FILE = "processor_config.json"
@@ -94,6 +97,19 @@ def read_json(path: Path) -> Any:
         raise ValueError(f"{path}: not readable JSON ({error})") from error
 
 
+GRID_KEYS = ("size_2d", "size_3d", "max_depth")
+
+
+class GridMismatchError(ValueError):
+    """Scans (or a config's ``image_grid``) at a grid the model was not trained at."""
+
+
+def _describe(grid: Mapping[str, Any]) -> str:
+    """``2D 128x128, 3D 128x128 (depth <= 8)``."""
+    return (f"2D {grid['size_2d'][0]}x{grid['size_2d'][1]}, 3D {grid['size_3d'][0]}x{grid['size_3d'][1]} "
+            f"(depth <= {grid['max_depth']})")
+
+
 class RadFMImageProcessor(BaseImageProcessor):
     """Scans → ``[3, H, W, D]`` float32 tensors in [0, 1] at the model's grid (``radfm.transforms``).
 
@@ -142,6 +158,107 @@ class RadFMImageProcessor(BaseImageProcessor):
     def grid(self) -> dict[str, Any]:
         """``{"size_2d": [H, W], "size_3d": [H, W], "max_depth": D}``."""
         return {"size_2d": list(self.size_2d), "size_3d": list(self.size_3d), "max_depth": self.max_depth}
+
+    @classmethod
+    def at_grid(cls, grid: Mapping[str, Any] | None, source: str = "image_grid") -> RadFMImageProcessor:
+        """The standard pipeline at ``grid`` (a bundle config's ``image_grid``; missing keys: the published
+        grid); a bad grid is a ``ValueError`` naming ``source``."""
+        grid = {} if grid is None else grid
+        if not isinstance(grid, Mapping):
+            raise ValueError(f"{source}: expected a mapping with keys {list(GRID_KEYS)}, got {type(grid).__name__}")
+        unknown = sorted(set(grid) - set(GRID_KEYS))
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {unknown}; expected some of {list(GRID_KEYS)}")
+        try:
+            return cls(**grid)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{source}: {str(error).removeprefix(cls.__name__ + ': ')}") from None
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | os.PathLike) -> RadFMImageProcessor:
+        """The image processor a folder records: a model folder's ``processor_config.json``
+        (``image_processor`` entry), else the ``preprocess.json`` of a classifier's ``models/`` folder.
+
+        A folder recording neither is refused (``FileNotFoundError`` naming both files): a model never
+        runs at a grid it was not trained at by default. Unknown keys or a bad grid raise ``ValueError``
+        naming the file.
+        """
+        folder = Path(os.fspath(model_dir))
+        path = folder / PROCESSOR_FILE
+        if path.is_file():
+            values = read_json(path)
+            if not isinstance(values, dict) or not isinstance(values.get("image_processor"), dict):
+                raise ValueError(f"{path}: expected a JSON object with an 'image_processor' object "
+                                 "(the preprocessing options)")
+            values = {k: v for k, v in values["image_processor"].items()
+                      if k not in ("image_processor_type", "processor_class")}
+            try:
+                return cls(**check_preprocess_options(values, path))
+            except (TypeError, ValueError) as error:
+                message = str(error)
+                raise ValueError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+        if (folder / LEGACY_PREPROCESS_FILE).is_file():
+            return cls.from_preprocess_json(folder / LEGACY_PREPROCESS_FILE)
+        raise FileNotFoundError(f"{path} is missing (and no {LEGACY_PREPROCESS_FILE}): {folder} does not record the "
+                                "grid its model was trained at")
+
+    @classmethod
+    def for_model(cls, model: str | os.PathLike) -> RadFMImageProcessor:
+        """The pipeline to train ``model`` with: a saved folder's own (:meth:`from_model_dir`); for a preset
+        name or a config file (a new model), the published grid."""
+        if Path(os.fspath(model)).is_dir():
+            return cls.from_model_dir(model)
+        return cls()
+
+    def describe_grid(self) -> str:
+        """``2D 128x128, 3D 128x128 (depth <= 8)``."""
+        return _describe(self.grid)
+
+    def save_grid(self, model_dir: str | os.PathLike) -> Path:
+        """Record this grid with a saved model (atomic): in its ``processor_config.json`` for a RadFM model
+        folder, else in ``preprocess.json`` (a classifier's ``models/`` folder; other options kept)."""
+        from radfm.utils.io import atomic_write_text
+
+        folder = Path(os.fspath(model_dir))
+        path = folder / PROCESSOR_FILE
+        if path.is_file():
+            spec = read_json(path)
+            spec.setdefault("image_processor", {}).update(self.grid)
+        else:
+            path = folder / LEGACY_PREPROCESS_FILE
+            spec = {"loader": KNOWN_LOADERS[0]}
+            if path.is_file():
+                spec.update(read_json(path))
+            spec.update(self.grid)
+        atomic_write_text(path, json.dumps(spec, indent=2) + "\n")
+        return path
+
+    def check_same_grid(self, image_grid: Mapping[str, Any] | None, *, model: str = "the model") -> None:
+        """``GridMismatchError`` unless a config's ``image_grid`` is this (the trained) grid; ``None`` passes."""
+        if image_grid is None:
+            return
+        configured = self.at_grid(image_grid).grid
+        if configured != self.grid:
+            raise GridMismatchError(
+                f"image_grid mismatch: {model} was trained at {self.describe_grid()}, but this config's "
+                f"image_grid is {_describe(configured)}. Scans at another grid change the model's answers; "
+                f"set image_grid to {json.dumps(self.grid)} (or train a model at the new grid).")
+
+    def check_images(self, images: Iterable[torch.Tensor], *, names: Sequence[str] | None = None,
+                     model: str = "the model") -> None:
+        """``GridMismatchError`` for a preprocessed scan ``[C, H, W, D]`` not at this grid: a 2D scan must be
+        ``size_2d × 4``, a 3D one ``size_3d × D`` with ``D <= max_depth``."""
+        planes = {tuple(self.size_2d), tuple(self.size_3d)}
+        for index, image in enumerate(images):
+            shape = tuple(int(s) for s in image.shape)
+            plane, depth = shape[1:3], shape[3] if len(shape) == 4 else None
+            if len(shape) == 4 and plane in planes and depth is not None and depth <= self.max_depth:
+                continue
+            name = names[index] if names is not None and index < len(names) else f"scan {index}"
+            raise GridMismatchError(
+                f"{name}: preprocessed to {list(shape)} (plane {shape[1]}x{shape[2]}"
+                f"{'' if depth is None else f', depth {depth}'}), but {model} was trained at {self.describe_grid()}. "
+                f"Set the bundle's image_grid to the model's grid {json.dumps(self.grid)}.")
 
     def transforms(self, **overrides: Any):
         """The MONAI ``Compose``: path -> ``MetaTensor [3, H, W, D]`` (options overridable)."""
@@ -218,23 +335,108 @@ def _nest(images: Any) -> list[list[Any]]:
     return [images]
 
 
+_PLACEHOLDER_RE = re.compile(re.escape(IMAGE_PLACEHOLDER))
+
+
+def image_token_ids(base_vocab_size: int, image_index: int) -> list[int]:
+    """The 34 ids of image ``image_index`` (0-based) in a prompt: ``[V, V+2+32s, …, V+2+32s+31, V+1]``."""
+    if image_index < 0:
+        raise ValueError(f"image_index must be >= 0, got {image_index}")
+    first = base_vocab_size + 2 + TOKENS_PER_IMAGE * image_index
+    return [base_vocab_size, *range(first, first + TOKENS_PER_IMAGE), base_vocab_size + 1]
+
+
+def count_placeholders(text: str) -> int:
+    """Number of ``<image>`` placeholders in ``text``."""
+    return len(_PLACEHOLDER_RE.findall(text))
+
+
+def split_on_placeholders(text: str) -> list[str]:
+    """Text segments around each ``<image>``: ``n`` placeholders give ``n + 1`` segments."""
+    return _PLACEHOLDER_RE.split(text)
+
+
+def with_placeholders(text: str, num_images: int) -> str:
+    """The prompt with one ``<image>`` per scan: as written, or ``num_images`` prepended when it has none.
+
+    ``ValueError`` naming both counts when it has placeholders, but not one per scan.
+    """
+    have = count_placeholders(text)
+    if have == num_images:
+        return text
+    if have == 0:
+        return IMAGE_PLACEHOLDER * num_images + text
+    raise ValueError(f"prompt has {have} {IMAGE_PLACEHOLDER} placeholder(s) but {num_images} image(s) were given")
+
+
+def _token_ids(tokenizer, texts: Sequence[str], *, base_vocab_size: int, add_bos: bool) -> list[list[int]]:
+    """Ids of each text with every ``<image>`` expanded to its 34-id block (BOS first when ``add_bos``).
+
+    The text between placeholders of every prompt goes through the tokenizer in one call.
+    """
+    split = [split_on_placeholders(text) for text in texts]
+    pieces = [segment for segments in split for segment in segments if segment]
+    encoded = iter(tokenizer(pieces, add_special_tokens=False)["input_ids"] if pieces else [])
+    bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
+    out = []
+    for segments in split:
+        ids = list(bos)
+        for s, segment in enumerate(segments):
+            if segment:
+                ids.extend(next(encoded))
+            if s < len(segments) - 1:
+                ids.extend(image_token_ids(base_vocab_size, s))
+        out.append(ids)
+    return out
+
+
+def encode_prompt(tokenizer, text: str, *, base_vocab_size: int, num_images: int | None = None,
+                  add_bos: bool = True) -> list[int]:
+    """Token ids of ``text`` with every ``<image>`` expanded to its 34-id block.
+
+    Text segments are tokenized without special tokens; a BOS id is prepended when ``add_bos``
+    and the tokenizer has one. ``num_images``, when given, must equal the number of placeholders
+    (the error names both counts).
+    """
+    if num_images is not None and num_images != count_placeholders(text):
+        raise ValueError(f"prompt has {count_placeholders(text)} {IMAGE_PLACEHOLDER} placeholder(s) but "
+                         f"{num_images} image(s) were given")
+    return _token_ids(tokenizer, [text], base_vocab_size=base_vocab_size, add_bos=add_bos)[0]
+
+
+def block_positions(input_ids: Sequence[int], base_vocab_size: int) -> list[tuple[int, int]]:
+    """``(start, end)`` spans (end exclusive) of every 34-id image block in ``input_ids``."""
+    spans = []
+    i, n = 0, len(input_ids)
+    while i < n:
+        if input_ids[i] == base_vocab_size:
+            end = i + BLOCK_LENGTH
+            if end > n or input_ids[end - 1] != base_vocab_size + 1:
+                raise ValueError(f"image block starting at position {i} is not {BLOCK_LENGTH} ids long")
+            spans.append((i, end))
+            i = end
+        else:
+            i += 1
+    return spans
+
+
 def encode_prompts(tokenizer, prompts: Sequence[str], num_images: Sequence[int], *, base_vocab_size: int,
                    add_bos: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ``input_ids`` and ``attention_mask`` ``[B, L]`` for prompts with ``num_images[b]`` scans each.
 
     A prompt without placeholders gets one ``<image>`` per scan in front; otherwise the number of
     placeholders must equal the number of scans (the error names both counts and the prompt).
+    The whole batch is tokenised in one tokenizer call.
     """
     if len(prompts) != len(num_images):
         raise ValueError(f"{len(prompts)} prompt(s) but {len(num_images)} image list(s)")
-    encoded: list[list[int]] = []
+    texts = []
     for i, (prompt, count) in enumerate(zip(prompts, num_images)):
         try:
-            text = prompt if count_placeholders(prompt) else with_placeholders(prompt, count)
-            ids = encode_prompt(tokenizer, text, base_vocab_size=base_vocab_size, num_images=count, add_bos=add_bos)
+            texts.append(with_placeholders(prompt, count))
         except ValueError as err:
             raise ValueError(f"prompt {i}: {err}") from err
-        encoded.append(ids)
+    encoded = _token_ids(tokenizer, texts, base_vocab_size=base_vocab_size, add_bos=add_bos)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     length = max((len(ids) for ids in encoded), default=0)
     input_ids = torch.full((len(encoded), length), pad_id, dtype=torch.long)
@@ -246,14 +448,14 @@ def encode_prompts(tokenizer, prompts: Sequence[str], num_images: Sequence[int],
 
 
 def decode_answers(tokenizer, new_tokens: torch.Tensor) -> list[str]:
-    """Cut each row of generated ids at its first EOS and decode without special tokens."""
+    """Cut each row of generated ids ``[B, new]`` at its first EOS and decode them (one batch call)."""
     eos = tokenizer.eos_token_id
-    texts = []
-    for row in new_tokens.tolist():
+    rows = []
+    for row in torch.as_tensor(new_tokens).tolist():
         if eos is not None and eos in row:
             row = row[: row.index(eos)]
-        texts.append(tokenizer.decode(row, skip_special_tokens=True).strip())
-    return texts
+        rows.append(row)
+    return [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
 
 class RadFMProcessor(ProcessorMixin):

@@ -154,7 +154,7 @@ class RadFMForConditionalGeneration(RadFMPreTrainedModel, GenerationMixin):
         """transformers' ``save_pretrained``, plus the processor so the folder loads on its own.
 
         ``processor`` (or the attached ``.processor``) is saved as is; with only a tokenizer (given
-        or ``.tokenizer``), a processor at the standard grid is saved (``radfm.engines.grid.save_grid``
+        or ``.tokenizer``), a processor at the standard grid is saved (``RadFMImageProcessor.save_grid``
         records another grid).
         """
         super().save_pretrained(save_directory, *args, **kwargs)

@@ -1,35 +1,21 @@
-"""Image tokens for any Hugging Face tokenizer, and prompts with ``<image>`` placeholders.
+"""A tokenizer with RadFM's image tokens: add them to any Hugging Face tokenizer, or train a small one.
 
 The published id scheme, with ``V`` the language model's vocabulary size:
-``<image>`` = V, ``</image>`` = V+1, ``<imageK>`` = V+2+K, 32 visual tokens per image.
-Image ``s`` of a prompt is written ``<image><image{32s}>…<image{32s+31}></image>`` (34 ids).
+``<image>`` = V, ``</image>`` = V+1, ``<imageK>`` = V+2+K, 32 visual tokens per image. How a
+prompt's ``<image>`` placeholders become these ids is the processor's rule
+(:mod:`radfm.model.processing`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 IMAGE_PLACEHOLDER = "<image>"
 IMAGE_END = "</image>"
 TOKENS_PER_IMAGE = 32
 BLOCK_LENGTH = TOKENS_PER_IMAGE + 2
 DEFAULT_MAX_IMAGES = 10
-
-_PLACEHOLDER_RE = re.compile(re.escape(IMAGE_PLACEHOLDER))
-
-
-def image_token_ids(base_vocab_size: int, image_index: int) -> list[int]:
-    """The 34 ids of image ``image_index`` (0-based) in a prompt: ``[V, V+2+32s, …, V+2+32s+31, V+1]``."""
-    if image_index < 0:
-        raise ValueError(f"image_index must be >= 0, got {image_index}")
-    first = base_vocab_size + 2 + TOKENS_PER_IMAGE * image_index
-    return [base_vocab_size, *range(first, first + TOKENS_PER_IMAGE), base_vocab_size + 1]
-
-
-def count_placeholders(text: str) -> int:
-    """Number of ``<image>`` placeholders in ``text``."""
-    return len(_PLACEHOLDER_RE.findall(text))
 
 
 def add_image_tokens(tokenizer, max_images: int = DEFAULT_MAX_IMAGES) -> int:
@@ -75,53 +61,6 @@ def pad_vocabulary(tokenizer, size: int, prefix: str = "<unused") -> int:
     return missing
 
 
-def split_on_placeholders(text: str) -> list[str]:
-    """Text segments around each ``<image>``: ``n`` placeholders give ``n + 1`` segments."""
-    return _PLACEHOLDER_RE.split(text)
-
-
-def encode_prompt(
-    tokenizer,
-    text: str,
-    *,
-    base_vocab_size: int,
-    num_images: int | None = None,
-    add_bos: bool = True,
-    first_image_index: int = 0,
-) -> list[int]:
-    """Token ids of ``text`` with every ``<image>`` expanded to its 34-id block.
-
-    Text segments are tokenized without special tokens; a BOS id is prepended when
-    ``add_bos`` and the tokenizer has one. ``num_images``, when given, must equal the number
-    of placeholders (the error names both counts).
-    """
-    segments = split_on_placeholders(text)
-    n_placeholders = len(segments) - 1
-    if num_images is not None and num_images != n_placeholders:
-        raise ValueError(
-            f"prompt has {n_placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {num_images} image(s) were given"
-        )
-    ids: list[int] = []
-    if add_bos and tokenizer.bos_token_id is not None:
-        ids.append(tokenizer.bos_token_id)
-    for s, segment in enumerate(segments):
-        if segment:
-            ids.extend(tokenizer(segment, add_special_tokens=False)["input_ids"])
-        if s < n_placeholders:
-            ids.extend(image_token_ids(base_vocab_size, first_image_index + s))
-    return ids
-
-
-def with_placeholders(text: str, num_images: int) -> str:
-    """Prepend ``num_images`` placeholders to a prompt that has none (images given separately)."""
-    have = count_placeholders(text)
-    if have == num_images:
-        return text
-    if have == 0:
-        return IMAGE_PLACEHOLDER * num_images + text
-    raise ValueError(f"prompt has {have} {IMAGE_PLACEHOLDER} placeholder(s) but {num_images} image(s) were given")
-
-
 def train_tokenizer(
     corpus: Iterable[str],
     *,
@@ -165,20 +104,3 @@ def train_tokenizer(
         pad_vocabulary(tokenizer, base_vocab_size)
     add_image_tokens(tokenizer, max_images=max_images)
     return tokenizer
-
-
-def block_positions(input_ids: Sequence[int], base_vocab_size: int) -> list[tuple[int, int]]:
-    """``(start, end)`` spans (end exclusive) of every 34-id image block in ``input_ids``."""
-    spans = []
-    i = 0
-    n = len(input_ids)
-    while i < n:
-        if input_ids[i] == base_vocab_size:
-            end = i + BLOCK_LENGTH
-            if end > n or input_ids[end - 1] != base_vocab_size + 1:
-                raise ValueError(f"image block starting at position {i} is not {BLOCK_LENGTH} ids long")
-            spans.append((i, end))
-            i = end
-        else:
-            i += 1
-    return spans

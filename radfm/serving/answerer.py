@@ -155,11 +155,12 @@ class AnswerStream:
 
 
 def build_prompt(prompt: str, num_images: int) -> str:
-    """The prompt with one ``<image>`` per scan: placeholders as written, or prepended when absent.
+    """The prompt with one ``<image>`` per scan (the processor's rule,
+    :func:`radfm.model.processing.with_placeholders`), checked before any scan is read.
 
-    Raises ``ValueError`` when the prompt has placeholders but not one per scan.
+    Raises ``ValueError`` when the prompt is empty, or has placeholders but not one per scan.
     """
-    from radfm.model.tokenizer import with_placeholders
+    from radfm.model.processing import with_placeholders
 
     if not prompt.strip():
         raise ValueError("the prompt is empty")
@@ -178,22 +179,20 @@ def readable_cause(error: BaseException) -> str | None:
 
 
 class ModelAnswerer:
-    """A RadFM model + tokenizer + preprocessing behind the answerer interface."""
+    """A RadFM model and its processor behind the answerer interface."""
 
     def __init__(
         self,
         model,
-        tokenizer,
-        preprocess: Callable[..., Any] | None = None,
+        processor,
         identity: ModelIdentity | None = None,
         preprocess_options: dict[str, Any] | None = None,
         generate_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.model = model.eval()
+        self.processor = processor  # a RadFMProcessor: scans at the model's grid, prompt rules, decoding
         self.generate_kwargs = dict(generate_kwargs or {})  # e.g. synced_gpus=False under torchrun
-        self.tokenizer = tokenizer
-        self._preprocess = preprocess
-        self.preprocess_options = dict(preprocess_options or {})  # e.g. window, series_uid
+        self.preprocess_options = dict(preprocess_options or {})  # per-scan options: window, series_uid
         self.identity = identity or identity_of_model(model)
         self.max_images = int(getattr(getattr(model, "config", None), "max_images", 10))
 
@@ -203,19 +202,15 @@ class ModelAnswerer:
         """Load a saved model folder with :func:`radfm.load` (``load_options``: its device/dtype/placement)."""
         from radfm.model.loading import load
 
-        loaded = load(model_dir, **load_options)
-        return cls(loaded.model, loaded.tokenizer, loaded.preprocess, identity=identity_of_model_dir(model_dir),
-                   preprocess_options=preprocess_options)
+        model, processor = load(model_dir, **load_options)
+        return cls(model, processor, identity=identity_of_model_dir(model_dir), preprocess_options=preprocess_options)
 
     def prepare(self, scan_paths: Sequence[Path]) -> list[Any]:
-        """Each scan (file or DICOM folder) -> ``[3, H, W, D]`` float tensor (see ``preprocess_scan``)."""
-        preprocess = self._preprocess
-        if preprocess is None:
-            from radfm.transforms import preprocess_scan as preprocess
+        """Each scan (file or DICOM folder) -> ``[3, H, W, D]`` float tensor at the model's grid (the processor's)."""
         images = []
         for path in scan_paths:
             try:
-                images.append(preprocess(str(path), **self.preprocess_options))
+                images.append(self.processor.image_processor.process_one(str(path), **self.preprocess_options))
             except Exception as error:
                 reason = readable_cause(error)
                 if reason is None:
@@ -237,27 +232,26 @@ class ModelAnswerer:
         """Answers for several prompts in one ``generate`` call (left padded); ``stream`` only for one prompt."""
         import torch
 
-        from radfm.model.generation import build_prompt_batch, decode_new_tokens
-
         if stream is not None and len(prompts) != 1:
             raise ValueError("a stream follows one prompt")
         for scans in images:
             if len(scans) > self.max_images:
                 raise ValueError(f"{len(scans)} images given; this model takes at most {self.max_images} per prompt")
-        prompts = [build_prompt(prompt, len(scans)) for prompt, scans in zip(prompts, images)]
         if options.seed is not None:
             torch.manual_seed(options.seed)
         images = [[torch.as_tensor(image).float() for image in scans] for scans in images]  # MetaTensor -> tensor
+        tokenizer = self.processor.tokenizer
         kwargs = {**self.generate_kwargs, **options.hf_kwargs()}
-        kwargs.setdefault("eos_token_id", self.tokenizer.eos_token_id)
-        if self.tokenizer.pad_token_id is not None:
-            kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
+        if tokenizer.pad_token_id is not None:
+            kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
         stopping = list(_deadline_stopping_criteria() or [])
-        input_ids, attention_mask = build_prompt_batch(self.tokenizer, prompts, images,
-                                                       base_vocab_size=self.model.config.base_vocab_size)
+        # the prepared scans are at the processor's grid and pass through unchanged; the prompts get
+        # their <image> blocks and are tokenised here, once, in one tokenizer call
+        inputs = self.processor(text=list(prompts), images=images)
         if stream is not None:
-            stream.prompt_tokens = int(input_ids.shape[1])
-            kwargs["streamer"] = _text_streamer(self.tokenizer, stream)
+            stream.prompt_tokens = int(inputs["input_ids"].shape[1])
+            kwargs["streamer"] = _text_streamer(tokenizer, stream)
             stopping.append(_StreamStop(stream))
         if stopping:
             from transformers import StoppingCriteriaList
@@ -265,10 +259,10 @@ class ModelAnswerer:
             kwargs["stopping_criteria"] = StoppingCriteriaList(stopping)
         check_deadline()
         with torch.inference_mode():
-            new_tokens = self.model.generate(input_ids=input_ids, images=images, attention_mask=attention_mask, **kwargs)
+            new_tokens = self.model.generate(**inputs, **kwargs)
         check_deadline()  # stopped by the deadline: a cut-off answer is not an answer
         if stream is None:
-            return decode_new_tokens(self.tokenizer, new_tokens)
+            return self.processor.batch_decode(new_tokens)  # the one decoding of the answer
         return [stream.finish(stream.text.strip(), options.max_new_tokens)]
 
 

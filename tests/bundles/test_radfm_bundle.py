@@ -135,7 +135,7 @@ def test_instruct_from_pretrained_and_inference_cli(pretrained, phantom_data, tm
 
 def test_demo_model_rejects_scans_at_another_grid():
     """The demo model (trained at 128², depth 8) given 512² scans through the bundle: a clear error, no answers."""
-    from radfm.engines.grid import GridMismatchError
+    from radfm.model.processing import GridMismatchError
 
     # 1. the config's image_grid differs from the model's
     with pytest.raises(Exception) as caught:
@@ -158,7 +158,7 @@ def test_demo_model_rejects_scans_at_another_grid():
 
 
 def test_training_the_demo_model_at_another_grid_is_refused(phantom_data, tmp_path):
-    from radfm.engines.grid import GridMismatchError
+    from radfm.model.processing import GridMismatchError
 
     with pytest.raises(Exception) as caught:
         run_bundle(INSTRUCT, META, image_grid=STANDARD_GRID, model=str(RADFM_BUNDLE / "models" / "demo"),

@@ -79,10 +79,10 @@ def test_radfm_readme_command(command, phantom_data, tmp_path, monkeypatch, caps
                       output_dir=str(tmp_path / "out"), max_length=192)
         if kwargs.get("model") == "runs/pretrain/model":  # stage 1's output: make it first (tiny, 64² grid)
             from radfm.engines.build import load_model
-            from radfm.engines.grid import save_grid
+            from radfm.model.processing import RadFMImageProcessor
 
             load_model("tiny").save_pretrained(tmp_path / "pretrain_model")
-            save_grid(tmp_path / "pretrain_model", SMALL_GRID)
+            RadFMImageProcessor.at_grid(SMALL_GRID).save_grid(tmp_path / "pretrain_model")
             kwargs["model"] = str(tmp_path / "pretrain_model")
         if "image_grid" not in kwargs and "instruct.json" not in config:
             kwargs["image_grid"] = SMALL_GRID

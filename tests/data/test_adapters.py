@@ -5,7 +5,7 @@ import pytest
 from radfm.data.adapters import ADAPTERS, get_adapter
 from radfm.data.adapters._common import AdapterError
 from radfm.data.manifest import load_manifest, write_manifest
-from radfm.model.tokenizer import count_placeholders
+from radfm.model.processing import count_placeholders
 
 
 def _by_id(samples):

@@ -5,7 +5,7 @@ import pytest
 from radfm.data import tasks
 from radfm.data.manifest import ImageRef
 from radfm.data.prompts import load_bank, sample_prompt
-from radfm.model.tokenizer import count_placeholders
+from radfm.model.processing import count_placeholders
 
 ALL_TASKS = ["modality_inductive", "modality_open", "diagnosis_inductive", "diagnosis_open", "vqa", "report", "rationale"]
 IMG = [ImageRef("/x/a.png")]

@@ -4,7 +4,8 @@ import pytest
 from radfm.data.manifest import ImageRef, Sample
 from radfm.data.medical_terms import MedicalTermMatcher, default_matcher
 from radfm.data.sequences import IGNORE_INDEX, SequenceBuilder
-from radfm.model.tokenizer import BLOCK_LENGTH, block_positions, encode_prompt
+from radfm.model.processing import block_positions, encode_prompt
+from radfm.model.tokenizer import BLOCK_LENGTH
 
 
 @pytest.fixture()

@@ -37,7 +37,7 @@ def test_lora_trains_only_adapters_in_the_llm():
 def test_gradient_checkpointing_gives_the_same_gradients():
     from radfm.engines.build import load_model
     from radfm.engines.loss import weighted_next_token_loss
-    from radfm.model.tokenizer import image_token_ids
+    from radfm.model.processing import image_token_ids
 
     def grads(checkpointing: bool) -> dict[str, torch.Tensor]:
         model = load_model("tiny", seed=0, gradient_checkpointing=checkpointing).train()
@@ -88,24 +88,3 @@ def test_radfm_train_cli_help_and_bad_config(capsys, tmp_path):
     assert exit_info.value.code == 1 and "training config" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="training config"):  # --debug: the exception itself
         main(["train", str(tmp_path / "nope.json"), "--debug"])
-
-
-def test_grid_entry_validates_saves_and_names_both_grids(tmp_path):
-    from radfm.engines.grid import (GridMismatchError, as_grid, check_images, check_same_grid, model_grid, save_grid,
-                                    saved_grid, standard_grid)
-
-    assert model_grid("tiny") == standard_grid() == {"size_2d": [512, 512], "size_3d": [256, 256], "max_depth": 64}
-    with pytest.raises(ValueError, match="image_grid.*size_2d"):
-        as_grid({"size_2d": [100, 100]})
-    with pytest.raises(ValueError, match="unknown key"):
-        as_grid({"size": [64, 64]})
-    small = {"size_2d": [128, 128], "size_3d": [128, 128], "max_depth": 8}
-    save_grid(tmp_path, small)
-    assert saved_grid(tmp_path) == model_grid(tmp_path) == small
-    with pytest.raises(GridMismatchError, match=r"trained at 2D 128x128.*image_grid is 2D 512x512"):
-        check_same_grid(small, standard_grid())
-    check_images([torch.zeros(3, 128, 128, 4), torch.zeros(3, 128, 128, 8)], small)
-    with pytest.raises(GridMismatchError, match=r"x.png: preprocessed to \[3, 512, 512, 4\].*2D 128x128"):
-        check_images([torch.zeros(3, 512, 512, 4)], small, names=["x.png"])
-    with pytest.raises(GridMismatchError, match="depth 12"):
-        check_images([torch.zeros(3, 128, 128, 12)], small)

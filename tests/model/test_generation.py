@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from radfm.model.generation import build_prompt_batch, generate_text
-from radfm.model.tokenizer import image_token_ids
+from radfm.model.processing import encode_prompts, image_token_ids
 
 # (H, W, D) of the images of each prompt: 2D radiographs (512×512×4) mixed with small 3D volumes
 SHAPES = [
@@ -36,10 +35,10 @@ def batch_images(make_image):
     return [[make_image(shape, seed=10 * i + j) for j, shape in enumerate(shapes)] for i, shapes in enumerate(SHAPES)]
 
 
-def test_batch_of_8_greedy_equals_one_by_one(tiny_model, tiny_tokenizer, batch_images):
-    batched = generate_text(tiny_model, tiny_tokenizer, PROMPTS, batch_images, max_new_tokens=8)
+def test_batch_of_8_greedy_equals_one_by_one(tiny_model, tiny_tokenizer, batch_images, answers):
+    batched = answers(tiny_model, tiny_tokenizer, PROMPTS, batch_images, max_new_tokens=8)
     single = [
-        generate_text(tiny_model, tiny_tokenizer, [p], [imgs], max_new_tokens=8)[0]
+        answers(tiny_model, tiny_tokenizer, [p], [imgs], max_new_tokens=8)[0]
         for p, imgs in zip(PROMPTS, batch_images)
     ]
     assert batched == single
@@ -47,8 +46,8 @@ def test_batch_of_8_greedy_equals_one_by_one(tiny_model, tiny_tokenizer, batch_i
 
 
 def test_left_padded_forward_matches_unpadded(tiny_model, tiny_tokenizer, batch_images):
-    input_ids, mask = build_prompt_batch(
-        tiny_tokenizer, PROMPTS[:2], batch_images[:2], base_vocab_size=tiny_model.config.base_vocab_size
+    input_ids, mask = encode_prompts(
+        tiny_tokenizer, PROMPTS[:2], [len(i) for i in batch_images[:2]], base_vocab_size=tiny_model.config.base_vocab_size
     )
     with torch.no_grad():
         batched = tiny_model(input_ids=input_ids, images=batch_images[:2], attention_mask=mask).logits
@@ -58,7 +57,8 @@ def test_left_padded_forward_matches_unpadded(tiny_model, tiny_tokenizer, batch_
 
 
 def test_generate_stops_at_eos_and_returns_new_tokens_only(tiny_model, tiny_tokenizer, batch_images):
-    ids, mask = build_prompt_batch(tiny_tokenizer, PROMPTS[:1], batch_images[:1], base_vocab_size=tiny_model.config.base_vocab_size)
+    ids, mask = encode_prompts(tiny_tokenizer, PROMPTS[:1], [len(batch_images[0])],
+                               base_vocab_size=tiny_model.config.base_vocab_size)
     first = tiny_model.generate(input_ids=ids, images=batch_images[:1], attention_mask=mask, max_new_tokens=1)
     forced_eos = int(first[0, 0])  # declare the first greedy token to be EOS: generation must stop there
     new = tiny_model.generate(
@@ -67,25 +67,25 @@ def test_generate_stops_at_eos_and_returns_new_tokens_only(tiny_model, tiny_toke
     assert new.shape == (1, 1)
 
 
-def test_beam_sampling_and_streaming_run(tiny_model, tiny_tokenizer, batch_images):
+def test_beam_sampling_and_streaming_run(tiny_model, tiny_tokenizer, batch_images, answers):
     from transformers import TextIteratorStreamer
 
-    beams = generate_text(tiny_model, tiny_tokenizer, PROMPTS[:2], batch_images[:2], max_new_tokens=4, num_beams=3)
+    beams = answers(tiny_model, tiny_tokenizer, PROMPTS[:2], batch_images[:2], max_new_tokens=4, num_beams=3)
     torch.manual_seed(0)
-    sampled = generate_text(
+    sampled = answers(
         tiny_model, tiny_tokenizer, PROMPTS[:2], batch_images[:2], max_new_tokens=4, do_sample=True, top_p=0.9
     )
     assert len(beams) == len(sampled) == 2
     streamer = TextIteratorStreamer(tiny_tokenizer, skip_special_tokens=True)
-    answer = generate_text(tiny_model, tiny_tokenizer, PROMPTS[:1], batch_images[:1], max_new_tokens=6, streamer=streamer)
+    answer = answers(tiny_model, tiny_tokenizer, PROMPTS[:1], batch_images[:1], max_new_tokens=6, streamer=streamer)
     streamed = "".join(streamer)
     assert streamed.strip() == answer[0]
 
 
-def test_placeholder_count_mismatch_names_both_counts(tiny_model, tiny_tokenizer, make_image):
+def test_placeholder_count_mismatch_names_both_counts(tiny_model, tiny_tokenizer, make_image, answers):
     images = [[make_image((64, 64, 8), 0), make_image((64, 64, 8), 1)]]
     with pytest.raises(ValueError, match="1 <image> placeholder.*2 image"):
-        generate_text(tiny_model, tiny_tokenizer, ["<image> what is it?"], images)
+        answers(tiny_model, tiny_tokenizer, ["<image> what is it?"], images)
     ids = torch.tensor([[1, *image_token_ids(tiny_model.config.base_vocab_size, 0), 5]])
     with pytest.raises(ValueError, match="1 image placeholder block.*2 image"):
         tiny_model(input_ids=ids, images=images)

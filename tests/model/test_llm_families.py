@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from radfm.model.config import RadFMConfig
-from radfm.model.generation import build_prompt_batch, generate_text
+from radfm.model.processing import encode_prompts
 from radfm.model.radfm import RadFM
 
 FAMILIES = {
@@ -17,7 +17,7 @@ FAMILIES = {
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_family_runs_trains_and_generates(family, tiny_tokenizer, tiny_base_vocab, make_image):
+def test_family_runs_trains_and_generates(family, tiny_tokenizer, tiny_base_vocab, make_image, answers):
     base = RadFMConfig.preset("tiny")
     llm = {key: base.llm[key] for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                         "num_attention_heads", "num_key_value_heads", "max_position_embeddings")}
@@ -29,7 +29,7 @@ def test_family_runs_trains_and_generates(family, tiny_tokenizer, tiny_base_voca
 
     prompts = ["<image> Findings:", "Compare <image> and <image>."]
     images = [[make_image((512, 512, 4), 1)], [make_image((64, 64, 8), 2), make_image((64, 64, 16), 3)]]
-    input_ids, mask = build_prompt_batch(tiny_tokenizer, prompts, images, base_vocab_size=tiny_base_vocab)
+    input_ids, mask = encode_prompts(tiny_tokenizer, prompts, [len(i) for i in images], base_vocab_size=tiny_base_vocab)
     labels = input_ids.masked_fill((mask == 0) | (input_ids >= tiny_base_vocab), -100)
 
     model.train()
@@ -44,5 +44,5 @@ def test_family_runs_trains_and_generates(family, tiny_tokenizer, tiny_base_voca
     assert not torch.equal(before, model.perceiver.latents)
 
     model.eval()
-    answers = generate_text(model, tiny_tokenizer, prompts, images, max_new_tokens=3)
-    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    texts = answers(model, tiny_tokenizer, prompts, images, max_new_tokens=3)
+    assert len(texts) == 2 and all(isinstance(a, str) for a in texts)

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import pytest
 import torch
-from monai.transforms import Compose
 
 from radfm.model.config import RadFMConfig
-from radfm.model.loading import load
+from radfm.model.loading import LoadedModel, load
+from radfm.model.processing import RadFMProcessor
 from radfm.model.radfm import RadFM
 
 
-def test_tiny_preset_gives_matching_tokenizer(tmp_path):
-    model, tokenizer, preprocessing = load("tiny")
-    assert tokenizer.convert_tokens_to_ids("<image>") == model.config.base_vocab_size
-    assert isinstance(preprocessing, Compose)
+def test_load_returns_model_and_processor(tmp_path):
+    """``model, processor = radfm.load(...)``: two objects, the processor's tokenizer matching the model."""
+    loaded = load("tiny")
+    model, processor = loaded
+    assert isinstance(loaded, LoadedModel) and len(loaded) == 2
+    assert loaded.model is model and loaded.processor is processor and isinstance(processor, RadFMProcessor)
+    assert not hasattr(loaded, "preprocessing") and not hasattr(loaded, "preprocess_options")
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == model.config.base_vocab_size
     model.save_pretrained(tmp_path / "m")
-    again, tokenizer2, _ = load(tmp_path / "m", dtype="bfloat16")
+    again, processor2 = load(tmp_path / "m", dtype="bfloat16")
     assert again.dtype == torch.bfloat16
-    assert tokenizer2.get_vocab() == tokenizer.get_vocab()
+    assert processor2.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+    assert processor2.image_processor.grid == processor.image_processor.grid
     with pytest.raises(ValueError, match="neither a model directory nor a preset"):
         load(tmp_path / "missing")
 

@@ -8,13 +8,12 @@ import torch
 
 from radfm.model.loading import load
 from radfm.model.loading import parse_max_memory
-from radfm.model.generation import generate_text
 
 
 @pytest.fixture(scope="module")
 def plain(tiny_model_dir):
-    model, tokenizer, _ = load(tiny_model_dir, device="cpu", dtype="float32")
-    return model, tokenizer
+    model, processor = load(tiny_model_dir, device="cpu", dtype="float32")
+    return model, processor.tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +37,10 @@ def _offload_half_map(num_layers: int) -> dict[str, str]:
     return device_map
 
 
-def test_disk_offload_of_half_the_layers_gives_identical_outputs(tiny_model_dir, tmp_path, plain, inputs):
+def test_disk_offload_of_half_the_layers_gives_identical_outputs(tiny_model_dir, tmp_path, plain, inputs, answers):
     model, tokenizer = plain
     layers = model.config.llm["num_hidden_layers"]
-    offloaded, _, _ = load(tiny_model_dir, device_map=_offload_half_map(layers), dtype="float32",
+    offloaded, _ = load(tiny_model_dir, device_map=_offload_half_map(layers), dtype="float32",
                            offload_folder=str(tmp_path / "offload"))
     on_meta = {n for n, p in offloaded.named_parameters() if p.device.type == "meta"}
     assert any(f"layers.{layers - 1}." in n for n in on_meta) and not any("layers.0." in n for n in on_meta)
@@ -49,15 +48,15 @@ def test_disk_offload_of_half_the_layers_gives_identical_outputs(tiny_model_dir,
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids, images=images).logits, offloaded(input_ids=ids, images=images).logits)
     prompt = ["<image> and <image>: findings?"]
-    assert generate_text(model, tokenizer, prompt, images, max_new_tokens=6) == \
-        generate_text(offloaded, tokenizer, prompt, images, max_new_tokens=6)
+    assert answers(model, tokenizer, prompt, images, max_new_tokens=6) == \
+        answers(offloaded, tokenizer, prompt, images, max_new_tokens=6)
 
 
 def test_auto_device_map_with_memory_cap_spills_to_disk(tiny_model_dir, tmp_path, plain, inputs):
     model, _ = plain
     vision_bytes = sum(p.numel() * 4 for n, p in model.named_parameters() if not n.startswith("language_model"))
     llm_bytes = sum(p.numel() * 4 for p in model.language_model.parameters())
-    capped, _, _ = load(tiny_model_dir, device_map="sequential", dtype="float32",
+    capped, _ = load(tiny_model_dir, device_map="sequential", dtype="float32",
                         max_memory={"cpu": vision_bytes + llm_bytes // 2}, offload_folder=str(tmp_path / "off"))
     placed = set(capped.hf_device_map.values())
     assert placed == {"cpu", "disk"}
@@ -75,7 +74,7 @@ def test_vision_side_must_share_the_embedding_device(tiny_model_dir, plain, tmp_
 
 
 def test_bf16_loading(tiny_model_dir):
-    model, _, _ = load(tiny_model_dir, device="cpu", dtype="bfloat16")
+    model, _ = load(tiny_model_dir, device="cpu", dtype="bfloat16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 

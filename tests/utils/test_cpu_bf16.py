@@ -63,7 +63,7 @@ def test_tiny_model_in_bf16_on_an_avx2_cpu_warns(avx2_only):
     from radfm.model.loading import load
 
     with pytest.warns(RuntimeWarning, match="bfloat16 on this CPU"):
-        model, _, _ = load("tiny", device="cpu", dtype="bfloat16")
+        model, _ = load("tiny", device="cpu", dtype="bfloat16")
     assert next(model.parameters()).dtype == torch.bfloat16
 
 

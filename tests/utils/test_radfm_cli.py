@@ -52,12 +52,12 @@ def test_preprocess_shows_what_the_demo_model_receives(capsys):
 def test_preprocess_applies_the_models_own_options(tmp_path, capsys):
     import shutil
 
-    from radfm.engines.grid import save_grid
     from radfm.model.loading import demo_model_dir
+    from radfm.model.processing import RadFMImageProcessor
 
     model = tmp_path / "model"
     shutil.copytree(demo_model_dir(), model, ignore=shutil.ignore_patterns("*.safetensors", "*.md"))
-    save_grid(model, {"size_2d": [64, 64], "size_3d": [32, 32], "max_depth": 4})  # into its processor
+    RadFMImageProcessor.at_grid({"size_2d": [64, 64], "size_3d": [32, 32], "max_depth": 4}).save_grid(model)  # its processor
     main(["preprocess", _sample("xray_phantom.png"), "--model", str(model)])
     assert "shape (3, 64, 64, 4)" in capsys.readouterr().out
 
