@@ -169,3 +169,17 @@ def _radfm_server(args: Sequence[str], ready_path: str, timeout_s: float = 60) -
 def radfm_server():
     """``radfm_server(args, ready_path, timeout_s)``: a context manager running a ``radfm`` server subprocess."""
     return _radfm_server
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI (``CI`` set) a skipped test is a failure: .ci/run installs every prerequisite, so a skip
+    there means one went missing (a package, a Debian tool) and the test did not run."""
+    if not os.environ.get("CI"):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped:
+        where = sorted({str(getattr(report, "nodeid", "")) or str(report.location[0]) for report in skipped})
+        print(f"\nCI: {len(skipped)} test(s) or module(s) skipped; in CI a missing prerequisite fails:\n  "
+              + "\n  ".join(where[:20]), file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
