@@ -6,6 +6,7 @@ multiple of 4; output ``[N, (H/32)(W/32)(D/4), dim]`` patch tokens (no CLS, no f
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -15,6 +16,9 @@ from einops import rearrange
 from torch import nn
 
 from radfm.model.config import VisionConfig
+from radfm.model.recompute import selective_checkpoint
+
+PATCHES_PER_BAND = 256  # patch embedding under checkpointing: patches per recomputed band
 
 PREPROCESS_HINT = "use radfm.transforms.preprocess_scan (2D -> 3x512x512x4, 3D -> 3x256x256xD')"
 
@@ -51,8 +55,24 @@ class PatchEmbedding3D(nn.Module):
         self.projection = nn.Linear(config.patch_dim, config.dim)
         self.output_norm = nn.LayerNorm(config.dim)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``[N, C, H, W, D]`` -> ``[N, (H/p)(W/p)(D/pf), dim]`` patch embeddings."""
+    def forward(self, images: torch.Tensor, checkpointed: bool = False) -> torch.Tensor:
+        """``[N, C, H, W, D]`` -> ``[N, (H/p)(W/p)(D/pf), dim]`` patch embeddings.
+
+        ``checkpointed``: run in bands of patch rows (about 256 patches each) under selective
+        checkpointing, so the 12288-wide patches and their LayerNorm are never held for the
+        whole image (recomputed band by band in the backward pass; the matmul output is kept).
+        """
+        if not checkpointed:
+            return self._embed(images)
+        rows = images.shape[2] // self.patch_size
+        per_row = (images.shape[3] // self.patch_size) * (images.shape[4] // self.frame_patch_size)
+        band = self.patch_size * max(1, PATCHES_PER_BAND // per_row)  # tokens are ordered h first
+        return torch.cat(
+            [selective_checkpoint(self._embed, images[:, :, top : top + band]) for top in range(0, rows * self.patch_size, band)],
+            dim=1,
+        )
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
         # published flattening order inside a patch: rows, columns, depth, then channel
         patches = rearrange(
             images,
@@ -165,11 +185,16 @@ class VisionEncoder3D(nn.Module):
         check_image_shape(images.shape[1:], self.config, where="image batch")
         _, _, h, w, d = images.shape
         grid = (h // self.config.patch_size, w // self.config.patch_size, d // self.config.frame_patch_size)
-        tokens = self.patch_embedding(images) + self.position_embedding(*grid).to(images.dtype)
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        tokens = self.patch_embedding(images, checkpointed=checkpointing) + self.position_embedding(*grid).to(images.dtype)
         tokens = self.embedding_dropout(tokens)
+        checkpoint = None
+        if checkpointing:
+            # the function transformers' activation_checkpointing_enable set (full or selective),
+            # else plain non-reentrant checkpointing
+            checkpoint = getattr(self, "_gradient_checkpointing_func", None) or functools.partial(
+                torch.utils.checkpoint.checkpoint, use_reentrant=False
+            )
         for block in self.blocks:
-            if self.gradient_checkpointing and self.training:
-                tokens = torch.utils.checkpoint.checkpoint(block, tokens, use_reentrant=False)
-            else:
-                tokens = block(tokens)
+            tokens = checkpoint(block, tokens) if checkpoint is not None else block(tokens)
         return tokens
