@@ -7,17 +7,24 @@ iteration (forward, weighted loss, backward, AdamW step) on synthetic batches of
 
     python scripts/bench_train.py --output bench_train.md            # all four configurations
     python scripts/bench_train.py --configs tiny --steps 5
-    python scripts/bench_train.py --compare-published --output bench_train_vs_published.md
+    python scripts/bench_train.py --compare-published --steps 2 --rounds 3 --batch-size 1 --text-tokens 64 \
+        --threads 1 --output bench_train_vs_published.md
 
 ``--compare-published``: in ONE process, on the same weights and the same batch (one 3D scan
 [3, 256, 256, 64] + text per sample, fp32, forward + backward + AdamW), our trainer's step
-(``RadFMTrainer``, driven by Ignite) against the published code's step as the spec describes it:
-image tokens embedded through a one-hot matrix over a per-sample table ``[V+2+32S, hidden]``
-(``RADFM_SPEC.md`` §1), the weighted loss, AdamW, gradients zeroed after the step (HF ``Trainer``).
-Both with and without gradient checkpointing. Peak memory per phase: the process's peak RSS
-(``VmHWM``), reset through ``/proc/self/clear_refs`` (after ``malloc_trim``) before each phase,
-minus the RSS at the phase start. The CPU model is small (``--model cpu-small``); say so when
-quoting the figures.
+(``RadFMTrainer`` driven by Ignite, as ``bundles/radfm/configs/train.json`` builds it: fused AdamW
+from ``make_optimizer``, logits only where the loss weight is non-zero) against the published
+code's step as the spec describes it: image tokens embedded through a one-hot matrix over a
+per-sample table ``[V+2+32S, hidden]`` (``RADFM_SPEC.md`` §1), full logits, the weighted loss,
+torch's default AdamW, gradients zeroed after the step (HF ``Trainer``); plus ``ours, before``
+(our trainer with torch's default AdamW and full logits: the step before those two changes). For each
+``--modes`` entry: ``off``, ``full`` (both steps with the model's checkpointing) and ``selective``
+(ours only). Dropout is off everywhere (``--attention-dropout`` keeps the ViT's attention
+dropout, which sends CPU SDPA to its math path). Timing: alternating rounds, median CPU and
+wall time per step. Memory: one round per phase in a second, fresh process started with glibc's mmap
+threshold fixed, so the RSS follows the live tensors; the peak RSS (``VmHWM``, reset through
+``/proc/self/clear_refs``) minus the RSS at the phase start. The CPU model is small
+(``cpu-small``); say so when quoting the figures.
 
 Sizes: ``tiny`` = the tiny preset; ``small`` = the published vision encoder and perceiver
 (768 wide, 12 blocks; perceiver 6 layers) + a 4-layer 1024-wide LLaMA-style LLM (vocab 32000).
@@ -122,8 +129,11 @@ def published_embedding(model, input_ids, images):
 
 def compare_published(steps: int, batch_size: int, text_tokens: int, threads: int, scan: tuple[int, int, int],
                       rounds: int = 2, modes: tuple[str, ...] = ("off", "full", "selective"),
-                      attention_dropout: bool = False) -> dict:
-    """Our trainer's step vs the published step, same weights and batch, one process (see the module doc)."""
+                      attention_dropout: bool = False, memory_only: bool = False) -> dict:
+    """Our trainer's step vs the published step, same weights and batch, one process (see the module doc).
+
+    Returns the timing rows; with ``memory_only``, ``{"peaks": [...]}``: one memory round per phase.
+    """
     import copy
 
     import torch
@@ -191,43 +201,57 @@ def compare_published(steps: int, batch_size: int, text_tokens: int, threads: in
         return run_trainer(n, torch.optim.AdamW(model.parameters(), lr=1e-5), False)
 
     all_phases = {"published": published, "ours": ours, "ours, before": ours_before}
-    samples: dict = {}
-    for mode in modes:
-        names = ["ours"] if mode == "selective" else list(all_phases)  # the published code has no selective mode
-        phases = [(name, all_phases[name]) for name in names]
+
+    def set_mode(mode: str) -> list[str]:
         model.activation_checkpointing_disable()
         if checkpointing_mode(mode) is not None:
             model.activation_checkpointing_enable(mode=checkpointing_mode(mode))
-        # rounds + 1: the last one measures memory only, with glibc's mmap threshold fixed
-        # (see _fixed_mmap_threshold), after every timing round of every mode
+        return ["ours"] if mode == "selective" else list(all_phases)  # the published code has no selective mode
+
+    def fresh_phase(run) -> None:
+        model.load_state_dict(initial)
+        run(1)  # warm-up: allocator, kernels
+        model.load_state_dict(initial)
+        model.zero_grad(set_to_none=True)  # every phase starts without gradients
+
+    if memory_only:  # this process was started with the mmap threshold fixed (see main)
+        peaks = []
+        for mode in modes:
+            for name in set_mode(mode):
+                fresh_phase(all_phases[name])
+                start_rss = _peak_reset()
+                all_phases[name](steps)
+                peaks.append({"step": name, "gradient_checkpointing": mode,
+                              "peak_gib": (_peak_rss() - start_rss) / 2**30})
+        return {"peaks": peaks}
+
+    times: dict = {}
+    for mode in modes:
+        phases = [(name, all_phases[name]) for name in set_mode(mode)]
         for round_ in range(rounds):  # phases alternate so that machine noise hits all of them
             for name, run in phases if round_ % 2 == 0 else phases[::-1]:
-                model.load_state_dict(initial)
-                run(1)  # warm-up: allocator, kernels
-                model.load_state_dict(initial)
-                model.zero_grad(set_to_none=True)  # every phase starts without gradients
-                samples.setdefault((name, mode), {"times": [], "peaks": []})["times"] += run(steps)
-    _fixed_mmap_threshold()
-    for mode in modes:
-        names = ["ours"] if mode == "selective" else list(all_phases)
-        model.activation_checkpointing_disable()
-        if checkpointing_mode(mode) is not None:
-            model.activation_checkpointing_enable(mode=checkpointing_mode(mode))
-        for name in names:
-            model.load_state_dict(initial)
-            all_phases[name](1)
-            model.load_state_dict(initial)
-            model.zero_grad(set_to_none=True)
-            start_rss = _peak_reset()
-            all_phases[name](steps)
-            samples[(name, mode)]["peaks"].append((_peak_rss() - start_rss) / 2**30)
+                fresh_phase(run)
+                times.setdefault((name, mode), []).extend(run(steps))
     model.activation_checkpointing_disable()
-    results = {key: {"s_per_step": statistics.median(t[0] for t in v["times"]),
-                     "cpu_s_per_step": statistics.median(t[1] for t in v["times"]),
-                     "peak_gib": statistics.median(v["peaks"])} for key, v in samples.items()}
+    rows = [{"step": name, "gradient_checkpointing": mode, "s_per_step": statistics.median(t[0] for t in v),
+             "cpu_s_per_step": statistics.median(t[1] for t in v)} for (name, mode), v in times.items()]
     return {"parameters": sum(p.numel() for p in model.parameters()), "scan": list(scan), "steps": steps,
             "rounds": rounds, "batch_size": batch_size, "text_tokens": text_tokens, "threads": threads,
-            "attention_dropout": attention_dropout, "rows": [{"step": k[0], "gradient_checkpointing": k[1], **v} for k, v in results.items()]}
+            "attention_dropout": attention_dropout, "rows": rows}
+
+
+def memory_in_subprocess(args: argparse.Namespace) -> dict[tuple[str, str], float]:
+    """Peak memory per (step, mode), measured in a fresh process with glibc's mmap threshold fixed."""
+    cmd = [sys.executable, __file__, "--compare-published", "--memory-only", "--steps", str(args.steps),
+           "--batch-size", str(args.batch_size), "--text-tokens", str(args.text_tokens), "--threads",
+           str(args.threads), "--scan", args.scan, "--modes", args.modes]
+    if args.attention_dropout:
+        cmd.append("--attention-dropout")
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"memory measurement failed:\n{result.stderr[-2000:]}")
+    peaks = json.loads(result.stdout.strip().splitlines()[-1])["peaks"]
+    return {(row["step"], row["gradient_checkpointing"]): row["peak_gib"] for row in peaks}
 
 
 def published_report(result: dict, command: str) -> list[str]:
@@ -245,10 +269,11 @@ def published_report(result: dict, command: str) -> list[str]:
            "attention matrices; in both steps). " if result["attention_dropout"] else "dropout off everywhere. ")
         + "`published` = the spec's step (one-hot embedding, full logits, torch's default AdamW); "
         "`ours` = `RadFMTrainer` as the bundle runs it (fused AdamW from `make_optimizer`, logits only where "
-        "the loss weight is non-zero); `ours, before` = the trainer before this change (default AdamW, full "
-        "logits). Peak = peak RSS during a phase's timed steps minus the RSS at its start (no gradients alive "
-        "at the start), measured in a separate last round with glibc's mmap threshold fixed at 64 KiB so that "
-        "the RSS follows the live tensors. "
+        "the loss weight is non-zero); `ours, before` = the same trainer with torch's default AdamW and full "
+        "logits (the step before these two changes). Both steps run the same model, so `published` with "
+        "checkpointing uses our checkpointing modes (banded patch embedding included). Peak = peak RSS during a phase's timed steps minus the RSS at its start (no gradients alive "
+        "at the start), measured in a second process (same seed, weights and batch) that fixes glibc's mmap "
+        "threshold at 64 KiB first, so that the RSS follows the live tensors. "
         "Ratios are against the published step with the same checkpointing (`selective`: against the "
         "published step without checkpointing).", "",
         "| gradient checkpointing | step | wall s/step | CPU s/step | CPU time vs published | peak (GiB) | memory vs published |",
@@ -338,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="--compare-published: keep the ViT's attention dropout (0.1) in both steps")
     parser.add_argument("--modes", default="off,full,selective",
                         help="--compare-published: gradient checkpointing modes (off, full, selective)")
+    parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", nargs=2, metavar=("SIZE", "CHECKPOINTING"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -349,8 +375,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare_published:
         scan = tuple(int(n) for n in args.scan.split(","))
         modes = tuple(args.modes.split(","))
+        if args.memory_only:
+            _fixed_mmap_threshold()  # before anything is allocated
+            print(json.dumps(compare_published(args.steps, args.batch_size, args.text_tokens, args.threads, scan,
+                                               args.rounds, modes, args.attention_dropout, memory_only=True)))
+            return 0
         result = compare_published(args.steps, args.batch_size, args.text_tokens, args.threads, scan, args.rounds, modes,
                                    args.attention_dropout)
+        peaks = memory_in_subprocess(args)
+        for row in result["rows"]:
+            row["peak_gib"] = peaks[(row["step"], row["gradient_checkpointing"])]
         command = "python scripts/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:])
         lines = published_report(result, command)
         Path(args.output).write_text("\n".join(lines) + "\n", encoding="utf-8")

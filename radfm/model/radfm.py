@@ -224,10 +224,8 @@ class RadFMForConditionalGeneration(RadFMPreTrainedModel, GenerationMixin):
             step = self.vision_batch_size or len(indices)
             for start in range(0, len(indices), step):
                 chunk = indices[start : start + step]
-                if len(chunk) == 1:  # a view, not a copy: autograd may keep it until the backward pass
-                    pixels = _plain(images[chunk[0]]).unsqueeze(0).to(self.device, vision_dtype)
-                else:
-                    pixels = torch.stack([_plain(images[i]) for i in chunk]).to(self.device, vision_dtype)
+                # a list, not a torch.stack copy (48 MiB per 256²×64 scan that autograd may keep)
+                pixels = [_plain(images[i]).to(self.device, vision_dtype) for i in chunk]
                 latents = self.perceiver(self.vision_encoder(pixels))
                 out[chunk] = self.projection(latents).to(out.device)
         return out

@@ -11,7 +11,6 @@ tensors (3 × 48 MiB in fp32) are the largest activations of the vision side.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +32,9 @@ _SAVED_OPS = frozenset(
 )
 
 
-def selective_checkpoint_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> torch.utils.checkpoint.CheckpointPolicy:
+def selective_checkpoint_policy(
+    ctx: Any, op: Any, *args: Any, **kwargs: Any
+) -> torch.utils.checkpoint.CheckpointPolicy:
     """Keep matmul and attention outputs, recompute the rest (``create_selective_checkpoint_contexts``)."""
     if op in _SAVED_OPS:
         return torch.utils.checkpoint.CheckpointPolicy.MUST_SAVE

@@ -67,10 +67,8 @@ class PatchEmbedding3D(nn.Module):
         rows = images.shape[2] // self.patch_size
         per_row = (images.shape[3] // self.patch_size) * (images.shape[4] // self.frame_patch_size)
         band = self.patch_size * max(1, PATCHES_PER_BAND // per_row)  # tokens are ordered h first
-        return torch.cat(
-            [selective_checkpoint(self._embed, images[:, :, top : top + band]) for top in range(0, rows * self.patch_size, band)],
-            dim=1,
-        )
+        bands = [images[:, :, top : top + band] for top in range(0, rows * self.patch_size, band)]
+        return torch.cat([selective_checkpoint(self._embed, pixels) for pixels in bands], dim=1)
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         # published flattening order inside a patch: rows, columns, depth, then channel
@@ -180,13 +178,27 @@ class VisionEncoder3D(nn.Module):
         self.blocks = nn.ModuleList(ViTBlock(config) for _ in range(config.depth))
         self.gradient_checkpointing = False
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``[N, 3, H, W, D]`` (same shape for all N) -> ``[N, T, dim]`` tokens, T = (H/32)(W/32)(D/4)."""
-        check_image_shape(images.shape[1:], self.config, where="image batch")
-        _, _, h, w, d = images.shape
+    def forward(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """``[N, 3, H, W, D]``, or a list of N same-shaped ``[3, H, W, D]`` -> ``[N, T, dim]`` tokens.
+
+        T = (H/32)(W/32)(D/4). A list is never stacked into one copy: each image goes through the
+        patch embedding on its own (under checkpointing only views of it are kept), the blocks run
+        on the batch.
+        """
+        shapes = {tuple(images.shape[1:])} if isinstance(images, torch.Tensor) else {tuple(i.shape) for i in images}
+        if len(shapes) != 1:
+            raise ValueError(f"image batch: the images must share one shape, got {sorted(shapes)}")
+        shape = shapes.pop()
+        check_image_shape(shape, self.config, where="image batch")
+        _, h, w, d = shape
         grid = (h // self.config.patch_size, w // self.config.patch_size, d // self.config.frame_patch_size)
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        tokens = self.patch_embedding(images, checkpointed=checkpointing) + self.position_embedding(*grid).to(images.dtype)
+        if isinstance(images, torch.Tensor):
+            dtype, tokens = images.dtype, self.patch_embedding(images, checkpointed=checkpointing)
+        else:
+            dtype = images[0].dtype
+            tokens = torch.cat([self.patch_embedding(i.unsqueeze(0), checkpointed=checkpointing) for i in images])
+        tokens = tokens + self.position_embedding(*grid).to(dtype)
         tokens = self.embedding_dropout(tokens)
         checkpoint = None
         if checkpointing:
