@@ -102,8 +102,9 @@ def test_trainer_step_equals_the_published_step(batch_and_published, checkpointi
 def test_checkpointing_modes_are_named():
     from radfm.engines.build import checkpointing_mode
 
-    assert [checkpointing_mode(v) for v in (False, None, "none", True, "full", "selective")] == [
-        None, None, None, "full", "full", "selective"]
+    # "false"/"true": how `--gradient_checkpointing false` arrives from the command line (it used to turn it on)
+    assert [checkpointing_mode(v) for v in (False, None, "none", "false", True, "true", "full", "selective")] == [
+        None, None, None, None, "full", "full", "full", "selective"]
     with pytest.raises(ValueError, match="gradient_checkpointing: expected false, true, 'full' or 'selective'"):
         checkpointing_mode("partial")
     model = load_model("tiny", seed=0)
