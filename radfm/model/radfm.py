@@ -26,6 +26,7 @@ from radfm.model import official
 from radfm.model.config import RadFMConfig
 from radfm.model.embedding import embed_with_images
 from radfm.model.perceiver import PerceiverResampler
+from radfm.model.recompute import checkpoint_kwargs
 from radfm.model.tokenizer import TOKENS_PER_IMAGE
 from radfm.model.vision import VisionEncoder3D, check_image_shape
 
@@ -182,9 +183,18 @@ class RadFMForConditionalGeneration(RadFMPreTrainedModel, GenerationMixin):
     def get_decoder(self) -> nn.Module:
         return self.language_model.get_decoder()
 
-    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
-        """Recompute activations in the backward pass (vision encoder and LLM); non-reentrant by default."""
-        kwargs_ = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
+                                        mode: str = "full", **kwargs: Any) -> None:
+        """Recompute activations in the backward pass (ViT blocks and LLM decoder layers); non-reentrant.
+
+        ``mode``: ``"full"`` keeps only each block's input and recomputes the whole block;
+        ``"selective"`` also keeps the outputs of the matrix products and attention inside the
+        blocks and recomputes only the cheap elementwise ops (norms, activations, residual adds,
+        rotary), so the backward pass redoes almost no FLOPs, for a smaller memory saving
+        (``radfm.model.recompute``). Other keywords go to transformers' method (``every_n_layers``,
+        ``offload``).
+        """
+        kwargs_ = checkpoint_kwargs(mode, activation_checkpointing_kwargs)
         super().activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs_, **kwargs)
 
     # ---- properties ------------------------------------------------------------------
@@ -214,7 +224,8 @@ class RadFMForConditionalGeneration(RadFMPreTrainedModel, GenerationMixin):
             step = self.vision_batch_size or len(indices)
             for start in range(0, len(indices), step):
                 chunk = indices[start : start + step]
-                pixels = torch.stack([_plain(images[i]) for i in chunk]).to(self.device, vision_dtype)
+                # a list, not a torch.stack copy (48 MiB per 256²×64 scan that autograd may keep)
+                pixels = [_plain(images[i]).to(self.device, vision_dtype) for i in chunk]
                 latents = self.perceiver(self.vision_encoder(pixels))
                 out[chunk] = self.projection(latents).to(out.device)
         return out

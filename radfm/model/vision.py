@@ -6,6 +6,7 @@ multiple of 4; output ``[N, (H/32)(W/32)(D/4), dim]`` patch tokens (no CLS, no f
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -15,6 +16,9 @@ from einops import rearrange
 from torch import nn
 
 from radfm.model.config import VisionConfig
+from radfm.model.recompute import selective_checkpoint
+
+PATCHES_PER_BAND = 256  # patch embedding under checkpointing: patches per recomputed band
 
 PREPROCESS_HINT = "use radfm.transforms.preprocess_scan (2D -> 3x512x512x4, 3D -> 3x256x256xD')"
 
@@ -51,8 +55,22 @@ class PatchEmbedding3D(nn.Module):
         self.projection = nn.Linear(config.patch_dim, config.dim)
         self.output_norm = nn.LayerNorm(config.dim)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``[N, C, H, W, D]`` -> ``[N, (H/p)(W/p)(D/pf), dim]`` patch embeddings."""
+    def forward(self, images: torch.Tensor, checkpointed: bool = False) -> torch.Tensor:
+        """``[N, C, H, W, D]`` -> ``[N, (H/p)(W/p)(D/pf), dim]`` patch embeddings.
+
+        ``checkpointed``: run in bands of patch rows (about 256 patches each) under selective
+        checkpointing, so the 12288-wide patches and their LayerNorm are never held for the
+        whole image (recomputed band by band in the backward pass; the matmul output is kept).
+        """
+        if not checkpointed:
+            return self._embed(images)
+        rows = images.shape[2] // self.patch_size
+        per_row = (images.shape[3] // self.patch_size) * (images.shape[4] // self.frame_patch_size)
+        band = self.patch_size * max(1, PATCHES_PER_BAND // per_row)  # tokens are ordered h first
+        bands = [images[:, :, top : top + band] for top in range(0, rows * self.patch_size, band)]
+        return torch.cat([selective_checkpoint(self._embed, pixels) for pixels in bands], dim=1)
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
         # published flattening order inside a patch: rows, columns, depth, then channel
         patches = rearrange(
             images,
@@ -160,16 +178,35 @@ class VisionEncoder3D(nn.Module):
         self.blocks = nn.ModuleList(ViTBlock(config) for _ in range(config.depth))
         self.gradient_checkpointing = False
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``[N, 3, H, W, D]`` (same shape for all N) -> ``[N, T, dim]`` tokens, T = (H/32)(W/32)(D/4)."""
-        check_image_shape(images.shape[1:], self.config, where="image batch")
-        _, _, h, w, d = images.shape
+    def forward(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """``[N, 3, H, W, D]``, or a list of N same-shaped ``[3, H, W, D]`` -> ``[N, T, dim]`` tokens.
+
+        T = (H/32)(W/32)(D/4). A list is never stacked into one copy: each image goes through the
+        patch embedding on its own (under checkpointing only views of it are kept), the blocks run
+        on the batch.
+        """
+        shapes = {tuple(images.shape[1:])} if isinstance(images, torch.Tensor) else {tuple(i.shape) for i in images}
+        if len(shapes) != 1:
+            raise ValueError(f"image batch: the images must share one shape, got {sorted(shapes)}")
+        shape = shapes.pop()
+        check_image_shape(shape, self.config, where="image batch")
+        _, h, w, d = shape
         grid = (h // self.config.patch_size, w // self.config.patch_size, d // self.config.frame_patch_size)
-        tokens = self.patch_embedding(images) + self.position_embedding(*grid).to(images.dtype)
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        if isinstance(images, torch.Tensor):
+            dtype, tokens = images.dtype, self.patch_embedding(images, checkpointed=checkpointing)
+        else:
+            dtype = images[0].dtype
+            tokens = torch.cat([self.patch_embedding(i.unsqueeze(0), checkpointed=checkpointing) for i in images])
+        tokens = tokens + self.position_embedding(*grid).to(dtype)
         tokens = self.embedding_dropout(tokens)
+        checkpoint = None
+        if checkpointing:
+            # the function transformers' activation_checkpointing_enable set (full or selective),
+            # else plain non-reentrant checkpointing
+            checkpoint = getattr(self, "_gradient_checkpointing_func", None) or functools.partial(
+                torch.utils.checkpoint.checkpoint, use_reentrant=False
+            )
         for block in self.blocks:
-            if self.gradient_checkpointing and self.training:
-                tokens = torch.utils.checkpoint.checkpoint(block, tokens, use_reentrant=False)
-            else:
-                tokens = block(tokens)
+            tokens = checkpoint(block, tokens) if checkpoint is not None else block(tokens)
         return tokens

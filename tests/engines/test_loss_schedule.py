@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from radfm.engines.loss import weighted_next_token_loss, weighted_token_ce_sums
+from radfm.engines.loss import loss_positions, weighted_next_token_loss, weighted_token_ce_sums
 from radfm.engines.schedule import WarmupCosine, warmup_cosine_scheduler
 
 
@@ -40,6 +40,26 @@ def test_weighted_loss_differs_from_plain_mean_and_ignores_zero_weight():
         weighted_next_token_loss(logits, ids_img, weights_bad)
     with pytest.raises(ValueError, match="expected logits"):
         weighted_next_token_loss(logits[0], ids, weights)
+
+
+def test_logits_at_weighted_positions_only_give_the_same_loss():
+    """Issue 21: the trainer asks the LM for the logits where the next token has a weight only."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 11)
+    ids = torch.randint(0, 11, (2, 6))
+    ids[0, 2] = 13  # an image token (id >= V): weight 0, so its logits are never computed
+    weights = torch.tensor([[0, 0, 0, 1, 3, 1], [0, 1, 0, 0, 2, 0]], dtype=torch.float)
+    keep = loss_positions(weights)
+    assert keep.tolist() == [[False, False, True, True, True, False], [True, False, False, True, False, False]]
+    full = weighted_token_ce_sums(logits, ids, weights)
+    selected = weighted_token_ce_sums(logits[keep], ids, weights, selected=True)  # what logits_to_keep=keep returns
+    torch.testing.assert_close(selected, full, rtol=1e-6, atol=0)
+    assert weighted_next_token_loss(logits[keep], ids, weights, selected=True).item() == pytest.approx(
+        weighted_next_token_loss(logits, ids, weights).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="5 tokens carry a loss weight"):
+        weighted_token_ce_sums(logits[keep][:-1], ids, weights, selected=True)
+    with pytest.raises(ValueError, match=r"expected logits \[N, V\]"):
+        weighted_token_ce_sums(logits, ids, weights, selected=True)
 
 
 def test_warmup_cosine():
