@@ -16,7 +16,7 @@ from monai.engines.utils import IterationEvents
 from radfm.engines.build import load_model
 from radfm.engines.loss import weighted_next_token_loss
 from radfm.engines.trainer import RadFMTrainer
-from radfm.model.tokenizer import image_token_ids
+from radfm.model.processing import image_token_ids
 
 NO_DROPOUT = {"vision": {"dropout": 0.0, "emb_dropout": 0.0}}
 
