@@ -10,6 +10,7 @@ holds two scans (2D + 3D). The demo model is a small model trained on synthetic 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -42,8 +43,12 @@ def main(model_dir: str | None = None, max_new_tokens: int = 16) -> None:
                          "rebuild the demo model with `python scripts/train_demo.py`")
     print("RadFM quick start: the demo model (a small RadFM trained on synthetic phantoms by "
           "scripts/train_demo.py) answers questions about the shipped phantom scans.\n")
+    # The bundle's logging.conf goes through logging's fileConfig, which closes every handler the
+    # process already has: a host that configured logging (a notebook, a test runner) keeps its own.
+    logging_file = None if not logging.getLogger().handlers else False
     run(
         config_file=str(bundle / "configs" / "inference.json"),
+        logging_file=logging_file,
         meta_file=str(bundle / "configs" / "metadata.json"),
         bundle_root=str(bundle),
         model_dir=model_dir,

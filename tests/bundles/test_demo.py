@@ -26,3 +26,26 @@ def test_demo_prints_answers_for_a_two_scan_prompt(capsys):
     answer = two_scans.split("A: ")[1]
     # the demo model names modalities reliably (100% on held-out phantoms): X-ray (2D) and CT (3D)
     assert "X-ray" in answer and "CT" in answer, answer
+
+
+def test_demo_leaves_the_host_logging_alone(capsys):
+    """Called in a process that has configured logging (a notebook, a test runner), the demo does not
+    apply the bundle's logging.conf: logging's fileConfig would close every handler the host has
+    (pytest's own capture handler among them, which killed the test session)."""
+    import io
+    import logging
+
+    from radfm.demo import main
+
+    stream = io.StringIO()
+    host = logging.StreamHandler(stream)
+    root = logging.getLogger()
+    root.addHandler(host)
+    try:
+        main(max_new_tokens=2)
+        assert host in root.handlers and not stream.closed
+        logging.getLogger("radfm.host").warning("still open")
+        assert "still open" in stream.getvalue()
+    finally:
+        root.removeHandler(host)
+    assert "A: " in capsys.readouterr().out
