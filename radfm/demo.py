@@ -45,7 +45,7 @@ def main(model_dir: str | None = None, max_new_tokens: int = 16) -> None:
           "scripts/train_demo.py) answers questions about the shipped phantom scans.\n")
     # The bundle's logging.conf goes through logging's fileConfig, which closes every handler the
     # process already has: a host that configured logging (a notebook, a test runner) keeps its own.
-    logging_file = None if not logging.getLogger().handlers else False
+    logging_file = False if logging.getLogger().handlers else None
     run(
         config_file=str(bundle / "configs" / "inference.json"),
         logging_file=logging_file,
