@@ -290,9 +290,14 @@ class RadFMForConditionalGeneration(RadFMPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         cache=None,
         use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         **llm_kwargs: Any,
     ):
         """Language-model output (``CausalLMOutputWithPast``: ``.logits [B, L, V]``, ``.loss`` with ``labels``).
+
+        ``logits_to_keep`` (transformers'): ``0`` all positions; ``k`` the last ``k`` (``generate``'s
+        prefill asks for 1, as the argument is named here); a ``[B, L]`` bool mask gives ``[N, V]`` (the trainer's
+        loss positions).
 
         ``images``: per prompt, a list of ``[3, H, W, D]`` tensors (sizes may differ), or the
         published ``[B, S, 3, H, W, D]`` tensor. With left padding, positions are counted from
@@ -320,6 +325,7 @@ class RadFMForConditionalGeneration(RadFMPreTrainedModel, GenerationMixin):
             labels=labels.to(inputs_embeds.device) if labels is not None else None,
             cache=cache,
             use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
             **llm_kwargs,
         )
 

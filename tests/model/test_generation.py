@@ -67,6 +67,24 @@ def test_generate_stops_at_eos_and_returns_new_tokens_only(tiny_model, tiny_toke
     assert new.shape == (1, 1)
 
 
+def test_prefill_projects_only_the_last_position_onto_the_vocabulary(tiny_model, tiny_tokenizer, batch_images):
+    """generate asks forward for the last position's logits only (transformers' logits_to_keep=1), so the
+    LM head never runs over the whole prompt; the greedy tokens are those of the full-logits forward."""
+    ids, mask = encode_prompts(tiny_tokenizer, PROMPTS[:2], [len(images) for images in batch_images[:2]],
+                               base_vocab_size=tiny_model.config.base_vocab_size)
+    rows: list[int] = []
+    hook = tiny_model.language_model.get_output_embeddings().register_forward_hook(
+        lambda module, inputs, output: rows.append(inputs[0].shape[-2]))
+    try:
+        new = tiny_model.generate(input_ids=ids, images=batch_images[:2], attention_mask=mask, max_new_tokens=3)
+    finally:
+        hook.remove()
+    assert ids.shape[1] > 1 and rows == [1, 1, 1], rows  # prefill included: one position per step
+    with torch.no_grad():
+        full = tiny_model(input_ids=ids, images=batch_images[:2], attention_mask=mask).logits
+    assert torch.equal(new[:, 0], full[:, -1].argmax(-1))
+
+
 def test_beam_sampling_and_streaming_run(tiny_model, tiny_tokenizer, batch_images, answers):
     from transformers import TextIteratorStreamer
 
