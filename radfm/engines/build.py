@@ -162,8 +162,8 @@ def make_optimizer(model: torch.nn.Module, lr: float = 1e-4, weight_decay: float
 
     Parameters frozen later by the freeze schedule stay in the optimizer; they receive no
     gradient while frozen and are skipped. ``fused=True`` (the default) uses torch's fused AdamW
-    kernel (one pass over each tensor, CPU and CUDA: ~7× less optimizer time than the per-tensor
-    loop on CPU) when every parameter is a floating tensor on a CPU or CUDA device, else the
+    kernel (one pass over each tensor, CPU and CUDA; its cost against the per-tensor loop is
+    measured in docs/training.md) when every parameter is a floating tensor on a CPU or CUDA device, else the
     default implementation; ``None`` leaves the choice to torch, ``False`` forces the loop.
     """
     params = [p for n, p in model.named_parameters() if p.requires_grad or "language_model" in n]

@@ -36,16 +36,13 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], images:
     (:func:`radfm.model.processing.encode_prompts`) and decode the new tokens
     (:func:`~radfm.model.processing.decode_answers`); ``generate_kwargs`` go to ``model.generate``.
     """
-    from radfm.model.processing import decode_answers, encode_prompts
+    from radfm.model.processing import decode_answers, encode_prompts, generation_token_ids
 
     images = [list(case) for case in images]
     input_ids, attention_mask = encode_prompts(tokenizer, list(prompts), [len(case) for case in images],
                                                base_vocab_size=model.config.base_vocab_size)
-    generate_kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
-    if tokenizer.pad_token_id is not None:
-        generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
     new_tokens = model.generate(input_ids=input_ids, images=images, attention_mask=attention_mask,
-                                max_new_tokens=max_new_tokens, **generate_kwargs)
+                                max_new_tokens=max_new_tokens, **{**generation_token_ids(tokenizer), **generate_kwargs})
     return decode_answers(tokenizer, new_tokens)
 
 

@@ -447,6 +447,15 @@ def encode_prompts(tokenizer, prompts: Sequence[str], num_images: Sequence[int],
     return input_ids, attention_mask
 
 
+def generation_token_ids(tokenizer) -> dict[str, int]:
+    """``eos_token_id`` (and ``pad_token_id`` when the tokenizer has one) for ``model.generate``:
+    generation stops where :func:`decode_answers` cuts, and left-padded rows pad with the tokenizer's id."""
+    ids = {"eos_token_id": tokenizer.eos_token_id}
+    if tokenizer.pad_token_id is not None:
+        ids["pad_token_id"] = tokenizer.pad_token_id
+    return ids
+
+
 def decode_answers(tokenizer, new_tokens: torch.Tensor) -> list[str]:
     """Cut each row of generated ids ``[B, new]`` at its first EOS and decode them (one batch call)."""
     eos = tokenizer.eos_token_id

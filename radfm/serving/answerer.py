@@ -240,11 +240,10 @@ class ModelAnswerer:
         if options.seed is not None:
             torch.manual_seed(options.seed)
         images = [[torch.as_tensor(image).float() for image in scans] for scans in images]  # MetaTensor -> tensor
+        from radfm.model.processing import generation_token_ids
+
         tokenizer = self.processor.tokenizer
-        kwargs = {**self.generate_kwargs, **options.hf_kwargs()}
-        kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
-        if tokenizer.pad_token_id is not None:
-            kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+        kwargs = {**generation_token_ids(tokenizer), **self.generate_kwargs, **options.hf_kwargs()}
         stopping = list(_deadline_stopping_criteria() or [])
         # the prepared scans are at the processor's grid and pass through unchanged; the prompts get
         # their <image> blocks and are tokenised here, once, in one tokenizer call

@@ -341,7 +341,6 @@ def _files(path: Path) -> list[Path]:
     return [p for p in sorted(path.iterdir()) if p.is_file()] if path.is_dir() else [path]
 
 
-
 def _forced_dicom_claim(path: Path, limit: int) -> int:
     """The claim of a DICOM file :func:`inspect_dicom_file` does not keep: deflated (``limit``), or without preamble."""
     import pydicom

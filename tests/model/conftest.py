@@ -58,16 +58,10 @@ def make_image():
 def answer_texts(model, tokenizer, prompts, images, max_new_tokens: int = 8, **generate_kwargs) -> list[str]:
     """Prompts and already-preprocessed images (any sizes) -> answers: the processor's prompt batch,
     ``model.generate``, the processor's decoding (what the engines and the request path do)."""
-    from radfm.model.processing import decode_answers, encode_prompts
+    from radfm.engines.validation import generate_answers
 
-    input_ids, mask = encode_prompts(tokenizer, prompts, [len(i) for i in images],
-                                     base_vocab_size=model.config.base_vocab_size)
-    generate_kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
-    generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
     with torch.no_grad():
-        new = model.generate(input_ids=input_ids, images=images, attention_mask=mask, max_new_tokens=max_new_tokens,
-                             **generate_kwargs)
-    return decode_answers(tokenizer, new)
+        return generate_answers(model, tokenizer, prompts, images, max_new_tokens=max_new_tokens, **generate_kwargs)
 
 
 @pytest.fixture(scope="session")
