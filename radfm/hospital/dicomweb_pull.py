@@ -212,6 +212,7 @@ class DicomwebPull:
         base = httpx.URL(self.pull.url)
         self._origin = (base.scheme, base.host, base.port)
         self._tmp = self.queue.root / "tmp"
+        self._tls = httpx.create_ssl_context()  # built once: loading the CA bundle per poll costs ~50 ms
 
     # ---- one poll ---------------------------------------------------------------------------------
     def poll_once(self) -> int:
@@ -233,7 +234,7 @@ class DicomwebPull:
         import httpx
 
         deadline = time.monotonic() + self.pull.timeout_s
-        async with httpx.AsyncClient(timeout=IDLE_TIMEOUT_S, follow_redirects=False) as client:
+        async with httpx.AsyncClient(timeout=IDLE_TIMEOUT_S, follow_redirects=False, verify=self._tls) as client:
             with anyio.move_on_after(self.pull.timeout_s) as scope:
                 uids = await self._new_studies(client)
             if scope.cancelled_caught:
