@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -169,21 +168,5 @@ class HostileDicomweb:
             handler.close_connection = True
 
 
-def trickle(data: bytes) -> Iterator[bytes]:
-    """``data`` one byte per chunk (with :attr:`Reply.delay_s`, one byte per delay), then forever nothing new."""
-    for i in range(len(data)):
-        yield data[i:i + 1]
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, every_s: float = 0.05) -> bool:
-    """Poll ``condition`` until it holds or ``timeout_s`` passes; returns whether it held."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(every_s)
-    return condition()
-
-
 __all__ = ["BOUNDARY", "HostileDicomweb", "LOOPBACK", "Reply", "endless_part", "multipart_related", "qido_answer",
-           "trickle", "wado_reply", "wait_until"]
+           "wado_reply"]

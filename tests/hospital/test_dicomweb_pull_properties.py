@@ -17,6 +17,7 @@ runs thousands and prints :data:`OUTCOMES`.
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import itertools
 import json
@@ -31,7 +32,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from radfm.hospital.dicomweb_lab import BOUNDARY, HostileDicomweb, Reply, qido_answer
+from radfm.hospital.dicomweb_lab import BOUNDARY, HostileDicomweb, Reply
 from radfm.hospital.dicomweb_pull import MAX_QIDO_BYTES, DicomwebPull, PullError
 from radfm.hospital.job_queue import JobQueue
 from radfm.hospital.node_config import NodeConfig
@@ -80,6 +81,7 @@ cases = st.fixed_dictionaries({
 
 _uids = itertools.count(1)
 _made = tempfile.mkdtemp(prefix="radfm-pull-props-")  # where synthetic instances are written before being read
+atexit.register(shutil.rmtree, _made, True)
 
 
 def _instance(study_uid: str, pad_to: int | None = None) -> bytes:
