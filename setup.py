@@ -62,7 +62,9 @@ setup(
         "matplotlib>=3.7",
         "fastapi>=0.110",
         "uvicorn>=0.25",
-        "python-multipart>=0.0.9",
+        "python-multipart>=0.0.20",  # also the node's streaming WADO-RS parser (python_multipart, closing-boundary fixes)
+        "httpx>=0.28",  # radfm node pull mode: streamed DICOMweb requests under one deadline (anyio)
+        "anyio>=4.0",
         "jsonschema>=4.0",
         "tqdm>=4.60",
         "psutil>=5.9",

@@ -59,7 +59,7 @@ class NodeCommands:
         node.stop()
 
     def status(self, config: str | None = None, json: bool = False, limit: int = 50) -> None:
-        """List the node's newest jobs: study, state, tries, reason, deliveries, times per stage.
+        """List the node's newest jobs (study, state, tries, reason, deliveries, times per stage) and pulls not done.
 
         Args:
             config: the node's JSON config file.
@@ -77,10 +77,11 @@ class NodeCommands:
         try:
             jobs = queue.jobs(limit)
             waiting = queue.waiting_instances()
+            pulls = queue.pulls(limit)  # pull mode: studies retrying or failed (fetched ones are not listed)
         finally:
             queue.close()
         if json:
-            print(jsonlib.dumps({"jobs": jobs, "instances_waiting": waiting}, indent=2))
+            print(jsonlib.dumps({"jobs": jobs, "instances_waiting": waiting, "pulls": pulls}, indent=2))
             return
         print(f"{waiting} instance(s) received, study not yet complete")
         if not jobs:
@@ -93,3 +94,6 @@ class NodeCommands:
                   f"{job['n_instances']} inst  tries {job['attempts']}  sent: {sent}  {stages}")
             if job["reason"]:
                 print(f"           reason: {job['reason']}")
+        for pull in pulls:
+            print(f"pull         {pull['state']:<8} study {pull['study_uid']}  tries {pull['attempts']}"
+                  + (f"  reason: {pull['reason']}" if pull["reason"] else ""))

@@ -46,8 +46,26 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (job_id, destination, sr_path));
 CREATE TABLE IF NOT EXISTS pulled (study_uid TEXT PRIMARY KEY, pulled_at REAL NOT NULL);
 """
+# columns added to ``pulled`` after its first release (an older node.sqlite gets them at open; its
+# rows were fetched studies): 'fetching' (now, or when the node stopped), 'done', 'retry' or 'failed'
+_PULLED_COLUMNS = (("state", "TEXT NOT NULL DEFAULT 'done'"), ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+                   ("next_try_at", "REAL"), ("reason", "TEXT"))
 
 JOB_STATES = ("queued", "running", "sending", "done", "failed")
+
+
+def retry_wait(attempts: int, first_s: float, max_s: float) -> float:
+    """The wait after ``attempts`` failed tries: ``first_s`` doubling each time, at most ``max_s``.
+
+    Args:
+        attempts: failed tries so far (>= 1).
+        first_s: the wait after the first failure.
+        max_s: the longest wait.
+
+    Returns:
+        Seconds to wait before the next try.
+    """
+    return min(first_s * 2 ** (attempts - 1), max_s)
 
 
 @dataclass
@@ -83,6 +101,11 @@ class JobQueue:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a committed step survives power loss, not only kill -9
         self._db.executescript(_SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(pulled)")}
+        for name, kind in _PULLED_COLUMNS:
+            if name not in have:
+                self._db.execute(f"ALTER TABLE pulled ADD COLUMN {name} {kind}")
+        self._held: set[str] = set()  # studies being pulled: not sealed until their fetch ends
 
     # ---- helpers --------------------------------------------------------------------------------
     def _tx(self, statements: Iterable[tuple[str, tuple]]) -> list[sqlite3.Cursor]:
@@ -130,6 +153,8 @@ class JobQueue:
             studies = self._rows("SELECT study_uid, MIN(received_at), MAX(received_at), COUNT(*) FROM instances "
                                  "GROUP BY study_uid HAVING MAX(received_at) <= ?", (now - stable_after_s,))
             for study_uid, first, last, count in studies:
+                if study_uid in self._held:  # a pull still fetching it: a part of a study is not a study
+                    continue
                 rows = self._rows("SELECT series_uid, sop_uid, sha256, modality, description FROM instances "
                                   "WHERE study_uid = ? ORDER BY series_uid, sop_uid", (study_uid,))
                 fingerprint = hashlib.sha256("\n".join(f"{r['sop_uid']}:{r['sha256']}" for r in rows).encode()).hexdigest()
@@ -171,8 +196,18 @@ class JobQueue:
 
     # ---- running ----------------------------------------------------------------------------------
     def recover(self, max_job_attempts: int) -> int:
-        """At start: finish interrupted moves and requeue interrupted jobs; returns how many were requeued."""
+        """At start: finish interrupted moves and requeue interrupted jobs; returns how many were requeued.
+
+        A study the pull mode was fetching when the node stopped loses what it had fetched (a part of a
+        study would be answered as if it were whole) and is fetched again at the next poll.
+        """
         with self._lock:
+            for row in self._rows("SELECT study_uid FROM pulled WHERE state = 'fetching'"):
+                self._drop_pending(row["study_uid"])
+                self._tx([("UPDATE pulled SET state = 'retry', next_try_at = 0 WHERE study_uid = ?",
+                           (row["study_uid"],))])
+                logger.info("study %s: its DICOMweb fetch was interrupted; fetched again at the next poll",
+                            row["study_uid"])
             for row in self._rows("SELECT id, study_uid FROM jobs WHERE state = 'queued'"):
                 source = self.incoming / study_key(row["study_uid"])
                 if not (self.job_folder(row["id"]) / "input").exists() and source.exists():
@@ -258,7 +293,7 @@ class JobQueue:
             logger.warning("job %d: delivery to %s failed for good after %d tries: %s", row["job_id"],
                            row["destination"], attempts, error)
         else:
-            wait = min(retry_first_s * 2 ** (attempts - 1), retry_max_s)
+            wait = retry_wait(attempts, retry_first_s, retry_max_s)
             self._tx([("UPDATE deliveries SET attempts = ?, last_error = ?, next_try_at = ? "
                        "WHERE job_id = ? AND destination = ? AND sr_path = ?", (attempts, error[:2000], now + wait, *key))])
             logger.info("job %d: delivery to %s failed (try %d), retrying in %.1f s: %s", row["job_id"],
@@ -302,12 +337,72 @@ class JobQueue:
             out.append(record)
         return out
 
-    def was_pulled(self, study_uid: str) -> bool:
-        """Whether the DICOMweb pull mode fetched ``study_uid`` before."""
-        return bool(self._rows("SELECT 1 FROM pulled WHERE study_uid = ?", (study_uid,)))
+    # ---- DICOMweb pull --------------------------------------------------------------------------
+    def pull_due(self, study_uid: str, now: float | None = None) -> bool:
+        """Whether the pull mode should fetch ``study_uid`` now: never tried, or its retry wait is over."""
+        now = time.time() if now is None else now
+        rows = self._rows("SELECT state, next_try_at FROM pulled WHERE study_uid = ?", (study_uid,))
+        return not rows or (rows[0]["state"] == "retry" and (rows[0]["next_try_at"] or 0) <= now)
+
+    def pull_begin(self, study_uid: str) -> None:
+        """A fetch of ``study_uid`` starts: recorded (so a stop mid-fetch is seen at the next start) and held
+        from sealing until :meth:`mark_pulled`, :meth:`pull_failed` or :meth:`pull_abandoned`."""
+        with self._lock:
+            self._held.add(study_uid)
+            self._tx([("INSERT INTO pulled (study_uid, pulled_at, state) VALUES (?, ?, 'fetching') "
+                       "ON CONFLICT (study_uid) DO UPDATE SET state = 'fetching', pulled_at = excluded.pulled_at",
+                       (study_uid, time.time()))])
 
     def mark_pulled(self, study_uid: str) -> None:
-        self._tx([("INSERT OR REPLACE INTO pulled VALUES (?, ?)", (study_uid, time.time()))])
+        """``study_uid`` was fetched whole: never fetched again; its instances seal into a job as usual."""
+        with self._lock:
+            self._tx([("INSERT INTO pulled (study_uid, pulled_at, state) VALUES (?, ?, 'done') "
+                       "ON CONFLICT (study_uid) DO UPDATE SET state = 'done', reason = NULL, "
+                       "pulled_at = excluded.pulled_at", (study_uid, time.time()))])
+            self._held.discard(study_uid)
+
+    def pull_failed(self, study_uid: str, reason: str, retry_first_s: float, retry_max_s: float,
+                    max_attempts: int) -> None:
+        """A fetch of ``study_uid`` failed for a reason of its own: what it fetched is dropped; it is tried
+        again after :func:`retry_wait`, or marked failed (with ``reason``) after ``max_attempts`` tries."""
+        with self._lock:
+            self._drop_pending(study_uid)
+            rows = self._rows("SELECT attempts FROM pulled WHERE study_uid = ?", (study_uid,))
+            attempts = (rows[0]["attempts"] if rows else 0) + 1
+            now = time.time()
+            if attempts >= max_attempts:
+                state, next_try = "failed", None
+                logger.warning("study %s: DICOMweb fetch failed for good after %d tries: %s", study_uid, attempts,
+                               reason)
+            else:
+                state, next_try = "retry", now + retry_wait(attempts, retry_first_s, retry_max_s)
+                logger.warning("study %s: DICOMweb fetch failed (try %d), retrying in %.1f s: %s", study_uid,
+                               attempts, next_try - now, reason)
+            self._tx([("INSERT INTO pulled (study_uid, pulled_at, state, attempts, next_try_at, reason) "
+                       "VALUES (?,?,?,?,?,?) ON CONFLICT (study_uid) DO UPDATE SET pulled_at = excluded.pulled_at, "
+                       "state = excluded.state, attempts = excluded.attempts, next_try_at = excluded.next_try_at, "
+                       "reason = excluded.reason", (study_uid, now, state, attempts, next_try, reason[:2000]))])
+            self._held.discard(study_uid)
+
+    def pull_abandoned(self, study_uid: str) -> None:
+        """A fetch of ``study_uid`` stopped for a reason not its own (server unreachable, node stopping):
+        what it fetched is dropped and it is fetched again at the next poll, no try counted."""
+        with self._lock:
+            self._drop_pending(study_uid)
+            self._tx([("UPDATE pulled SET state = 'retry', next_try_at = 0 WHERE study_uid = ?", (study_uid,))])
+            self._held.discard(study_uid)
+
+    def pulls(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest studies the pull mode has not fetched whole (retrying, failed), as dicts."""
+        rows = self._rows("SELECT study_uid, state, attempts, reason, pulled_at, next_try_at FROM pulled "
+                          "WHERE state != 'done' ORDER BY pulled_at DESC LIMIT ?", (limit,))
+        return [dict(row) for row in rows]
+
+    def _drop_pending(self, study_uid: str) -> None:
+        """Forget the received, not yet sealed instances of ``study_uid`` (rows and files)."""
+        with self._lock:
+            self._tx([("DELETE FROM instances WHERE study_uid = ?", (study_uid,))])
+            shutil.rmtree(self.incoming / study_key(study_uid), ignore_errors=True)
 
     def waiting_instances(self) -> int:
         return self._rows("SELECT COUNT(*) FROM instances")[0][0]

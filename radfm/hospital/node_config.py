@@ -110,11 +110,15 @@ DEFAULT_RULES = [
 
 @dataclass
 class PullConfig:
-    """DICOMweb pull mode: ask ``url`` (QIDO-RS) every ``every_s`` for studies matching ``filter``."""
+    """DICOMweb pull mode: ask ``url`` (QIDO-RS) every ``every_s`` for studies matching ``filter``.
+
+    ``timeout_s``: one poll's deadline, the search and every study it fetches included.
+    """
 
     url: str
     filter: dict[str, str] = field(default_factory=dict)
     every_s: float = 30.0
+    timeout_s: float = 600.0
 
 
 @dataclass
@@ -269,11 +273,15 @@ def _destinations(s: str, raw: Any) -> list[Destination]:
 def _pull(s: str, raw: Any) -> PullConfig:
     if not isinstance(raw, dict):
         raise _fail(s, "pull", "an object", raw)
-    _check_keys(s, "pull.", raw, {"url", "filter", "every_s"})
+    _check_keys(s, "pull.", raw, {f.name for f in fields(PullConfig)})
     url = raw.get("url")
     if not isinstance(url, str) or not re.match(r"https?://", url):
         raise _fail(s, "pull.url", "the DICOMweb root, http(s)://HOST:PORT/dicom-web", url)
     query = raw.get("filter", {})
     if not isinstance(query, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in query.items()):
         raise _fail(s, "pull.filter", 'QIDO-RS study filters, e.g. {"ModalitiesInStudy": "CT"}', query)
-    return PullConfig(url.rstrip("/"), dict(query), _seconds(s, "pull.every_s", raw.get("every_s", 30.0), 0.1))
+    timeout = _seconds(s, "pull.timeout_s", raw.get("timeout_s", 600.0), 1.0)
+    if timeout > 86400:  # a poll is a request, not a day's work
+        raise _fail(s, "pull.timeout_s", "a number of seconds >= 1 and <= 86400", timeout)
+    return PullConfig(url.rstrip("/"), dict(query), _seconds(s, "pull.every_s", raw.get("every_s", 30.0), 0.1),
+                      timeout)

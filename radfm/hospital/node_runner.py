@@ -9,7 +9,9 @@ Threads (all stop on :meth:`NodeRunner.stop`):
   :class:`~radfm.serving.request.AnswerRequest` per series, write our Comprehensive SR
   (:func:`radfm.interop.sr.build_sr`) next to the job; only these threads hold images, so at
   most ``max_studies_in_memory`` studies are in memory at once;
-* ``sender``: deliveries due now, one try each, retried with doubling waits.
+* ``sender``: deliveries due now, one try each, retried with doubling waits;
+* ``pull`` (with a ``pull`` section): every ``pull.every_s``, one DICOMweb poll
+  (:class:`~radfm.hospital.dicomweb_pull.DicomwebPull`), bounded by ``pull.timeout_s``.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class NodeRunner:
         if self.config.pull is not None:
             from radfm.hospital.dicomweb_pull import DicomwebPull
 
-            self.pull = DicomwebPull(self.config, self.scp)
+            self.pull = DicomwebPull(self.config, self.scp, stop=self._stop)
             loops.append(("pull", self._pull_loop))
         for name, target in loops:
             thread = threading.Thread(target=target, name=f"radfm-node-{name}", daemon=True)
@@ -105,11 +107,15 @@ class NodeRunner:
                 logger.exception("sealing stable studies failed")
 
     def _pull_loop(self) -> None:
+        from radfm.hospital.dicomweb_pull import PullError
+
         while not self._stop.is_set():
             try:
-                self.pull.poll_once()
-            except Exception as error:
+                self.pull.poll_once()  # bounded by pull.timeout_s; a failing study is recorded on it
+            except PullError as error:  # the search or the server: tried again at the next poll
                 logger.warning("DICOMweb pull failed: %s", error)
+            except Exception:  # a bug must not stop the pull loop
+                logger.exception("DICOMweb pull failed")
             self._stop.wait(self.config.pull.every_s)
 
     def _run_loop(self) -> None:
