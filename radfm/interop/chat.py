@@ -51,6 +51,7 @@ from radfm.serving.options import refuse_unknown
 from radfm.serving.request import AnswerRequest, AnswerResult, ScanInput
 from radfm.serving.scans import Scan
 from radfm.transforms.formats import label_of
+from radfm.utils.http_guard import decode_json
 
 STATIC_DIR = Path(__file__).resolve().parent / "static" / "chat"
 MAX_KEPT_SCANS = 32
@@ -287,7 +288,7 @@ def add_chat_routes(app: FastAPI, service) -> None:
     async def answer(request: Request):
         try:
             try:
-                body = await request.json()
+                body = decode_json(await request.body())
             except ValueError as error:
                 raise RequestError(f"the request body is not valid JSON ({error})") from None
             if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
@@ -334,7 +335,7 @@ def add_chat_routes(app: FastAPI, service) -> None:
     async def export_sr(request: Request) -> Response:
         try:
             try:
-                body = await request.json()
+                body = decode_json(await request.body())
             except ValueError as error:
                 raise RequestError(f"the request body is not valid JSON ({error})") from None
             if not isinstance(body, dict):

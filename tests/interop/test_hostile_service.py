@@ -225,3 +225,57 @@ def test_a_full_queue_is_a_503_before_a_stream_starts(small_scans):
         first.join()
         second.join()
     assert reply.status_code == 503 and reply.json()["error"]["code"] == "queue_full"
+
+
+# ---------------------------------------------------------------- S1 (issue 28): JSON depth, huge numbers ----
+DEEP = 100_000
+HUGE = "1" + "0" * 400  # a 401-digit integer: no float holds it
+JSON_ROUTES = ("/v1/chat/completions", "/chat/api/answer", "/chat/api/export/sr")
+
+
+def _refusal_text(reply) -> str:
+    """The error message of a refusal in either shape (OpenAI's ``{"error": {"message"}}`` or ``{"error"}``)."""
+    error = reply.json()["error"]
+    return error["message"] if isinstance(error, dict) else error
+
+
+@pytest.mark.parametrize("route", JSON_ROUTES)
+def test_json_nested_100000_deep_is_a_400_not_a_traceback(server, route):
+    body = b'{"messages": ' + b"[" * DEEP + b"]" * DEEP + b"}"
+    reply = httpx.post(f"{server.url}{route}", content=body, headers={"Content-Type": "application/json"}, timeout=60)
+    assert reply.status_code == 400, reply.text[:300]
+    assert "nested" in _refusal_text(reply) and "Traceback" not in reply.text
+
+
+@pytest.mark.parametrize(("route", "field", "value"), [
+    ("/v1/chat/completions", "max_tokens", HUGE), ("/v1/chat/completions", "seed", HUGE),
+    ("/v1/chat/completions", "temperature", HUGE), ("/v1/chat/completions", "top_p", "-" + HUGE),
+    ("/v1/chat/completions", "n", HUGE),
+    ("/chat/api/answer", "max_new_tokens", HUGE), ("/chat/api/answer", "temperature", HUGE),
+    ("/chat/api/answer", "top_k", HUGE),
+])
+def test_a_400_digit_number_in_json_is_refused_naming_its_field(server, route, field, value):
+    text = {"/v1/chat/completions": '"content": "Which?"', "/chat/api/answer": '"text": "Which?", "scans": []'}[route]
+    body = f'{{"messages": [{{"role": "user", {text}}}], "{field}": {value}}}'
+    reply = httpx.post(f"{server.url}{route}", content=body, headers={"Content-Type": "application/json"}, timeout=60)
+    assert reply.status_code in (400, 422), reply.text[:300]
+    assert field in _refusal_text(reply) and "Traceback" not in reply.text
+    if route == "/v1/chat/completions":
+        assert reply.json()["error"]["param"] in (field, "max_new_tokens")
+
+
+@pytest.mark.parametrize("field", ["max_new_tokens", "top_k", "num_beams"])
+def test_a_400_digit_number_in_the_answer_form_is_a_422_naming_its_field(server, small_scans, field):
+    reply = httpx.post(f"{server.url}/v1/answer", data={"prompt": "Which?", field: HUGE},
+                       files=[("files", ("c.png", small_scans["png"].read_bytes()))], timeout=60)
+    assert reply.status_code == 422, reply.text[:300]
+    assert field in reply.json()["error"] and "Traceback" not in reply.text
+
+
+def test_json_numbers_beyond_what_the_parser_takes_and_nan_literals_are_400(server):
+    """More digits than Python converts (4300) and the non-JSON NaN/Infinity literals: 400 with a reason."""
+    for value in ("1" + "0" * 5000, "NaN", "Infinity", "-Infinity"):
+        body = f'{{"messages": [{{"role": "user", "content": "Which?"}}], "temperature": {value}}}'
+        reply = httpx.post(f"{server.url}/v1/chat/completions", content=body,
+                           headers={"Content-Type": "application/json"}, timeout=60)
+        assert reply.status_code == 400 and "not valid JSON" in _refusal_text(reply), (value[:10], reply.text[:300])
