@@ -63,6 +63,7 @@ setup(
         "fastapi>=0.110",
         "uvicorn>=0.25",
         "python-multipart>=0.0.9",
+        "pydantic-core>=2.14",  # radfm serve: bounded JSON decoding of request bodies (radfm.utils.http_guard)
         "jsonschema>=4.0",
         "tqdm>=4.60",
         "psutil>=5.9",
