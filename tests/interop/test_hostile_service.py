@@ -62,6 +62,45 @@ def test_kept_chat_scans_stay_within_a_byte_budget_oldest_dropped(tiny_answerer,
         assert len(folders) == len(kept)  # a dropped upload's folder is removed with it
 
 
+def _kept_array_bytes(service) -> int:
+    """What the chat page holds in memory, measured: the nbytes of every array each kept scan references."""
+    total = 0
+    for item in service.chat_scans._items.values():
+        for array in (item.image, getattr(item._display, "data", None)):
+            if array is not None:
+                total += int(np.asarray(array).nbytes)
+    return total
+
+
+def test_kept_chat_scans_count_their_display_volumes(tiny_answerer, tmp_path):
+    """S4 (issue 28): a small .nii.gz whose display volume is 16 MiB of float32; four uploads, a 112 MiB budget.
+
+    Each kept scan holds its model input (48 MiB at the tiny model's 256² x 64 grid) and its
+    display volume (read at upload to describe it): both count against the budget, so one
+    scan is kept (two hold 128 MiB) and the arrays held stay under it.
+    """
+    import nibabel as nib
+
+    from radfm.interop.service import InferenceService
+
+    volume = np.zeros((256, 256, 64), np.int16)
+    volume[96:160, 96:160, 16:48] = 400  # a cube: compresses to a few KiB
+    path = tmp_path / "big.nii.gz"
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), path)
+    budget = 112 * MiB
+    service = InferenceService(tiny_answerer, Limits(max_kept_scan_bytes=budget))
+    try:
+        with BackgroundServer(service.app) as running:
+            for index in range(4):
+                reply = httpx.post(f"{running.url}/chat/api/scans", files=[("files", (f"b{index}.nii.gz", path.read_bytes()))],
+                                   timeout=120)
+                assert reply.status_code == 200, reply.text
+                assert _kept_array_bytes(service) <= budget
+            assert len(service.chat_scans._items) == 1
+    finally:
+        service.close()
+
+
 def test_one_upload_larger_than_the_whole_budget_is_refused(tiny_answerer, small_scans):
     with BackgroundServer(create_app(tiny_answerer, Limits(max_kept_scan_bytes=1024))) as running:
         reply = httpx.post(f"{running.url}/chat/api/scans", files=[("files", ("c.png", small_scans["png"].read_bytes()))],
