@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import socket
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -230,6 +231,32 @@ def _guarded_protocol(header_timeout_s: float):
 
     GuardedH11Protocol.header_timeout_s = header_timeout_s
     return GuardedH11Protocol
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``(host, port)`` the way uvicorn binds one (``SO_REUSEADDR``), ready for ``Server.run(sockets=...)``.
+
+    Binding before a slow start (loading a model) says at once that the port is taken, and
+    holds it until the server listens.
+
+    Args:
+        host: address or name to bind (IPv6 when it holds a colon).
+        port: TCP port (0: a free one).
+
+    Returns:
+        The bound socket (not yet listening).
+
+    Raises:
+        OSError: the address cannot be bound (``errno.EADDRINUSE`` when another process listens there).
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def guarded_server(app, host: str, port: int, limits: GuardLimits | None = None,

@@ -188,6 +188,24 @@ def test_serve_refuses_bad_flags_before_loading_the_model(tmp_path, flags, messa
         serve(model=str(tmp_path / "no_model"), **flags)
 
 
+def test_serve_on_a_port_in_use_exits_1_with_one_line_before_loading_the_model(tiny_model_dir, capsys):
+    """Issue 31 item 8: the port is checked before the model loads; one line on stderr, exit 1 (a runtime error)."""
+    from radfm.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exited:
+            main(["serve", "--model", str(tiny_model_dir), "--port", str(port), "--device", "cpu"])
+    out, err = capsys.readouterr()
+    # SystemExit("radfm serve: error: ...") is what the CLI turns every runtime error into: Python exits 1 with it
+    assert str(exited.value.code).startswith("radfm serve: error: ")
+    message = str(exited.value.code)
+    assert f"127.0.0.1:{port}" in message and "another process" in message and "\n" not in message
+    assert "loading" not in out and "RadFM service on" not in out  # refused before the model loads
+
+
 @pytest.mark.parametrize(("command", "flags", "message"), [
     ("generate", ["--max_new_tokens", "0"], "max_new_tokens"),
     ("generate", ["--max_scan_mb", "-5"], "--max_scan_mb"),
