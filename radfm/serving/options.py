@@ -29,8 +29,8 @@ def shown(value: Any) -> str:
     return repr(value)
 
 
-def check_number(name: str, value: Any, integer: bool) -> int | float:
-    """``value`` if it is a finite number (an integer within 64 bits when ``integer``), else ``ValueError``.
+def check_number(name: str, value: Any, integer: bool, bounded: bool = True) -> int | float:
+    """``value`` if it is a finite number (within 64 bits unless ``bounded`` is false), else ``ValueError``.
 
     Never converts an integer to a float, so a 400-digit number is refused, not an ``OverflowError``.
 
@@ -38,6 +38,7 @@ def check_number(name: str, value: Any, integer: bool) -> int | float:
         name: the field, named in the error (the message starts ``"{name}={value}: "``).
         value: a JSON number or Python value (strings are the caller's to convert first).
         integer: whether the field takes whole numbers only (``5.0`` counts as whole).
+        bounded: refuse magnitudes from 2^63 on (``False`` where the caller checks the field's own range).
 
     Returns:
         ``value`` unchanged.
@@ -52,7 +53,7 @@ def check_number(name: str, value: Any, integer: bool) -> int | float:
         raise ValueError(f"{name}={value!r}: expected a finite number")
     if integer and isinstance(value, float) and not value.is_integer():
         raise ValueError(f"{name}={value!r}: expected {kind}")
-    if not -(2**INT_BITS) <= value < 2**INT_BITS:
+    if bounded and not -(2**INT_BITS) <= value < 2**INT_BITS:
         raise ValueError(f"{name}={shown(value)}: expected {kind} in [-2^{INT_BITS}, 2^{INT_BITS})")
     return value
 
@@ -89,7 +90,8 @@ class GenerationOptions:
         max_beam_tokens = self.MAX_BEAM_TOKENS if max_beam_tokens is None else max_beam_tokens
         for name, kind in (("max_new_tokens", int), ("top_k", int), ("num_beams", int),
                            ("temperature", float), ("top_p", float), ("repetition_penalty", float)):
-            check_number(f"generation option {name}", getattr(self, name), integer=kind is int)
+            # each field's range below is exact for any int (no float conversion): that error names the range
+            check_number(f"generation option {name}", getattr(self, name), integer=kind is int, bounded=False)
         if not isinstance(self.do_sample, bool):
             raise ValueError(f"generation option do_sample={self.do_sample!r}: expected true or false")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
@@ -99,7 +101,8 @@ class GenerationOptions:
             ("max_new_tokens", 1 <= self.max_new_tokens, "at least 1"),
             ("temperature", low <= self.temperature <= high, f"in [{low}, {high}]"),
             ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
-            ("top_k", 0 <= self.top_k < 2**31, "in [0, 2^31)"),
+            ("top_k", self.top_k >= 0, ">= 0"),
+            ("top_k", self.top_k < 2**31, "< 2^31"),
             ("num_beams", 1 <= self.num_beams <= max_num_beams, f"in [1, {max_num_beams}]"),
             ("repetition_penalty", low <= self.repetition_penalty <= high, f"in [{low}, {high}]"),
         ]
@@ -110,8 +113,8 @@ class GenerationOptions:
                 raise ValueError(f"generation option {name}={shown(getattr(self, name))}: expected {expected}")
         if self.max_new_tokens * self.num_beams > max_beam_tokens:
             raise ValueError(
-                f"generation options max_new_tokens={self.max_new_tokens} x num_beams={self.num_beams} = "
-                f"{self.max_new_tokens * self.num_beams}: expected at most {max_beam_tokens} (fewer beams or tokens)"
+                f"generation options max_new_tokens={shown(self.max_new_tokens)} x num_beams={shown(self.num_beams)} = "
+                f"{shown(self.max_new_tokens * self.num_beams)}: expected at most {max_beam_tokens} (fewer beams or tokens)"
             )
         return self
 
