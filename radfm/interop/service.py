@@ -278,7 +278,7 @@ def serve(
         body_timeout_s: the whole request body must arrive within this many seconds (408).
         max_scan_mb: largest decoded size of one uploaded scan in MiB, checked from its header (413).
         prepare_budget_mb: MiB of image data (as the scans' headers claim) read at once over all requests.
-        max_kept_scan_mb: MiB the chat page keeps of uploaded scans over all clients: model inputs, display volumes and files (oldest dropped first).
+        max_kept_scan_mb: MiB the chat page keeps over all clients (model inputs, display volumes, files; oldest dropped first).
     """
     from radfm.utils.cli import UsageError
 

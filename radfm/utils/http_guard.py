@@ -234,7 +234,7 @@ def _guarded_protocol(header_timeout_s: float):
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``(host, port)`` the way uvicorn binds one (``SO_REUSEADDR``), ready for ``Server.run(sockets=...)``.
+    """A TCP socket bound to ``(host, port)`` as uvicorn binds one (``SO_REUSEADDR``), for ``Server.run(sockets=...)``.
 
     Binding before a slow start (loading a model) says at once that the port is taken, and
     holds it until the server listens.

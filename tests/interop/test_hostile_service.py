@@ -1,4 +1,5 @@
-"""Hostile input on the service, round two (issue 22): bodies, kept uploads, temp folders, flags, /docs."""
+"""Hostile input on the service: issue 22 (bodies, kept uploads, temp folders, flags, /docs) and issue 28
+(S1: JSON depth and huge numbers; S4: kept display volumes)."""
 
 from __future__ import annotations
 
