@@ -65,6 +65,7 @@ setup(
         "python-multipart>=0.0.20",  # also the node's streaming WADO-RS parser (python_multipart, closing-boundary fixes)
         "httpx>=0.28",  # radfm node pull mode: streamed DICOMweb requests under one deadline (anyio)
         "anyio>=4.0",
+        "pydantic-core>=2.14",  # radfm serve: bounded JSON decoding of request bodies (radfm.utils.http_guard)
         "jsonschema>=4.0",
         "tqdm>=4.60",
         "psutil>=5.9",

@@ -14,10 +14,11 @@ Routes::
     POST   /chat/api/export/sr               JSON answer record -> DICOM SR (or a zip, see below)
 
 Uploaded scans go through the request path (``radfm.serving.request``) with ``prompt=None``:
-read and preprocessed once (the model's input is kept in memory), addressed by a random id; the
-page sends ids, not files, with each question, which goes through the request path again with
-the kept images. At most ``MAX_KEPT_SCANS`` and ``Limits.max_kept_scan_bytes`` (over all
-clients) are kept: the oldest are dropped with their files, and all at shutdown.
+read and preprocessed once (the model's input and the display volume are kept in memory), addressed
+by a random id; the page sends ids, not files, with each question, which goes through the request
+path again with the kept images. At most ``MAX_KEPT_SCANS`` and ``Limits.max_kept_scan_bytes``
+(over all clients: model inputs, display volumes and files) are kept: the oldest are dropped with
+their files, and all at shutdown.
 
 An SR must reference DICOM images. When some scans of an answer are not DICOM (PNG, NIfTI,
 NRRD), the export also writes one Secondary Capture image per such scan (its middle slice as
@@ -51,6 +52,7 @@ from radfm.serving.options import refuse_unknown
 from radfm.serving.request import AnswerRequest, AnswerResult, ScanInput
 from radfm.serving.scans import Scan
 from radfm.transforms.formats import label_of
+from radfm.utils.http_guard import decode_json
 
 STATIC_DIR = Path(__file__).resolve().parent / "static" / "chat"
 MAX_KEPT_SCANS = 32
@@ -83,6 +85,10 @@ class ChatScan:
 
             self._display = load_display_volume(self.scan.path, series_uid=self.scan.series_uid)
         return self._display
+
+    def kept_bytes(self) -> int:
+        """Bytes this scan holds in memory: the model input and the display volume (loaded here if not yet)."""
+        return int(np.asarray(self.image).nbytes) + int(self.display().data.nbytes)
 
     def model_view(self) -> np.ndarray:
         """The model's input as [D, H, W] grey values (first channel), oriented like the original's display.
@@ -151,9 +157,9 @@ def _folder_bytes(folder: Path) -> int:
 class ChatScans:
     """The scans uploaded through the page (all clients together), newest last; thread safe.
 
-    Kept within a count and a byte budget (the model inputs plus the files on disk); the
-    oldest are dropped first. ``release(folder)`` removes an upload's folder once no kept scan
-    uses it.
+    Kept within a count and a byte budget (what each scan holds in memory, its model input and
+    display volume, plus the files on disk); the oldest are dropped first. ``release(folder)``
+    removes an upload's folder once no kept scan uses it.
     """
 
     def __init__(self, max_bytes: int, release: Callable[[Path], None], max_kept: int = MAX_KEPT_SCANS) -> None:
@@ -168,7 +174,7 @@ class ChatScans:
         if not items:
             return
         files = _folder_bytes(items[0].workdir)
-        sizes = [int(np.asarray(item.image).nbytes) + (files if i == 0 else 0) for i, item in enumerate(items)]
+        sizes = [item.kept_bytes() + (files if i == 0 else 0) for i, item in enumerate(items)]
         if sum(sizes) > self.max_bytes:
             self._release_folder(items[0].workdir)
             raise RequestError(f"the upload needs {sum(sizes)} bytes on the server; the chat page keeps at most "
@@ -287,7 +293,7 @@ def add_chat_routes(app: FastAPI, service) -> None:
     async def answer(request: Request):
         try:
             try:
-                body = await request.json()
+                body = decode_json(await request.body())
             except ValueError as error:
                 raise RequestError(f"the request body is not valid JSON ({error})") from None
             if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
@@ -334,7 +340,7 @@ def add_chat_routes(app: FastAPI, service) -> None:
     async def export_sr(request: Request) -> Response:
         try:
             try:
-                body = await request.json()
+                body = decode_json(await request.body())
             except ValueError as error:
                 raise RequestError(f"the request body is not valid JSON ({error})") from None
             if not isinstance(body, dict):

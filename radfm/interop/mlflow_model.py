@@ -106,8 +106,9 @@ def _options(params: dict[str, Any] | None) -> dict[str, Any]:
     unknown = set(values) - set(PARAM_DEFAULTS)
     if unknown:
         raise ValueError(f"params: unknown {sorted(unknown)}; expected {sorted(PARAM_DEFAULTS)}")
-    if values["seed"] is not None and int(values["seed"]) < 0:
-        values["seed"] = None
+    seed = values["seed"]
+    if not isinstance(seed, bool) and isinstance(seed, (int, float)) and -(2**63) <= seed < 0:
+        values["seed"] = None  # anything else (inf, 10^400, "x") goes to parse_options, which names the field
     return values
 
 

@@ -35,9 +35,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from radfm.interop.api_schema import CHAT_COMPLETIONS_JSON
 from radfm.serving.conversation import PLACEHOLDER, Turn, conversation_prompt
-from radfm.serving.options import parse_options
+from radfm.serving.options import check_number, parse_options, shown
 from radfm.serving.refusal import RequestError
 from radfm.serving.request import AnswerRequest, ScanInput
+from radfm.utils.http_guard import decode_json
 
 # accepted and ignored (they do not change the answer); anything not listed is refused
 _IGNORED = {"user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls", "model"}
@@ -169,8 +170,10 @@ def _number(body: dict, key: str, kind: type, low: float | None = None) -> Any:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
-        raise APIError(400, f"{key}: expected {'an integer' if kind is int else 'a number'}, got {value!r}", key, "invalid_type")
+    try:
+        check_number(key, value, integer=kind is int)
+    except ValueError as error:
+        raise APIError(400, str(error), key, "invalid_type") from None
     if low is not None and value < low:
         raise APIError(400, f"{key}: expected >= {low}, got {value!r}", key, "invalid_value")
     return kind(value)
@@ -185,7 +188,7 @@ def parse_request(body: Any, service) -> _ParsedRequest:
         raise APIError(400, f"unrecognized request argument(s): {', '.join(unknown)}", unknown[0], "unsupported_parameter")
     for key, neutral in _NEUTRAL.items():
         if key in body and body[key] not in (neutral, None):
-            raise APIError(400, f"{key}={body[key]!r} is not supported by this server", key, "unsupported_value")
+            raise APIError(400, f"{key}={shown(body[key])} is not supported by this server", key, "unsupported_value")
     requested = body.get("model")
     if requested is not None and requested != model_id(service):
         raise APIError(404, f"the model {requested!r} does not exist; this server serves {model_id(service)!r}",
@@ -264,7 +267,7 @@ def add_openai_routes(app: FastAPI, service) -> None:
     async def chat_completions(request: Request):
         try:
             try:
-                body = json.loads(await request.body())
+                body = decode_json(await request.body())
             except ValueError as error:
                 raise APIError(400, f"the request body is not valid JSON ({error})", None, "invalid_json") from None
             parsed = parse_request(body, service)

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import logging
 import socket
@@ -36,7 +37,7 @@ from radfm.serving.limits import Limits
 from radfm.serving.options import OPTION_NAMES, GenerationOptions, parse_bool, refuse_unknown
 from radfm.serving.request import AnswerRequest, AnswerResult, RequestPath, ScanInput
 from radfm.serving.scans import Scan
-from radfm.utils.http_guard import GuardLimits, guarded_server
+from radfm.utils.http_guard import GuardLimits, bind_socket, guarded_server
 
 log = logging.getLogger("radfm.service")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -198,9 +199,7 @@ class BackgroundServer:
     """
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, guard: GuardLimits | None = None) -> None:
-        self.socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.socket.bind((host, port))
+        self.socket = bind_socket(host, port)
         self.host, self.port = host, self.socket.getsockname()[1]
         self.server = guarded_server(app, host, self.port, guard, lifespan="off")
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
@@ -279,10 +278,8 @@ def serve(
         body_timeout_s: the whole request body must arrive within this many seconds (408).
         max_scan_mb: largest decoded size of one uploaded scan in MiB, checked from its header (413).
         prepare_budget_mb: MiB of image data (as the scans' headers claim) read at once over all requests.
-        max_kept_scan_mb: MiB the chat page keeps of uploaded scans over all clients (oldest dropped first).
+        max_kept_scan_mb: MiB the chat page keeps over all clients (model inputs, display volumes, files; oldest dropped first).
     """
-    from radfm.model.loading import resolve_model_dir
-    from radfm.serving.answerer import ModelAnswerer
     from radfm.utils.cli import UsageError
 
     if host not in LOOPBACK_HOSTS and not allow_remote:
@@ -301,17 +298,35 @@ def serve(
         guard = GuardLimits(header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s).check()
     except ValueError as error:
         raise UsageError(str(error)) from None
+    try:  # the port is taken before the model loads (minutes for a big one), and held until uvicorn listens
+        listening = bind_socket(host, port)
+    except OSError as error:
+        in_use = error.errno == errno.EADDRINUSE
+        raise SystemExit(f"cannot listen on {host}:{port}: {error.strerror or error}"
+                         + (" (another process listens there: stop it or pick another --port)" if in_use else "")) from None
+    try:
+        _load_and_serve(model, host, port, listening, limits, guard, placement=dict(
+            dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
+            offload_folder=offload_folder, quantization=quantize))
+    finally:
+        listening.close()
+
+
+def _load_and_serve(model: str | None, host: str, port: int, listening: socket.socket, limits: Limits,
+                    guard: GuardLimits, placement: dict[str, Any]) -> None:
+    """Load the model and serve on the socket ``serve`` bound (returns on SIGTERM/Ctrl-C)."""
+    from radfm.model.loading import resolve_model_dir
+    from radfm.serving.answerer import ModelAnswerer
+
     model_dir = resolve_model_dir(model)
     import radfm.transforms  # noqa: F401  (imports ITK/MONAI now, not during the first request)
 
-    placement = dict(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
-                     offload_folder=offload_folder, quantization=quantize)
     print(f"loading {model_dir} ({', '.join(f'{k}={v}' for k, v in placement.items() if v is not None)}) ...", flush=True)
     answerer = ModelAnswerer.from_model_dir(model_dir, **placement)
     service = InferenceService(answerer, limits)
     print(f"RadFM service on http://{host}:{port} (model {answerer.identity.name}, "
           f"weights sha256 {answerer.identity.weights_sha256[:12]}...)", flush=True)
     try:
-        guarded_server(service.app, host, int(port), guard, log_level="info").run()
+        guarded_server(service.app, host, int(port), guard, log_level="info").run(sockets=[listening])
     finally:
         service.close()  # SIGTERM/Ctrl-C: uvicorn returns here; no temp folder outlives the process

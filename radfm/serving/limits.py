@@ -31,7 +31,7 @@ class Limits:
     max_scan_bytes: int = 2 * 1024**3
     # bytes the scans' headers claim, summed over every request reading at once (admission to the pool)
     prepare_budget_bytes: int = 2 * 1024**3
-    # the chat page's kept scans (all clients together): their model inputs and files; oldest evicted
+    # the chat page's kept scans (all clients together): model inputs, display volumes and files; oldest evicted
     max_kept_scan_bytes: int = 1024 * MiB
 
     def check(self) -> Limits:

@@ -10,6 +10,53 @@ from typing import Any
 from radfm.serving.refusal import RequestError
 from radfm.utils.cli import nearest
 
+INT_BITS = 63  # every integer option fits a signed 64-bit integer (torch, the seed)
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` short enough for an error message (a 400-digit number or a long string is summarised).
+
+    Args:
+        value: what the client sent.
+
+    Returns:
+        The repr, or a summary for integers over 40 digits and strings over 40 characters.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"{'-' if value < 0 else ''}<an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits>"
+    if isinstance(value, (str, bytes)) and len(value) > 40:
+        return f"{value[:20]!r}... ({len(value)} characters)"
+    return repr(value)
+
+
+def check_number(name: str, value: Any, integer: bool, bounded: bool = True) -> int | float:
+    """``value`` if it is a finite number (within 64 bits unless ``bounded`` is false), else ``ValueError``.
+
+    Never converts an integer to a float, so a 400-digit number is refused, not an ``OverflowError``.
+
+    Args:
+        name: the field, named in the error (the message starts ``"{name}={value}: "``).
+        value: a JSON number or Python value (strings are the caller's to convert first).
+        integer: whether the field takes whole numbers only (``5.0`` counts as whole).
+        bounded: refuse magnitudes from 2^63 on (``False`` where the caller checks the field's own range).
+
+    Returns:
+        ``value`` unchanged.
+
+    Raises:
+        ValueError: naming the field and what was expected.
+    """
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}={shown(value)}: expected {kind}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name}={value!r}: expected a finite number")
+    if integer and isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"{name}={value!r}: expected {kind}")
+    if bounded and not -(2**INT_BITS) <= value < 2**INT_BITS:
+        raise ValueError(f"{name}={shown(value)}: expected {kind} in [-2^{INT_BITS}, 2^{INT_BITS})")
+    return value
+
 @dataclass
 class GenerationOptions:
     """Decoding settings; ``validate`` names the bad field. Greedy by default (reproducible)."""
@@ -43,21 +90,19 @@ class GenerationOptions:
         max_beam_tokens = self.MAX_BEAM_TOKENS if max_beam_tokens is None else max_beam_tokens
         for name, kind in (("max_new_tokens", int), ("top_k", int), ("num_beams", int),
                            ("temperature", float), ("top_p", float), ("repetition_penalty", float)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
-                raise ValueError(f"generation option {name}={value!r}: expected {'an integer' if kind is int else 'a number'}")
-            if kind is float and not math.isfinite(value):
-                raise ValueError(f"generation option {name}={value!r}: expected a finite number")
+            # each field's range below is exact for any int (no float conversion): that error names the range
+            check_number(f"generation option {name}", getattr(self, name), integer=kind is int, bounded=False)
         if not isinstance(self.do_sample, bool):
             raise ValueError(f"generation option do_sample={self.do_sample!r}: expected true or false")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
-            raise ValueError(f"generation option seed={self.seed!r}: expected an integer in [0, 2^63)")
+            raise ValueError(f"generation option seed={shown(self.seed)}: expected an integer in [0, 2^63)")
         low, high = self.FLOAT_RANGE
         checks = [
             ("max_new_tokens", 1 <= self.max_new_tokens, "at least 1"),
             ("temperature", low <= self.temperature <= high, f"in [{low}, {high}]"),
             ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
             ("top_k", self.top_k >= 0, ">= 0"),
+            ("top_k", self.top_k < 2**31, "< 2^31"),
             ("num_beams", 1 <= self.num_beams <= max_num_beams, f"in [1, {max_num_beams}]"),
             ("repetition_penalty", low <= self.repetition_penalty <= high, f"in [{low}, {high}]"),
         ]
@@ -65,11 +110,11 @@ class GenerationOptions:
             checks.append(("max_new_tokens", self.max_new_tokens <= max_new_tokens_limit, f"<= {max_new_tokens_limit}"))
         for name, ok, expected in checks:
             if not ok:
-                raise ValueError(f"generation option {name}={getattr(self, name)!r}: expected {expected}")
+                raise ValueError(f"generation option {name}={shown(getattr(self, name))}: expected {expected}")
         if self.max_new_tokens * self.num_beams > max_beam_tokens:
             raise ValueError(
-                f"generation options max_new_tokens={self.max_new_tokens} x num_beams={self.num_beams} = "
-                f"{self.max_new_tokens * self.num_beams}: expected at most {max_beam_tokens} (fewer beams or tokens)"
+                f"generation options max_new_tokens={shown(self.max_new_tokens)} x num_beams={shown(self.num_beams)} = "
+                f"{shown(self.max_new_tokens * self.num_beams)}: expected at most {max_beam_tokens} (fewer beams or tokens)"
             )
         return self
 
@@ -105,7 +150,7 @@ def parse_bool(name: str, raw: Any) -> bool:
         return raw
     if isinstance(raw, str) and raw.strip().lower() in _TRUE + _FALSE:
         return raw.strip().lower() in _TRUE
-    raise RequestError(f"field {name!r}: cannot read {raw!r} as true or false", 422, field=name, code="invalid_value")
+    raise RequestError(f"field {name!r}: cannot read {shown(raw)} as true or false", 422, field=name, code="invalid_value")
 
 
 def parse_options(values: Mapping[str, Any] | GenerationOptions | None, limits: Any = None) -> GenerationOptions:
@@ -131,7 +176,7 @@ def parse_options(values: Mapping[str, Any] | GenerationOptions | None, limits: 
                 raw = float(raw) if name in _FLOATS else int(raw.strip())
             except ValueError:
                 kind = "a number" if name in _FLOATS else "an integer"
-                raise RequestError(f"field {name!r}: cannot read {raw!r} as {kind}", 422, field=name,
+                raise RequestError(f"field {name!r}: cannot read {shown(raw)} as {kind}", 422, field=name,
                                    code="invalid_type") from None
         parsed[name] = raw
     cap = getattr(limits, "max_new_tokens", None)

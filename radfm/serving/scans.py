@@ -221,10 +221,12 @@ def group_scans(saved: list[SavedFile], workdir: Path, *, max_scan_bytes: int) -
             header = kept.checked.header if kept is not None and kept.checked is not None else pydicom.dcmread(
                 path, stop_before_pixels=True, force=True, defer_size="1 MB")
             series_uid = str(header.SeriesInstanceUID)
-            _ = header.Rows  # an image instance, not e.g. a DICOMDIR or SR
         except Exception as error:
             raise RequestError(f"{name}: not a readable DICOM image ({type(error).__name__}: {error})", 422,
                                code="invalid_scan") from None
+        if "Rows" not in header:  # not an image (an RT Plan, an SR, a DICOMDIR): the reader's words, on every door
+            raise RequestError(f"{name}: DICOM object without pixel data (SOP class {header.get('SOPClassUID', '?')}); "
+                               "expected an image", 422, code="invalid_scan")
         if series_uid not in series:
             folder = workdir / f"series_{len(series):03d}"
             while folder.exists():

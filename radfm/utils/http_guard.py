@@ -10,6 +10,10 @@
 * **Host / Origin check** (:class:`HttpGuard`, for servers bound to loopback): a request whose
   ``Host`` is not a loopback name (DNS rebinding: ``Host: evil.example``), or whose ``Origin``
   is another site, is refused with 403 before the app sees it.
+* **JSON bodies** (:func:`decode_json`): every route that takes JSON decodes it here, with a
+  bounded parser (nesting at most 200 deep, numbers at most 4300 digits, no ``NaN`` or
+  ``Infinity``), so a hostile body is a ``ValueError`` saying where it went wrong, never a
+  ``RecursionError`` deep in the standard library's decoder.
 
 :func:`guarded_server` builds a uvicorn server with all of these.
 """
@@ -19,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import socket
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_NOT_JSON_LITERALS = {bytes: (b"NaN", b"Infinity"), str: ("NaN", "Infinity")}
 
 
 @dataclass
@@ -61,6 +67,39 @@ def _split_host(value: str) -> tuple[str, int | None]:
         return (parts.hostname or ""), parts.port
     except ValueError:
         return "", None
+
+
+def decode_json(raw: bytes | str) -> object:
+    """Parse a request body as JSON with bounded nesting and number sizes.
+
+    pydantic-core's parser (FastAPI's own, in Rust) stops at 200 levels of nesting and at
+    numbers longer than 4300 digits, refuses ``NaN``/``Infinity`` literals and is faster than
+    :func:`json.loads`; a number too large for a float (``1e400``) becomes ``inf``, which the
+    option checks refuse naming their field.
+
+    Args:
+        raw: the request body.
+
+    Returns:
+        The decoded value (dicts, lists, strings, ints, floats, booleans, ``None``).
+
+    Raises:
+        ValueError: the body is not JSON, or is nested too deep, or holds a number too long;
+            the message says which and where (line, column).
+    """
+    from pydantic_core import from_json
+
+    try:
+        return from_json(raw, allow_inf_nan=False)
+    except ValueError as error:
+        reason = str(error)
+        if reason.startswith("recursion limit exceeded"):
+            reason = reason.replace("recursion limit exceeded", "arrays/objects nested more than 200 deep", 1)
+        elif reason.startswith("number out of range"):
+            reason = reason.replace("number out of range", "a number with more than 4300 digits", 1)
+        elif reason.startswith("expected value") and any(word in raw for word in _NOT_JSON_LITERALS[type(raw)]):
+            reason += "; NaN and Infinity are not JSON numbers"
+        raise ValueError(reason) from None
 
 
 def _json_response(status: int, message: str) -> tuple[dict, dict]:
@@ -192,6 +231,32 @@ def _guarded_protocol(header_timeout_s: float):
 
     GuardedH11Protocol.header_timeout_s = header_timeout_s
     return GuardedH11Protocol
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``(host, port)`` as uvicorn binds one (``SO_REUSEADDR``), for ``Server.run(sockets=...)``.
+
+    Binding before a slow start (loading a model) says at once that the port is taken, and
+    holds it until the server listens.
+
+    Args:
+        host: address or name to bind (IPv6 when it holds a colon).
+        port: TCP port (0: a free one).
+
+    Returns:
+        The bound socket (not yet listening).
+
+    Raises:
+        OSError: the address cannot be bound (``errno.EADDRINUSE`` when another process listens there).
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def guarded_server(app, host: str, port: int, limits: GuardLimits | None = None,

@@ -137,6 +137,19 @@ def test_page_and_static_files_are_local(server):
     assert info["verification"] == "UNVERIFIED"
 
 
+def test_every_link_on_the_page_resolves(server):
+    """Issue 31 item 8: the page's links (the "API" link included) lead somewhere on this server, not to a 404."""
+    import re
+
+    page = httpx.get(server.url + "/").text
+    links = re.findall(r'(?:href|src)="([^"]+)"', page)
+    assert any("API" in anchor for anchor in re.findall(r"<a [^>]*>([^<]*)</a>", page))
+    assert links
+    for link in links:
+        assert link.startswith("/"), link  # same origin only
+        assert httpx.get(server.url + link).status_code == 200, link
+
+
 def test_openai_zip_file_part_and_limits(server, ct_series_dir):
     """A zipped DICOM series as a ``file`` part (tiny model); the service's limits apply."""
     model = httpx.get(f"{server.url}/v1/models").json()["data"][0]["id"]

@@ -244,3 +244,25 @@ def test_reference_only_kinds_work_by_path_but_are_not_uploads(server, tiny_mode
     reply = httpx.post(f"{server.url}/v1/answer", data={"prompt": "Which?"},
                        files=[("files", ("vol.npy", volume.read_bytes()))], timeout=60)
     assert reply.status_code == 415 and "vol.npy: a NumPy array (.npy) is not accepted here" in reply.json()["error"]
+
+
+def test_a_dicom_object_without_pixels_gets_the_readers_error_on_every_door(server, tiny_model_dir, capsys):
+    """Issue 31 item 8: pydicom's RT Plan answered ``AttributeError: ... 'Rows'`` on the HTTP doors while
+    ``radfm generate`` said "DICOM object without pixel data (SOP class ...)"; now every door says the latter."""
+    import pydicom
+
+    from radfm.cli import main
+
+    plan = Path(pydicom.data.get_testdata_file("rtplan.dcm", download=False))
+    expected = "rtplan.dcm: DICOM object without pixel data (SOP class 1.2.840.10008.5.1.4.1.1.481.5); expected an image"
+    with pytest.raises(SystemExit) as exited:
+        main(["generate", str(plan), "--prompt", "Which?", "--model", str(tiny_model_dir), "--device", "cpu"])
+    assert exited.value.code == 1 and expected in capsys.readouterr().err
+    data = plan.read_bytes()
+    reply = httpx.post(f"{server.url}/v1/answer", data={"prompt": "Which?"}, files=[("files", ("rtplan.dcm", data))],
+                       timeout=60)
+    assert reply.status_code == 422 and reply.json()["error"] == expected, reply.text
+    reply = httpx.post(f"{server.url}/chat/api/scans", files=[("files", ("rtplan.dcm", data))], timeout=60)
+    assert reply.status_code == 422 and reply.json()["error"] == expected, reply.text
+    reply = httpx.post(f"{server.url}/v1/chat/completions", json=_openai_body("rtplan.dcm", data), timeout=60)
+    assert reply.status_code == 400 and reply.json()["error"]["message"].endswith(expected), reply.text  # OpenAI: 400

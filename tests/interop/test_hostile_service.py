@@ -1,4 +1,5 @@
-"""Hostile input on the service, round two (issue 22): bodies, kept uploads, temp folders, flags, /docs."""
+"""Hostile input on the service: issue 22 (bodies, kept uploads, temp folders, flags, /docs) and issue 28
+(S1: JSON depth and huge numbers; S4: kept display volumes)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,45 @@ def test_kept_chat_scans_stay_within_a_byte_budget_oldest_dropped(tiny_answerer,
         assert 0 < len(kept) < len(ids) and kept == ids[-len(kept):]  # the oldest went first
         folders = list(tmp_path.glob("radfm-request-*"))
         assert len(folders) == len(kept)  # a dropped upload's folder is removed with it
+
+
+def _kept_array_bytes(service) -> int:
+    """What the chat page holds in memory, measured: the nbytes of every array each kept scan references."""
+    total = 0
+    for item in service.chat_scans._items.values():
+        for array in (item.image, getattr(item._display, "data", None)):
+            if array is not None:
+                total += int(np.asarray(array).nbytes)
+    return total
+
+
+def test_kept_chat_scans_count_their_display_volumes(tiny_answerer, tmp_path):
+    """S4 (issue 28): a small .nii.gz whose display volume is 16 MiB of float32; four uploads, a 112 MiB budget.
+
+    Each kept scan holds its model input (48 MiB at the tiny model's 256² x 64 grid) and its
+    display volume (read at upload to describe it): both count against the budget, so one
+    scan is kept (two hold 128 MiB) and the arrays held stay under it.
+    """
+    import nibabel as nib
+
+    from radfm.interop.service import InferenceService
+
+    volume = np.zeros((256, 256, 64), np.int16)
+    volume[96:160, 96:160, 16:48] = 400  # a cube: compresses to a few KiB
+    path = tmp_path / "big.nii.gz"
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), path)
+    budget = 112 * MiB
+    service = InferenceService(tiny_answerer, Limits(max_kept_scan_bytes=budget))
+    try:
+        with BackgroundServer(service.app) as running:
+            for index in range(4):
+                reply = httpx.post(f"{running.url}/chat/api/scans", files=[("files", (f"b{index}.nii.gz", path.read_bytes()))],
+                                   timeout=120)
+                assert reply.status_code == 200, reply.text
+                assert _kept_array_bytes(service) <= budget
+            assert len(service.chat_scans._items) == 1
+    finally:
+        service.close()
 
 
 def test_one_upload_larger_than_the_whole_budget_is_refused(tiny_answerer, small_scans):
@@ -149,6 +189,24 @@ def test_serve_refuses_bad_flags_before_loading_the_model(tmp_path, flags, messa
         serve(model=str(tmp_path / "no_model"), **flags)
 
 
+def test_serve_on_a_port_in_use_exits_1_with_one_line_before_loading_the_model(tiny_model_dir, capsys):
+    """Issue 31 item 8: the port is checked before the model loads; one line on stderr, exit 1 (a runtime error)."""
+    from radfm.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exited:
+            main(["serve", "--model", str(tiny_model_dir), "--port", str(port), "--device", "cpu"])
+    out, err = capsys.readouterr()
+    # SystemExit("radfm serve: error: ...") is what the CLI turns every runtime error into: Python exits 1 with it
+    assert str(exited.value.code).startswith("radfm serve: error: ")
+    message = str(exited.value.code)
+    assert f"127.0.0.1:{port}" in message and "another process" in message and "\n" not in message
+    assert "loading" not in out and "RadFM service on" not in out  # refused before the model loads
+
+
 @pytest.mark.parametrize(("command", "flags", "message"), [
     ("generate", ["--max_new_tokens", "0"], "max_new_tokens"),
     ("generate", ["--max_scan_mb", "-5"], "--max_scan_mb"),
@@ -225,3 +283,57 @@ def test_a_full_queue_is_a_503_before_a_stream_starts(small_scans):
         first.join()
         second.join()
     assert reply.status_code == 503 and reply.json()["error"]["code"] == "queue_full"
+
+
+# ---------------------------------------------------------------- S1 (issue 28): JSON depth, huge numbers ----
+DEEP = 100_000
+HUGE = "1" + "0" * 400  # a 401-digit integer: no float holds it
+JSON_ROUTES = ("/v1/chat/completions", "/chat/api/answer", "/chat/api/export/sr")
+
+
+def _refusal_text(reply) -> str:
+    """The error message of a refusal in either shape (OpenAI's ``{"error": {"message"}}`` or ``{"error"}``)."""
+    error = reply.json()["error"]
+    return error["message"] if isinstance(error, dict) else error
+
+
+@pytest.mark.parametrize("route", JSON_ROUTES)
+def test_json_nested_100000_deep_is_a_400_not_a_traceback(server, route):
+    body = b'{"messages": ' + b"[" * DEEP + b"]" * DEEP + b"}"
+    reply = httpx.post(f"{server.url}{route}", content=body, headers={"Content-Type": "application/json"}, timeout=60)
+    assert reply.status_code == 400, reply.text[:300]
+    assert "nested" in _refusal_text(reply) and "Traceback" not in reply.text
+
+
+@pytest.mark.parametrize(("route", "field", "value"), [
+    ("/v1/chat/completions", "max_tokens", HUGE), ("/v1/chat/completions", "seed", HUGE),
+    ("/v1/chat/completions", "temperature", HUGE), ("/v1/chat/completions", "top_p", "-" + HUGE),
+    ("/v1/chat/completions", "n", HUGE),
+    ("/chat/api/answer", "max_new_tokens", HUGE), ("/chat/api/answer", "temperature", HUGE),
+    ("/chat/api/answer", "top_k", HUGE),
+])
+def test_a_400_digit_number_in_json_is_refused_naming_its_field(server, route, field, value):
+    text = {"/v1/chat/completions": '"content": "Which?"', "/chat/api/answer": '"text": "Which?", "scans": []'}[route]
+    body = f'{{"messages": [{{"role": "user", {text}}}], "{field}": {value}}}'
+    reply = httpx.post(f"{server.url}{route}", content=body, headers={"Content-Type": "application/json"}, timeout=60)
+    assert reply.status_code in (400, 422), reply.text[:300]
+    assert field in _refusal_text(reply) and "Traceback" not in reply.text
+    if route == "/v1/chat/completions":
+        assert reply.json()["error"]["param"] in (field, "max_new_tokens")
+
+
+@pytest.mark.parametrize("field", ["max_new_tokens", "top_k", "num_beams"])
+def test_a_400_digit_number_in_the_answer_form_is_a_422_naming_its_field(server, small_scans, field):
+    reply = httpx.post(f"{server.url}/v1/answer", data={"prompt": "Which?", field: HUGE},
+                       files=[("files", ("c.png", small_scans["png"].read_bytes()))], timeout=60)
+    assert reply.status_code == 422, reply.text[:300]
+    assert field in reply.json()["error"] and "Traceback" not in reply.text
+
+
+def test_json_numbers_beyond_what_the_parser_takes_and_nan_literals_are_400(server):
+    """More digits than Python converts (4300) and the non-JSON NaN/Infinity literals: 400 with a reason."""
+    for value in ("1" + "0" * 5000, "NaN", "Infinity", "-Infinity"):
+        body = f'{{"messages": [{{"role": "user", "content": "Which?"}}], "temperature": {value}}}'
+        reply = httpx.post(f"{server.url}/v1/chat/completions", content=body,
+                           headers={"Content-Type": "application/json"}, timeout=60)
+        assert reply.status_code == 400 and "not valid JSON" in _refusal_text(reply), (value[:10], reply.text[:300])

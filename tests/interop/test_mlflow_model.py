@@ -124,3 +124,25 @@ def test_bundle_handler_logs_into_the_tracking_run(store, tiny_model_dir):
     quiet.attach(plain)
     plain.run([0], max_epochs=1)
     assert quiet.logged is None
+
+
+@pytest.mark.parametrize(("params", "field"), [
+    ({"max_new_tokens": 10**400}, "max_new_tokens"), ({"seed": float("inf")}, "seed"), ({"seed": float("nan")}, "seed"),
+    ({"seed": 10**400}, "seed"), ({"temperature": 10**400, "do_sample": True}, "temperature"),
+])
+def test_out_of_range_params_are_refused_naming_the_param(params, field):
+    """S1 (issue 28): numbers no float holds, inf and nan are a ValueError naming the param, never an OverflowError."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from radfm.interop.generate import CLI_LIMITS
+    from radfm.interop.mlflow_model import RadFMPyfunc
+    from radfm.serving.limits import Limits
+
+    model = RadFMPyfunc()
+    model.path = SimpleNamespace(limits=Limits(**CLI_LIMITS))  # the checks come before any model call
+    frame = pd.DataFrame({"prompt": ["<image> Which?"], "images": [["scan.png"]]})
+    with pytest.raises(ValueError, match=field) as refused:
+        model.predict(None, frame, params=params)
+    assert len(str(refused.value)) < 200  # a 400-digit number is summarised, not printed

@@ -82,6 +82,18 @@ def test_one_validator_for_form_strings_json_values_and_flags():
     assert isinstance(parse_options(GenerationOptions(seed=3), None), GenerationOptions)
 
 
+@pytest.mark.parametrize("name", ["max_new_tokens", "top_k", "num_beams", "temperature", "top_p", "repetition_penalty"])
+@pytest.mark.parametrize("value", [10**400, -(10**400)])
+def test_a_number_no_float_holds_is_a_422_naming_the_option(name, value):
+    """S1 (issue 28): a 400-digit integer (JSON, MLflow params) was an OverflowError (float conversion); now each
+    option's own range refuses it, naming the field, in a short message."""
+    with pytest.raises(RequestError) as caught:
+        parse_options({name: value}, Limits(max_new_tokens=16))
+    assert caught.value.status_code == 422 and caught.value.field == name
+    assert f"generation option {name}=" in str(caught.value) and "digits>" in str(caught.value)
+    assert len(str(caught.value)) < 200
+
+
 def test_reading_runs_in_the_bounded_pool_admitted_by_the_budget(nifti):
     holder: list = []
     answerer = RecordingAnswerer(holder, delay_s=0.2)
