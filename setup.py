@@ -80,7 +80,6 @@ setup(
             "setuptools>=70.1",  # builds the wheel offline in tests/test_wheel.py (bdist_wheel built in)
             "pydicom-data>=1.0",
             "nilearn>=0.10",
-            "httpx>=0.27",
             "selenium>=4.20",
             "openai>=1.40",  # the official client, to test the OpenAI-compatible endpoint
             "schemathesis>=4.32",  # fuzzes the service against its OpenAPI schema (tests/interop/test_api_fuzz.py)
