@@ -184,7 +184,7 @@ def _listed(names: list[str]) -> str:
     return shown + (f", … (and {len(names) - _LISTED} more)" if len(names) > _LISTED else "")
 
 
-def check_weights_cover(folder: str | os.PathLike) -> None:
+def check_weights_cover(folder: str | os.PathLike, model_class: type) -> None:
     """Refuse weights that do not cover the network ``config.json`` describes, before anything is allocated.
 
     The network is built on the meta device (no memory); its parameters and persistent buffers are
@@ -194,15 +194,16 @@ def check_weights_cover(folder: str | os.PathLike) -> None:
 
     Args:
         folder: the model folder (``config.json`` and its safetensors).
+        model_class: the network class (``RadFMForConditionalGeneration``, which calls this from its
+            ``from_pretrained``).
     """
     from radfm.model.config import RadFMConfig
-    from radfm.model.radfm import RadFMForConditionalGeneration
     from radfm.model.weights import build_empty, tied_aliases
 
     folder = Path(os.fspath(folder))
     headers = weight_headers(folder)
     files = ", ".join(sorted({path.name for _, _, path in headers.values()})) or WEIGHT_FILES[0]
-    network = build_empty(RadFMForConditionalGeneration, RadFMConfig.from_json_file(folder / "config.json"))
+    network = build_empty(model_class, RadFMConfig.from_json_file(folder / "config.json"))
     # tied weights are saved once: transformers records the ties (built on meta, they are not yet shared)
     aliases = {**tied_aliases(network), **dict(getattr(network, "all_tied_weights_keys", None) or {})}
     groups: dict[str, list[str]] = {}

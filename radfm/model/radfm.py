@@ -156,7 +156,7 @@ class RadFMForConditionalGeneration(RadFMPreTrainedModel, GenerationMixin):
 
         if os.path.isdir(os.fspath(pretrained_model_name_or_path)):
             check_model_folder(pretrained_model_name_or_path, processor=False)
-            check_weights_cover(pretrained_model_name_or_path)  # headers only, before anything is allocated
+            check_weights_cover(pretrained_model_name_or_path, cls)  # headers only, before anything is allocated
         return super().from_pretrained(pretrained_model_name_or_path, *args, **_no_remote_code(kwargs))
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, tokenizer=None, processor=None,
