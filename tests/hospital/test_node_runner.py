@@ -168,3 +168,30 @@ def test_the_node_writes_no_patient_data_to_its_log_or_job_records(node, tmp_pat
     assert patient_data.leaks(emitted, identifying_patient) == []
     sr = pydicom.dcmread(record["results"][0]["sr_path"])
     assert str(sr.PatientName) == identifying_patient["name"] and sr.PatientID == identifying_patient["id"]
+
+
+class _QuotingAnswerer(CountingAnswerer):
+    """Fails as pydicom does on a birth date that is not a DICOM date: its message quotes the value."""
+
+    def answer(self, prompt, images, options):
+        raise ValueError("Unable to convert '1970-02-03' to 'DA' object")
+
+
+def test_a_failed_job_records_its_reason_without_the_patient_value(tmp_path, patient_data, caplog):
+    """The job's reason is what `radfm node status` shows; the library's wording stays, the value goes."""
+    import json
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    config = NodeConfig.from_dict({"port": 0, "state_dir": str(tmp_path / "state"), "max_attempts": 1,
+                                   "allowed_callers": [{"ae_title": "TESTSCU", "host": "127.0.0.1"}]})
+    runner = NodeRunner(config, answerer=_QuotingAnswerer())
+    try:
+        _spool(runner, write_ct_series(tmp_path / "ct", slices=4, size=16))
+        _run_all(runner)
+        (record,) = runner.queue.jobs()
+        assert record["state"] == "failed" and "Unable to convert <withheld> to 'DA' object" in record["reason"]
+        assert "1970-02-03" not in json.dumps(runner.queue.jobs()) + caplog.text
+    finally:
+        runner.path.close()
+        runner.queue.close()
