@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from radfm.utils import patient_data as _patient_data
+
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -45,3 +47,4 @@ def _register_with_transformers() -> None:
 
 
 _register_with_transformers()
+_patient_data.install()  # no PatientName/PatientID/birth date in any log or warning (radfm.utils.patient_data)

@@ -183,3 +183,65 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         print(f"\nCI: {len(skipped)} test(s) or module(s) skipped; in CI a missing prerequisite fails:\n  "
               + "\n  ".join(where[:20]), file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# Patients whose data must never reach a log, warning or status line (docs/hospital.md). Names as real
+# data has them: one component without "^" (highdicom warns about those, quoting the name), a name with
+# a space, names that read like words; IDs with spaces; a birth date that is not a DICOM DA value
+# (pydicom warns quoting it, highdicom refuses it quoting it).
+IDENTIFYING_PATIENTS = (
+    {"name": "PLA", "id": "PLA0042", "birth_date": "1970-02-03"},
+    {"name": "John Smith", "id": "JS 610704", "birth_date": "19610704"},
+    {"name": "CHEST", "id": "CHEST-7", "birth_date": "19991231"},
+)
+
+
+class PatientData:
+    """Put an identifying patient into DICOM files, and look for that patient's data in what a run emitted."""
+
+    patients = IDENTIFYING_PATIENTS
+
+    @staticmethod
+    def give(files, patient: dict) -> None:
+        """Rewrite ``files`` in place with ``patient``'s name, ID and birth date (values stored as given)."""
+        import pydicom
+        from pydicom.dataelem import DataElement
+
+        for file in files:
+            ds = pydicom.dcmread(file)
+            for keyword, vr, value in (("PatientName", "PN", patient["name"]), ("PatientID", "LO", patient["id"]),
+                                       ("PatientBirthDate", "DA", patient["birth_date"])):
+                tag = pydicom.datadict.tag_for_keyword(keyword)
+                ds[tag] = DataElement(tag, vr, value, validation_mode=pydicom.config.IGNORE)
+            ds.save_as(file)
+
+    @staticmethod
+    def leaks(text: str, patient: dict) -> list[str]:
+        """The values of ``patient`` found in ``text`` (whole words, case as stored; also each name part)."""
+        import re
+
+        values = {patient["name"], patient["id"], patient["birth_date"], *patient["name"].split()}
+        return sorted(v for v in values if re.search(rf"(?<![\w^]){re.escape(v)}(?![\w^])", text))
+
+    @staticmethod
+    def emitted(capfd, caplog, recwarn) -> str:
+        """All a run in this process wrote: stdout, stderr, every log record (formatted as a log handler
+        does, tracebacks included) and every warning as Python would have printed it (pytest records
+        warnings instead of printing them; ``warnings.formatwarning`` is what printing calls)."""
+        import warnings
+
+        out, err = capfd.readouterr()
+        shown = [warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in recwarn]
+        return "\n".join([out, err, caplog.text, *shown])
+
+
+@pytest.fixture(scope="session")
+def patient_data() -> type[PatientData]:
+    """:class:`PatientData`: ``give(files, patient)``, ``leaks(text, patient)``, ``emitted(capfd, caplog, recwarn)``."""
+    return PatientData
+
+
+@pytest.fixture(params=IDENTIFYING_PATIENTS, ids=lambda patient: patient["name"].replace(" ", "_"))
+def identifying_patient(request) -> dict:
+    """Each of :data:`IDENTIFYING_PATIENTS` in turn."""
+    return request.param

@@ -138,7 +138,7 @@ def _load_tokenizer(tokenizer_dir: str | os.PathLike):
 
     from radfm.model.tokenizer import add_image_tokens
 
-    tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer_dir))
+    tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer_dir), trust_remote_code=False)
     add_image_tokens(tokenizer)
     return tokenizer
 

@@ -28,6 +28,7 @@ from radfm.hospital.job_queue import Job, JobQueue
 from radfm.hospital.node_config import NodeConfig
 from radfm.hospital.series_rules import select_series
 from radfm.hospital.storage_scp import StorageSCP
+from radfm.utils.patient_data import redact
 
 logger = logging.getLogger("radfm.node")
 
@@ -134,10 +135,11 @@ class NodeRunner:
         try:
             self.run_job(job)
         except JobFailed as error:
-            self.queue.fail_job(job.id, str(error))
+            self.queue.fail_job(job.id, redact(str(error)))
         except Exception as error:  # one bad study must not stop the others
             logger.exception("job %d: unexpected error", job.id)
-            self.queue.fail_job(job.id, f"{type(error).__name__}: {error}")
+            # the reason is status output: a library's message may quote a patient's value
+            self.queue.fail_job(job.id, redact(f"{type(error).__name__}: {error}"))
         finally:
             with self._active_lock:
                 self._active -= 1

@@ -49,7 +49,7 @@ def convert(
 
         from radfm.model.tokenizer import add_image_tokens
 
-        tok = AutoTokenizer.from_pretrained(tokenizer)
+        tok = AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=False)  # never a folder's code
         base = add_image_tokens(tok, max_images=model.config.max_images)
         if base != model.config.base_vocab_size:
             raise ValueError(

@@ -28,6 +28,7 @@ import highdicom as hd
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.valuerep import DA, TM
 
 from radfm.serving.identity import ModelIdentity, identity_of_model_dir
 from radfm.utils.io import atomic_path
@@ -77,12 +78,26 @@ def read_dicom_headers(path: str | Path, series_uid: str | None = None) -> list[
     return headers
 
 
-def _complete_type2(header: Dataset) -> Dataset:
-    """A copy of ``header`` with missing type-2 patient/study attributes present but empty."""
+# Dates and times highdicom converts (DA/TM) from the first source: a value it cannot convert would stop
+# the SR with an error that quotes it (a birth date), so the SR leaves it empty instead
+_CONVERTED_SOURCE_ATTRIBUTES = (("PatientBirthDate", DA), ("StudyDate", DA), ("StudyTime", TM))
+
+
+def _complete_type2(header: Dataset, emptied: set[str]) -> Dataset:
+    """A copy of ``header`` with missing type-2 patient/study attributes present but empty, and dates/times
+    that are not valid DICOM values emptied (their keywords added to ``emptied``; the values are never logged)."""
     header = pydicom.Dataset(header)
     for keyword in _TYPE2_SOURCE_ATTRIBUTES:
         if keyword not in header:
             setattr(header, keyword, None)
+    for keyword, value_type in _CONVERTED_SOURCE_ATTRIBUTES:
+        value = header.get(keyword)
+        if value:
+            try:
+                value_type(value)
+            except (TypeError, ValueError):
+                emptied.add(f"{keyword} (not a DICOM {value_type.__name__})")
+                setattr(header, keyword, None)
     return header
 
 
@@ -108,7 +123,10 @@ def build_sr(
         )
     if not answer.strip():
         raise SRExportError("the answer to store is empty")
-    sources = [_complete_type2(s) for s in sources]
+    emptied: set[str] = set()
+    sources = [_complete_type2(s, emptied) for s in sources]
+    if emptied:
+        logger.warning("the SR leaves empty the source's %s", ", ".join(sorted(emptied)))
 
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=pydicom.uid.generate_uid(entropy_srcs=[identity.name, identity.weights_sha256]),

@@ -153,8 +153,8 @@ class BertScoreF1:
         self.device = torch.device(device)
         self.threads = int(threads) if threads else machine_threads()
         # bert-score's default tokenizer (the slow, pure-Python one): identical token ids.
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), use_fast=False)
-        model = AutoModel.from_pretrained(str(self.model_dir))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), use_fast=False, trust_remote_code=False)
+        model = AutoModel.from_pretrained(str(self.model_dir), trust_remote_code=False)
         if hasattr(model, "decoder") and hasattr(model, "encoder"):
             model = model.encoder
         if not hasattr(model, "encoder") or not hasattr(model.encoder, "layer"):

@@ -74,7 +74,7 @@ def upgrade_folder(old: str | os.PathLike, output: str | os.PathLike, *, max_sha
 
     model = build_empty(RadFM, config)
     assign_weights(model, pairs(), source=str(old), tied=aliases, progress=False)
-    tokenizer = AutoTokenizer.from_pretrained(str(old))
+    tokenizer = AutoTokenizer.from_pretrained(str(old), trust_remote_code=False)
     legacy = old / LEGACY_PREPROCESS_FILE
     image_processor = RadFMImageProcessor.from_preprocess_json(legacy) if legacy.is_file() else None
     if image_processor is None:

@@ -72,6 +72,9 @@ def resolve_model_dir(model: str | os.PathLike | None) -> Path:
             "pass --model DIR (a `save_pretrained` folder, see `radfm convert`)"
         )
     path = Path(model)
+    if not path.exists():
+        raise FileNotFoundError(f"model folder {path} does not exist; pass --model DIR (a `save_pretrained` folder, "
+                                "see `radfm convert`)")
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a RadFM model folder (no config.json); convert weights with `radfm convert`")
     return path

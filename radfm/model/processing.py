@@ -523,11 +523,17 @@ class RadFMProcessor(ProcessorMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args: Any, **kwargs: Any) -> RadFMProcessor:
-        """transformers' loading; a local folder lacking a processor file is refused, naming it."""
+        """transformers' loading; a local folder lacking a processor file is refused, naming it.
+
+        Never runs a folder's own Python and never prompts: ``trust_remote_code`` is always ``False``
+        (a tokenizer or image processor that names custom code is refused by transformers).
+        """
         folder = Path(os.fspath(pretrained_model_name_or_path))
         if folder.is_dir():
             missing_processor_files(folder, raise_error=True)
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if kwargs.get("trust_remote_code"):
+            raise ValueError("trust_remote_code=True is refused: a RadFM model folder is data, never code")
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **{**kwargs, "trust_remote_code": False})
 
 
 def missing_processor_files(folder: str | os.PathLike, *, raise_error: bool = False) -> list[str]:

@@ -67,13 +67,21 @@ class RadFMPreTrainedModel(PreTrainedModel):
             nn.init.normal_(module.figure_token_weight, std=std)
 
 
+def _no_remote_code(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with ``trust_remote_code=False``: a model folder is data, its Python never runs."""
+    if kwargs.get("trust_remote_code"):
+        raise ValueError("trust_remote_code=True is refused: a RadFM model folder is data, never code")
+    return {**kwargs, "trust_remote_code": False}
+
+
 class RadFMForConditionalGeneration(RadFMPreTrainedModel, GenerationMixin):
     """The RadFM network around any decoder-only causal LM (``self.language_model``)."""
 
     def __init__(self, config: RadFMConfig, language_model: nn.Module | None = None) -> None:
         super().__init__(config)
         if language_model is None:
-            language_model = AutoModelForCausalLM.from_config(config.text_config)
+            # a config's auto_map never runs code (transformers would ask on stdin)
+            language_model = AutoModelForCausalLM.from_config(config.text_config, trust_remote_code=False)
         embed_rows = language_model.get_input_embeddings().weight.shape[0]
         if embed_rows != config.base_vocab_size:
             raise ValueError(
@@ -103,7 +111,7 @@ class RadFMForConditionalGeneration(RadFMPreTrainedModel, GenerationMixin):
         config is replaced by the language model's own config.
         """
         if not isinstance(llm, nn.Module):
-            llm = AutoModelForCausalLM.from_pretrained(os.fspath(llm), **llm_kwargs)
+            llm = AutoModelForCausalLM.from_pretrained(os.fspath(llm), **_no_remote_code(llm_kwargs))
         config = RadFMConfig() if config is None else config
         llm_dict = llm.config.to_dict()
         llm_dict["vocab_size"] = llm.get_input_embeddings().weight.shape[0]
@@ -144,11 +152,12 @@ class RadFMForConditionalGeneration(RadFMPreTrainedModel, GenerationMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args: Any, **kwargs: Any):
         """transformers' ``from_pretrained``; an old-format folder is refused naming the converter."""
-        from radfm.model.folder import check_model_folder
+        from radfm.model.folder import check_model_folder, check_weights_cover
 
         if os.path.isdir(os.fspath(pretrained_model_name_or_path)):
             check_model_folder(pretrained_model_name_or_path, processor=False)
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            check_weights_cover(pretrained_model_name_or_path, cls)  # headers only, before anything is allocated
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **_no_remote_code(kwargs))
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, tokenizer=None, processor=None,
                         **kwargs: Any) -> None:

@@ -68,3 +68,24 @@ def test_the_app_answers_the_selected_ct_series_and_writes_an_sr_referencing_it(
     if shutil.which("dciodvfy") is not None:
         check = subprocess.run(["dciodvfy", str(sr_path)], capture_output=True, text=True, timeout=60)
         assert [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")] == []
+
+
+def test_the_app_writes_no_patient_data_to_its_output(tmp_path, patient_data):
+    """The app's stdout and stderr (its log, the SDK's, the libraries' warnings) hold none of the patient's
+    data while it answers a series, for a single-component name and a birth date that is not a DICOM date."""
+    patient = patient_data.patients[0]
+    ct_files = write_ct_series(tmp_path / "in" / "ct", slices=8, size=64, description="AXIAL", patient_id=patient["id"])
+    patient_data.give(ct_files, patient)
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"selections": [
+        {"name": "ct", "conditions": {"Modality": "(?i)^CT$"}, "prompt": "<image> Where is the lesion?"}]}),
+        encoding="utf-8")
+    out = tmp_path / "out"
+    run = subprocess.run([DEPLOY_PYTHON, "-m", "radfm.hospital.deploy_app", "-i", str(tmp_path / "in"), "-o", str(out),
+                          "-m", str(demo_model_dir()), "--rules", str(rules), "--max_new_tokens", "4"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "PYTHONWARNINGS": "always"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert patient_data.leaks(run.stdout + run.stderr, patient) == []
+    (sr_path,) = sorted(out.glob("radfm-sr-*.dcm"))
+    assert str(pydicom.dcmread(sr_path).PatientName) == patient["name"]

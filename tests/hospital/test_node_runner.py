@@ -145,3 +145,53 @@ def test_pull_mode_node_fetches_a_matching_study_over_dicomweb_and_stows_the_rep
     assert [(job["study_uid"], job["state"]) for job in jobs] == [(study, "done")], jobs
     (sr,) = orthanc.srs_of_study(study)
     assert sr["00080060"]["Value"] == ["SR"]
+
+
+def test_the_node_writes_no_patient_data_to_its_log_or_job_records(node, tmp_path, identifying_patient, patient_data,
+                                                                  capfd, caplog, recwarn):
+    """Real names have no "^" and may read like words; highdicom quotes them in a warning, pydicom and
+    highdicom quote a birth date that is not a DICOM date. The node's log, its warnings and its job
+    records (what `radfm node` shows as status) hold none of it, and the SR still carries the patient."""
+    import json
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    ct = write_ct_series(tmp_path / "ct", slices=4, size=16, description="AXIAL", patient_id=identifying_patient["id"])
+    patient_data.give(ct, identifying_patient)
+    capfd.readouterr()
+    recwarn.clear()
+    _spool(node, ct)
+    _run_all(node)
+    (record,) = node.queue.jobs()
+    assert record["state"] == "done", record
+    emitted = patient_data.emitted(capfd, caplog, recwarn) + json.dumps(node.queue.jobs())
+    assert patient_data.leaks(emitted, identifying_patient) == []
+    sr = pydicom.dcmread(record["results"][0]["sr_path"])
+    assert str(sr.PatientName) == identifying_patient["name"] and sr.PatientID == identifying_patient["id"]
+
+
+class _QuotingAnswerer(CountingAnswerer):
+    """Fails as pydicom does on a birth date that is not a DICOM date: its message quotes the value."""
+
+    def answer(self, prompt, images, options):
+        raise ValueError("Unable to convert '1970-02-03' to 'DA' object")
+
+
+def test_a_failed_job_records_its_reason_without_the_patient_value(tmp_path, patient_data, caplog):
+    """The job's reason is what `radfm node status` shows; the library's wording stays, the value goes."""
+    import json
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    config = NodeConfig.from_dict({"port": 0, "state_dir": str(tmp_path / "state"), "max_attempts": 1,
+                                   "allowed_callers": [{"ae_title": "TESTSCU", "host": "127.0.0.1"}]})
+    runner = NodeRunner(config, answerer=_QuotingAnswerer())
+    try:
+        _spool(runner, write_ct_series(tmp_path / "ct", slices=4, size=16))
+        _run_all(runner)
+        (record,) = runner.queue.jobs()
+        assert record["state"] == "failed" and "Unable to convert <withheld> to 'DA' object" in record["reason"]
+        assert "1970-02-03" not in json.dumps(runner.queue.jobs()) + caplog.text
+    finally:
+        runner.path.close()
+        runner.queue.close()

@@ -21,7 +21,6 @@ from pynetdicom import AE
 from radfm.hospital.synthetic import write_chest_xray, write_ct_series
 
 pytestmark = pytest.mark.slow
-PATIENT_NAME = "Synthetic^Patient"  # what write_ct_series puts in; must never reach the node's log
 
 
 def _send_through_orthanc(orthanc, files: list[Path]) -> str:
@@ -50,10 +49,15 @@ def _dciodvfy_errors(path: Path) -> list[str]:
     return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
 
 
-def test_ct_and_chest_xray_go_through_orthanc_and_their_reports_come_back(pacs, tmp_path):
+def test_ct_and_chest_xray_go_through_orthanc_and_their_reports_come_back(pacs, tmp_path, patient_data):
     orthanc, node = pacs
     ct_files = write_ct_series(tmp_path / "ct", slices=8, size=64)
     dx_file = write_chest_xray(tmp_path / "dx", size=128)
+    # real names: one component ("PLA", a birth date that is not a DICOM date), a name with a space
+    patients = {"ct": patient_data.patients[0], "dx": patient_data.patients[1]}
+    patient_data.give(ct_files, patients["ct"])
+    patient_data.give([dx_file], patients["dx"])
+    shown = []
     studies = {"ct": _send_through_orthanc(orthanc, ct_files), "dx": _send_through_orthanc(orthanc, [dx_file])}
     sources = {"ct": ct_files, "dx": [dx_file]}
     for kind, study_uid in studies.items():
@@ -70,14 +74,19 @@ def test_ct_and_chest_xray_go_through_orthanc_and_their_reports_come_back(pacs, 
         path = tmp_path / f"{kind}-sr.dcm"
         sr.save_as(path)
         assert _dciodvfy_errors(path) == []
-        deliveries = json.loads(subprocess.run(
+        status = subprocess.run(
             [sys.executable, "-m", "radfm.cli", "node", "status", "--config", str(node.config_path), "--json"],
-            capture_output=True, text=True, check=True, timeout=120).stdout)
+            capture_output=True, text=True, check=True, timeout=120)
+        shown.append(status.stdout + status.stderr)
+        deliveries = json.loads(status.stdout)
         record = next(j for j in deliveries["jobs"] if j["study_uid"] == study_uid)
         assert {d["destination"]: d["state"] for d in record["deliveries"]} == {
             "orthanc-dimse": "delivered", "orthanc-stow": "delivered"}
         assert set(record["timings"]) >= {"receive", "queue_wait", "preprocess", "generate", "send"}
-    assert PATIENT_NAME.split("^")[0] not in node.log_path.read_text(errors="replace")
+    assert str(sr.PatientName) == patients["dx"]["name"]  # the SR still carries the patient
+    shown.append(node.log_path.read_text(errors="replace"))
+    for patient in patients.values():
+        assert patient_data.leaks("\n".join(shown), patient) == []
 
 
 def test_the_same_study_sent_again_gives_no_second_report(pacs, tmp_path):
