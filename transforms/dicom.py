@@ -24,7 +24,8 @@ import numpy as np
 
 from . import formats
 from .errors import ScanReadError
-from .guards import HeaderCheck, check_claimed_size, check_dicom_inflation, dicom_pixel_bytes, effective_limit
+from .guards import (HeaderCheck, check_claimed_size, check_dicom_inflation, dicom_pixel_bytes, effective_limit,
+                     inflated_dicom)
 
 # header fields read when scanning a folder (no pixel data)
 _HEADER_TAGS = [
@@ -340,7 +341,11 @@ def read_dicom_file(path: str | os.PathLike, defer_rescale: bool = False, *,
     import pydicom
 
     path = str(path)
-    check_dicom_inflation(path, max_scan_bytes)
+    with inflated_dicom(path, max_scan_bytes) as plain:  # deflated: read from a plain temp copy, once
+        if plain is not None:
+            data, meta = read_dicom_file(plain, defer_rescale, max_scan_bytes=max_scan_bytes)
+            meta["filename_or_obj"] = path
+            return data, meta
     if checked is None:
         kept = formats.recall(path, max_scan_bytes)
         checked = kept.checked if kept is not None and kept.format is formats.DICOM else None
