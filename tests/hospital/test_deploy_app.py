@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -21,7 +22,7 @@ import pytest
 from radfm.hospital.synthetic import write_chest_xray, write_ct_series
 from radfm.model.loading import demo_model_dir
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from hostile_files import deflated_dicom_bomb  # noqa: E402
 
 
@@ -105,7 +106,7 @@ def test_without_the_sdk_the_app_says_in_one_line_what_to_run(tmp_path):
     (line,) = run.stderr.strip().splitlines()
     assert "make install-deploy" in line and ".venv-deploy/bin/python -m radfm.hospital.deploy_app" in line
     # one way, written once: the README and docs/hospital.md give the commands the line names
-    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[2]
     for page in ("README.md", "docs/hospital.md"):
         text = (repo / page).read_text(encoding="utf-8")
         assert "make install-deploy" in text and ".venv-deploy/bin/python -m radfm.hospital.deploy_app -i DICOM_DIR" \
