@@ -50,19 +50,23 @@ def measure(path: Path, decoded: int) -> dict:
     """Run the child on ``path``; its JSON line plus the peak above the RSS before the call.
 
     Args:
-        path: the DICOM file.
+        path: the DICOM file, or a folder holding it (read as a series).
         decoded: its decoded pixel bytes (the scan limit is set just above it).
 
     Returns:
         ``rss_before``, ``peak``, ``seconds``, ``shape`` and ``extra`` (peak - rss_before) in bytes.
     """
-    warm_up = path.with_name(path.stem + "-warm-up.dcm")
-    deflated_multiframe_dicom(warm_up, 64, 64, 4)
+    warm_up = path.with_name(path.stem + "-warm-up")  # a folder for a folder, a file for a file
+    small = warm_up / "small.dcm" if path.is_dir() else warm_up
+    small.parent.mkdir(exist_ok=True)
+    deflated_multiframe_dicom(small, 64, 64, 4)
     try:
         run = subprocess.run([sys.executable, "-c", CHILD, str(path), str(decoded + (64 << 20)), str(warm_up)],
                              capture_output=True, text=True, timeout=1800)
     finally:
-        warm_up.unlink()
+        small.unlink()
+        if path.is_dir():
+            warm_up.rmdir()
     if run.returncode != 0:
         raise SystemExit(f"preprocess_scan failed on {path}:\n{run.stderr[-3000:]}")
     row = json.loads(run.stdout.strip().splitlines()[-1])

@@ -74,8 +74,11 @@ def list_dicom_series(folder: str | os.PathLike, *, max_scan_bytes: int | None =
         check_dicom_inflation(path, max_scan_bytes)  # pydicom inflates a deflated file whole, even for headers
         kept = formats.recall(path, max_scan_bytes)  # the request path read this header for its claim
         try:
-            ds = kept.checked.header if kept is not None and kept.checked is not None else pydicom.dcmread(
-                path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+            if kept is not None and kept.checked is not None:
+                ds = kept.checked.header
+            else:
+                with inflated_dicom(path, max_scan_bytes) as plain:  # a deflated file: its header from a plain copy
+                    ds = pydicom.dcmread(plain or path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         except Exception:  # not DICOM or unreadable: a folder may hold notes, thumbnails...
             continue
         if "Rows" not in ds or "SeriesInstanceUID" not in ds:
