@@ -64,3 +64,47 @@ def deflated_dicom_bomb(path: str | Path, junk: int) -> Path:
     path = Path(path)
     path.write_bytes(preamble.getvalue() + head + block * (junk // CHUNK) + rest)
     return path
+
+
+def deflated_multiframe_dicom(path: str | Path, rows: int, columns: int, frames: int) -> Path:
+    """An honest Deflated Explicit VR Little Endian multi-frame DICOM: ``frames`` x ``rows`` x ``columns`` uint16.
+
+    The pixels are real values (a ramp along the row, shifted per frame), so the file reads as an
+    image; rows repeat, so the stream deflates about 1000:1 (4096 x 4096 x 16 frames: 512 MiB of
+    pixels in about 0.5 MB). Written row by row: never held inflated.
+    """
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word SC
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4.6"
+    ds = pydicom.Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "OT"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3.5", "1.2.3.4"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, frames
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.SamplesPerPixel, ds.PixelRepresentation, ds.PhotometricInterpretation = 1, 0, "MONOCHROME2"
+    elements = DicomBytesIO()
+    elements.is_little_endian, elements.is_implicit_VR = True, False
+    write_dataset(elements, ds)
+    pixel_bytes = rows * columns * frames * 2
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    preamble = DicomBytesIO()
+    preamble.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(preamble, meta, enforce_standard=True)
+    path = Path(path)
+    with path.open("wb") as out:
+        out.write(preamble.getvalue())
+        out.write(compressor.compress(elements.getvalue() + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0,
+                                                                         pixel_bytes)))
+        ramp = np.arange(columns, dtype=np.uint32)
+        for frame in range(frames):
+            row = ((ramp * 16 + frame * 997) % 65536).astype("<u2").tobytes()
+            out.write(compressor.compress(row * rows))
+        out.write(compressor.flush(zlib.Z_FINISH))
+    return path

@@ -15,7 +15,14 @@ indices to RAS millimetres.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +31,8 @@ import numpy as np
 
 from . import formats
 from .errors import ScanReadError
-from .guards import HeaderCheck, check_claimed_size, check_dicom_inflation, dicom_pixel_bytes, effective_limit
+from .guards import (HeaderCheck, check_claimed_size, check_dicom_inflation, dicom_pixel_bytes, effective_limit,
+                     inflated_dicom)
 
 # header fields read when scanning a folder (no pixel data)
 _HEADER_TAGS = [
@@ -66,8 +74,11 @@ def list_dicom_series(folder: str | os.PathLike, *, max_scan_bytes: int | None =
         check_dicom_inflation(path, max_scan_bytes)  # pydicom inflates a deflated file whole, even for headers
         kept = formats.recall(path, max_scan_bytes)  # the request path read this header for its claim
         try:
-            ds = kept.checked.header if kept is not None and kept.checked is not None else pydicom.dcmread(
-                path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+            if kept is not None and kept.checked is not None:
+                ds = kept.checked.header
+            else:
+                with inflated_dicom(path, max_scan_bytes) as plain:  # a deflated file: its header from a plain copy
+                    ds = pydicom.dcmread(plain or path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         except Exception:  # not DICOM or unreadable: a folder may hold notes, thumbnails...
             continue
         if "Rows" not in ds or "SeriesInstanceUID" not in ds:
@@ -99,17 +110,62 @@ def choose_series(folder: str | os.PathLike, series_uid: str | None, *,
     return series[0]
 
 
+_decoding = threading.local()  # set while this thread asks pydicom for pixels (see _QuietDecoderTries)
+_ITK_STDERR = threading.Lock()  # one redirected read of fd 2 at a time
+# what GDCM's JPEG codecs print on fd 2 while they try 8-bit before 12-bit (the read then succeeds)
+_GDCM_TRIES = re.compile(rb"^(Unsupported JPEG data precision \d+|Invalid SOS parameters for sequential JPEG)\s*$")
+
+
+class _QuietDecoderTries(logging.Filter):
+    """Drop pydicom's per-plugin decode failures (an ERROR with a traceback each, e.g. Pillow on 12-bit JPEG)
+    logged while :func:`_pixels` asks for the pixels: when every plugin fails pydicom raises one error naming
+    them all, and that error is what the reader reports if GDCM cannot decode the file either."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_decoding, "active", False)
+
+
+logging.getLogger("pydicom.pixels.decoders.base").addFilter(_QuietDecoderTries())
+
+
+@contextmanager
+def _gdcm_tries_dropped_on_success() -> Iterator[None]:
+    """Hold what native code writes to fd 2 during the block; give it back after, less GDCM's codec tries
+    when the block succeeded (all of it when it failed, so nothing real is hidden)."""
+    with _ITK_STDERR, tempfile.TemporaryFile() as held:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        succeeded = False
+        try:
+            yield
+            succeeded = True
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().splitlines(keepends=True)
+            kept = [line for line in lines if not (succeeded and _GDCM_TRIES.match(line))]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
 def _pixels(ds: Any, path: str) -> np.ndarray:
     """Decoded pixels as stored: [rows, cols], [frames, rows, cols] (+ a trailing RGB axis)."""
     try:
-        arr = ds.pixel_array
+        _decoding.active = True
+        try:
+            arr = ds.pixel_array
+        finally:
+            _decoding.active = False
     except Exception as pydicom_error:  # a codec pydicom lacks here: GDCM inside ITK has most of them
         try:
             import itk
 
             # GDCM only: ITK would otherwise pick any reader that claims the bytes (a DICOM preamble
             # can start with "NRRD" and carry a detached "data file:" line)
-            arr = itk.array_from_image(itk.imread(path, imageio=itk.GDCMImageIO.New()))
+            with _gdcm_tries_dropped_on_success():
+                arr = itk.array_from_image(itk.imread(path, imageio=itk.GDCMImageIO.New()))
             if int(ds.get("NumberOfFrames", 1) or 1) == 1 and arr.ndim >= 3 and arr.shape[0] == 1 \
                     and int(ds.get("SamplesPerPixel", 1)) == 1:
                 arr = arr[0]
@@ -340,7 +396,11 @@ def read_dicom_file(path: str | os.PathLike, defer_rescale: bool = False, *,
     import pydicom
 
     path = str(path)
-    check_dicom_inflation(path, max_scan_bytes)
+    with inflated_dicom(path, max_scan_bytes) as plain:  # deflated: read from a plain temp copy, once
+        if plain is not None:
+            data, meta = read_dicom_file(plain, defer_rescale, max_scan_bytes=max_scan_bytes)
+            meta["filename_or_obj"] = path
+            return data, meta
     if checked is None:
         kept = formats.recall(path, max_scan_bytes)
         checked = kept.checked if kept is not None and kept.format is formats.DICOM else None

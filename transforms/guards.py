@@ -612,29 +612,40 @@ def check_dicom_inflation(path: str | os.PathLike, max_scan_bytes: int | None = 
         return
     limit = effective_limit(max_scan_bytes)
     head_cap = min(DICOM_INFLATED_HEADER_BYTES, limit)
-    with open(path, "rb") as handle:
-        handle.seek(start)
+    # the elements before the pixel data: inflated 64 KiB first, 8x more while they go on (up to
+    # head_cap), so a common header costs kilobytes, not the whole cap
+    size = min(1 << 16, head_cap)
+    while True:
+        with open(path, "rb") as handle:
+            handle.seek(start)
+            try:
+                head = inflate_bounded(zlib.decompressobj(-zlib.MAX_WBITS), handle, size + 1, path,
+                                       "the deflated DICOM data", size + 1)
+            except zlib.error as error:
+                raise _unreadable(path, "dicom", error) from None
+        more = len(head) > size and size < head_cap  # cut short here, and a larger look is allowed
+        stopped: list[int] = []
+
+        def at_pixels(tag, vr, length) -> bool:
+            if int(tag) in _DICOM_PIXEL_TAGS:
+                stopped.append(int(tag))
+                return True
+            return False
+
+        stream = io.BytesIO(head)
         try:
-            head = inflate_bounded(zlib.decompressobj(-zlib.MAX_WBITS), handle, head_cap + 1, path,
-                                   "the deflated DICOM data", head_cap + 1)
-        except zlib.error as error:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a data set cut at the look's size ends mid-element
+                ds = read_dataset(stream, is_implicit_VR=False, is_little_endian=True, stop_when=at_pixels)
+                claimed = dicom_pixel_bytes(ds) if stopped else 0
+        except Exception as error:
+            if more:
+                size = min(size * 8, head_cap)
+                continue
             raise _unreadable(path, "dicom", error) from None
-    stopped: list[int] = []
-
-    def at_pixels(tag, vr, length) -> bool:
-        if int(tag) in _DICOM_PIXEL_TAGS:
-            stopped.append(int(tag))
-            return True
-        return False
-
-    stream = io.BytesIO(head)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a data set cut at head_cap ends mid-element
-            ds = read_dataset(stream, is_implicit_VR=False, is_little_endian=True, stop_when=at_pixels)
-            claimed = dicom_pixel_bytes(ds) if stopped else 0
-    except Exception as error:
-        raise _unreadable(path, "dicom", error) from None
+        if stopped or not more:
+            break
+        size = min(size * 8, head_cap)
     before_pixels = stream.tell() if stopped else len(head)
     if not stopped and len(head) > head_cap:
         raise ScanTooLargeError(f"{path}: the deflated DICOM data hold more than {_size_text(head_cap)} of "
@@ -654,6 +665,98 @@ def check_dicom_inflation(path: str | os.PathLike, max_scan_bytes: int | None = 
         raise ScanTooLargeError(f"{path}: the deflated DICOM data inflate to more than {_size_text(allowed)}, "
                                 f"beyond what its header describes ({claimed:,} bytes of pixel data); refusing to "
                                 "read it")
+
+
+def write_inflated_dicom(path: str | os.PathLike, target: str | os.PathLike, max_bytes: int,
+                         name: str | None = None) -> bool:
+    """Write a Deflated Explicit VR Little Endian file at ``path`` to ``target`` as plain Explicit VR Little Endian.
+
+    Inflated in 1 MiB pieces straight to disk and counted, so later header and pixel reads never
+    hold the whole inflated data set in memory (pydicom inflates a deflated file whole, per read).
+    The data elements are unchanged; only the file meta's transfer syntax is.
+
+    Args:
+        path: the deflated file (anything else: nothing is written).
+        target: where the plain file goes (created or replaced; removed again on a refusal).
+        max_bytes: the most inflated bytes allowed (more: :class:`ScanTooLargeError`).
+        name: how errors name the file (default: ``path``).
+
+    Returns:
+        Whether ``path`` was deflated (and ``target`` written).
+    """
+    import pydicom
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filereader import read_preamble
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+
+    with open(path, "rb") as source:
+        try:
+            read_preamble(source, False)
+            meta = pydicom.filereader._read_file_meta_info(source)
+        except Exception:
+            return False  # no preamble: pydicom reports it as it reads (and does not inflate it)
+        if str(meta.get("TransferSyntaxUID", "")) != DeflatedExplicitVRLittleEndian:
+            return False
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        written = 0
+        try:
+            with open(target, "wb") as out:
+                out.write(b"\0" * 128 + b"DICM")
+                write_file_meta_info(DicomFileLike(out), meta, enforce_standard=True)
+                while chunk := source.read(1 << 20):
+                    pending = chunk
+                    while pending:
+                        piece = inflater.decompress(pending, 1 << 20)
+                        pending = inflater.unconsumed_tail
+                        written += len(piece)
+                        if written > max_bytes:
+                            raise ScanTooLargeError(f"{name or path}: the deflated DICOM data inflates to more than "
+                                                    f"{max_bytes} bytes (max_scan_bytes); refusing to read it")
+                        out.write(piece)
+                    if inflater.eof:
+                        break
+                out.write(inflater.flush())
+        except zlib.error as error:
+            os.unlink(target)
+            raise _unreadable(name or path, "dicom", error) from None
+        except BaseException:
+            os.unlink(target)
+            raise
+    return True
+
+
+@contextlib.contextmanager
+def inflated_dicom(path: str | os.PathLike, max_scan_bytes: int | None = None) -> Iterator[str | None]:
+    """Within the block: a plain (Explicit VR Little Endian) temp copy of a deflated DICOM file, else None.
+
+    The copy lies in the system's temp folder and is removed on leaving the block; the inflated
+    size is bounded by :func:`check_dicom_inflation` (run here first) and counted again while written.
+
+    Args:
+        path: a DICOM file (deflated or not).
+        max_scan_bytes: the decoded-size limit (None: the limit in force).
+
+    Returns:
+        A context manager giving the copy's path, or None when ``path`` is not deflated.
+    """
+    import tempfile
+
+    check_dicom_inflation(path, max_scan_bytes)
+    if _deflated_stream_start(path) is None:
+        yield None
+        return
+    limit = effective_limit(max_scan_bytes)
+    handle, target = tempfile.mkstemp(prefix="radfm-inflated-", suffix=".dcm")
+    os.close(handle)
+    try:
+        written = write_inflated_dicom(path, target, DICOM_INFLATED_HEADER_BYTES + limit + _DICOM_TRAILER_BYTES,
+                                       name=str(path))
+        yield target if written else None
+    finally:
+        if os.path.exists(target):
+            os.unlink(target)
 
 
 def check_dicom(path: str | os.PathLike, max_scan_bytes: int | None = None) -> HeaderCheck | None:

@@ -1,6 +1,10 @@
-"""RadFM as a MONAI Deploy application (MONAI Deploy App SDK 4.0, ``pip install .[deploy]``).
+"""RadFM as a MONAI Deploy application (MONAI Deploy App SDK 4.0, in its own environment).
 
-    python -m radfm.hospital.deploy_app -i DICOM_DIR -o OUT [-m MODEL_DIR] [--rules RULES.json]
+    make install-deploy
+    .venv-deploy/bin/python -m radfm.hospital.deploy_app -i DICOM_DIR -o OUT [-m MODEL_DIR] [--rules RULES.json]
+
+The input folder is first checked with radfm's scan guards and staged (``deploy_rules.stage_input``):
+the SDK's loader reads only the files a rule may select.
 
 ``compose()`` chains the SDK's own DICOM operators with two of ours::
 
@@ -23,18 +27,28 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from monai.deploy.conditions import CountCondition
-from monai.deploy.core import Application, ConditionType, Fragment, Operator, OperatorSpec
-from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
-from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
-from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesToVolumeOperator
+SDK_MISSING = ("radfm deploy app: the MONAI Deploy App SDK is not installed in this Python ({python}); "
+               "run `make install-deploy`, then `.venv-deploy/bin/python -m radfm.hospital.deploy_app "
+               "-i DICOM_DIR -o OUT [-m MODEL_DIR]`")
 
-from radfm.hospital.deploy_rules import DEFAULT_RULES, load_rules
+try:
+    from monai.deploy.conditions import CountCondition
+    from monai.deploy.core import Application, ConditionType, Fragment, Operator, OperatorSpec
+    from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
+    from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
+    from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesToVolumeOperator
+except ModuleNotFoundError as missing:  # run as a command without the SDK: one line saying what to run
+    if __name__ == "__main__" and (missing.name or "").split(".")[0] in ("monai", "holoscan"):
+        raise SystemExit(SDK_MISSING.format(python=sys.executable)) from None
+    raise
+
+from radfm.hospital.deploy_rules import DEFAULT_RULES, load_rules, stage_input
 
 logger = logging.getLogger("radfm.deploy")
 
@@ -95,8 +109,8 @@ class RadFMOperator(Operator):
                 reports.append({"text": result.text or "", "prompt": result.prompt, "files": files,
                                 "series": str(selected.series.SeriesInstanceUID), "rule": selected.selection_name,
                                 "identity": path.answerer.identity})
-        if not reports:
-            raise ValueError("no series matched the selection rules; nothing to answer")
+        if not reports:  # the SDK's selector chose none of the staged series: said by main, not a traceback
+            logger.warning("no series matched the selection rules; nothing to answer")
         op_output.emit(reports, "report")
 
 
@@ -129,17 +143,19 @@ class RadFMDeployApp(Application):
     description = "RadFM answers about selected DICOM series, written as UNVERIFIED Comprehensive SR"
     version = "0.1"
 
-    def __init__(self, *args, rules: dict[str, Any] | None = None, max_new_tokens: int = 128, **kwargs) -> None:
+    def __init__(self, *args, rules: dict[str, Any] | None = None, max_new_tokens: int = 128,
+                 input_folder: str | None = None, **kwargs) -> None:
         self.rules = rules or DEFAULT_RULES
         self.max_new_tokens = max_new_tokens
+        self.input_folder = input_folder  # the staged input (main); None: the SDK's -i as given
         super().__init__(*args, **kwargs)
 
     def compose(self) -> None:
         context = Application.init_app_context(self.argv)
-        model = str(context.model_path) if context.model_path and Path(context.model_path).is_dir() else None
+        model = model_folder(context)
         selections = {"selections": [{k: v for k, v in s.items() if k != "prompt"} for s in self.rules["selections"]]}
-        loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=Path(context.input_path),
-                                         name="dicom_loader")
+        loader = DICOMDataLoaderOperator(self, CountCondition(self, 1),
+                                         input_folder=Path(self.input_folder or context.input_path), name="dicom_loader")
         selector = DICOMSeriesSelectorOperator(self, rules=json.dumps(selections), name="series_selector")
         to_volume = DICOMSeriesToVolumeOperator(self, name="series_to_volume")
         radfm = RadFMOperator(self, model_dir=model, rules=self.rules, max_new_tokens=self.max_new_tokens,
@@ -152,8 +168,17 @@ class RadFMDeployApp(Application):
         self.add_flow(radfm, writer, {("report", "report")})
 
 
+def model_folder(context: Any) -> str | None:
+    """The ``-m`` folder when it is one (the SDK's default ``models`` when absent), else None: the demo model."""
+    return str(context.model_path) if context.model_path and Path(context.model_path).is_dir() else None
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``-i/-o/-m`` as the SDK reads them; ``--rules FILE`` and ``--max_new_tokens N`` are ours."""
+    """``-i/-o/-m`` as the SDK reads them; ``--rules FILE`` and ``--max_new_tokens N`` are ours.
+
+    The input folder is first checked with radfm's scan guards and staged (``deploy_rules.stage_input``):
+    the SDK's loader then reads only files a rule may select. No such file: one line, exit status 0.
+    """
     argv = list(sys.argv if argv is None else argv)
     rules_path, max_new_tokens = None, 128
     for flag in ("--rules", "--max_new_tokens"):
@@ -173,7 +198,24 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:
         raise SystemExit(f"radfm deploy app: {error}") from None
     sys.argv = argv  # the SDK parses -i/-o/-m from sys.argv
-    RadFMDeployApp(rules=rules, max_new_tokens=max_new_tokens).run()
+    from radfm.model.loading import resolve_model_dir
+
+    context = Application.init_app_context(argv)
+    # the SDK logs its default model_path ("models") even when that folder does not exist: say what is used
+    logger.info("model: %s", resolve_model_dir(model_folder(context)))
+    staging = tempfile.mkdtemp(prefix="radfm-deploy-input-")
+    try:
+        staged = stage_input(context.input_path, rules, staging)
+        for reason in staged.skipped:
+            logger.info("left out of the input: %s", reason)
+        if not staged.kept:
+            names = ", ".join(str(s.get("name", "?")) for s in rules["selections"])
+            print(f"radfm deploy app: no DICOM image in {context.input_path} matches the selection rules ({names}); "
+                  "nothing to answer", file=sys.stderr)
+            return
+        RadFMDeployApp(rules=rules, max_new_tokens=max_new_tokens, input_folder=staging).run()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -164,21 +164,23 @@ class StorageSCP:
                 os.unlink(temp)
 
     def start(self) -> None:
-        from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+        from pynetdicom import AE, _config, evt
         from pynetdicom.sop_class import Verification
+
+        from radfm.hospital.transfer_syntaxes import decodable_storage_contexts, log_refused_transfer_syntaxes
 
         _config.STORE_RECV_CHUNKED_DATASET = True  # instances go to disk as they arrive, not into memory
         _config.LOG_HANDLER_LEVEL = "none"
         ae = AE(ae_title=self.config.ae_title)
         ae.require_calling_aet = sorted({c.ae_title for c in self.config.allowed_callers})
-        ae.supported_contexts = AllStoragePresentationContexts
+        ae.supported_contexts = decodable_storage_contexts()  # compressed too, when a decoder here reads it
         ae.add_supported_context(Verification)
         ae.maximum_associations = 8
         ae.network_timeout = 60
         ae.acse_timeout = 30
         ae.dimse_timeout = 60
         handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, self.handle_echo),
-                    (evt.EVT_REJECTED, self._rejected)]
+                    (evt.EVT_REJECTED, self._rejected), (evt.EVT_ACCEPTED, log_refused_transfer_syntaxes)]
         self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
         logger.info("listening as %s on %s:%d", self.config.ae_title, self.config.host, self.port)
 

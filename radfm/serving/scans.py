@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 import shutil
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -28,7 +27,6 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_NAME_CHARS = 120  # file systems allow 255 bytes; later steps append suffixes
 _ZIP_MAGIC = b"PK\x03\x04"
 _SKIPPED_MEMBERS = re.compile(r"(^|/)(__MACOSX/|\.)|(^|/)(DICOMDIR|Thumbs\.db)$", re.IGNORECASE)
-_DEFLATED_DICOM = "1.2.840.10008.1.2.1.99"
 SavedFile = tuple[str, Path, str]  # (name as sent, path in the workspace, kind)
 
 
@@ -243,48 +241,15 @@ def group_scans(saved: list[SavedFile], workdir: Path, *, max_scan_bytes: int) -
 def inflate_to_disk(path: Path, max_scan_bytes: int) -> bool:
     """Rewrite a Deflated Explicit VR Little Endian file in place as plain Explicit VR Little Endian.
 
-    Inflated in 1 MiB pieces straight to disk and counted (over ``max_scan_bytes``:
-    ``ScanTooLargeError``), so later header and pixel reads never hold the whole inflated
-    dataset in memory. Returns whether the file was deflated. The data elements are unchanged.
+    ``radfm.transforms.guards.write_inflated_dicom`` (inflated in pieces straight to disk and
+    counted: over ``max_scan_bytes`` ``ScanTooLargeError``), then moved over ``path``. Returns
+    whether the file was deflated.
     """
-    import pydicom
-    from pydicom.filebase import DicomFileLike
-    from pydicom.filereader import read_preamble
-    from pydicom.filewriter import write_file_meta_info
-    from pydicom.uid import ExplicitVRLittleEndian
+    from radfm.transforms.guards import write_inflated_dicom
 
-    from radfm.transforms.errors import ScanTooLargeError
-
-    with path.open("rb") as source:
-        try:
-            read_preamble(source, False)
-            meta = pydicom.filereader._read_file_meta_info(source)
-        except Exception:
-            return False  # no preamble: pydicom reports it as it reads (and does not inflate it)
-        if str(meta.get("TransferSyntaxUID", "")) != _DEFLATED_DICOM:
-            return False
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        target = path.with_name(path.name + ".inflated")
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        written = 0
-        with target.open("wb") as out:
-            out.write(b"\0" * 128 + b"DICM")
-            write_file_meta_info(DicomFileLike(out), meta, enforce_standard=True)
-            while chunk := source.read(1 << 20):
-                pending = chunk
-                while pending:
-                    piece = inflater.decompress(pending, 1 << 20)
-                    pending = inflater.unconsumed_tail
-                    written += len(piece)
-                    if written > max_scan_bytes:
-                        out.close()
-                        target.unlink()
-                        raise ScanTooLargeError(f"{path.name}: the deflated DICOM data inflates to more than "
-                                                f"{max_scan_bytes} bytes (max_scan_bytes); refusing to read it")
-                    out.write(piece)
-                if inflater.eof:
-                    break
-            out.write(inflater.flush())
+    target = path.with_name(path.name + ".inflated")
+    if not write_inflated_dicom(path, target, max_scan_bytes, name=path.name):
+        return False
     target.replace(path)
     return True
 

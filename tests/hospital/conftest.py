@@ -46,7 +46,9 @@ def pacs(orthanc_factory, tmp_path_factory):
     if shutil.which("dciodvfy") is None:
         _missing("dciodvfy (dicom3tools)")
     node_port = free_port()
-    orthanc = orthanc_factory({"radfm": ["RADFM", LOOPBACK, node_port]})
+    # AllowTranscoding false: Orthanc sends every instance as stored (JPEG 2000, RLE ...) or not at all
+    orthanc = orthanc_factory({"radfm": {"AET": "RADFM", "Host": LOOPBACK, "Port": node_port,
+                                         "AllowTranscoding": False}})
     folder = tmp_path_factory.mktemp("node")
     node = NodeProcess(folder, {
         "ae_title": "RADFM", "host": LOOPBACK, "port": node_port, "state_dir": "state",
@@ -54,6 +56,7 @@ def pacs(orthanc_factory, tmp_path_factory):
         "stable_after_s": 2, "max_new_tokens": 16, "retry_first_s": 0.5, "retry_max_s": 2, "max_attempts": 60,
         "max_instance_mb": 4,
         "rules": [{"name": "ct", "modalities": ["CT"], "prompt": "Look at the image <image> and answer: Where is the lesion?"},
+                  {"name": "mr", "modalities": ["MR"], "prompt": "What is the modality of the input scan <image>?"},
                   {"name": "chest-xray", "modalities": ["CR", "DX"], "prompt": "What is the modality of the input scan <image>?"}],
         "destinations": [
             {"name": "orthanc-dimse", "kind": "dimse", "ae_title": ORTHANC_AET, "host": LOOPBACK, "port": orthanc.dicom_port},

@@ -89,6 +89,26 @@ def test_ct_and_chest_xray_go_through_orthanc_and_their_reports_come_back(pacs, 
         assert patient_data.leaks("\n".join(shown), patient) == []
 
 
+@pytest.mark.parametrize("file", ["693_J2KI.dcm", "MR_small_RLE.dcm"])
+def test_a_compressed_study_is_sent_as_stored_and_its_report_comes_back(pacs, tmp_path, file):
+    """pydicom's real JPEG 2000 CT and RLE MR: Orthanc may not transcode (AllowTranscoding false)."""
+    from pydicom.data import get_testdata_file
+
+    orthanc, node = pacs
+    path = Path(get_testdata_file(file))
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    stored = orthanc.session.post(f"{orthanc.url}/instances", data=path.read_bytes(), timeout=60)  # kept as is
+    stored.raise_for_status()
+    syntax = orthanc.session.get(f"{orthanc.url}/instances/{stored.json()['ID']}/metadata/TransferSyntax", timeout=30)
+    assert syntax.text.strip() == header.file_meta.TransferSyntaxUID
+    orthanc.push_study(header.StudyInstanceUID, "radfm")  # HTTP 500 where the node refuses the syntax
+    job = node.wait_for(header.StudyInstanceUID)
+    assert job["state"] == "done", job["reason"]
+    sr = _one_sr(orthanc, header.StudyInstanceUID, tmp_path)
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+    assert [i.ReferencedSOPInstanceUID for i in evidence[0].ReferencedSOPSequence] == [header.SOPInstanceUID]
+
+
 def test_the_same_study_sent_again_gives_no_second_report(pacs, tmp_path):
     orthanc, node = pacs
     files = write_chest_xray(tmp_path / "dx", size=64)
