@@ -115,7 +115,7 @@ def info(
 
     Args:
         model: saved model folder (default: the demo model, else the "radfm-14b" preset sizes).
-        preset: describe a preset instead ("tiny" or "radfm-14b").
+        preset: describe a preset instead ("tiny", "cpu-small" or "radfm-14b").
         plan: append the 14B memory plan (peak GPU/CPU memory per loading mode).
         spec: another key list (``key<TAB>shape`` lines, .tsv or .tsv.gz) for the plan; default: the one shipped in the package.
         json_output: print JSON instead of Markdown.
