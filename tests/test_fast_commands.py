@@ -48,6 +48,16 @@ def test_help_and_usage_errors_import_no_torch_or_transformers(args, code):
     assert result == {"code": code, "imported": []}
 
 
+@pytest.mark.parametrize("args", [["--help"], ["generate", "--limt", "3"]])
+def test_python_m_radfm_cli_imports_no_torch_or_transformers(args):
+    """The entry point as ``python -m radfm.cli`` (runpy asks the import machinery for the module's code)."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "radfm.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == (0 if args == ["--help"] else 2), done.stderr[-2000:]
+    imported = {line.rpartition("|")[2].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert imported.isdisjoint(HEAVY)
+
+
 def test_node_status_imports_no_torch_or_transformers(tmp_path):
     (tmp_path / "node.json").write_text(json.dumps({"allowed_callers": [{"ae_title": "ORTHANC", "host": "127.0.0.1"}],
                                                     "state_dir": "state"}), encoding="utf-8")

@@ -68,6 +68,10 @@ class _WrappedLoader(importlib.abc.Loader):
         self.watcher = watcher
         self.counts = counts
 
+    def __getattr__(self, name: str):
+        # get_code, is_package, get_resource_reader ... (runpy's `python -m radfm.cli` asks for get_code)
+        return getattr(self.loader, name)
+
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         return self.loader.create_module(spec)
 
