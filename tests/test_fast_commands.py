@@ -42,6 +42,8 @@ def _radfm(*args: str, cwd: Path = ROOT) -> dict:
     (["generate", "--help"], 0),
     (["node", "status", "--help"], 0),
     (["node", "status"], 2),  # --config is required
+    (["info", "--presett", "tiny"], 2),
+    (["preprocess", "--help"], 0),
 ])
 def test_help_and_usage_errors_import_no_torch_or_transformers(args, code):
     result = _radfm(*args)

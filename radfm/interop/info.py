@@ -7,8 +7,6 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
 _SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I8": "int8", "U8": "uint8"}
 PARTS = ("vision_encoder", "perceiver", "projection", "figure_token_weight", "language_model")
 
@@ -74,6 +72,8 @@ def stored_dtypes(model_dir: Path) -> dict[str, list[str]]:
 def compute_devices(cpu_support=None) -> list[str]:
     """Devices this machine offers, with memory (what `--device auto` would use first) and the CPU's
     vector capability / native bf16 support (``cpu_support``: default this machine's)."""
+    import torch  # here, not at the top: `radfm info --help` and usage errors stay fast
+
     from radfm.utils.cpu import cpu_bf16_support
 
     cpu = (cpu_support or cpu_bf16_support()).describe()
