@@ -3,7 +3,8 @@
 ``model, processor = radfm.load("path/to/model_folder")`` is the one way to load a model (see
 :func:`radfm.model.loading.load`). ``from radfm import RadFM, RadFMConfig, RadFMProcessor`` gives the
 transformers classes; importing ``radfm`` registers them with transformers' Auto classes
-(``AutoConfig``, ``AutoModelForImageTextToText``, ``AutoProcessor``), so a model folder loads with
+(``AutoConfig``, ``AutoModelForImageTextToText``, ``AutoProcessor``) as soon as transformers is
+imported (before or after ``radfm``; torch is not loaded until then), so a model folder loads with
 ``AutoProcessor.from_pretrained(d)`` / ``AutoModelForImageTextToText.from_pretrained(d)``.
 ``radfm.transforms`` holds the MONAI preprocessing and imports no model code.
 """
@@ -38,12 +39,15 @@ def __getattr__(name: str) -> Any:
 
 
 def _register_with_transformers() -> None:
-    """Make ``model_type: radfm`` known to transformers' Auto classes (skipped without transformers)."""
-    try:
-        importlib.import_module("radfm.model.auto")
-    except ImportError as error:  # the transforms-only install has no transformers
-        if getattr(error, "name", None) != "transformers":
-            raise
+    """Make ``model_type: radfm`` known to transformers' Auto classes, once transformers is imported.
+
+    Registering imports torch and transformers (seconds), so it waits until transformers is
+    imported by anyone (now, if it already is); ``radfm --help`` and usage errors stay fast, and a
+    transforms-only install never pays for it.
+    """
+    from radfm.utils.after_import import call_after_import
+
+    call_after_import("transformers", __name__, lambda: importlib.import_module("radfm.model.auto"))
 
 
 _register_with_transformers()

@@ -2,7 +2,7 @@
 ``generate`` on a prompt of the same embedded length: same weights, same dtype, greedy, same
 number of new tokens (EOS suppressed with ``min_new_tokens``), KV cache on both sides.
 
-    .venv/bin/python scripts/bench_generate.py [--models demo,small] [--new-tokens 32] [--repeats 5]
+    .venv/bin/python scripts/bench_generate.py [--models demo,cpu-small] [--new-tokens 32] [--repeats 5]
                                                [--threads N] [--output bench_generate.md]
 
 Per step times come from a logits processor that stamps the clock each time ``generate`` asks
@@ -12,8 +12,9 @@ decode times. The two sides run interleaved (ABBA), ``--repeats`` times each; me
 with the split of RadFM's prefill into image encoding, embedding splice and LM prompt forward
 (each timed on its own).
 
-Models: ``demo`` = bundles/radfm/models/demo (the shipped demo weights); ``small`` = a random
-LLaMA of 512 wide x 8 layers (32k vocabulary) with the tiny vision preset, 256x256x16 scan.
+Models: ``demo`` = bundles/radfm/models/demo (the shipped demo weights); ``cpu-small`` = the
+``cpu-small`` preset of ``RadFMConfig`` (the one small model of every benchmark: LLaMA 512 wide x 4
+layers, 32k vocabulary, ViT 192 wide x 4 blocks; 50.2 M parameters) with random weights, 256x256x16 scan.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class StepClock:
 
 
 def build_model(name: str):
-    """(model, one scan [3, H, W, D]) for ``demo`` or ``small``."""
+    """(model, one scan [3, H, W, D]) for ``demo`` or ``cpu-small``."""
     from radfm.model.config import RadFMConfig
     from radfm.model.radfm import RadFM
 
@@ -52,15 +53,12 @@ def build_model(name: str):
             raise FileNotFoundError(f"demo model not found at {DEMO_DIR}")
         model = RadFM.from_pretrained(DEMO_DIR)
         scan_shape = (3, 128, 128, 8)
-    elif name == "small":
+    elif name == "cpu-small":
         torch.manual_seed(0)
-        config = RadFMConfig.preset("tiny", vocab_size=32000, hidden_size=512, intermediate_size=1376,
-                                    num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
-                                    max_position_embeddings=2048)
-        model = RadFM(config)
+        model = RadFM(RadFMConfig.preset("cpu-small"))
         scan_shape = (3, 256, 256, 16)
     else:
-        raise ValueError(f"unknown model {name!r}; choose demo or small")
+        raise ValueError(f"unknown model {name!r}; choose demo or cpu-small")
     generator = torch.Generator().manual_seed(0)
     return model.eval(), torch.rand(scan_shape, generator=generator)
 
@@ -162,7 +160,7 @@ def table(results: dict[str, dict[str, float]], new_tokens: int, repeats: int, d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="demo,small")
+    parser.add_argument("--models", default="demo,cpu-small")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))

@@ -26,8 +26,8 @@ threshold fixed, so the RSS follows the live tensors; the peak RSS (``VmHWM``, r
 ``/proc/self/clear_refs``) minus the RSS at the phase start. The CPU model is small
 (``cpu-small``); say so when quoting the figures.
 
-Sizes: ``tiny`` = the tiny preset; ``small`` = the published vision encoder and perceiver
-(768 wide, 12 blocks; perceiver 6 layers) + a 4-layer 1024-wide LLaMA-style LLM (vocab 32000).
+Sizes: ``RadFMConfig`` presets, ``tiny`` and ``cpu-small`` (the one small model of every benchmark:
+ViT 192 wide x 4 blocks, perceiver 2 layers, LLaMA 512 wide x 4 layers, vocab 32000; 50.2 M parameters).
 """
 
 from __future__ import annotations
@@ -43,32 +43,13 @@ import sys
 import time
 from pathlib import Path
 
-SMALL_LLM = {
-    "model_type": "llama", "vocab_size": 32000, "hidden_size": 1024, "intermediate_size": 2816,
-    "num_hidden_layers": 4, "num_attention_heads": 16, "num_key_value_heads": 16, "max_position_embeddings": 2048,
-    "rms_norm_eps": 1e-6, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": False,
-}
-
-
 def build_model(size: str):
     from radfm.model.config import RadFMConfig
     from radfm.model.radfm import RadFM
 
-    if size == "tiny":
-        config = RadFMConfig.preset("tiny")
-    elif size == "small":
-        config = RadFMConfig(text_config=dict(SMALL_LLM))  # published vision/perceiver defaults
-    else:
-        raise ValueError(f"unknown size {size!r}")
-    return RadFM(config)
-
-
-CPU_SMALL = {
-    "llm": {**SMALL_LLM, "hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 4,
-            "num_attention_heads": 8, "num_key_value_heads": 8},
-    "vision": {"dim": 192, "depth": 4, "heads": 4, "dim_head": 48, "mlp_dim": 512},
-    "perceiver": {"depth": 2, "heads": 4, "dim_head": 48, "ff_mult": 4},
-}
+    if size not in ("tiny", "cpu-small"):
+        raise ValueError(f"unknown size {size!r}; choose tiny or cpu-small")
+    return RadFM(RadFMConfig.preset(size))
 
 
 def _rss_now() -> int:
@@ -148,8 +129,7 @@ def compare_published(steps: int, batch_size: int, text_tokens: int, threads: in
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    config = RadFMConfig(text_config=dict(CPU_SMALL["llm"]), vision_config=CPU_SMALL["vision"],
-                         perceiver_config=CPU_SMALL["perceiver"])
+    config = RadFMConfig.preset("cpu-small")
     model = RadFM(config).train()
     for module in model.modules():  # dropout off: both steps must compute the same function
         if isinstance(module, torch.nn.Dropout):
@@ -349,7 +329,7 @@ def worker(size: str, checkpointing: bool, steps: int, batch_size: int, text_tok
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="tiny,small")
+    parser.add_argument("--configs", default="tiny,cpu-small")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--text-tokens", type=int, default=128)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json as jsonlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from radfm.serving.refusal import RequestError
 from radfm.serving.limits import Limits
 from radfm.serving.options import GenerationOptions, parse_options
-from radfm.serving.request import AnswerRequest, RequestPath, ScanInput
 from radfm.utils.cli import UsageError
 from radfm.utils.io import atomic_write_text
+
+if TYPE_CHECKING:  # the request path imports MONAI and torch: loaded when a command runs, not for --help
+    from radfm.serving.request import AnswerRequest, RequestPath
 
 # the command line has no request body: only the generation caps apply (beam search multiplies the work)
 CLI_LIMITS = dict(max_new_tokens=GenerationOptions.MAX_BEAM_TOKENS)
@@ -20,6 +22,8 @@ UNVERIFIED = "unverified research output: not for clinical use"
 
 def cli_request(scans: list[str], prompt: str, options: Any) -> AnswerRequest:
     """The request for scan paths (files, DICOM folders or zips, in prompt order) and a prompt."""
+    from radfm.serving.request import AnswerRequest, ScanInput
+
     if not scans:
         raise RequestError("no scans given: pass one or more scan files or DICOM folders", field="scans")
     return AnswerRequest(prompt, [ScanInput(str(scan), path=Path(scan)) for scan in scans], options)
@@ -106,6 +110,7 @@ def generate(
     """
     from radfm.model.loading import demo_model_dir, resolve_model_dir
     from radfm.serving.answerer import ModelAnswerer
+    from radfm.serving.request import RequestPath
 
     if prompt is None:
         raise UsageError("--prompt is required (the question about the scans)")

@@ -7,8 +7,6 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
 _SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I8": "int8", "U8": "uint8"}
 PARTS = ("vision_encoder", "perceiver", "projection", "figure_token_weight", "language_model")
 
@@ -74,6 +72,8 @@ def stored_dtypes(model_dir: Path) -> dict[str, list[str]]:
 def compute_devices(cpu_support=None) -> list[str]:
     """Devices this machine offers, with memory (what `--device auto` would use first) and the CPU's
     vector capability / native bf16 support (``cpu_support``: default this machine's)."""
+    import torch  # here, not at the top: `radfm info --help` and usage errors stay fast
+
     from radfm.utils.cpu import cpu_bf16_support
 
     cpu = (cpu_support or cpu_bf16_support()).describe()
@@ -115,7 +115,7 @@ def info(
 
     Args:
         model: saved model folder (default: the demo model, else the "radfm-14b" preset sizes).
-        preset: describe a preset instead ("tiny" or "radfm-14b").
+        preset: describe a preset instead ("tiny", "cpu-small" or "radfm-14b").
         plan: append the 14B memory plan (peak GPU/CPU memory per loading mode).
         spec: another key list (``key<TAB>shape`` lines, .tsv or .tsv.gz) for the plan; default: the one shipped in the package.
         json_output: print JSON instead of Markdown.

@@ -1,9 +1,10 @@
 """The RadFM network as a transformers model: config, model, processor, loading.
 
-Importing this package registers ``radfm`` with transformers' ``AutoConfig``,
-``AutoModelForImageTextToText``, ``AutoImageProcessor`` and ``AutoProcessor`` (see
-:mod:`radfm.model.auto`), so ``AutoProcessor.from_pretrained(d)`` and
-``AutoModelForImageTextToText.from_pretrained(d)`` load a RadFM folder.
+Once transformers is imported (before or after ``radfm``), ``radfm`` is registered with
+transformers' ``AutoConfig``, ``AutoModelForImageTextToText``, ``AutoImageProcessor`` and
+``AutoProcessor`` (see :mod:`radfm.model.auto` and :func:`radfm.utils.after_import.call_after_import`),
+so ``AutoProcessor.from_pretrained(d)`` and ``AutoModelForImageTextToText.from_pretrained(d)``
+load a RadFM folder.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Register RadFM with transformers' Auto classes (run once, on ``import radfm``).
+"""Register RadFM with transformers' Auto classes (run once transformers is imported; see ``radfm/__init__.py``).
 
 After this, ``AutoConfig``/``AutoModelForImageTextToText``/``AutoModelForCausalLM``-style loading,
 ``AutoImageProcessor`` and ``AutoProcessor`` resolve ``model_type: radfm`` folders to our classes,

@@ -136,6 +136,14 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "vision": {"dim": 24, "depth": 2, "heads": 2, "dim_head": 16, "mlp_dim": 48},
         "perceiver": {"depth": 2, "heads": 2, "dim_head": 16, "ff_mult": 2},
     },
+    # the one small model every CPU benchmark uses (scripts/bench_*.py): 50.2 M parameters, a
+    # LLaMA 512 wide x 4 layers with a 32k vocabulary, ViT 192 wide x 4 blocks; not a trained size
+    "cpu-small": {
+        "llm": {**_TINY_LLAMA, "vocab_size": 32000, "hidden_size": 512, "intermediate_size": 1376,
+                "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 8},
+        "vision": {"dim": 192, "depth": 4, "heads": 4, "dim_head": 48, "mlp_dim": 512},
+        "perceiver": {"depth": 2, "heads": 4, "dim_head": 48, "ff_mult": 4},
+    },
 }
 
 # Largest value accepted for each size (checked before anything is built). Generous against
@@ -174,6 +182,16 @@ def _check_limits(values: dict[str, Any], where: str) -> None:
         for item in items:
             if isinstance(item, bool) or not isinstance(item, int) or not 0 < item <= limit:
                 raise ValueError(f"{where}.{key} = {values[key]!r} is out of range: expected an integer in [1, {limit}]")
+
+
+def _derived_head_dim(text_config: PreTrainedConfig) -> bool:
+    """Whether ``text_config.head_dim`` is what its class derives anyway (``hidden_size // num_attention_heads``)."""
+    head_dim = getattr(text_config, "head_dim", None)
+    hidden, heads = getattr(text_config, "hidden_size", None), getattr(text_config, "num_attention_heads", None)
+    if head_dim is None or not hidden or not heads:
+        return False
+    # a class default of None means "derive"; a fixed default (Gemma 256, Qwen3 128) must stay written out
+    return getattr(type(text_config), "head_dim", None) is None and head_dim == hidden // heads
 
 
 class RadFMConfig(PreTrainedConfig):
@@ -271,10 +289,27 @@ class RadFMConfig(PreTrainedConfig):
         vision = vis.depth * (4 * vis.dim * vis.dim + 2 * vis.dim * vis.mlp_dim) + vis.patch_dim * vis.dim
         return llm + vision
 
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a dict; the text config's ``head_dim`` is left out where it is only derived.
+
+        LLaMA-style configs set ``head_dim = hidden_size // num_attention_heads`` when none is given;
+        written out, that derived value would pin the old width when a copy changes ``hidden_size``
+        (``to_dict()``, edit, ``RadFMConfig(**d)``). An explicit ``head_dim`` (another value, or a
+        family whose default is a fixed number, e.g. Gemma's 256) is kept.
+
+        Returns:
+            The dict ``save_pretrained`` writes (``config.json``).
+        """
+        out = super().to_dict()
+        text = out.get("text_config")
+        if isinstance(text, dict) and _derived_head_dim(self.text_config):
+            text.pop("head_dim", None)
+        return out
+
     # ---- construction --------------------------------------------------------------
     @classmethod
     def preset(cls, name: str, *, vocab_size: int | None = None, **llm_overrides: Any) -> RadFMConfig:
-        """A named config: ``"radfm-14b"`` (published sizes) or ``"tiny"`` (tests, demos).
+        """A named config: ``"radfm-14b"`` (published sizes), ``"tiny"`` (tests, demos) or ``"cpu-small"`` (benchmarks).
 
         ``vocab_size`` and any other keyword override entries of the text config.
         """

@@ -53,3 +53,39 @@ def test_absurd_sizes_are_refused_before_building(tmp_path, where, value, messag
     path.write_text(json.dumps(base))
     with pytest.raises(ValueError, match=message):
         RadFMConfig.from_json_file(path)
+
+
+def _without_meta(values: dict) -> dict:
+    return {k: v for k, v in values.items() if k not in ("model_type", "transformers_version")}
+
+
+def test_head_dim_follows_a_changed_hidden_size():
+    """A copy of a config with a new width (to_dict, edit, rebuild) derives head_dim again, not the old 64 // 4."""
+    values = RadFMConfig.preset("tiny").to_dict()
+    values["text_config"].update(hidden_size=128)
+    text = RadFMConfig(**_without_meta(values)).text_config
+    assert text.head_dim == 128 // text.num_attention_heads == 32
+
+
+@pytest.mark.parametrize(("overrides", "head_dim"), [
+    ({"model_type": "llama", "head_dim": 8}, 8),  # an explicit head_dim unlike hidden // heads
+    ({"model_type": "gemma", "head_dim": 16, "hidden_activation": "gelu_pytorch_tanh"}, 16),  # class default 256
+])
+def test_explicit_head_dim_is_kept(overrides, head_dim):
+    tiny = RadFMConfig.preset("tiny").text_config.to_dict()
+    text = {k: tiny[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                 "num_attention_heads", "num_key_value_heads")} | overrides
+    values = RadFMConfig(text_config=text).to_dict()
+    assert values["text_config"]["head_dim"] == head_dim
+    values["text_config"].update(hidden_size=128)
+    assert RadFMConfig(**_without_meta(values)).text_config.head_dim == head_dim
+
+
+def test_cpu_small_preset_is_the_benchmark_model():
+    """One small model for every benchmark: 50.2 M parameters (docs/training.md quotes them)."""
+    from radfm.model.radfm import RadFM
+
+    config = RadFMConfig.preset("cpu-small")
+    assert (config.hidden_size, config.text_config.num_hidden_layers, config.base_vocab_size) == (512, 4, 32000)
+    assert (config.vision.dim, config.vision.depth) == (192, 4)
+    assert round(sum(p.numel() for p in RadFM(config).parameters()) / 1e6, 1) == 50.2
