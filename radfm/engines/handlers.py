@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -141,9 +142,29 @@ def source_commit() -> str:
     return described.stdout.strip() if described.returncode == 0 and described.stdout.strip() else "unknown"
 
 
+# MONAI's `--tracking` names the executed config `<output_dir> + '/config_<time>.json'` by joining the raw
+# config text of `output_dir` with `+`: right for an expression, a literal `DIR + '/config_....json'` for a
+# plain `--output_dir DIR`, which MLFlowHandler then skips without a word.
+_UNEVALUATED_CONFIG_PATH = re.compile(r"^(?P<dir>[^$].*) \+ '/(?P<name>config_[0-9_]+\.json)'$")
+
+
+def executed_config_path(artifact: Any) -> Any:
+    """The file MONAI wrote the executed config to, for an artifact path built from a plain ``output_dir``.
+
+    Args:
+        artifact: one entry of ``MLFlowHandler.artifacts``.
+
+    Returns:
+        ``DIR/config_<time>.json`` for the literal ``"DIR + '/config_<time>.json'"``; anything else unchanged.
+    """
+    match = _UNEVALUATED_CONFIG_PATH.match(artifact) if isinstance(artifact, str) else None
+    return os.path.join(match["dir"], match["name"]) if match else artifact
+
+
 class TrackingParams:
     """Hands ``params`` (learning rate, batch size, model sizes ...) to MONAI's ``MLFlowHandler``,
-    and closes its run as FAILED when training raises. ``git_commit`` (:func:`source_commit`) is
+    points it at the executed config file (:func:`executed_config_path`: a plain ``--output_dir DIR``
+    otherwise loses that artifact), and closes its run as FAILED when training raises. ``git_commit`` (:func:`source_commit`) is
     added to every run's params, so a result can be traced to the code that made it.
 
     ``--tracking mlflow`` appends an ``MLFlowHandler`` to the trainer handlers; before it starts
@@ -164,6 +185,7 @@ class TrackingParams:
         if tracker is not None:
             params = {"git_commit": source_commit(), **self.params}
             tracker.experiment_param = {**(tracker.experiment_param or {}), **params}
+            tracker.artifacts = tuple(executed_config_path(artifact) for artifact in tracker.artifacts)
 
     def fail_run(self, engine: Engine, error: BaseException) -> None:
         """Ignite's EXCEPTION_RAISED: end the MLflow run as FAILED, then raise ``error`` again."""

@@ -42,9 +42,9 @@ def pretrained(phantom_data, tmp_path_factory):
                           scan_dataset={"_target_": "PersistentDataset", "_mode_": "callable",
                                         "cache_dir": str(tmp_path / "scan_cache")},
                           **{**_common(phantom_data, tmp_path, "pretrain"),
-                             # an expression, as in the config: MONAI appends the executed-config
-                             # file name to it with `+`
-                             "output_dir": f"$'{tmp_path / 'out'}'"})
+                             # a plain path, as a user types it: MONAI appends the executed-config
+                             # file name to its raw text with `+`
+                             "output_dir": str(tmp_path / "out")})
     return tmp_path, workflow, store
 
 
