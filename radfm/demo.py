@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from radfm.utils.cli_bundle import shipped_configs
 from radfm.utils.resources import bundle_dir
 
 
@@ -46,15 +47,17 @@ def main(model_dir: str | None = None, max_new_tokens: int = 16) -> None:
     # The bundle's logging.conf goes through logging's fileConfig, which closes every handler the
     # process already has: a host that configured logging (a notebook, a test runner) keeps its own.
     logging_file = False if logging.getLogger().handlers else None
-    run(
-        config_file=str(bundle / "configs" / "inference.json"),
-        logging_file=logging_file,
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        bundle_root=str(bundle),
-        model_dir=model_dir,
-        max_new_tokens=max_new_tokens,
-        **overrides,
-    )
+    config_file = str(bundle / "configs" / "inference.json")
+    with shipped_configs(config_file):
+        run(
+            config_file=config_file,
+            logging_file=logging_file,
+            meta_file=str(bundle / "configs" / "metadata.json"),
+            bundle_root=str(bundle),
+            model_dir=model_dir,
+            max_new_tokens=max_new_tokens,
+            **overrides,
+        )
     truth = json.loads((bundle / "sample_data" / "truth.json").read_text(encoding="utf-8"))
     print("Ground truth of the scans:")
     for name, facts in truth.items():
