@@ -27,6 +27,7 @@ from radfm.utils.cli import INPUT_ERRORS, one_line
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("radfm.interop.generate:generate", "answer a prompt about one or more scans (files or DICOM folders)"),
     "convert": ("radfm.interop.convert:convert", "convert the published pytorch_model.bin (or an old-format model folder) to a transformers model folder"),
+    "classify": ("radfm.interop.classify:classify", "classify scans with a classifier folder (the classification bundle's finetune)"),
     "evaluate": ("radfm.engines.evaluate:evaluate", "run a model over a manifest; write predictions, metrics, report, plot"),
     "score": ("radfm.metrics.score:score", "score existing predictions (our JSONL or the published CSV layout)"),
     "data": ("radfm.data.cli:DataCommands", "dataset tools: convert public layouts to manifests, make phantoms"),

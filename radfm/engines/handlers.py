@@ -211,3 +211,27 @@ class SaveGrid:
     def __call__(self, engine: Engine) -> None:
         if is_rank0():
             self.image_processor.save_grid(self.model_dir)
+
+
+class SaveClassifierConfig:
+    """Handler: at the end of training, record the classifier's architecture beside its weights
+    (``classifier.json``, :func:`radfm.model.classifier.save_classifier_config`), so the folder loads alone."""
+
+    def __init__(self, model_dir: str | os.PathLike, network: torch.nn.Module, multi_label: bool,
+                 class_names: list[str] | None = None) -> None:
+        from radfm.model.classifier import classifier_config
+
+        self.model_dir = model_dir
+        self.network = network
+        self.multi_label = multi_label
+        self.class_names = class_names
+        classifier_config(network, multi_label=multi_label, labels=class_names)  # checked now, not at the end
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from radfm.model.classifier import save_classifier_config
+
+        if is_rank0():
+            save_classifier_config(self.network, self.model_dir, multi_label=self.multi_label, labels=self.class_names)
