@@ -31,14 +31,13 @@ def main(model_dir: str | None = None, max_new_tokens: int = 16) -> None:
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     bundle = bundle_dir("radfm")
-    overrides: dict = {}
-    if model_dir is None:  # the bundle's defaults: architecture from models/demo, weights from models/model.pt
+    # inference.json: the demo model's architecture from models/demo with its weights from models/model.pt;
+    # any other model folder loads whole (its safetensors)
+    if model_dir is None:
         model_dir = str(bundle / "models" / "demo")
         if not (bundle / "models" / "model.pt").is_file():
             raise SystemExit(f"radfm demo: no weights in {bundle / 'models' / 'model.pt'}; "
                              "rebuild the demo model with `python scripts/train_demo.py`")
-    else:  # a saved model folder (safetensors): load it whole instead of models/model.pt
-        overrides = {"network_def": "$radfm.engines.build.load_model(@model_dir)", "ckpt_path": None}
     if not (Path(model_dir) / "config.json").is_file():
         raise SystemExit(f"radfm demo: no model in {model_dir} (expected config.json and a tokenizer); "
                          "rebuild the demo model with `python scripts/train_demo.py`")
@@ -56,7 +55,6 @@ def main(model_dir: str | None = None, max_new_tokens: int = 16) -> None:
             bundle_root=str(bundle),
             model_dir=model_dir,
             max_new_tokens=max_new_tokens,
-            **overrides,
         )
     truth = json.loads((bundle / "sample_data" / "truth.json").read_text(encoding="utf-8"))
     print("Ground truth of the scans:")
