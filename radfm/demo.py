@@ -42,7 +42,12 @@ def main(model_dir: str | None = None, max_new_tokens: int = 16) -> None:
         raise SystemExit(f"radfm demo: no model in {model_dir} (expected config.json and a tokenizer); "
                          "rebuild the demo model with `python scripts/train_demo.py`")
     print("RadFM quick start: the demo model (a small RadFM trained on synthetic phantoms by "
-          "scripts/train_demo.py) answers questions about the shipped phantom scans.\n")
+          "scripts/train_demo.py) answers questions about the shipped phantom scans.")
+    if Path(model_dir).resolve() == (bundle / "models" / "demo").resolve():
+        # MONAI's CheckpointLoader logs "Restored all variables from .../models/model.pt": say what that file is
+        print("Model: models/demo (architecture, tokenizer, grid); its weights load from models/model.pt, the same "
+              "tensors as models/demo/model.safetensors in the MONAI bundle layout.")
+    print()
     # The bundle's logging.conf goes through logging's fileConfig, which closes every handler the
     # process already has: a host that configured logging (a notebook, a test runner) keeps its own.
     logging_file = False if logging.getLogger().handlers else None
