@@ -12,10 +12,13 @@ misspelled flag, bad flag value, missing argument), 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import logging
+import signal
 import sys
+from collections.abc import Iterator
 
 # INPUT_ERRORS: errors a user causes, printed as one line (re-exported here with one_line)
 from radfm.utils.cli import INPUT_ERRORS, one_line
@@ -24,6 +27,7 @@ from radfm.utils.cli import INPUT_ERRORS, one_line
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("radfm.interop.generate:generate", "answer a prompt about one or more scans (files or DICOM folders)"),
     "convert": ("radfm.interop.convert:convert", "convert the published pytorch_model.bin (or an old-format model folder) to a transformers model folder"),
+    "classify": ("radfm.interop.classify:classify", "classify scans with a classifier folder (the classification bundle's finetune)"),
     "evaluate": ("radfm.engines.evaluate:evaluate", "run a model over a manifest; write predictions, metrics, report, plot"),
     "score": ("radfm.metrics.score:score", "score existing predictions (our JSONL or the published CSV layout)"),
     "data": ("radfm.data.cli:DataCommands", "dataset tools: convert public layouts to manifests, make phantoms"),
@@ -57,15 +61,37 @@ def load_subcommand(name: str):
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+@contextlib.contextmanager
+def quiet_interrupt() -> Iterator[None]:
+    """Ctrl-C ends the command with our one line only.
+
+    Why: Ignite logs "Engine run is terminating due to exception" and MONAI's ``StatsHandler`` logs the
+    whole ``KeyboardInterrupt`` traceback before the exception reaches :func:`main`. On SIGINT this
+    handler turns logging off, then raises ``KeyboardInterrupt`` as Python's own handler does.
+    """
+    def interrupt(signum: int, frame: object) -> None:
+        logging.disable(logging.CRITICAL)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, interrupt)
+    except ValueError:  # not the main thread: signals stay as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        logging.disable(logging.NOTSET)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run ``radfm SUBCOMMAND ...``; exit status 0 ok, 1 input or runtime error, 2 usage error, 130 interrupted.
 
     The command line is checked against the subcommand's signature before anything runs
     (unknown flags name the nearest valid one). Errors print one line; ``--debug`` shows the traceback.
     """
-    import fire
-
-    from radfm.utils.cli import UsageError, check_command_line, nearest
+    from radfm.utils.cli import UsageError, nearest
 
     argv = list(sys.argv[1:] if argv is None else argv)
     separator = argv.index("--") if "--" in argv else len(argv)
@@ -88,13 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     # the command line configures logging; library code only logs (progress lines as plain messages)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        check_command_line(target, rest)
-        # fire shell-quotes a name with a space ('radfm score'); as program "radfm" with the
-        # subcommand as a member, help and usage read "radfm score" unquoted
-        if any(token in ("--help", "-h") for token in rest[:separator - 1]):
-            # after fire's `--` a help flag is help even for commands that take **options
-            rest = [token for token in rest if token not in ("--help", "-h")] + ["--", "--help"]
-        fire.Fire({name: target}, command=[name, *rest], name="radfm")
+        interrupts = contextlib.nullcontext() if debug else quiet_interrupt()
+        with interrupts:
+            _run(target, name, rest, separator)
     except KeyboardInterrupt:
         if debug:
             raise
@@ -128,6 +150,21 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{prefix}: error: {type(error).__name__}: {one_line(error)} "
                   "(unexpected; run again with --debug for the traceback)", file=sys.stderr)
         raise SystemExit(EXIT_ERROR) from None
+
+
+def _run(target, name: str, rest: list[str], separator: int) -> None:
+    """Check the command line of subcommand ``name`` and run it through fire."""
+    import fire
+
+    from radfm.utils.cli import check_command_line
+
+    check_command_line(target, rest)
+    # fire shell-quotes a name with a space ('radfm score'); as program "radfm" with the
+    # subcommand as a member, help and usage read "radfm score" unquoted
+    if any(token in ("--help", "-h") for token in rest[:separator - 1]):
+        # after fire's `--` a help flag is help even for commands that take **options
+        rest = [token for token in rest if token not in ("--help", "-h")] + ["--", "--help"]
+    fire.Fire({name: target}, command=[name, *rest], name="radfm")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ init) at a 64×64 grid. All offline, on CPU, in a couple of minutes:
 1. phantoms: training cases with seed 0 (train split for training, val split for model choice),
    held-out cases with a new seed (1) for the reported figures;
 2. the bundle's own ``train.json`` (``monai.bundle`` workflow): its CheckpointSaver keeps the best
-   validation macro AUC as ``models/model.pt`` and ``SaveGrid`` records the grid in ``models/preprocess.json``;
+   validation macro AUC as ``models/model.pt``, ``SaveGrid`` records the grid in ``models/preprocess.json`` and
+   ``SaveClassifierConfig`` the architecture and class names in ``models/classifier.json``;
 3. ``python -m monai.bundle ckpt_export`` (traced) writes ``models/model.ts``;
 4. the bundle's ``evaluate.json`` on the held-out phantoms: macro AUC / F1 → ``models/eval.json``.
 
@@ -77,18 +78,19 @@ def main(argv: list[str] | None = None) -> int:
                   bundle_root=str(BUNDLE), num_classes=len(CLASSES), multi_label=False)
     bundle_run(config_file=str(BUNDLE / "configs" / "train.json"), dataset_dir=str(work), ckpt_dir=str(staging),
                output_dir=str(work / "runs"), epochs=args.epochs, learning_rate=args.lr, seed=args.seed,
-               batch_size=16, image_grid=GRID, **common)
+               batch_size=16, image_grid=GRID, class_names=CLASSES, **common)
     print(f"trained in {(time.time() - started) / 60:.1f} min", flush=True)
 
     export = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def",
               "--config_file", str(BUNDLE / "configs" / "inference.json"), "--meta_file", common["meta_file"],
-              "--bundle_root", str(BUNDLE), "--ckpt_file", str(staging / "model.pt"),
+              "--bundle_root", str(BUNDLE), "--ckpt_dir", str(staging), "--ckpt_file", str(staging / "model.pt"),
               "--filepath", str(staging / "model.ts"), "--use_trace", "True", "--input_shape", "[1,3,64,64,4]"]
     subprocess.run(export, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
+    # architecture, classes and grid come from the staging folder (classifier.json, preprocess.json)
     bundle_run(config_file=str(BUNDLE / "configs" / "evaluate.json"), test_items=str(work / "test.json"),
-               ckpt_path=str(staging / "model.pt"), trained_grid=f"$radfm.model.processing.RadFMImageProcessor.from_model_dir({str(staging)!r}).grid",
-               output_dir=str(work / "eval"), **{k: v for k, v in common.items()})
+               ckpt_dir=str(staging), output_dir=str(work / "eval"),
+               **{k: v for k, v in common.items() if k not in ("num_classes", "multi_label")})
     metrics = {}
     summary = (work / "eval" / "metrics.csv").read_text()
     for line in summary.splitlines():

@@ -31,6 +31,7 @@ from typing import Any
 
 from . import guards
 from .errors import ScanReadError
+from .volumes import split_volume
 
 HEAD_BYTES = 352  # enough for the DICOM preamble (132) and the NIfTI-1 magic at offset 344
 
@@ -160,7 +161,7 @@ def detect_format(path: str | os.PathLike) -> ScanFormat:
     would block the reader), unsupported, or name and content that disagree (see the module doc).
     Reads the first :data:`HEAD_BYTES` bytes only.
     """
-    path = Path(path)
+    path = Path(split_volume(path)[0])  # `scan.nii.gz[t]`: one volume of that file
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -299,6 +300,7 @@ def inspect_scan(path: str | os.PathLike, max_scan_bytes: int | None = None) -> 
     ``ScanTooLargeError``). Inside :func:`inspected_scans`, a file inspected before (unchanged,
     same limit) is not read again.
     """
+    path = split_volume(path)[0]  # `scan.nii.gz[t]`: the header of that file
     limit = guards.effective_limit(max_scan_bytes)
     kept = recall(path, limit)
     if kept is not None:

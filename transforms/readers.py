@@ -28,6 +28,7 @@ from monai.utils import TransformBackends
 from . import formats
 from .dicom import apply_rescale, read_dicom_file, read_dicom_series
 from .errors import ScanReadError
+from .volumes import split_volume
 from .guards import ALLOWED_PIL_FORMATS, read_metaimage_header, read_nrrd_bounded, read_nrrd_header
 
 try:  # ISA-L's gzip: optional, a faster inflate of .nii.gz (nibabel's zlib read otherwise)
@@ -70,7 +71,7 @@ def scan_spatial_dims(path: str | os.PathLike) -> int:
     what the sampler saves); a DICOM file is 3D when it holds several frames.
     """
     fmt = scan_format(path)
-    path_text = str(path)
+    path_text, volume = split_volume(path)
     try:
         if formats.by_reader(fmt).dims == (2,):
             return 2
@@ -87,7 +88,8 @@ def scan_spatial_dims(path: str | os.PathLike) -> int:
         if fmt == "nifti":
             import nibabel as nib
 
-            return _depth_dims(nib.load(path_text).shape, 2)  # the header only: the data stays a proxy
+            shape = nib.load(path_text).shape  # the header only: the data stays a proxy
+            return _depth_dims(shape[:3] if volume is not None else shape, 2)
         if fmt == "nrrd":  # the guard's parse (pynrrd's parser, checked)
             return _depth_dims([int(s) for s in read_nrrd_header(path_text)[0].get("sizes", [])], 2)
         if fmt == "numpy":
@@ -209,8 +211,10 @@ def _unscaled_nibabel_reader(header: Any = None) -> Any:
     return UnscaledNibabelReader()
 
 
-def _read_spatial(reader: Any, path: str, defer_rescale: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
-    """NIfTI / NRRD / MHA: spatial axes first, extra axes after; returns [C=1, x, y(, z)]."""
+def _read_spatial(reader: Any, path: str, defer_rescale: bool = False,
+                  volume: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """NIfTI / NRRD / MHA: spatial axes first, extra axes after; returns [C=1, x, y(, z)] (``volume``: that
+    volume of a 4D image)."""
     array, meta = _monai_read(reader, path)
     extra: dict[str, Any] = {}
     slope, inter = getattr(reader, "rescale", (1.0, 0.0))
@@ -221,11 +225,18 @@ def _read_spatial(reader: Any, path: str, defer_rescale: bool = False) -> tuple[
         else:
             array = apply_rescale(array, slope, inter)
     shape = tuple(array.shape)
+    if volume is not None:  # `path[t]`: volume t of a 4D image
+        if array.ndim != 4 or not 0 <= volume < shape[3]:
+            held = f"volumes 0 to {shape[3] - 1}" if array.ndim == 4 else "no volumes to pick"
+            raise ScanReadError(f"{path}[{volume}]: image of shape {shape} has {held}; expected [t] with t in that range")
+        array = array[..., volume]
     while array.ndim > 3 and array.shape[-1] == 1:  # (x, y, z, 1): a 3D volume stored as 4D
         array = array[..., 0]
     if array.ndim > 3:
+        pick = (f"pick one with a [t] suffix on the path, t from 0 to {shape[3] - 1} ({os.path.basename(path)}[0]; "
+                "radfm generate --volume N)" if array.ndim == 4 else "split it and pass one volume")
         raise ScanReadError(f"{path}: {array.ndim}D image of shape {shape} (a time series or multi-volume "
-                            "file?); expected one 2D image or 3D volume; split it and pass one volume")
+                            f"file?); expected one 2D image or 3D volume; {pick}")
     affine = np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64)
     if affine.shape != (4, 4):  # 2D headers give a 3x3 affine: add the missing depth axis
         full = np.eye(4)
@@ -261,10 +272,12 @@ def _metaimage_reader() -> Any:
 # read(path, series_uid=, defer_rescale=, max_scan_bytes=, checked=); ``checked`` is the format guard's
 # HeaderCheck (its parsed header), which the NIfTI and NRRD readers read on from instead of parsing again
 def read_nifti(path: str, *, series_uid: str | None = None, defer_rescale: bool = False,
-               max_scan_bytes: int | None = None, checked: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """NIfTI (.nii/.nii.gz) -> ([1, x, y(, z)] as stored, meta); the float scaling kept aside with ``defer_rescale``."""
+               max_scan_bytes: int | None = None, checked: Any = None,
+               volume: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """NIfTI (.nii/.nii.gz) -> ([1, x, y(, z)] as stored, meta); the float scaling kept aside with ``defer_rescale``;
+    ``volume``: that volume of a 4D file (the ``[t]`` path suffix)."""
     return _read_spatial(_unscaled_nibabel_reader(None if checked is None else checked.header), path,
-                         defer_rescale=defer_rescale)
+                         defer_rescale=defer_rescale, volume=volume)
 
 
 def read_nrrd(path: str, *, series_uid: str | None = None, defer_rescale: bool = False,
@@ -322,14 +335,17 @@ def read_scan_array(path: str | os.PathLike, series_uid: str | None = None,
     inversion) is not applied but returned as ``meta["rescale"] = (slope, intercept)``, for :class:`ResizeToRadFM` /
     :class:`ScaleResizeToRadFM` (and ``CTWindow``/``MinMaxScale``) to apply leanly.
     """
-    path_text = str(path)
+    path_text, volume = split_volume(path)  # `scan.nii.gz[t]`: volume t of a 4D NIfTI
     # format + guard: one header parse, which the reader reads on from (the DICOM readers run their
     # guard per file as they read); inside formats.inspected_scans() an earlier inspection is reused
-    inspected = formats.inspect_scan(path, max_scan_bytes)
+    inspected = formats.inspect_scan(path_text, max_scan_bytes)
     fmt = inspected.format.reader
+    if volume is not None and fmt != "nifti":
+        raise ScanReadError(f"{path}: a [t] suffix picks one volume of a 4D NIfTI; this is a {fmt} scan")
+    picked = {} if volume is None else {"volume": volume}
     try:
         array, meta = READERS[fmt](path_text, series_uid=series_uid, defer_rescale=defer_rescale,
-                                   max_scan_bytes=max_scan_bytes, checked=inspected.checked)
+                                   max_scan_bytes=max_scan_bytes, checked=inspected.checked, **picked)
     except ScanReadError:
         raise
     except Exception as error:  # corrupt or truncated files: say which file and what was expected

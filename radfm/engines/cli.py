@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from radfm.utils.cli_bundle import shipped_configs
 from radfm.utils.resources import bundle_dir
 
 # name -> (bundle, config files in order: pretrain / instruct are small overrides on the shared train.json)
@@ -68,11 +69,12 @@ def train(
         config_files.append(str(bundle_dir("radfm") / "configs" / "multi_gpu_train.json"))
     meta = meta_file or str(configs_dir / "metadata.json")
     logging_file = configs_dir / "logging.conf"
-    run(
-        config_file=config_files,
-        meta_file=meta,
-        logging_file=str(logging_file) if logging_file.is_file() else None,
-        tracking=tracking,
-        bundle_root=bundle_root or str(configs_dir.parent),
-        **overrides,
-    )
+    with shipped_configs(config_files):
+        run(
+            config_file=config_files,
+            meta_file=meta,
+            logging_file=str(logging_file) if logging_file.is_file() else None,
+            tracking=tracking,
+            bundle_root=bundle_root or str(configs_dir.parent),
+            **overrides,
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -141,9 +142,29 @@ def source_commit() -> str:
     return described.stdout.strip() if described.returncode == 0 and described.stdout.strip() else "unknown"
 
 
+# MONAI's `--tracking` names the executed config `<output_dir> + '/config_<time>.json'` by joining the raw
+# config text of `output_dir` with `+`: right for an expression, a literal `DIR + '/config_....json'` for a
+# plain `--output_dir DIR`, which MLFlowHandler then skips without a word.
+_UNEVALUATED_CONFIG_PATH = re.compile(r"^(?P<dir>[^$].*) \+ '/(?P<name>config_[0-9_]+\.json)'$")
+
+
+def executed_config_path(artifact: Any) -> Any:
+    """The file MONAI wrote the executed config to, for an artifact path built from a plain ``output_dir``.
+
+    Args:
+        artifact: one entry of ``MLFlowHandler.artifacts``.
+
+    Returns:
+        ``DIR/config_<time>.json`` for the literal ``"DIR + '/config_<time>.json'"``; anything else unchanged.
+    """
+    match = _UNEVALUATED_CONFIG_PATH.match(artifact) if isinstance(artifact, str) else None
+    return os.path.join(match["dir"], match["name"]) if match else artifact
+
+
 class TrackingParams:
     """Hands ``params`` (learning rate, batch size, model sizes ...) to MONAI's ``MLFlowHandler``,
-    and closes its run as FAILED when training raises. ``git_commit`` (:func:`source_commit`) is
+    points it at the executed config file (:func:`executed_config_path`: a plain ``--output_dir DIR``
+    otherwise loses that artifact), and closes its run as FAILED when training raises. ``git_commit`` (:func:`source_commit`) is
     added to every run's params, so a result can be traced to the code that made it.
 
     ``--tracking mlflow`` appends an ``MLFlowHandler`` to the trainer handlers; before it starts
@@ -164,6 +185,7 @@ class TrackingParams:
         if tracker is not None:
             params = {"git_commit": source_commit(), **self.params}
             tracker.experiment_param = {**(tracker.experiment_param or {}), **params}
+            tracker.artifacts = tuple(executed_config_path(artifact) for artifact in tracker.artifacts)
 
     def fail_run(self, engine: Engine, error: BaseException) -> None:
         """Ignite's EXCEPTION_RAISED: end the MLflow run as FAILED, then raise ``error`` again."""
@@ -189,3 +211,27 @@ class SaveGrid:
     def __call__(self, engine: Engine) -> None:
         if is_rank0():
             self.image_processor.save_grid(self.model_dir)
+
+
+class SaveClassifierConfig:
+    """Handler: at the end of training, record the classifier's architecture beside its weights
+    (``classifier.json``, :func:`radfm.model.classifier.save_classifier_config`), so the folder loads alone."""
+
+    def __init__(self, model_dir: str | os.PathLike, network: torch.nn.Module, multi_label: bool,
+                 class_names: list[str] | None = None) -> None:
+        from radfm.model.classifier import classifier_config
+
+        self.model_dir = model_dir
+        self.network = network
+        self.multi_label = multi_label
+        self.class_names = class_names
+        classifier_config(network, multi_label=multi_label, labels=class_names)  # checked now, not at the end
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from radfm.model.classifier import save_classifier_config
+
+        if is_rank0():
+            save_classifier_config(self.network, self.model_dir, multi_label=self.multi_label, labels=self.class_names)

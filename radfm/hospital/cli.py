@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -57,6 +58,13 @@ class NodeCommands:
               f"(state in {settings.state_dir}); reports are UNVERIFIED research output", flush=True)
         node.wait()
         node.stop()
+        if stopping:  # a signal ended the run: the job table, spool and workers are closed
+            # Why: the interpreter's teardown of the native libraries (torch, ITK, ...) took 10-40 s
+            # after everything of ours had closed; nothing is left for it to do here.
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
     def status(self, config: str | None = None, json: bool = False, limit: int = 50) -> None:
         """List the node's newest jobs (study, state, tries, reason, deliveries, times per stage) and pulls not done.

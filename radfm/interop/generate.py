@@ -72,6 +72,7 @@ def generate(
     seed: int | None = None,
     window: str | None = None,
     series_uid: str | None = None,
+    volume: int | None = None,
     dtype: str = "auto",
     device: str = "auto",
     device_map: str | None = None,
@@ -100,6 +101,8 @@ def generate(
         seed: random seed for sampling.
         window: CT intensity window for all scans: lung | mediastinum | bone | brain | "LO,HI".
         series_uid: series to use when a DICOM folder holds several.
+        volume: volume to read of each 4D NIfTI (from 0): adds the suffix ``[N]`` to every scan path given
+            without one (``fmri.nii.gz[3]`` picks a volume of one scan only).
         dtype: auto | float32 | bfloat16 | float16.
         device: auto | cpu | cuda | cuda:N.
         device_map: "auto" to spread the model over GPUs/CPU/disk (accelerate).
@@ -111,10 +114,14 @@ def generate(
     from radfm.model.loading import demo_model_dir, resolve_model_dir
     from radfm.serving.answerer import ModelAnswerer
     from radfm.serving.request import RequestPath
+    from radfm.transforms.volumes import with_volume
 
     if prompt is None:
         raise UsageError("--prompt is required (the question about the scans)")
-    scan_paths = [str(scan) for scan in scans]  # fire turns numeric-looking values into numbers
+    if volume is not None and (isinstance(volume, bool) or not isinstance(volume, int) or volume < 0):
+        raise UsageError(f"--volume: expected a volume index (0, 1, ...), got {volume!r}")
+    # fire turns numeric-looking values into numbers
+    scan_paths = [with_volume(str(scan), volume) for scan in scans]
     prompt = str(prompt)
     raw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k,
                num_beams=num_beams, repetition_penalty=repetition_penalty, seed=seed)

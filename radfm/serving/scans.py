@@ -21,6 +21,7 @@ from typing import IO
 from radfm.serving.refusal import RequestError
 from radfm.transforms import formats
 from radfm.transforms.errors import ScanReadError
+from radfm.transforms.volumes import split_volume
 
 HEAD_BYTES = formats.HEAD_BYTES  # enough for the DICOM preamble and the NIfTI-1 magic at offset 344
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -262,10 +263,11 @@ def reference_scan(path: Path, name: str) -> Scan | None:
     """
     if path.is_dir():
         return Scan(kind="dicom", path=path, names=[name])
-    if not path.is_file():
-        raise RequestError(f"{name}: no such file or folder", 404 if not path.exists() else 415, code="not_found")
+    file = Path(split_volume(path)[0])  # `scan.nii.gz[t]`: the readers pick volume t of that file
+    if not file.is_file():
+        raise RequestError(f"{name}: no such file or folder", 404 if not file.exists() else 415, code="not_found")
     try:
-        with path.open("rb") as handle:
+        with file.open("rb") as handle:
             head = handle.read(HEAD_BYTES)
     except OSError as error:
         raise RequestError(f"{name}: cannot be read ({error.strerror})", 403, code="unreadable") from None

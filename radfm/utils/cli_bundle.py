@@ -15,10 +15,13 @@ configs detect that with a plain-Python ``initialize`` step before this module i
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import sys
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -99,6 +102,36 @@ def unknown_overrides(config_files: str | Iterable[str], overrides: Iterable[str
             if parent not in parser:
                 problems.append(f"unknown config entry --{override}: {parent!r} does not exist in the config")
     return problems
+
+
+# MONAI's warning on every config it parses (`create_workflow`): it evals "$" values and imports "_target_"s
+UNTRUSTED_CONFIG_WARNING = r"parsing config_file .*eval\(\)"
+
+
+@contextlib.contextmanager
+def shipped_configs(config_files: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[None]:
+    """Run MONAI on ``config_files`` without its ``eval()`` warning when every one is a config we ship.
+
+    Why: ``radfm train`` and ``radfm demo`` run the package's own bundle configs, so the warning meant
+    for configs from elsewhere printed on every run. A config from anywhere else keeps the warning;
+    only that one warning is filtered.
+
+    Args:
+        config_files: the config file(s) handed to ``monai.bundle.run``.
+
+    Returns:
+        A context manager.
+    """
+    from radfm.utils.resources import bundles_dir
+
+    files = [config_files] if isinstance(config_files, (str, os.PathLike)) else list(config_files)
+    shipped = bundles_dir().resolve()
+    if not files or not all(Path(f).resolve().is_relative_to(shipped) for f in files):
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=UNTRUSTED_CONFIG_WARNING, category=UserWarning)
+        yield
 
 
 def check_bundle_run() -> None:

@@ -119,3 +119,56 @@ def test_training_outputs_go_where_the_user_said(phantom_data, tmp_path):
     changed = sorted(str(p) for p in after if p not in before or (p.is_file() and after[p] != before[p]))
     assert changed == [], changed
     assert (tmp_path / "models" / "model.pt").is_file() and (tmp_path / "models" / "runs" / "mlruns.db").is_file()
+
+
+def test_a_trained_classifier_folder_runs_alone_at_its_own_grid(phantom_data, tmp_path, capsys):
+    """train.json writes classifier.json beside model.pt and preprocess.json; inference.json given only the folder
+    (--ckpt_dir, the key train.json writes to, or --ckpt_path) builds that architecture at that grid, not the
+    shipped example's (64²); `radfm classify --model` runs the folder; another grid is refused."""
+    from monai.bundle.scripts import create_workflow
+
+    from radfm.cli import main
+    from radfm.model.processing import GridMismatchError
+
+    grid = {"size_2d": [32, 32], "size_3d": [32, 32], "max_depth": 4}
+    items, _ = _items(phantom_data, tmp_path, 2, lambda c: ["X-ray", "ultrasound"].index(c["modality"]))
+    folder = tmp_path / "mine"
+    run_bundle(CONFIG, META, bundle_root=str(tmp_path), train_items=str(items), val_items=str(items), epochs=1,
+               batch_size=4, image_grid=grid, ckpt_dir=str(folder), class_names=["X-ray", "ultrasound"],
+               vision_overrides={"dim": 36, "mlp_dim": 72}, learning_rate=1e-3)
+    recorded = json.loads((folder / "classifier.json").read_text())
+    assert recorded["vision"]["dim"] == 36 and recorded["labels"] == ["X-ray", "ultrasound"]
+    inference = CLASSIFICATION_BUNDLE / "configs" / "inference.json"
+    for where in ({"ckpt_dir": str(folder)}, {"ckpt_path": str(folder / "model.pt")}):
+        out = tmp_path / f"out_{next(iter(where))}"
+        workflow = run_bundle(inference, META, bundle_root=str(CLASSIFICATION_BUNDLE), output_dir=str(out), **where)
+        assert workflow.parser.get_parsed_content("image_grid") == grid
+        assert len((out / "predictions.csv").read_text().splitlines()) == 2
+    with pytest.raises(Exception) as refused:
+        create_workflow(config_file=str(inference), meta_file=str(META), bundle_root=str(CLASSIFICATION_BUNDLE),
+                        ckpt_dir=str(folder), image_grid=SMALL_GRID).run()
+    chain = [refused.value]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    assert any(isinstance(error, GridMismatchError) for error in chain)
+    scan = str(CLASSIFICATION_BUNDLE / "sample_data" / "xray_phantom.png")
+    capsys.readouterr()  # the bundle runs' logs
+    main(["classify", scan, "--model", str(folder), "--json"])
+    (record,) = json.loads(capsys.readouterr().out)
+    assert set(record["probabilities"]) == {"X-ray", "ultrasound"} and record["prediction"] in ("X-ray", "ultrasound")
+    assert abs(sum(record["probabilities"].values()) - 1.0) < 1e-3
+
+
+def test_the_grid_defaults_to_the_radfm_models_grid():
+    """--radfm_dir naming the demo model (128², depth 8): the classifier trains at that grid, as the RadFM bundle
+    does, not at the paper's 512² default."""
+    from monai.bundle.scripts import create_workflow
+
+    from .conftest import RADFM_BUNDLE
+
+    demo = RADFM_BUNDLE / "models" / "demo"
+    demo_grid = json.loads((demo / "processor_config.json").read_text())["image_processor"]
+    workflow = create_workflow(config_file=str(CONFIG), meta_file=str(META), bundle_root=str(CLASSIFICATION_BUNDLE),
+                               radfm_dir=str(demo), workflow_type="train")
+    grid = workflow.parser.get_parsed_content("image_grid")
+    assert grid["size_2d"] == demo_grid["size_2d"] and grid["max_depth"] == demo_grid["max_depth"]

@@ -49,3 +49,20 @@ def test_demo_leaves_the_host_logging_alone(capsys):
     finally:
         root.removeHandler(host)
     assert "A: " in capsys.readouterr().out
+
+
+def test_the_banner_says_where_the_weights_come_from(capsys):
+    """`make demo` logs "Restored all variables from .../models/model.pt" under a banner naming models/demo: the
+    banner names both, and models/model.pt must hold exactly the tensors of models/demo (one set of weights)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from radfm.demo import main
+
+    main(max_new_tokens=2)
+    assert "its weights load from models/model.pt, the same tensors as models/demo/model.safetensors" in \
+        capsys.readouterr().out
+    bundle_weights = torch.load(RADFM_BUNDLE / "models" / "model.pt", weights_only=True)
+    folder_weights = load_file(RADFM_BUNDLE / "models" / "demo" / "model.safetensors")
+    assert set(bundle_weights) == set(folder_weights)
+    assert all(torch.equal(bundle_weights[name], folder_weights[name]) for name in folder_weights)

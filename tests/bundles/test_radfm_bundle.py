@@ -42,9 +42,9 @@ def pretrained(phantom_data, tmp_path_factory):
                           scan_dataset={"_target_": "PersistentDataset", "_mode_": "callable",
                                         "cache_dir": str(tmp_path / "scan_cache")},
                           **{**_common(phantom_data, tmp_path, "pretrain"),
-                             # an expression, as in the config: MONAI appends the executed-config
-                             # file name to it with `+`
-                             "output_dir": f"$'{tmp_path / 'out'}'"})
+                             # a plain path, as a user types it: MONAI appends the executed-config
+                             # file name to its raw text with `+`
+                             "output_dir": str(tmp_path / "out")})
     return tmp_path, workflow, store
 
 
@@ -208,3 +208,24 @@ def test_multi_gpu_mixin_runs_as_one_process(phantom_data, tmp_path, monkeypatch
     assert isinstance(network, torch.nn.parallel.DistributedDataParallel)
     assert not torch.distributed.is_initialized()  # finalize tore the group down
     assert (tmp_path / "runs" / "ddp" / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("config", ["inference.json", "evaluate.json"])
+def test_a_model_folder_other_than_the_demo_loads_whole(config, tmp_path):
+    """--model_dir DIR alone runs a saved (e.g. fine-tuned) model: its own safetensors, no --network_def/--ckpt_path
+    overrides; the demo model keeps models/model.pt (what model-zoo's layout expects)."""
+    from monai.bundle.scripts import create_workflow
+
+    from radfm.engines.build import load_model
+
+    source = load_model("tiny", seed=3)
+    source.save_pretrained(tmp_path / "finetuned")
+    workflow = create_workflow(config_file=str(RADFM_BUNDLE / "configs" / config), meta_file=str(META),
+                               bundle_root=str(RADFM_BUNDLE), model_dir=str(tmp_path / "finetuned"))
+    assert workflow.parser.get_parsed_content("ckpt_path") is None
+    network = workflow.parser.get_parsed_content("network")
+    for name, value in source.state_dict().items():
+        assert torch.equal(value, network.state_dict()[name].to(value.dtype)), name
+    demo = create_workflow(config_file=str(RADFM_BUNDLE / "configs" / config), meta_file=str(META),
+                           bundle_root=str(RADFM_BUNDLE))
+    assert demo.parser.get_parsed_content("ckpt_path") == str(RADFM_BUNDLE) + "/models/model.pt"

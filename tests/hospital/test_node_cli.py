@@ -49,3 +49,33 @@ def test_status_lists_jobs_states_and_reasons(tmp_path, capsys):
     main(["node", "status", "--config", config, "--json", "--limit", "1"])
     record = json.loads(capsys.readouterr().out)
     assert [job["id"] for job in record["jobs"]] == [second] and record["instances_waiting"] == 0
+
+
+def test_ctrl_c_stops_the_node_at_once_and_keeps_its_state(tmp_path):
+    """SIGINT: the node closes its job table and exits 0 within seconds (the interpreter's teardown of the
+    native libraries took 10-40 s after the node had closed everything); the job table still opens."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    config = _config(tmp_path, port=0)
+    process = subprocess.Popen([sys.executable, "-m", "radfm.cli", "node", "run", "--config", config],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()
+    deadline = time.monotonic() + 300
+    while not any("radfm node:" in line and "listening" in line for line in lines):
+        assert process.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
+        time.sleep(0.2)
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    try:
+        code = process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert code == 0, "".join(lines)[-3000:]
+    assert time.monotonic() - signalled < 8, f"stopping took {time.monotonic() - signalled:.1f} s"
+    result = subprocess.run([sys.executable, "-m", "radfm.cli", "node", "status", "--config", config, "--json"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and json.loads(result.stdout)["jobs"] == [], result.stderr
