@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 from pathlib import Path
 
+from radfm.hospital.dicom_uid import is_dicom_uid
 from radfm.hospital.node_config import NodeConfig
 from radfm.hospital.storage_scp import StorageSCP
 
 logger = logging.getLogger("radfm.node")
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 class DicomwebPull:
@@ -37,7 +36,7 @@ class DicomwebPull:
         uids = []
         for study in found:
             uid = (study.get("0020000D", {}).get("Value") or [None])[0]
-            if not isinstance(uid, str) or len(uid) > 64 or not _UID.match(uid):
+            if not is_dicom_uid(uid):
                 continue  # a malformed answer is skipped, not trusted
             if not self.queue.was_pulled(uid):
                 uids.append(uid)
