@@ -280,6 +280,8 @@ def inflate_to_disk(path: Path, max_scan_bytes: int) -> bool:
                         raise ScanTooLargeError(f"{path.name}: the deflated DICOM data inflates to more than "
                                                 f"{max_scan_bytes} bytes (max_scan_bytes); refusing to read it")
                     out.write(piece)
+                    if inflater.eof:  # bytes after the stream's end (pydicom pads an odd-length one) are not data
+                        break
                 if inflater.eof:
                     break
             out.write(inflater.flush())
