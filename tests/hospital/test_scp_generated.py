@@ -141,7 +141,10 @@ def _instance(peer: dict) -> pydicom.Dataset:
     ds.SOPClassUID, ds.Modality = CT_IMAGE_STORAGE, "CT"
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
     if peer["uid"] != "valid":
-        setattr(ds, peer["uid_field"], BAD_UIDS[peer["uid"]])
+        field = peer["uid_field"]
+        if peer["uid"] == "too_long" and field == "SOPInstanceUID":
+            field = "SeriesInstanceUID"  # the attacker's own pynetdicom refuses to put it in the C-STORE command
+        setattr(ds, field, BAD_UIDS[peer["uid"]])
     ds.Columns = 1024  # 16-bit: 2 KiB a row
     ds.Rows = max(1, peer["pixels"] // 2048)
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
