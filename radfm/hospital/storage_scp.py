@@ -132,7 +132,8 @@ def check_instance(path: Path, config: NodeConfig, scratch: Path | None = None) 
                 inflate_to_disk(readable, limit)
             checked = check_dicom(readable, limit)  # the pixel-size claim; the header, parsed once
         except ScanReadError as error:
-            message = str(error).replace(str(readable), "instance").replace(str(path), "instance")
+            message = str(error).replace(str(readable), "instance").replace(str(path), "instance").replace(
+                readable.name, "instance")  # inflate_to_disk names the file of its copy
             raise InstanceRefused(f"refused by the scan guard: {message}", STATUS_OUT_OF_RESOURCES) from None
         except Exception as error:  # zlib and pydicom raise many kinds on hostile bytes
             raise InstanceRefused(f"not readable DICOM ({type(error).__name__})", STATUS_CANNOT_UNDERSTAND) from None
@@ -142,6 +143,16 @@ def check_instance(path: Path, config: NodeConfig, scratch: Path | None = None) 
     if checked is None:
         raise InstanceRefused("not readable DICOM (pydicom cannot read its header)", STATUS_CANNOT_UNDERSTAND)
     return checked.header
+
+
+def _stop_waiting(assoc) -> None:
+    """End the thread of an association still waiting for its A-ASSOCIATE-RQ (pynetdicom would wait
+    ``acse_timeout`` on a closed socket): hand it an A-P-ABORT, which :meth:`StorageSCP._requested` ends."""
+    if assoc is None:
+        return
+    from pynetdicom.pdu_primitives import A_P_ABORT
+
+    assoc.dul.to_user_queue.put(A_P_ABORT())
 
 
 class _Door:
@@ -158,6 +169,7 @@ class _Door:
         self.admitted_max = admitted_max
         self._lock = threading.Lock()
         self._pending: dict[socket.socket, tuple[str, float]] = {}
+        self._waiting: dict[socket.socket, Any] = {}  # the pynetdicom Association waiting on each pending socket
         self._admitted: list[Any] = []  # pynetdicom Associations
         self.dropped_silent = 0
 
@@ -165,6 +177,7 @@ class _Door:
         """A new TCP connection from ``host``: let it in, closing the oldest silent one when full."""
         with self._lock:
             self._pending = {s: v for s, v in self._pending.items() if s.fileno() != -1}
+            self._waiting = {s: a for s, a in self._waiting.items() if s in self._pending}
             same_host = [s for s, (h, _) in self._pending.items() if h == host]
             if len(same_host) >= self.per_host or len(self._pending) >= self.pending_max:
                 victims = same_host or list(self._pending)
@@ -177,12 +190,22 @@ class _Door:
                     oldest.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+                _stop_waiting(self._waiting.pop(oldest, None))
             self._pending[sock] = (host, time.monotonic())
+
+    def opened(self, sock: socket.socket, assoc) -> None:
+        """``assoc`` waits for the A-ASSOCIATE-RQ on ``sock`` (so closing ``sock`` can end its thread at once)."""
+        with self._lock:
+            if sock in self._pending:
+                self._waiting[sock] = assoc
+            else:  # closed as silent before its association started
+                _stop_waiting(assoc)
 
     def requested(self, sock: socket.socket | None) -> None:
         """The connection asked for an association: no longer silent."""
         with self._lock:
             self._pending.pop(sock, None)
+            self._waiting.pop(sock, None)
 
     def admit(self, assoc, host: str) -> str | None:
         """Count ``assoc`` as an admitted association from ``host``; the reason when there is no room."""
@@ -298,7 +321,7 @@ class StorageSCP:
         ae.maximum_pdu_size = MAX_PDU_RECEIVED
         # our own door (_Door) counts allowed associations and silent connections; pynetdicom's count
         # (both kinds, and connections closing) only stops a flood
-        ae.maximum_associations = 4 * self.config.max_associations + 16
+        ae.maximum_associations = 16 * self.config.max_associations + 64
         ae.network_timeout = 60
         ae.acse_timeout = self.config.association_request_timeout_s  # also how long a silent connection may stay
         ae.dimse_timeout = 60
@@ -325,6 +348,7 @@ class StorageSCP:
     def _connection_opened(self, event) -> None:
         """Read no PDU longer than MAX_PDU_BYTES: pynetdicom reads a PDU whole, whatever length it states."""
         sock = event.assoc.dul.socket
+        self._door.opened(sock.socket, event.assoc)
         recv = sock.recv
 
         def recv_bounded(nr_bytes: int):
@@ -409,9 +433,12 @@ class StorageSCP:
 
     def _rejected(self, event) -> None:
         """pynetdicom's own rejections (our allow-list and room checks log in _requested)."""
-        reason = getattr(event.assoc.acceptor.primitive, "reason_str", "no reason given")
+        try:
+            reason = event.assoc.acceptor.primitive.reason_str
+        except Exception:  # a reason pynetdicom cannot name
+            reason = "no reason given"
         logger.warning("association from %s@%s rejected by the DICOM layer (%s)",
-                       event.assoc.requestor.ae_title.strip(), event.assoc.requestor.address, reason)
+                       str(event.assoc.requestor.ae_title).strip(), event.assoc.requestor.address, reason)
 
     @property
     def port(self) -> int:

@@ -75,7 +75,7 @@ class _Node:
         self.temp.mkdir()
         self._old_tempdir, tempfile.tempdir = tempfile.tempdir, str(self.temp)
         config = NodeConfig.from_dict({"port": 0, "state_dir": str(root / "state"), "max_instance_mb": CAP // MiB,
-                                       "max_scan_mb": SCAN_MB, "association_request_timeout_s": 2,
+                                       "max_scan_mb": SCAN_MB,
                                        "allowed_callers": [{"ae_title": t, "host": h} for t, h in sorted(ALLOWED)]})
         self.scp = StorageSCP(config, JobQueue(config.state_path))
         self.scp.start()
@@ -177,7 +177,7 @@ def run_peer(node: _Node, peer: dict) -> str:
         assoc = ae.associate("127.0.0.1", scp.port, ae_title="RADFM", bind_address=(peer["host"], 0))
         allowed = (peer["title"], peer["host"]) in ALLOWED
         if not allowed:
-            assert assoc.is_rejected, peer
+            assert assoc.is_rejected, (peer, assoc.is_established, assoc.is_aborted, node.logs.lines)
             assert node.peak == 0, "bytes written for a caller not on the allow-list"
             outcome = "rejected at association (title/host pair not allowed)"
         else:
