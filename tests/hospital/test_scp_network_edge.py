@@ -184,6 +184,25 @@ def test_eight_silent_sockets_do_not_lock_the_allowed_pacs_out(scp, tmp_path, ca
     assert "not on the allow-list" not in caplog.text
 
 
+def test_a_flood_of_silent_sockets_does_not_lock_the_allowed_pacs_out(scp, tmp_path):
+    """N8, harder: 100 silent sockets opened at once. Each new one closes the oldest silent one, and its
+    association thread must end then, not after the request timeout (pynetdicom's own association count
+    would fill with them and refuse the PACS)."""
+    silent = []
+    try:
+        for _ in range(100):
+            silent += idle_sockets(LOOPBACK, scp.port, 1)
+        started = time.perf_counter()
+        assoc = _associate(scp.port)
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0
+        assoc.release()
+        assert time.perf_counter() - started < 5
+    finally:
+        for sock in silent:
+            sock.close()
+
+
 def test_silent_connections_are_closed_after_association_request_timeout_s(tmp_path, system_temp):
     """N8: a connection that sends no A-ASSOCIATE-RQ is closed after the short timeout (was 30 s)."""
     server = _start(tmp_path, association_request_timeout_s=1)
