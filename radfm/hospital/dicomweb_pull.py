@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
@@ -36,6 +35,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from radfm.hospital.dicom_uid import is_dicom_uid
 from radfm.hospital.node_config import NodeConfig
 from radfm.hospital.storage_scp import StorageSCP
 
@@ -46,13 +46,8 @@ MAX_QIDO_BYTES = 4 * 1024 * 1024  # the search answer: ~1-2 KiB per study; a big
 MAX_PART_HEADER_BYTES = 16 * 1024  # the MIME headers of one WADO-RS part
 MAX_REDIRECTS = 5
 WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'  # each instance as stored
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _STATUS_MEANING = {0xA700: "too large, over a scan guard's limit or max_instances_per_study",
                    0xC000: "not readable DICOM or its UIDs are not UIDs", 0x0110: "a processing failure"}
-
-
-def _is_uid(value: Any) -> bool:
-    return isinstance(value, str) and len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
 class PullError(Exception):
@@ -187,7 +182,7 @@ def _study_uid(study: Any) -> str | None:
     attribute = study.get("0020000D")
     values = attribute.get("Value") if isinstance(attribute, dict) else None
     uid = values[0] if isinstance(values, list) and values else None
-    return uid if _is_uid(uid) else None
+    return uid if is_dicom_uid(uid) else None
 
 
 class DicomwebPull:

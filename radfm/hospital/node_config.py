@@ -47,16 +47,32 @@ def _ae(source: str, name: str, value: Any) -> str:
     return value.strip()
 
 
-def _int(source: str, name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        raise _fail(source, name, f"a whole number >= {low}" + (f" and <= {high}" if high is not None else ""), value)
+def _int(source: str, name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _fail(source, name, f"a whole number >= {low} and <= {high}", value)
     return value
 
 
-def _seconds(source: str, name: str, value: Any, low: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low <= value < float("inf")):
-        raise _fail(source, name, f"a number of seconds >= {low:g}", value)
+def _seconds(source: str, name: str, value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low <= value <= high):
+        raise _fail(source, name, f"a number of seconds >= {low:g} and <= {high:g}", value)
     return float(value)
+
+
+DAY_S = 86400.0
+# Upper bounds: a value past these is a typo or an attack on the node's memory/disk, never a setting
+# (e.g. max_studies_in_memory 1e9 let the node grow past 2.5 GB). (low, high) per whole-number field.
+INT_BOUNDS = {
+    "max_studies_in_memory": (1, 64),
+    "max_instance_mb": (1, 4096),  # one DICOM instance over the network
+    "max_scan_mb": (1, 65536),  # decoded size of one series
+    "max_instances_per_study": (1, 100_000),
+    "max_new_tokens": (1, 8192),
+    "max_attempts": (1, 1000),
+    "max_job_attempts": (1, 100),
+    "max_associations": (1, 64),
+    "max_associations_per_host": (1, 64),
+}
 
 
 def _host(source: str, name: str, value: Any) -> str:
@@ -145,6 +161,9 @@ class NodeConfig:
     max_job_attempts: int = 3  # a job interrupted (crash) or failing this often is marked failed
     institution_name: str | None = None
     pull: PullConfig | None = None
+    max_associations: int = 8  # associations of allowed callers at once (connections not yet asking come on top)
+    max_associations_per_host: int = 4  # of those, from one host
+    association_request_timeout_s: float = 5.0  # a connection sending no A-ASSOCIATE-RQ for this long is closed
     source: str = field(default="<config>", repr=False)
 
     @property
@@ -187,15 +206,19 @@ class NodeConfig:
         if not isinstance(state, str) or not state:
             raise _fail(s, "state_dir", "a folder path", state)
         c.state_dir = state
-        c.stable_after_s = _seconds(s, "stable_after_s", raw.get("stable_after_s", c.stable_after_s), 0.1)
-        for name, low in (("max_studies_in_memory", 1), ("max_instance_mb", 1), ("max_scan_mb", 1),
-                          ("max_instances_per_study", 1), ("max_new_tokens", 1), ("max_attempts", 1),
-                          ("max_job_attempts", 1)):
-            setattr(c, name, _int(s, name, raw.get(name, getattr(c, name)), low))
+        c.stable_after_s = _seconds(s, "stable_after_s", raw.get("stable_after_s", c.stable_after_s), 0.1, DAY_S)
+        for name, (low, high) in INT_BOUNDS.items():
+            setattr(c, name, _int(s, name, raw.get(name, getattr(c, name)), low, high))
+        if c.max_associations_per_host > c.max_associations:
+            raise _fail(s, "max_associations_per_host", f"<= max_associations ({c.max_associations})",
+                        c.max_associations_per_host)
         c.generation_timeout_s = _seconds(s, "generation_timeout_s",
-                                          raw.get("generation_timeout_s", c.generation_timeout_s), 1.0)
-        c.retry_first_s = _seconds(s, "retry_first_s", raw.get("retry_first_s", c.retry_first_s), 0.01)
-        c.retry_max_s = _seconds(s, "retry_max_s", raw.get("retry_max_s", c.retry_max_s), c.retry_first_s)
+                                          raw.get("generation_timeout_s", c.generation_timeout_s), 1.0, DAY_S)
+        c.retry_first_s = _seconds(s, "retry_first_s", raw.get("retry_first_s", c.retry_first_s), 0.01, 3600.0)
+        c.retry_max_s = _seconds(s, "retry_max_s", raw.get("retry_max_s", c.retry_max_s), c.retry_first_s, DAY_S)
+        c.association_request_timeout_s = _seconds(
+            s, "association_request_timeout_s",
+            raw.get("association_request_timeout_s", c.association_request_timeout_s), 0.5, 120.0)
         for name in ("model", "institution_name"):
             value = raw.get(name)
             if value is not None and (not isinstance(value, str) or not value):
@@ -243,7 +266,8 @@ def _rules(s: str, raw: Any) -> list[SeriesRule]:
             except (re.error, TypeError) as error:
                 raise _fail(s, f"{where}.description", f"a regular expression ({error})", description) from None
         rules.append(SeriesRule(str(name), list(modalities), prompt, description,
-                                _int(s, f"{where}.min_instances", item.get("min_instances", 1), 1)))
+                                _int(s, f"{where}.min_instances", item.get("min_instances", 1), 1,
+                                     INT_BOUNDS["max_instances_per_study"][1])))
     return rules
 
 
@@ -280,8 +304,6 @@ def _pull(s: str, raw: Any) -> PullConfig:
     query = raw.get("filter", {})
     if not isinstance(query, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in query.items()):
         raise _fail(s, "pull.filter", 'QIDO-RS study filters, e.g. {"ModalitiesInStudy": "CT"}', query)
-    timeout = _seconds(s, "pull.timeout_s", raw.get("timeout_s", 600.0), 1.0)
-    if timeout > 86400:  # a poll is a request, not a day's work
-        raise _fail(s, "pull.timeout_s", "a number of seconds >= 1 and <= 86400", timeout)
-    return PullConfig(url.rstrip("/"), dict(query), _seconds(s, "pull.every_s", raw.get("every_s", 30.0), 0.1),
+    timeout = _seconds(s, "pull.timeout_s", raw.get("timeout_s", 600.0), 1.0, DAY_S)  # a poll is a request, not a day's work
+    return PullConfig(url.rstrip("/"), dict(query), _seconds(s, "pull.every_s", raw.get("every_s", 30.0), 0.1, DAY_S),
                       timeout)

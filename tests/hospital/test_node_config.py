@@ -44,6 +44,23 @@ def test_a_full_config_loads_and_state_dir_is_relative_to_the_file(tmp_path):
     ({"destinations": [{"kind": "ftp"}]}, "destinations[0].kind: expected \"dimse\""),
     ({"destinations": [{"kind": "dimse", "ae_title": "X", "host": "127.0.0.1"}]}, "destinations[0].port"),
     ({"allowed_callers": [{"ae_title": "X", "hots": "127.0.0.1"}]}, "allowed_callers[0].hots: unknown field"),
+    # upper bounds (issue 28): max_studies_in_memory 1e9 was accepted and the node grew past 2.5 GB
+    ({"max_studies_in_memory": 1_000_000_000}, "max_studies_in_memory: expected a whole number >= 1 and <= 64"),
+    ({"max_instance_mb": 10**6}, "max_instance_mb: expected a whole number >= 1 and <= 4096"),
+    ({"max_scan_mb": 10**7}, "max_scan_mb: expected a whole number >= 1 and <= 65536"),
+    ({"max_instances_per_study": 10**9}, "max_instances_per_study: expected a whole number >= 1 and <= 100000"),
+    ({"max_new_tokens": 10**6}, "max_new_tokens: expected a whole number >= 1 and <= 8192"),
+    ({"max_attempts": 10**6}, "max_attempts: expected a whole number >= 1 and <= 1000"),
+    ({"max_job_attempts": 10**6}, "max_job_attempts: expected a whole number >= 1 and <= 100"),
+    ({"stable_after_s": 1e12}, "stable_after_s: expected a number of seconds >= 0.1 and <= 86400"),
+    ({"generation_timeout_s": 1e12}, "generation_timeout_s: expected a number of seconds >= 1 and <= 86400"),
+    ({"retry_first_s": 1e9}, "retry_first_s: expected a number of seconds >= 0.01 and <= 3600"),
+    ({"retry_max_s": 1e9}, "retry_max_s: expected a number of seconds >= 5 and <= 86400"),
+    ({"pull": {"url": "http://127.0.0.1/dw", "every_s": 1e9}}, "pull.every_s: expected a number of seconds >= 0.1"),
+    ({"rules": [{"modalities": ["CT"], "prompt": "x", "min_instances": 10**9}]}, "rules[0].min_instances: expected"),
+    ({"max_associations": 1000}, "max_associations: expected a whole number >= 1 and <= 64"),
+    ({"max_associations": 2, "max_associations_per_host": 3}, "max_associations_per_host: expected <= max_associations"),
+    ({"association_request_timeout_s": 3600}, "association_request_timeout_s: expected a number of seconds >= 0.5 and"),
 ])
 def test_bad_values_are_refused_naming_file_and_field(tmp_path, change, message):
     data = {"allowed_callers": CALLERS, **change}
