@@ -715,6 +715,8 @@ def write_inflated_dicom(path: str | os.PathLike, target: str | os.PathLike, max
                             raise ScanTooLargeError(f"{name or path}: the deflated DICOM data inflates to more than "
                                                     f"{max_bytes} bytes (max_scan_bytes); refusing to read it")
                         out.write(piece)
+                        if inflater.eof:  # bytes after the stream's end (pydicom pads an odd-length one) are not data
+                            break
                     if inflater.eof:
                         break
                 out.write(inflater.flush())

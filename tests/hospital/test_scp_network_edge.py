@@ -284,23 +284,12 @@ def test_is_dicom_uid_takes_digit_groups_and_nothing_after(value, valid):
     assert is_dicom_uid(value) is valid
 
 
-def test_the_pull_mode_skips_a_study_uid_ending_in_a_newline(tmp_path):
+def test_the_pull_mode_skips_a_study_uid_ending_in_a_newline():
     """N3 on the DICOMweb side: a QIDO answer's StudyInstanceUID "1.2.3\\n" is not trusted."""
-    from radfm.hospital.dicomweb_pull import DicomwebPull
+    from radfm.hospital.dicomweb_pull import _study_uid
 
-    config = NodeConfig.from_dict({"state_dir": str(tmp_path / "state"), "pull": {"url": "http://127.0.0.1:9/dw"},
-                                   "allowed_callers": [{"ae_title": "A", "host": LOOPBACK}]})
-    queue = JobQueue(config.state_path)
-    pull = DicomwebPull.__new__(DicomwebPull)  # no HTTP client: the QIDO answer is given below
-    pull.config, pull.queue = config, queue
-
-    class Qido:
-        def search_for_studies(self, search_filters):
-            return [{"0020000D": {"Value": [uid]}} for uid in ("1.2.3\n", "1.2.4", "1.2.5\r\n")]
-
-    pull.client = Qido()
-    assert pull.new_studies() == ["1.2.4"]
-    queue.close()
+    answers = [{"0020000D": {"vr": "UI", "Value": [uid]}} for uid in ("1.2.3\n", "1.2.4", "1.2.5\r\n")]
+    assert [_study_uid(answer) for answer in answers] == [None, "1.2.4", None]
 
 
 def test_no_module_keeps_its_own_copy_of_the_uid_pattern():

@@ -84,7 +84,10 @@ def test_generated_deep_json_and_huge_numbers_are_4xx_naming_the_field(tiny_answ
         body = {"messages": f'{{"messages": {nested}}}',
                 "option": f'{{"messages": {messages}, "seed": {nested}}}',
                 "inside": f'{{"messages": [{{"role": "user", "content": {nested}, "text": {nested}}}]}}'}[where]
-        refusal(client.post(route, content=body, headers={"Content-Type": "application/json"}))
+        reply = client.post(route, content=body, headers={"Content-Type": "application/json"})
+        if len(body.encode()) > 1 << 20 and reply.status_code == 413:  # over the body limit: refused as it streams in
+            return
+        refusal(reply)
 
     @given(route=st.sampled_from(list(_OPTION_FIELDS)), data=st.data(), number=_out_of_range_numbers())
     @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
