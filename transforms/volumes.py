@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 
-_SUFFIX = re.compile(r"^(?P<file>.+)\[(?P<volume>[0-9]+)\]$")
+_SUFFIX = re.compile(r"^(?P<file>.+)\[(?P<volume>[0-9]{1,9})\]$")  # bounded: int() of 5000 digits raises
 
 
 def split_suffix(name: str) -> tuple[str, int | None]:

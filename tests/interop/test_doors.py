@@ -335,3 +335,6 @@ def test_a_volume_suffix_on_an_upload_that_is_not_a_nifti_is_refused(server, sma
                        files=[("files", ("../../chest.png[0]", small_scans["png"].read_bytes()))], timeout=60)
     assert reply.status_code == 422, reply.text
     assert "chest.png[0]: a [t] suffix picks one volume of a 4D NIfTI; this is a png file" in reply.json()["error"]
+    long_suffix = "fmri.nii.gz[" + "1" * 5000 + "]"  # too many digits for a volume: a name without one, not a 500
+    reply = httpx.post(f"{server.url}/v1/chat/completions", json=_openai_body(long_suffix, b"\0" * 400), timeout=60)
+    assert reply.status_code == 400 and "unsupported file type" in reply.json()["error"]["message"], reply.text
