@@ -300,6 +300,9 @@ def test_an_upload_named_with_a_volume_suffix_reads_that_volume_on_every_door(mo
     assert reply.status_code == 200 and reply.json()["scans"][0]["files"] == [name], reply.text
     reply = httpx.post(f"{server.url}/chat/api/scans", files=[("files", (name, data))], timeout=60)
     assert reply.status_code == 200, reply.text
+    scan_id = reply.json()["scans"][0]["id"]  # the kept upload is shown as that volume too
+    shown = httpx.get(f"{server.url}/chat/api/scans/{scan_id}/slice.png", params={"view": "original"}, timeout=60)
+    assert shown.status_code == 200 and shown.content.startswith(b"\x89PNG"), shown.text
     reply = httpx.post(f"{server.url}/v1/chat/completions", json=_openai_body(name, data), timeout=60)
     assert reply.status_code == 200, reply.text
     model = RadFMPyfunc()
