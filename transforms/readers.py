@@ -227,14 +227,15 @@ def _read_spatial(reader: Any, path: str, defer_rescale: bool = False,
     shape = tuple(array.shape)
     if volume is not None:  # `path[t]`: volume t of a 4D image
         if array.ndim != 4 or not 0 <= volume < shape[3]:
-            held = f"volumes 0 to {shape[3] - 1}" if array.ndim == 4 else "no volumes to pick"
+            held = f"{shape[3]} volumes (0 to {shape[3] - 1})" if array.ndim == 4 else "no volumes to pick"
             raise ScanReadError(f"{path}[{volume}]: image of shape {shape} has {held}; expected [t] with t in that range")
         array = array[..., volume]
     while array.ndim > 3 and array.shape[-1] == 1:  # (x, y, z, 1): a 3D volume stored as 4D
         array = array[..., 0]
     if array.ndim > 3:
-        pick = (f"pick one with a [t] suffix on the path, t from 0 to {shape[3] - 1} ({os.path.basename(path)}[0]; "
-                "radfm generate --volume N)" if array.ndim == 4 else "split it and pass one volume")
+        pick = (f"pick one with a [t] suffix on the path or the upload's file name, t from 0 to {shape[3] - 1} "
+                f"({os.path.basename(path)}[0]; radfm generate --volume N)" if array.ndim == 4
+                else "split it and pass one volume")
         raise ScanReadError(f"{path}: {array.ndim}D image of shape {shape} (a time series or multi-volume "
                             f"file?); expected one 2D image or 3D volume; {pick}")
     affine = np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64)

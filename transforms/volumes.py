@@ -4,6 +4,8 @@ The suffix is part of the path string, so it works wherever a scan path is accep
 generate``, manifests, bundle configs, the processor, ``read_scan``): the readers strip it and
 read volume ``t`` (counted from 0) of a 4D NIfTI. A file whose own name ends in ``[t]`` is read
 as that file. ``radfm generate --volume N`` adds the suffix to every path given without one.
+Uploads (``/v1/answer``, the chat page, the OpenAI route) take it at the end of the file's name
+as sent (``radfm.serving.scans.save_scan``, by :func:`split_suffix`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,20 @@ from __future__ import annotations
 import os
 import re
 
-_SUFFIX = re.compile(r"^(?P<file>.+)\[(?P<volume>[0-9]+)\]$")
+_SUFFIX = re.compile(r"^(?P<file>.+)\[(?P<volume>[0-9]{1,9})\]$")  # bounded: int() of 5000 digits raises
+
+
+def split_suffix(name: str) -> tuple[str, int | None]:
+    """``(name, t)`` for a name ending in ``[t]`` (digits only), ``(name, None)`` otherwise; no file is looked at.
+
+    Args:
+        name: a path or an upload's file name.
+
+    Returns:
+        The name without the suffix and the volume index (``None``: no suffix).
+    """
+    match = _SUFFIX.match(name)
+    return (name, None) if match is None else (match["file"], int(match["volume"]))
 
 
 def split_volume(path: str | os.PathLike) -> tuple[str, int | None]:
@@ -24,10 +39,10 @@ def split_volume(path: str | os.PathLike) -> tuple[str, int | None]:
         The file to read and the volume index (``None``: no suffix, read the scan whole).
     """
     text = os.fspath(path)
-    match = _SUFFIX.match(text)
-    if match is None or os.path.lexists(text) or not os.path.exists(match["file"]):
+    file, volume = split_suffix(text)
+    if volume is None or os.path.lexists(text) or not os.path.exists(file):
         return text, None
-    return match["file"], int(match["volume"])
+    return file, volume
 
 
 def with_volume(path: str | os.PathLike, volume: int | None) -> str:
@@ -46,4 +61,4 @@ def with_volume(path: str | os.PathLike, volume: int | None) -> str:
     return f"{text}[{int(volume)}]"
 
 
-__all__ = ["split_volume", "with_volume"]
+__all__ = ["split_suffix", "split_volume", "with_volume"]

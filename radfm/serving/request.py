@@ -36,6 +36,7 @@ from radfm.serving.options import GenerationOptions, parse_options
 from radfm.serving.scans import Scan, claimed_bytes, group_scans, reference_scan, save_scan
 from radfm.serving.worker import Worker
 from radfm.transforms import formats
+from radfm.transforms.volumes import split_suffix
 
 FOLDER_PREFIX = "radfm-request-"  # + pid + "-" + random: the service recognises its own folders
 
@@ -160,6 +161,16 @@ def _named(error: RequestError, item: ScanInput) -> RequestError:
         error.field = item.field
         error.args = (f"{item.field}: {error}",)
     return error
+
+
+def _as_sent(message: str, scans: list[Scan], workdir: Path) -> str:
+    """A reader's message naming each uploaded file as sent (``x.nii.gz``), not as saved (``<workdir>/0000_x.nii.gz``)."""
+    for scan in scans:
+        file = Path(split_suffix(str(scan.path))[0])
+        if scan.kind != "dicom" and len(scan.names) == 1 and file.is_relative_to(workdir):
+            sent = split_suffix(scan.names[0])[0]
+            message = message.replace(str(file), sent).replace(file.name, Path(sent).name)  # the path, then a hint's name
+    return message
 
 
 def supports_streaming(answerer) -> bool:
@@ -469,7 +480,8 @@ class RequestPath:
                     read = iter(self.answerer.prepare([scan.path for scan in to_read]) if to_read else [])
             except ValueError as error:  # ScanReadError and friends name the file
                 too_large = _caused_by(error, ScanTooLargeError)
-                raise RequestError(f"cannot read scan: {readable_cause(error) or error}", 413 if too_large else 422,
+                message = _as_sent(str(readable_cause(error) or error), to_read, workdir)
+                raise RequestError(f"cannot read scan: {message}", 413 if too_large else 422,
                                    code="scan_too_large" if too_large else "invalid_scan") from None
             seconds = time.perf_counter() - started
         scans, images = [], []

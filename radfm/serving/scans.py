@@ -21,7 +21,7 @@ from typing import IO
 from radfm.serving.refusal import RequestError
 from radfm.transforms import formats
 from radfm.transforms.errors import ScanReadError
-from radfm.transforms.volumes import split_volume
+from radfm.transforms.volumes import split_suffix, split_volume
 
 HEAD_BYTES = formats.HEAD_BYTES  # enough for the DICOM preamble and the NIfTI-1 magic at offset 344
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -97,12 +97,18 @@ def save_scan(name: str, source: bytes | IO[bytes], workdir: Path, *, first_inde
     """One file as sent (bytes or a readable binary file), or the scans of a zip, written under ``workdir``.
 
     The kind is detected from the first bytes before anything is written; the file lands under
-    its final name (no rename, no second sniff).
+    its final name (no rename, no second sniff). A name ending in ``[t]`` (``fmri.nii.gz[3]``)
+    picks volume ``t`` of a 4D NIfTI, as on a path: the file is saved without the suffix and its
+    returned path carries it (``0003_fmri.nii.gz[3]``, which the readers read as that volume).
     """
+    sent, volume = split_suffix(name)  # every upload door names its files here: one rule for all of them
     reader = _Reader(source)
     head = reader.read(HEAD_BYTES)
     if not head:
         raise RequestError(f"{name}: empty file", 400, code="invalid_scan")
+    if volume is not None and is_zip(head):
+        raise RequestError(f"{name}: a [t] suffix picks one volume of a 4D NIfTI; this is a zip", 422,
+                           code="invalid_scan")
     if is_zip(head):
         archive = workdir / f"{first_index:04d}_upload.zip"
         _copy(head, reader, archive)
@@ -111,10 +117,13 @@ def save_scan(name: str, source: bytes | IO[bytes], workdir: Path, *, first_inde
                                      max_bytes=max_bytes, label=name)
         finally:
             archive.unlink(missing_ok=True)
-    kind = detect_kind(name, head)
-    path = workdir / _target_name(name, kind, first_index, head)
+    kind = detect_kind(sent, head)
+    if volume is not None and kind != "nifti":
+        raise RequestError(f"{name}: a [t] suffix picks one volume of a 4D NIfTI; this is a {kind} file", 422,
+                           code="invalid_scan")
+    path = workdir / _target_name(sent, kind, first_index, head)
     _copy(head, reader, path)
-    return [(name, path, kind)]
+    return [(name, path if volume is None else path.with_name(f"{path.name}[{volume}]"), kind)]
 
 
 class _Reader:

@@ -266,3 +266,78 @@ def test_a_dicom_object_without_pixels_gets_the_readers_error_on_every_door(serv
     assert reply.status_code == 422 and reply.json()["error"] == expected, reply.text
     reply = httpx.post(f"{server.url}/v1/chat/completions", json=_openai_body("rtplan.dcm", data), timeout=60)
     assert reply.status_code == 400 and reply.json()["error"]["message"].endswith(expected), reply.text  # OpenAI: 400
+
+
+# ---------------------------------------------------------------- one volume of a 4D upload ----
+@pytest.fixture(scope="module")
+def four_d_scan(tmp_path_factory) -> Path:
+    """A 4D NIfTI of 3 random volumes (16 x 16 x 8), each different from the others."""
+    import nibabel as nib
+
+    path = tmp_path_factory.mktemp("fourd") / "fmri.nii.gz"
+    data = np.random.default_rng(3).random((16, 16, 8, 3), dtype=np.float32)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    return path
+
+
+def test_an_upload_named_with_a_volume_suffix_reads_that_volume_on_every_door(monkeypatch, server, tiny_answerer,
+                                                                               four_d_scan):
+    """Issue 31 item 9: ``fmri.nii.gz[1]`` as an upload's file name picks volume 1, as it does on a path."""
+    from radfm.interop.mlflow_model import RadFMPyfunc
+
+    images: list = []
+    real_run = RequestPath.run
+
+    async def keep_images(self, request, *args, **kwargs):
+        result = await real_run(self, request, *args, **kwargs)
+        images.extend(result.images)
+        return result
+
+    monkeypatch.setattr(RequestPath, "run", keep_images)
+    data, name = four_d_scan.read_bytes(), "fmri.nii.gz[1]"
+    reply = httpx.post(f"{server.url}/v1/answer", data={"prompt": "Which?", "max_new_tokens": "2"},
+                       files=[("files", (name, data))], timeout=60)
+    assert reply.status_code == 200 and reply.json()["scans"][0]["files"] == [name], reply.text
+    reply = httpx.post(f"{server.url}/chat/api/scans", files=[("files", (name, data))], timeout=60)
+    assert reply.status_code == 200, reply.text
+    scan_id = reply.json()["scans"][0]["id"]  # the kept upload is shown as that volume too
+    shown = httpx.get(f"{server.url}/chat/api/scans/{scan_id}/slice.png", params={"view": "original"}, timeout=60)
+    assert shown.status_code == 200 and shown.content.startswith(b"\x89PNG"), shown.text
+    reply = httpx.post(f"{server.url}/v1/chat/completions", json=_openai_body(name, data), timeout=60)
+    assert reply.status_code == 200, reply.text
+    model = RadFMPyfunc()
+    model.path = RequestPath(tiny_answerer, Limits())
+    frame = model.predict(None, {"prompt": ["Which?"], "images": [[f"{four_d_scan}[1]"]]}, params={"max_new_tokens": 2})
+    assert frame["error"][0] is None
+    (one,), (zero,) = tiny_answerer.prepare([f"{four_d_scan}[1]"]), tiny_answerer.prepare([f"{four_d_scan}[0]"])
+    assert len(images) == 4 and all(np.array_equal(np.asarray(image), np.asarray(one)) for image in images)
+    assert not np.array_equal(np.asarray(one), np.asarray(zero))  # the volume picked matters
+
+
+def test_a_4d_upload_without_a_suffix_or_out_of_range_names_the_rule_on_every_http_door(server, four_d_scan):
+    """Without ``[t]`` the refusal says to add it to the file name; past the last volume it names the count."""
+    data = four_d_scan.read_bytes()
+    cases = {"fmri.nii.gz": ("fmri.nii.gz: 4D image of shape (16, 16, 8, 3)",
+                             "[t] suffix on the path or the upload's file name, t from 0 to 2 (fmri.nii.gz[0];"),
+             "fmri.nii.gz[3]": ("fmri.nii.gz[3]: image of shape (16, 16, 8, 3) has 3 volumes (0 to 2)", "")}
+    for name, expected in cases.items():
+        for door in ("/v1/answer", "/chat/api/scans", "/v1/chat/completions"):
+            if door == "/v1/chat/completions":
+                reply = httpx.post(f"{server.url}{door}", json=_openai_body(name, data), timeout=60)
+                status, message = reply.status_code, reply.json()["error"]["message"]
+            else:
+                reply = httpx.post(f"{server.url}{door}", data={"prompt": "Which?"} if door == "/v1/answer" else {},
+                                   files=[("files", (name, data))], timeout=60)
+                status, message = reply.status_code, reply.json()["error"]
+            assert 400 <= status < 500 and all(part in message for part in expected), (door, name, message)
+            assert "0000_" not in message  # the name as sent, not the server's file
+
+
+def test_a_volume_suffix_on_an_upload_that_is_not_a_nifti_is_refused(server, small_scans):
+    reply = httpx.post(f"{server.url}/v1/answer", data={"prompt": "Which?"},
+                       files=[("files", ("../../chest.png[0]", small_scans["png"].read_bytes()))], timeout=60)
+    assert reply.status_code == 422, reply.text
+    assert "chest.png[0]: a [t] suffix picks one volume of a 4D NIfTI; this is a png file" in reply.json()["error"]
+    long_suffix = "fmri.nii.gz[" + "1" * 5000 + "]"  # too many digits for a volume: a name without one, not a 500
+    reply = httpx.post(f"{server.url}/v1/chat/completions", json=_openai_body(long_suffix, b"\0" * 400), timeout=60)
+    assert reply.status_code == 400 and "unsupported file type" in reply.json()["error"]["message"], reply.text

@@ -31,13 +31,15 @@ def test_a_suffix_reads_that_volume(series):
 
 
 def test_without_a_suffix_the_error_says_how_to_pick_one(series):
-    with pytest.raises(ScanReadError, match=r"pick one with a \[t\] suffix on the path, t from 0 to 2 "
+    with pytest.raises(ScanReadError, match=r"pick one with a \[t\] suffix on the path or the upload's file name, "
+                                            r"t from 0 to 2 "
                                             r"\(series.nii.gz\[0\]; radfm generate --volume N\)"):
         read_scan(series)
 
 
 def test_a_volume_out_of_range_or_on_a_3d_scan_is_refused(series, tmp_path):
-    with pytest.raises(ScanReadError, match=r"series.nii.gz\[3\]: image of shape \(16, 16, 8, 3\) has volumes 0 to 2"):
+    with pytest.raises(ScanReadError,
+                       match=r"series.nii.gz\[3\]: image of shape \(16, 16, 8, 3\) has 3 volumes \(0 to 2\)"):
         read_scan(f"{series}[3]")
     flat = tmp_path / "flat.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((16, 16, 8), np.float32), np.eye(4)), flat)
