@@ -109,37 +109,30 @@ def check_instance(path: Path, config: NodeConfig, scratch: Path | None = None) 
     Returns:
         The pydicom header (no pixel data).
     """
-    from radfm.serving.scans import inflate_to_disk
     from radfm.transforms.errors import ScanReadError
-    from radfm.transforms.guards import check_dicom, check_dicom_inflation
+    from radfm.transforms.guards import check_dicom, check_dicom_inflation, write_inflated_dicom
 
     size = path.stat().st_size
     if size > config.max_instance_mb * MiB:
         raise InstanceRefused(f"instance of {size} bytes exceeds max_instance_mb={config.max_instance_mb}",
                               STATUS_OUT_OF_RESOURCES)
     limit = config.max_scan_mb * MiB
-    readable = path
+    fd, name = tempfile.mkstemp(dir=scratch, suffix=".dcm")
+    os.close(fd)
+    inflated = Path(name)
     try:
-        try:
-            check_dicom_inflation(path, limit)  # deflate bombs: counted, the head inflated at most 16 MiB
-            if _is_deflated(path):
-                # pydicom inflates a deflated file whole in memory, even for its header: read a copy
-                # inflated to disk instead, in 1 MiB pieces, counted against max_scan_mb
-                fd, name = tempfile.mkstemp(dir=scratch, suffix=".dcm")
-                os.close(fd)
-                readable = Path(name)
-                shutil.copyfile(path, readable)
-                inflate_to_disk(readable, limit)
-            checked = check_dicom(readable, limit)  # the pixel-size claim; the header, parsed once
-        except ScanReadError as error:
-            message = str(error).replace(str(readable), "instance").replace(str(path), "instance").replace(
-                readable.name, "instance")  # inflate_to_disk names the file of its copy
-            raise InstanceRefused(f"refused by the scan guard: {message}", STATUS_OUT_OF_RESOURCES) from None
-        except Exception as error:  # zlib and pydicom raise many kinds on hostile bytes
-            raise InstanceRefused(f"not readable DICOM ({type(error).__name__})", STATUS_CANNOT_UNDERSTAND) from None
+        check_dicom_inflation(path, limit)  # deflate bombs: counted, the head inflated at most 16 MiB
+        # pydicom inflates a deflated file whole in memory, even for its header: a deflated instance is
+        # read from a copy inflated to disk in 1 MiB pieces, counted against max_scan_mb
+        readable = inflated if write_inflated_dicom(path, inflated, limit, name="instance") else path
+        checked = check_dicom(readable, limit)  # the pixel-size claim; the header, parsed once
+    except ScanReadError as error:
+        message = str(error).replace(str(inflated), "instance").replace(str(path), "instance")
+        raise InstanceRefused(f"refused by the scan guard: {message}", STATUS_OUT_OF_RESOURCES) from None
+    except Exception as error:  # zlib and pydicom raise many kinds on hostile bytes
+        raise InstanceRefused(f"not readable DICOM ({type(error).__name__})", STATUS_CANNOT_UNDERSTAND) from None
     finally:
-        if readable != path:
-            readable.unlink(missing_ok=True)
+        inflated.unlink(missing_ok=True)
     if checked is None:
         raise InstanceRefused("not readable DICOM (pydicom cannot read its header)", STATUS_CANNOT_UNDERSTAND)
     return checked.header
