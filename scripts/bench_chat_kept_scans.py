@@ -13,27 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import subprocess
-import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
-import psutil
-
-
-def _rss(process: psutil.Process) -> int:
-    total = 0
-    for member in [process, *process.children(recursive=True)]:
-        try:
-            total += member.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
+from service_process import rss_with_children as _rss
+from service_process import running_service
 
 
 def _volume(path: Path) -> int:
@@ -58,47 +46,27 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="radfm-bench-kept-"))
     scan = folder / "volume.nii.gz"
     size = _volume(scan)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "radfm.cli", "serve", "--port", str(port), "--device", "cpu",
-               "--max_kept_scan_mb", str(args.max_kept_scan_mb)]
-    command += ["--model", args.model] if args.model else []
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              env={**os.environ, "TMPDIR": str(folder), "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
+    flags = ["--max_kept_scan_mb", str(args.max_kept_scan_mb)] + (["--model", args.model] if args.model else [])
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-            if server.poll() is not None:
-                raise SystemExit("the service did not start")
-        process = psutil.Process(server.pid)
-        time.sleep(1.0)
-        idle = _rss(process)
-        data, statuses, rss, ids = scan.read_bytes(), [], [], []
-        for index in range(args.uploads):
-            reply = httpx.post(f"{url}/chat/api/scans", files=[("files", (f"v{index}.nii.gz", data))], timeout=600)
-            statuses.append(reply.status_code)
-            if reply.status_code == 200:
-                ids += [item["id"] for item in reply.json()["scans"]]
-            time.sleep(0.5)
-            rss.append(round(_rss(process) / 2**20))
-        kept = sum(httpx.get(f"{url}/chat/api/scans/{i}/slice.png", timeout=60).status_code == 200 for i in ids)
-        print(json.dumps({
-            "file_kib": round(size / 1024), "volume_mib": 60, "max_kept_scan_mb": args.max_kept_scan_mb,
-            "idle_rss_mib": round(idle / 2**20), "rss_after_each_upload_mib": rss,
-            "held_over_idle_mib": rss[-1] - round(idle / 2**20), "statuses": statuses, "kept": kept,
-        }))
+        with running_service(flags, folder) as (process, url):
+            time.sleep(1.0)
+            idle = _rss(process)
+            data, statuses, rss, ids = scan.read_bytes(), [], [], []
+            for index in range(args.uploads):
+                reply = httpx.post(f"{url}/chat/api/scans", files=[("files", (f"v{index}.nii.gz", data))], timeout=600)
+                statuses.append(reply.status_code)
+                if reply.status_code == 200:
+                    ids += [item["id"] for item in reply.json()["scans"]]
+                time.sleep(0.5)
+                rss.append(round(_rss(process) / 2**20))
+            kept = sum(httpx.get(f"{url}/chat/api/scans/{i}/slice.png", timeout=60).status_code == 200 for i in ids)
+            print(json.dumps({
+                "file_kib": round(size / 1024), "volume_mib": 60, "max_kept_scan_mb": args.max_kept_scan_mb,
+                "idle_rss_mib": round(idle / 2**20), "rss_after_each_upload_mib": rss,
+                "held_over_idle_mib": rss[-1] - round(idle / 2**20), "statuses": statuses, "kept": kept,
+            }))
     finally:
-        server.terminate()
-        server.wait(timeout=60)
-        for path in sorted(folder.rglob("*"), reverse=True):
-            path.unlink() if path.is_file() else path.rmdir()
-        folder.rmdir()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import subprocess
-import sys
+import shutil
 import tempfile
 import threading
 import time
@@ -31,7 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import psutil
+from service_process import rss_with_children as _rss
+from service_process import running_service
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 
@@ -85,16 +83,6 @@ def deflated_dicom(path: Path, inflate_bytes: int, variant: str) -> int:
     return path.stat().st_size
 
 
-def _rss(process: psutil.Process) -> int:
-    total = 0
-    for member in [process, *process.children(recursive=True)]:
-        try:
-            total += member.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=3)
@@ -109,64 +97,42 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="radfm-bench-hostile-"))
     scan = folder / "deflated.dcm"
     size = deflated_dicom(scan, args.inflate_mb * 1024 * 1024, args.variant)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "radfm.cli", "serve", "--port", str(port), "--device", "cpu"]
-    command += ["--model", args.model] if args.model else []
-    command += ["--max_scan_mb", str(args.max_scan_mb)] if args.max_scan_mb else []
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              env={**os.environ, "TMPDIR": str(folder), "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
+    flags = (["--model", args.model] if args.model else []) + (
+        ["--max_scan_mb", str(args.max_scan_mb)] if args.max_scan_mb else [])
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-            if server.poll() is not None:
-                raise SystemExit("the service did not start")
-        process = psutil.Process(server.pid)
-        idle = _rss(process)
-        peak = [idle]
-        done = threading.Event()
+        with running_service(flags, folder) as (process, url):
+            idle = _rss(process)
+            peak = [idle]
+            done = threading.Event()
 
-        def sample() -> None:
-            while not done.is_set():
-                peak[0] = max(peak[0], _rss(process))
-                time.sleep(0.02)
+            def sample() -> None:
+                while not done.is_set():
+                    peak[0] = max(peak[0], _rss(process))
+                    time.sleep(0.02)
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        data = scan.read_bytes()
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            data = scan.read_bytes()
 
-        def send(index: int) -> tuple[int, str]:
-            reply = httpx.post(f"{url}/v1/answer", data={"prompt": "Which modality?", "max_new_tokens": "4"},
-                               files=[("files", (f"c{index}.dcm", data))], timeout=600)
-            return reply.status_code, reply.text[:160]
+            def send(index: int) -> tuple[int, str]:
+                reply = httpx.post(f"{url}/v1/answer", data={"prompt": "Which modality?", "max_new_tokens": "4"},
+                                   files=[("files", (f"c{index}.dcm", data))], timeout=600)
+                return reply.status_code, reply.text[:160]
 
-        started = time.perf_counter()
-        with ThreadPoolExecutor(args.clients) as pool:
-            replies = list(pool.map(send, range(args.clients)))
-        seconds = time.perf_counter() - started
-        done.set()
-        sampler.join()
-        print(json.dumps({
-            "variant": args.variant, "clients": args.clients, "file_bytes": size, "inflates_to_mib": args.inflate_mb,
-            "idle_rss_mib": round(idle / 2**20), "peak_rss_mib": round(peak[0] / 2**20),
-            "peak_over_idle_mib": round((peak[0] - idle) / 2**20), "seconds": round(seconds, 1),
-            "statuses": [status for status, _ in replies], "first_reply": replies[0][1],
-        }))
+            started = time.perf_counter()
+            with ThreadPoolExecutor(args.clients) as pool:
+                replies = list(pool.map(send, range(args.clients)))
+            seconds = time.perf_counter() - started
+            done.set()
+            sampler.join()
+            print(json.dumps({
+                "variant": args.variant, "clients": args.clients, "file_bytes": size, "inflates_to_mib": args.inflate_mb,
+                "idle_rss_mib": round(idle / 2**20), "peak_rss_mib": round(peak[0] / 2**20),
+                "peak_over_idle_mib": round((peak[0] - idle) / 2**20), "seconds": round(seconds, 1),
+                "statuses": [status for status, _ in replies], "first_reply": replies[0][1],
+            }))
     finally:
-        server.terminate()
-        server.wait(timeout=60)
-        for path in folder.rglob("*"):
-            if path.is_file():
-                path.unlink()
-        for path in sorted(folder.rglob("*"), reverse=True):
-            path.rmdir()
-        folder.rmdir()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
