@@ -21,14 +21,14 @@ install: $(VENV)/.installed
 # Deploy SDK with its own copy of monai. Kept apart because MONAI imports every installed submodule,
 # so with the SDK beside it every `import monai` would start holoscan.
 DEPLOY_VENV ?= .venv-deploy
-$(DEPLOY_VENV)/.installed: $(VENV)/.installed radfm/hospital/map/sdk-pins.txt
+$(DEPLOY_VENV)/.installed: $(VENV)/.installed radfm/deploy/map/sdk-pins.txt
 	rm -rf $(DEPLOY_VENV)
 	$(PYTHON) -m venv --without-pip $(DEPLOY_VENV)
 	set -e; site=$$($(DEPLOY_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"); \
 	main=$$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"); \
 	echo "import site; site.addsitedir('$$main')" > "$$site/zz_radfm_main_venv.pth"; \
 	$(PY) -m pip install -q --no-deps --no-compile --target "$$site" \
-		"monai==$$($(PY) -c 'import monai; print(monai.__version__)')" -r radfm/hospital/map/sdk-pins.txt
+		"monai==$$($(PY) -c 'import monai; print(monai.__version__)')" -r radfm/deploy/map/sdk-pins.txt
 	touch $@
 
 install-deploy: $(DEPLOY_VENV)/.installed

@@ -65,7 +65,7 @@ setup(
         "python-multipart>=0.0.20",  # also the node's streaming WADO-RS parser (python_multipart, closing-boundary fixes)
         "httpx>=0.28",  # radfm node pull mode: streamed DICOMweb requests under one deadline (anyio)
         "anyio>=4.0",
-        "pydantic-core>=2.14",  # radfm serve: bounded JSON decoding of request bodies (radfm.utils.http_guard)
+        "pydantic-core>=2.14",  # radfm serve: bounded JSON decoding of request bodies (radfm.http.http_guard)
         "jsonschema>=4.0",
         "tqdm>=4.60",
         "psutil>=5.9",
@@ -73,7 +73,7 @@ setup(
     ],
     extras_require={
         "quant": ["bitsandbytes>=0.43"],
-        "deploy": ["monai-deploy-app-sdk==4.0.0"],  # radfm.hospital.deploy_app (pulls holoscan; own venv advised)
+        "deploy": ["monai-deploy-app-sdk==4.0.0"],  # radfm.deploy.deploy_app (pulls holoscan; own venv advised)
         "vocab": ["simple-icd-10-cm>=1.5"],  # only to rebuild radfm/data/vocab/icd10cm_terms.txt
         "test": [
             "pytest>=8.0",
@@ -82,7 +82,7 @@ setup(
             "nilearn>=0.10",
             "selenium>=4.20",
             "openai>=1.40",  # the official client, to test the OpenAI-compatible endpoint
-            "schemathesis>=4.32",  # fuzzes the service against its OpenAPI schema (tests/interop/test_api_fuzz.py)
+            "schemathesis>=4.32",  # fuzzes the service against its OpenAPI schema (tests/http/test_api_fuzz.py)
             "hypothesis>=6.100",  # property tests of the scan guards (generated NRRD/MetaImage headers)
             "bitsandbytes==0.50.2",  # quantised loading on the CPU backend (tests/model/test_quantized_loading.py)
         ],

@@ -25,20 +25,20 @@ from radfm.utils.cli import INPUT_ERRORS, one_line
 
 # subcommand -> ("module:attribute", one-line summary)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("radfm.interop.generate:generate", "answer a prompt about one or more scans (files or DICOM folders)"),
-    "convert": ("radfm.interop.convert:convert", "convert the published pytorch_model.bin (or an old-format model folder) to a transformers model folder"),
-    "classify": ("radfm.interop.classify:classify", "classify scans with a classifier folder (the classification bundle's finetune)"),
-    "evaluate": ("radfm.engines.evaluate:evaluate", "run a model over a manifest; write predictions, metrics, report, plot"),
+    "generate": ("radfm.doors.generate:generate", "answer a prompt about one or more scans (files or DICOM folders)"),
+    "convert": ("radfm.model.convert:convert", "convert the published pytorch_model.bin (or an old-format model folder) to a transformers model folder"),
+    "classify": ("radfm.doors.classify:classify", "classify scans with a classifier folder (the classification bundle's finetune)"),
+    "evaluate": ("radfm.doors.evaluate:evaluate", "run a model over a manifest; write predictions, metrics, report, plot"),
     "score": ("radfm.metrics.score:score", "score existing predictions (our JSONL or the published CSV layout)"),
     "data": ("radfm.data.cli:DataCommands", "dataset tools: convert public layouts to manifests, make phantoms"),
     "train": ("radfm.engines.cli:train", "run a training bundle config (pretrain, instruct, classification)"),
-    "serve": ("radfm.interop.service:serve", "local inference service (HTTP, 127.0.0.1 by default)"),
-    "export-sr": ("radfm.interop.sr:export_sr", "write a generated answer as a DICOM Comprehensive SR"),
-    "info": ("radfm.interop.info:info", "model sizes, parameter counts, device and dtypes"),
+    "serve": ("radfm.http.service:serve", "local inference service (HTTP, 127.0.0.1 by default)"),
+    "export-sr": ("radfm.dicom.sr:export_sr", "write a generated answer as a DICOM Comprehensive SR"),
+    "info": ("radfm.model.info:info", "model sizes, parameter counts, device and dtypes"),
     "rate": ("radfm.rating.cli:RateCommands", "blinded radiologist rating of model answers in the browser"),
-    "preprocess": ("radfm.interop.info:preprocess", "preprocess a scan and show what a model receives (--model DIR)"),
-    "mlflow": ("radfm.interop.mlflow_model:MLflowCommands", "MLflow: log-model (RadFM as a pyfunc model, registered)"),
-    "node": ("radfm.hospital.cli:NodeCommands", "DICOM node: studies from the PACS in, RadFM reports (SR) back"),
+    "preprocess": ("radfm.model.info:preprocess", "preprocess a scan and show what a model receives (--model DIR)"),
+    "mlflow": ("radfm.doors.mlflow_model:MLflowCommands", "MLflow: log-model (RadFM as a pyfunc model, registered)"),
+    "node": ("radfm.node.cli:NodeCommands", "DICOM node: studies from the PACS in, RadFM reports (SR) back"),
     "demo": ("radfm.demo:main", "the quick-start job: the demo model answers questions about shipped scans"),
 }
 

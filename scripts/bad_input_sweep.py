@@ -593,10 +593,10 @@ def rating_cases(rating_port: int, session_cookie: str) -> list[HttpCase]:
 
 # ------------------------------------------------------------------------ servers ----
 def start_service(work: Path):
-    from radfm.serving.answerer import ModelAnswerer
-    from radfm.interop.service import BackgroundServer, create_app
-    from radfm.serving.limits import Limits
-    from radfm.utils.http_guard import GuardLimits
+    from radfm.answering.answerer import ModelAnswerer
+    from radfm.http.service import BackgroundServer, create_app
+    from radfm.answering.limits import Limits
+    from radfm.http.http_guard import GuardLimits
 
     answerer = ModelAnswerer.from_model_dir(DEMO_MODEL, device="cpu", dtype="float32")
     limits = Limits(max_request_bytes=4 << 20, max_new_tokens=64, generation_timeout_s=60)
@@ -607,10 +607,10 @@ def start_service(work: Path):
 def start_rating_app(work: Path):
     import httpx
 
-    from radfm.interop.service import BackgroundServer
+    from radfm.http.service import BackgroundServer
     from radfm.rating.app import create_app
     from radfm.rating.study import create_study
-    from radfm.utils.http_guard import GuardLimits
+    from radfm.http.http_guard import GuardLimits
 
     # cases 1-2 show the PNG; cases 3.. get a valid one-file NRRD/MetaImage, replaced below by a hostile header
     valid = {".nrrd": b"NRRD0004\ntype: uint8\ndimension: 2\nsizes: 4 4\nencoding: raw\n\n" + bytes(16),
@@ -695,9 +695,9 @@ def run_sweep(only: set[str] | None = None, use_subprocess: bool = False, cli_fi
               http_filter: Callable[[HttpCase], bool] | None = None) -> tuple[list[Result], Path, list[int]]:
     """Run the sweep (``only``: some of {"cli", "service", "url", "rating"}; filters pick cases); returns (results, workspace, ports)."""
     import radfm.cli  # noqa: F401  (imported once before forking)
-    for module in ("radfm.interop.generate", "radfm.engines.evaluate", "radfm.metrics.score", "radfm.data.cli",
-                   "radfm.rating.cli", "radfm.interop.sr", "radfm.interop.convert", "radfm.interop.info",
-                   "radfm.transforms.preprocess", "radfm.interop.service", "radfm.engines.cli", "fire"):
+    for module in ("radfm.doors.generate", "radfm.doors.evaluate", "radfm.metrics.score", "radfm.data.cli",
+                   "radfm.rating.cli", "radfm.dicom.sr", "radfm.model.convert", "radfm.model.info",
+                   "radfm.transforms.preprocess", "radfm.http.service", "radfm.engines.cli", "fire"):
         __import__(module)
     only = only or {"cli", "service", "url", "rating"}
     work = work or Path(tempfile.mkdtemp(prefix="radfm-sweep-"))

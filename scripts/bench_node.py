@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import pydicom
 
-    from radfm.hospital.orthanc_lab import LOOPBACK, ORTHANC_AET, NodeProcess, Orthanc, free_port
-    from radfm.hospital.synthetic import write_chest_xray, write_ct_series
+    from support.orthanc_lab import LOOPBACK, ORTHANC_AET, NodeProcess, Orthanc, free_port
+    from support.synthetic import write_chest_xray, write_ct_series
 
     work = Path(tempfile.mkdtemp(prefix="radfm-bench-node-"))
     node_port = free_port()

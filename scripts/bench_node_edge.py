@@ -70,7 +70,7 @@ def _store_ct(port: int, files: list[Path], deadline_s: float = 120.0) -> tuple[
     import pydicom
     from pynetdicom import AE
 
-    from radfm.hospital.synthetic import CT_IMAGE_STORAGE
+    from support.synthetic import CT_IMAGE_STORAGE
 
     started = time.perf_counter()
     rejected = 0
@@ -93,7 +93,7 @@ def _store_file(port: int, path: Path, results: list, index: int) -> None:
     from pynetdicom import AE
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-    from radfm.hospital.synthetic import CT_IMAGE_STORAGE
+    from support.synthetic import CT_IMAGE_STORAGE
 
     ae = AE(ae_title="TESTSCU")
     ae.add_requested_context(CT_IMAGE_STORAGE, [DeflatedExplicitVRLittleEndian])
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_instance_mb", type=int, default=8)
     args = parser.parse_args(argv)
 
-    from radfm.hospital.orthanc_lab import NodeProcess, free_port
-    from radfm.hospital.synthetic import write_ct_series
+    from support.orthanc_lab import NodeProcess, free_port
+    from support.synthetic import write_ct_series
 
     with tempfile.TemporaryDirectory(prefix="radfm-bench-edge-") as root:
         root = Path(root)

@@ -3,7 +3,7 @@
     python scripts/bench_node_pull.py                              # 1536 MiB offered, max_instance_mb 8
     python scripts/bench_node_pull.py --send_mb 256 --pythonpath OLD_TREE   # another checkout's radfm
 
-A hostile DICOMweb server (``radfm.hospital.dicomweb_lab``, on 127.0.0.1) lists one study and
+A hostile DICOMweb server (``support.dicomweb_lab``, on 127.0.0.1) lists one study and
 answers its WADO-RS request with one part of ``--send_mb`` MiB and no closing boundary. The node
 runs in a subprocess (``NodeRunner`` with its Storage SCP, sealer, sender and pull loop; a stub
 answerer, so no model is loaded: nothing is answered here) with ``max_instance_mb`` 8. Its RSS is
@@ -29,9 +29,9 @@ from pathlib import Path
 MiB = 1024 * 1024
 CHILD = r"""
 import json, sys, threading
-from radfm.hospital.node_config import NodeConfig
-from radfm.hospital.node_runner import NodeRunner
-from radfm.serving.identity import ModelIdentity
+from radfm.node.node_config import NodeConfig
+from radfm.node.node_runner import NodeRunner
+from radfm.answering.identity import ModelIdentity
 
 class NoModel:  # the pull never reaches a model here: the one study is refused
     identity = ModelIdentity("none", "0", "0" * 64)
@@ -60,7 +60,7 @@ def _vm_hwm(pid: int) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     import psutil
 
-    from radfm.hospital.dicomweb_lab import BOUNDARY, HostileDicomweb, Reply, endless_part, qido_answer
+    from support.dicomweb_lab import BOUNDARY, HostileDicomweb, Reply, endless_part, qido_answer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--send_mb", type=int, default=1536, help="MiB the server offers in the one endless part")

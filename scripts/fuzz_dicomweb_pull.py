@@ -3,7 +3,7 @@
     python scripts/fuzz_dicomweb_pull.py                   # 2,000 generated polls
     python scripts/fuzz_dicomweb_pull.py --examples 5000
 
-Runs the property of ``tests/hospital/test_dicomweb_pull_properties.py`` (a hostile DICOMweb
+Runs the property of ``tests/node/test_dicomweb_pull_properties.py`` (a hostile DICOMweb
 server on 127.0.0.1 answering with generated search answers, multipart bodies, redirects,
 encodings and trickles; one poll of the node's pull per example) with random, not derandomized,
 generation, and prints as Markdown how many polls ran, how each poll and each study ended, and

@@ -3,7 +3,7 @@
     python scripts/fuzz_node_edge.py                  # 2,000 generated peers
     python scripts/fuzz_node_edge.py --examples 5000
 
-Runs the property of ``tests/hospital/test_scp_generated.py`` (pynetdicom as the attacker against
+Runs the property of ``tests/node/test_scp_generated.py`` (pynetdicom as the attacker against
 one running SCP: random AE titles and hosts, instances around ``max_instance_mb``, deflated ones
 past ``max_scan_mb``, bad UIDs, silent sockets) with random (not derandomized) generation, and
 prints the outcome counts as Markdown with the command line. A broken guarantee fails the run
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| **all generated peers** | **{total}** |")
     print(f"| of which with 1-10 silent sockets open meanwhile | {counts['with silent sockets open']} |")
     print()
-    print(f"Every peer: the guarantees of tests/hospital/test_scp_generated.py held; {seconds:.0f} s.")
+    print(f"Every peer: the guarantees of tests/node/test_scp_generated.py held; {seconds:.0f} s.")
     return 0
 
 

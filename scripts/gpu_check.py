@@ -14,7 +14,7 @@ On one CUDA GPU (about 5-8 minutes on an 80 GB-class card):
 * ``memory``: the 13B-shaped model saved with ``save_pretrained`` and loaded back through
   ``radfm.load`` in bf16, 8-bit and 4-bit (bitsandbytes; skipped with a note
   when not installed): ``torch.cuda.max_memory_allocated`` after loading and after one generate,
-  against ``radfm info --plan``'s weights and peak (``radfm.interop.memory_plan``);
+  against ``radfm info --plan``'s weights and peak (``radfm.model.memory_plan``);
 * ``fsdp``: three FSDP training steps of the instruct bundle (``torchrun --nproc_per_node=1``,
   the bundle's FSDP mixin, the demo model, phantom data).
 
@@ -224,7 +224,7 @@ def check_vision(sizes: Sizes, device: torch.device, state: dict) -> list[tuple[
 
 def plan_numbers() -> dict[str, tuple[float, float]]:
     """(weights GiB, peak GiB) on GPU 0 from ``radfm info --plan`` for bf16 / 8-bit / 4-bit on one GPU."""
-    from radfm.interop.memory_plan import count_parameters, default_modes, default_spec_path, plan
+    from radfm.model.memory_plan import count_parameters, default_modes, default_spec_path, plan
 
     counts = count_parameters(default_spec_path())
     wanted = {"bf16": "bf16/fp16, 1×80 GiB GPU", "8bit": "int8 (bitsandbytes), 1×24 GiB GPU",

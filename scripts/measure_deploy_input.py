@@ -27,7 +27,7 @@ WRAPPER = ("import resource, subprocess, sys; run = subprocess.run(sys.argv[1:],
 
 def peak_of_app(deploy_python: str, given: Path, out: Path) -> tuple[int, int]:
     """(exit status, peak RSS in bytes) of one app run on ``given``."""
-    run = subprocess.run([sys.executable, "-c", WRAPPER, deploy_python, "-m", "radfm.hospital.deploy_app",
+    run = subprocess.run([sys.executable, "-c", WRAPPER, deploy_python, "-m", "radfm.deploy.deploy_app",
                           "-i", str(given), "-o", str(out), "--max_new_tokens", "4"],
                          capture_output=True, text=True, timeout=1800, cwd=out.parent)
     status, peak = run.stdout.split()
@@ -42,7 +42,7 @@ def main() -> None:
     deploy_python = os.environ.get("RADFM_DEPLOY_PYTHON")
     if not deploy_python:
         raise SystemExit("set RADFM_DEPLOY_PYTHON (make install-deploy builds .venv-deploy/bin/python)")
-    from radfm.hospital.synthetic import write_ct_series
+    from support.synthetic import write_ct_series
 
     with tempfile.TemporaryDirectory(prefix="radfm-deploy-input-") as folder:
         given = Path(folder) / "in"

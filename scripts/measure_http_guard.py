@@ -18,11 +18,11 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from radfm.serving.answerer import check_deadline
-from radfm.serving.identity import ModelIdentity
-from radfm.interop.service import BackgroundServer, create_app
-from radfm.serving.limits import Limits
-from radfm.utils.http_guard import GuardLimits
+from radfm.answering.answerer import check_deadline
+from radfm.answering.identity import ModelIdentity
+from radfm.http.service import BackgroundServer, create_app
+from radfm.answering.limits import Limits
+from radfm.http.http_guard import GuardLimits
 
 TOKEN_SECONDS = 0.05  # the slow answerer's "decoding" speed: 2000 tokens = 100 s
 

@@ -63,7 +63,7 @@ def test_python_m_radfm_cli_imports_no_torch_or_transformers(args):
 def test_node_status_imports_no_torch_or_transformers(tmp_path):
     (tmp_path / "node.json").write_text(json.dumps({"allowed_callers": [{"ae_title": "ORTHANC", "host": "127.0.0.1"}],
                                                     "state_dir": "state"}), encoding="utf-8")
-    from radfm.hospital.job_queue import JobQueue
+    from radfm.node.job_queue import JobQueue
 
     JobQueue(tmp_path / "state").close()  # an empty job table: status lists no jobs
     result = _radfm("node", "status", "--config", str(tmp_path / "node.json"), cwd=tmp_path)

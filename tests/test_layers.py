@@ -20,7 +20,7 @@ LAYERS = {
     "radfm.utils": 0,
     "radfm.transforms": 1,
     "radfm.model": 2,
-    "radfm.serving": 3,  # the request path: every door (HTTP, CLI, MLflow, evaluate) calls it
+    "radfm.answering": 3,  # the request path: every door (HTTP, CLI, MLflow, evaluate) calls it
     "radfm.data": 4,
     "radfm.metrics": 5,
     "radfm.engines": 6,

@@ -38,7 +38,7 @@ def test_radfm_load_is_the_package_attribute():
 
 
 def test_generate_loads_through_radfm_load(load_calls, tiny_model_dir, tmp_path):
-    from radfm.interop.generate import generate
+    from radfm.doors.generate import generate
 
     import numpy as np
 
@@ -51,7 +51,7 @@ def test_generate_loads_through_radfm_load(load_calls, tiny_model_dir, tmp_path)
 
 
 def test_serve_loads_through_radfm_load(load_calls, tiny_model_dir, monkeypatch):
-    import radfm.interop.service as service
+    import radfm.http.service as service
 
     monkeypatch.setattr(service, "guarded_server", lambda *a, **k: pytest.fail("the service started without loading"))
     serve = service.serve
@@ -61,7 +61,7 @@ def test_serve_loads_through_radfm_load(load_calls, tiny_model_dir, monkeypatch)
 
 
 def test_evaluate_loads_through_radfm_load(load_calls, tiny_model_dir, tmp_path):
-    from radfm.engines.evaluate import evaluate
+    from radfm.doors.evaluate import evaluate
 
     manifest = tmp_path / "m.jsonl"
     sample = {"id": "a", "dataset": "d", "task": "vqa", "images": [], "instruction": "Is it CT?", "response": "yes",
@@ -100,7 +100,7 @@ def test_radfm_bundle_network_def_builds_through_radfm_load(load_calls, config):
 def test_mlflow_pyfunc_model_loads_through_radfm_load(load_calls, tiny_model_dir):
     from types import SimpleNamespace
 
-    from radfm.interop.mlflow_model import RadFMPyfunc
+    from radfm.doors.mlflow_model import RadFMPyfunc
 
     with pytest.raises(LoaderReached):
         RadFMPyfunc().load_context(SimpleNamespace(artifacts={"model_dir": str(tiny_model_dir)}))

@@ -5,7 +5,7 @@ generate``, manifests, bundle configs, the processor, ``read_scan``): the reader
 read volume ``t`` (counted from 0) of a 4D NIfTI. A file whose own name ends in ``[t]`` is read
 as that file. ``radfm generate --volume N`` adds the suffix to every path given without one.
 Uploads (``/v1/answer``, the chat page, the OpenAI route) take it at the end of the file's name
-as sent (``radfm.serving.scans.save_scan``, by :func:`split_suffix`).
+as sent (``radfm.answering.scans.save_scan``, by :func:`split_suffix`).
 """
 
 from __future__ import annotations

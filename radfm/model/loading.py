@@ -107,7 +107,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | str) -
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32  # also on CPUs with native bf16: fp32 stays the CPU default
     resolved = parse_dtype(dtype)
-    from radfm.utils.cpu import warn_slow_cpu_bf16
+    from radfm.model.cpu_bf16 import warn_slow_cpu_bf16
 
     warn_slow_cpu_bf16(resolved, device)  # asked for bf16 on a CPU that emulates it: say so (once)
     return resolved

@@ -37,7 +37,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     # not "no-referrer": under it a browser sends "Origin: null" with the sign-in form, which the
-    # server's cross-site check (radfm.utils.http_guard) must refuse; same-origin keeps the origin
+    # server's cross-site check (radfm.http.http_guard) must refuse; same-origin keeps the origin
     # for this server and still sends nothing to any other site
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",

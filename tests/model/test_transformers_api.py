@@ -160,7 +160,7 @@ def test_absurd_vocab_size_is_refused_before_allocation(tmp_path):
 
 def test_old_format_folder_names_the_converter_and_converts(tmp_path):
     """An old-format folder: one clear line naming `radfm convert`; the converter keeps every tensor."""
-    from radfm.interop.convert import convert
+    from radfm.model.convert import convert
 
     reference = load(DEMO, device="cpu").model.state_dict()
     old = tmp_path / "old"

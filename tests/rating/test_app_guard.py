@@ -7,9 +7,9 @@ import time
 
 import httpx
 
-from radfm.interop.service import BackgroundServer
+from radfm.http.service import BackgroundServer
 from radfm.rating.app import create_app
-from radfm.utils.http_guard import GuardLimits
+from radfm.http.http_guard import GuardLimits
 
 
 def test_rating_app_refuses_rebinding_and_drops_slow_heads(study):
@@ -29,7 +29,7 @@ def test_rating_app_refuses_rebinding_and_drops_slow_heads(study):
 
 def test_rate_serve_builds_the_guarded_server(study, monkeypatch):
     """The CLI entry goes through ``guarded_server`` (not a bare ``uvicorn.run``)."""
-    import radfm.utils.http_guard as guard
+    import radfm.http.http_guard as guard
     from radfm.rating.cli import RateCommands
 
     built = {}

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from radfm.interop.service import BackgroundServer
+from radfm.http.service import BackgroundServer
 from radfm.rating import store
 from radfm.rating.app import SESSION_COOKIE, create_app
 

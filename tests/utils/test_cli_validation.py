@@ -42,7 +42,7 @@ def _never_called(*args, **kwargs):
 def test_bad_flags_exit_2_with_the_nearest_name_and_leave_no_output(capsys, tmp_path, monkeypatch, argv, expected):
     import radfm.data.adapters.report_table as report_table
     import radfm.data.manifest as manifest_module
-    import radfm.interop.generate as generate_module
+    import radfm.doors.generate as generate_module
     import radfm.metrics.score as score_module
 
     for module, name in ((manifest_module, "load_manifest"), (generate_module, "ModelAnswerer"),

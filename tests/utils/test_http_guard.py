@@ -9,8 +9,8 @@ import time
 import httpx
 import pytest
 
-from radfm.interop.service import BackgroundServer
-from radfm.utils.http_guard import GuardLimits, is_loopback
+from radfm.http.service import BackgroundServer
+from radfm.http.http_guard import GuardLimits, is_loopback
 
 FAST = GuardLimits(header_timeout_s=0.6, body_idle_timeout_s=0.6, body_timeout_s=5.0)
 
