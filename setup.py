@@ -30,7 +30,8 @@ setup(
         "radfm.bundles": ["**/*"],
         "radfm.data": ["prompts/*.json", "vocab/*.txt", "samples/*"],
         "radfm.rating": ["static/*", "templates/*"],
-        "radfm.interop": ["static/chat/*", "official_state_dict_keys.tsv.gz"],
+        "radfm.http": ["static/chat/*"],
+        "radfm.model": ["official_state_dict_keys.tsv.gz"],
     },
     include_package_data=True,
     install_requires=[

@@ -28,6 +28,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the lab: tests/support, not installed
 from hostile_node_peers import deflated_instance, idle_sockets  # noqa: E402
 
 MiB = 1024 * 1024

@@ -26,6 +26,8 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the lab: tests/support, not installed
+
 MiB = 1024 * 1024
 CHILD = r"""
 import json, sys, threading

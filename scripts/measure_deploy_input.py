@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the lab: tests/support, not installed
 from hostile_files import deflated_multiframe_dicom  # noqa: E402
 
 WRAPPER = ("import resource, subprocess, sys; run = subprocess.run(sys.argv[1:], capture_output=True); "

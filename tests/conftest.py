@@ -21,6 +21,11 @@ os.environ.setdefault("MLFLOW_TRACKING_URI", "")  # tests set their own file:// 
 TESTS_DIR = Path(__file__).resolve().parent
 DATA_FILES = TESTS_DIR / "data_files"
 
+# tests/support holds the lab (Orthanc, a hostile DICOMweb server, made-up studies) and shared
+# fixtures: test code, not installed with the package (scripts/ put tests/ on sys.path the same way)
+sys.path.insert(0, str(TESTS_DIR))
+pytest_plugins = ["support.door_fixtures", "support.pacs_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def data_files() -> Path:

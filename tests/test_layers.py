@@ -20,15 +20,18 @@ LAYERS = {
     "radfm.utils": 0,
     "radfm.transforms": 1,
     "radfm.model": 2,
-    "radfm.answering": 3,  # the request path: every door (HTTP, CLI, MLflow, evaluate) calls it
-    "radfm.data": 4,
-    "radfm.metrics": 5,
-    "radfm.engines": 6,
-    "radfm.interop": 7,
-    "radfm.rating": 7,
-    "radfm.hospital": 7,  # the DICOM node and the MONAI Deploy app: call the request path, write SR (interop)
-    "radfm.cli": 8,
-    "radfm.demo": 8,
+    "radfm.answering": 3,  # the request path: every door (HTTP, CLI, MLflow, evaluate, node) calls it
+    "radfm.dicom": 4,  # SR, series rules, UIDs, transfer syntaxes: shared by the doors that speak DICOM
+    "radfm.data": 5,
+    "radfm.metrics": 6,
+    "radfm.engines": 7,  # Ignite engines only
+    "radfm.doors": 8,  # generate, evaluate, the MLflow model, classify
+    "radfm.http": 8,  # radfm serve: the app, the OpenAI routes, the chat page, the edge guard
+    "radfm.rating": 8,
+    "radfm.node": 8,  # the DICOM node
+    "radfm.deploy": 8,  # the MONAI Deploy app
+    "radfm.cli": 9,
+    "radfm.demo": 9,
 }
 
 

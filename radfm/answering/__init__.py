@@ -17,7 +17,7 @@ which call it); it only translates its wire format to the request and
 Modules: ``refusal`` (RequestError), ``limits``, ``options`` (generation options, the one validator),
 ``scans`` (upload format detection, zips, DICOM grouping), ``conversation`` (turns ->
 prompt), ``answerer`` (the model behind the path), ``identity``, ``worker``, ``request``.
-The doors live in ``radfm.interop`` (``service``: ``/v1/answer``; ``chat``; ``openai_api``;
-``generate``; ``mlflow_model``) and ``radfm.doors.evaluate``.
+The doors live in ``radfm.http`` (``service``: ``/v1/answer``; ``chat``; ``openai_api``), ``radfm.doors``
+(``generate``, ``evaluate``, ``mlflow_model``), ``radfm.node`` and ``radfm.deploy``.
 Nothing is imported here so that ``import radfm`` stays light.
 """

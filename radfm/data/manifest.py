@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from radfm.model.processing import count_placeholders
 from radfm.utils.io import atomic_write_text  # also imported from here by older code
 from radfm.utils.io import read_text
 
@@ -172,6 +171,8 @@ def parse_sample(obj: Any, *, source: str, line: int, base_dir: Path, data_root:
     if split is not None and split not in SPLITS:
         raise _fail(source, line, "split", f"expected one of {SPLITS}, got {split!r}")
     extra = {k: v for k, v in obj.items() if k not in _KNOWN_KEYS}
+    from radfm.model.processing import count_placeholders  # the processor's rule; here, so `radfm data --help` skips torch
+
     if "text" in obj:
         text = _require_str(obj, "text", source, line)
         n = count_placeholders(text)

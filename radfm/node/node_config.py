@@ -21,6 +21,8 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
+from radfm.dicom.series_rules import DEFAULT_RULES, SeriesRule
+
 MiB = 1024 * 1024
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 printable chars, no backslash
 
@@ -99,29 +101,6 @@ class Destination:
     host: str | None = None
     port: int | None = None
     url: str | None = None
-
-
-@dataclass
-class SeriesRule:
-    """Which series to answer about and what to ask: the first rule a series matches applies.
-
-    ``modalities``: e.g. ``["CT"]``; ``description``: a regular expression searched (case-insensitive)
-    in the SeriesDescription, or ``null`` for any; ``min_instances``: fewer instances are skipped
-    (a scout); ``prompt``: the question, with ``<image>`` where the series goes (or none: it goes first).
-    """
-
-    name: str
-    modalities: list[str]
-    prompt: str
-    description: str | None = None
-    min_instances: int = 1
-
-
-DEFAULT_RULES = [
-    SeriesRule("ct", ["CT"], "<image> Describe the findings of this CT scan.", min_instances=4),
-    SeriesRule("mr", ["MR"], "<image> Describe the findings of this MRI scan.", min_instances=4),
-    SeriesRule("chest-xray", ["CR", "DX"], "<image> Describe the findings of this chest X-ray."),
-]
 
 
 @dataclass

@@ -69,7 +69,7 @@ def test_log_register_load_in_fresh_process_same_answers(store, tmp_path, capsys
         print("RESULT" + json.dumps({{"answers": plain("answer"), "errors": plain("error"),
               "inputs": meta.get_input_schema().input_names(), "params": [p.name for p in meta.get_params_schema().params],
               "radfm": meta.metadata["radfm"], "example": meta.saved_input_example_info is not None,
-              "modules": sorted(m for m in sys.modules if m.startswith("radfm.interop"))}}))
+              "modules": sorted(m for m in sys.modules if m.startswith("radfm.http"))}}))
     """)
     done = subprocess.run([sys.executable, "-c", script, json.dumps(rows)], cwd=tmp_path, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from radfm.model import cpu
+from radfm.model import cpu_bf16 as cpu
 from radfm.model.cpu_bf16 import CpuBf16Support, detect_bf16
 
 AVX2_ONLY = "processor : 0\nflags : fpu sse2 avx avx2 fma\n"

@@ -1,4 +1,4 @@
-"""Fixtures for the interoperability tests: pydicom's CT series, small NIfTI/PNG files, a tiny saved model."""
+"""Fixtures for the doors and the HTTP service: pydicom's CT series, small NIfTI/PNG files, a tiny answerer and server."""
 
 from __future__ import annotations
 

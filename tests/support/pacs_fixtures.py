@@ -1,4 +1,4 @@
-"""Fixtures for the hospital tests: a real Orthanc PACS (Debian's) and the node, from support.orthanc_lab.
+"""Fixtures for the node and Deploy tests: a real Orthanc PACS (Debian's) and the node, from support.orthanc_lab.
 
 Where Orthanc (or dciodvfy) is not installed the tests that need it skip, except in CI
 (``CI=true``), where they fail: CI installs them (``orthanc orthanc-dicomweb dicom3tools``).
