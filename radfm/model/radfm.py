@@ -373,7 +373,7 @@ class RadFMForConditionalGeneration(RadFMPreTrainedModel, GenerationMixin):
                 )
             logger.warning("max_new_tokens %d cut to %d to fit the %d-token context", max_new_tokens, allowed, context)
             max_new_tokens = allowed
-        if "do_sample" not in generate_kwargs and not any(k in generate_kwargs for k in ("temperature", "top_p")):
+        if not {"do_sample", "temperature", "top_p", "generation_config"} & set(generate_kwargs):
             generate_kwargs["do_sample"] = False  # greedy (or beam) unless sampling is asked for
         return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                 max_new_tokens=max_new_tokens, **generate_kwargs)
