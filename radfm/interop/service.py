@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from radfm.interop.api_schema import ANSWER_FORM, AnswerForm
 from radfm.serving.refusal import BodyTooLarge, RequestError
-from radfm.serving.limits import Limits
+from radfm.serving.limits import DEFAULT_MAX_SCAN_MB, Limits
 from radfm.serving.options import GenerationOptions, request_error
 from radfm.serving.request import AnswerRequest, AnswerResult, RequestPath, ScanInput
 from radfm.serving.scans import Scan
@@ -275,7 +275,7 @@ def serve(
     generation_timeout_s: float = 300.0,
     header_timeout_s: float = 10.0,
     body_timeout_s: float = 600.0,
-    max_scan_mb: int = 2048,
+    max_scan_mb: int = DEFAULT_MAX_SCAN_MB,
     prepare_budget_mb: int = 2048,
     max_kept_scan_mb: int = 1024,
 ) -> None:

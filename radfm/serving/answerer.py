@@ -246,7 +246,7 @@ class ModelAnswerer:
         # the options become the one GenerationConfig of this call (on top of the folder's own)
         config = options.generation_config(getattr(self.model, "generation_config", None),
                                            **generation_token_ids(tokenizer))
-        kwargs = {**self.generate_kwargs, "generation_config": config, "max_new_tokens": config.max_new_tokens}
+        kwargs = {**self.generate_kwargs, "generation_config": config}
         stopping = list(_deadline_stopping_criteria() or [])
         # the prepared scans are at the processor's grid and pass through unchanged; the prompts get
         # their <image> blocks and are tokenised here, once, in one tokenizer call
