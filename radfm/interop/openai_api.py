@@ -12,7 +12,10 @@ Clients written for OpenAI's Chat Completions API (the official ``openai`` packa
   has placeholders, they must match the message's scans one to one;
 * ``max_tokens`` (or ``max_completion_tokens``), ``temperature``, ``top_p``, ``seed``, ``stop``
   and ``n=1``; no ``temperature``/``top_p`` means greedy decoding (reproducible);
-  ``temperature: 0`` is greedy too;
+  ``temperature: 0`` is greedy too; vLLM's sampling extras ``min_tokens`` and ``ignore_eos``
+  fix an answer's length (benchmarks);
+* the body is validated by :class:`~radfm.interop.api_schema.ChatCompletionRequest` (the
+  error's ``param`` is pydantic's error location) and its options parsed once;
 * ``stream: true`` answers with server-sent events in OpenAI's ``chat.completion.chunk``
   format ending with ``data: [DONE]`` (``stream_options.include_usage`` adds a usage chunk);
 * errors are ``{"error": {"message", "type", "param", "code"}}``.
@@ -32,7 +35,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-
 from pydantic import ValidationError
 
 from radfm.interop.api_schema import (CHAT_COMPLETIONS_JSON, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,

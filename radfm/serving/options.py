@@ -106,12 +106,6 @@ def field_path(loc: Iterable[Any]) -> str:
     return path
 
 
-def first_error(error: ValidationError) -> tuple[str, dict[str, Any]]:
-    """``(field path, error dict)`` of the first error pydantic found."""
-    detail = error.errors(include_url=False)[0]
-    return field_path(detail["loc"]), detail
-
-
 def request_error(error: ValidationError, what: str, known: Iterable[str], status: int = 422) -> RequestError:
     """The one error type of the request path, from pydantic's first error (its ``loc`` is the field).
 
@@ -124,7 +118,8 @@ def request_error(error: ValidationError, what: str, known: Iterable[str], statu
     Returns:
         A :class:`RequestError` with ``field`` and ``code`` set.
     """
-    field, detail = first_error(error)
+    detail = error.errors(include_url=False)[0]
+    field = field_path(detail["loc"])
     if detail["type"] == "extra_forbidden":
         return unknown_field(field, known, what, status)
     if detail["type"] in ("invalid_value", "invalid_type"):
@@ -159,14 +154,6 @@ def read_bool(name: str, raw: Any) -> bool:
     if isinstance(raw, str) and raw.strip().lower() in _TRUE + _FALSE:
         return raw.strip().lower() in _TRUE
     raise refusal("invalid_type", f"field {name!r}: cannot read {shown(raw)} as true or false")
-
-
-def parse_bool(name: str, raw: Any) -> bool:
-    """:func:`read_bool` raising :class:`RequestError` (422) naming ``name``."""
-    try:
-        return read_bool(name, raw)
-    except PydanticCustomError as error:
-        raise RequestError(error.message(), 422, field=name, code=error.type) from None
 
 
 class GenerationOptions(BaseModel):
