@@ -4,32 +4,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from radfm.node.node_config import SeriesRule  # interim: moves here with the wt-rules merge
 
-
-@dataclass
-class SeriesRule:
-    """Which series to answer about and what to ask: the first rule a series matches applies.
-
-    ``modalities``: e.g. ``["CT"]``; ``description``: a regular expression searched (case-insensitive)
-    in the SeriesDescription, or ``null`` for any; ``min_instances``: fewer instances are skipped
-    (a scout); ``prompt``: the question, with ``<image>`` where the series goes (or none: it goes first).
-    """
-
-    name: str
-    modalities: list[str]
-    prompt: str
-    description: str | None = None
-    min_instances: int = 1
-
-
-DEFAULT_RULES = [
-    SeriesRule("ct", ["CT"], "<image> Describe the findings of this CT scan.", min_instances=4),
-    SeriesRule("mr", ["MR"], "<image> Describe the findings of this MRI scan.", min_instances=4),
-    SeriesRule("chest-xray", ["CR", "DX"], "<image> Describe the findings of this chest X-ray."),
-]
 
 
 def select_series(series: Sequence[dict[str, Any]], rules: Sequence[SeriesRule]) -> list[tuple[dict[str, Any], SeriesRule]]:

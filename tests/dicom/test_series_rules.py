@@ -1,6 +1,6 @@
 """Series selection: modality, description pattern, minimum instances, one series per rule."""
 
-from radfm.dicom.series_rules import DEFAULT_RULES, SeriesRule
+from radfm.node.node_config import DEFAULT_RULES, SeriesRule
 from radfm.dicom.series_rules import select_series
 
 
