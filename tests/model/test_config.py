@@ -89,3 +89,20 @@ def test_cpu_small_preset_is_the_benchmark_model():
     assert (config.hidden_size, config.text_config.num_hidden_layers, config.base_vocab_size) == (512, 4, 32000)
     assert (config.vision_config.dim, config.vision_config.depth) == (192, 4)
     assert round(sum(p.numel() for p in RadFMForConditionalGeneration(config).parameters()) / 1e6, 1) == 50.2
+
+
+def test_names_kept_for_older_callers_are_gone():
+    """Issue 30: a 0.x package keeps no aliases: the class has transformers' name only, the config its
+    parts' names only (an old config.json is refused on load, naming `radfm convert`)."""
+    import radfm
+    import radfm.model
+    import radfm.model.radfm as module
+
+    base = RadFMConfig.preset("tiny")
+    with pytest.raises(TypeError, match="text_config, vision_config and perceiver_config"):
+        RadFMConfig(llm=base.text_config.to_dict(), vision=base.vision_config, perceiver=base.perceiver_config)
+    assert not any(hasattr(base, name) for name in ("llm", "vision", "perceiver"))
+    assert not hasattr(module, "RadFM")
+    for package in (radfm, radfm.model):
+        with pytest.raises(AttributeError):
+            package.RadFM  # noqa: B018
