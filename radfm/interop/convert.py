@@ -118,7 +118,7 @@ def upgrade_folder(old: str | os.PathLike, output: str | os.PathLike, *, max_sha
     from transformers import AutoTokenizer
 
     from radfm.model.config import LEGACY_KEYS, RadFMConfig
-    from radfm.model.processing import LEGACY_PREPROCESS_FILE, RadFMImageProcessor, RadFMProcessor, read_json
+    from radfm.model.processing import PREPROCESS_FILE, RadFMImageProcessor, RadFMProcessor, read_json
     from radfm.model.radfm import RadFMForConditionalGeneration
     from radfm.model.weights import assign_weights, build_empty
 
@@ -149,7 +149,7 @@ def upgrade_folder(old: str | os.PathLike, output: str | os.PathLike, *, max_sha
     model = build_empty(RadFMForConditionalGeneration, config)
     assign_weights(model, pairs(), source=str(old), tied=tied, progress=False)
     tokenizer = AutoTokenizer.from_pretrained(str(old), trust_remote_code=False)
-    grid_file = old / LEGACY_PREPROCESS_FILE
+    grid_file = old / PREPROCESS_FILE
     if not grid_file.is_file():
         raise FileNotFoundError(f"{grid_file} is missing: the old folder does not say which grid the model was "
                                 "trained at; write it (e.g. {\"size_2d\": [512, 512], \"size_3d\": [256, 256], "
