@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from radfm.model.processing import count_placeholders
-from radfm.utils.io import atomic_write_text  # also imported from here by older code
-from radfm.utils.io import read_text
+from radfm.utils.io import atomic_write_text, read_text
 
 TASKS = (
     "modality_inductive",
