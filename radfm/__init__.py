@@ -1,7 +1,7 @@
 """RadFM toolkit.
 
 ``model, processor = radfm.load("path/to/model_folder")`` is the one way to load a model (see
-:func:`radfm.model.loading.load`). ``from radfm import RadFM, RadFMConfig, RadFMProcessor`` gives the
+:func:`radfm.model.loading.load`). ``from radfm import RadFMForConditionalGeneration, RadFMConfig, RadFMProcessor`` gives the
 transformers classes; importing ``radfm`` registers them with transformers' Auto classes
 (``AutoConfig``, ``AutoModelForImageTextToText``, ``AutoProcessor``) as soon as transformers is
 imported (before or after ``radfm``; torch is not loaded until then), so a model folder loads with
@@ -19,7 +19,6 @@ from radfm.utils import patient_data as _patient_data
 __version__ = "0.1.0"
 
 _LAZY = {
-    "RadFM": "radfm.model.radfm",
     "RadFMForConditionalGeneration": "radfm.model.radfm",
     "RadFMConfig": "radfm.model.config",
     "RadFMProcessor": "radfm.model.processing",

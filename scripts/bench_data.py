@@ -152,7 +152,7 @@ def main() -> None:
         return
     args.output = args.output or Path("outputs/bench_data.md")
 
-    from radfm import RadFM, RadFMConfig
+    from radfm import RadFMForConditionalGeneration, RadFMConfig
     from radfm.data.dataset import ManifestDataset
     from radfm.data.phantoms import make_phantoms
     from radfm.data.sampler import ModalityBatchSampler, collate_samples
@@ -188,7 +188,7 @@ def main() -> None:
         del it, loader
     loader_rate = samples / loader_time
 
-    model = RadFM(RadFMConfig.preset("tiny", vocab_size=base)).train()
+    model = RadFMForConditionalGeneration(RadFMConfig.preset("tiny", vocab_size=base)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     steps = (warm + batches)[: args.batches + 2]
     for i, batch in enumerate(steps):

@@ -1,4 +1,4 @@
-"""Generation overhead of ``RadFM.generate`` (one 3D scan) against the bare language model's own
+"""Generation overhead of ``RadFMForConditionalGeneration.generate`` (one 3D scan) against the bare language model's own
 ``generate`` on a prompt of the same embedded length: same weights, same dtype, greedy, same
 number of new tokens (EOS suppressed with ``min_new_tokens``), KV cache on both sides.
 
@@ -46,16 +46,16 @@ class StepClock:
 def build_model(name: str):
     """(model, one scan [3, H, W, D]) for ``demo`` or ``cpu-small``."""
     from radfm.model.config import RadFMConfig
-    from radfm.model.radfm import RadFM
+    from radfm.model.radfm import RadFMForConditionalGeneration
 
     if name == "demo":
         if not (DEMO_DIR / "config.json").is_file():
             raise FileNotFoundError(f"demo model not found at {DEMO_DIR}")
-        model = RadFM.from_pretrained(DEMO_DIR)
+        model = RadFMForConditionalGeneration.from_pretrained(DEMO_DIR)
         scan_shape = (3, 128, 128, 8)
     elif name == "cpu-small":
         torch.manual_seed(0)
-        model = RadFM(RadFMConfig.preset("cpu-small"))
+        model = RadFMForConditionalGeneration(RadFMConfig.preset("cpu-small"))
         scan_shape = (3, 256, 256, 16)
     else:
         raise ValueError(f"unknown model {name!r}; choose demo or cpu-small")

@@ -6,7 +6,7 @@ Sections (all measured side by side in one run):
             this machine's matmul peak measured in the same run (fp32, and bf16).
   generate  8 prompts generated as one left-padded batch vs one by one (small config).
   load      a generated official-format checkpoint (≥ 2 GB): peak RSS / size of loaded weights
-            for RadFM.from_official vs naive torch.load + load_state_dict, each in a subprocess.
+            for RadFMForConditionalGeneration.from_official vs naive torch.load + load_state_dict, each in a subprocess.
   folder    the same weights saved as a model folder (safetensors) and loaded back the way
             ``radfm.load`` does on the CPU, fp32 and bf16, every weight touched once after loading
             (memory-mapped weights count once used), in a subprocess: peak RSS / checkpoint size. ``--code DIR`` runs the child on another copy of the
@@ -112,7 +112,7 @@ def bench_vision(repeats: int) -> list[str]:
 # ---- generation -------------------------------------------------------------------------------
 def bench_generate(repeats: int, new_tokens: int = 32) -> list[str]:
     from radfm.model.processing import encode_prompts
-    from radfm.model.radfm import RadFM
+    from radfm.model.radfm import RadFMForConditionalGeneration
     from radfm.model.tokenizer import train_tokenizer
 
     corpus = ["Findings: a bright lesion in the left upper lung. Impression: pneumothorax. Is this CT or MRI?"] * 20
@@ -123,7 +123,7 @@ def bench_generate(repeats: int, new_tokens: int = 32) -> list[str]:
         num_attention_heads=8, num_key_value_heads=8,
     )
     torch.manual_seed(0)
-    model = RadFM(config).eval()
+    model = RadFMForConditionalGeneration(config).eval()
     shapes = [(512, 512, 4), (64, 64, 16), (512, 512, 4), (64, 64, 32)]
     prompts, images = [], []
     for i in range(8):
@@ -163,9 +163,9 @@ def _load_config(hidden: int, layers: int) -> RadFMConfig:
 def write_official_checkpoint(path: Path, hidden: int, layers: int) -> None:
     """A random checkpoint in the published layout (incl. leftovers the loader must drop)."""
     from radfm.model.official import official_key_to_ours
-    from radfm.model.radfm import RadFM
+    from radfm.model.radfm import RadFMForConditionalGeneration
 
-    model = RadFM(_load_config(hidden, layers))
+    model = RadFMForConditionalGeneration(_load_config(hidden, layers))
     official: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
         published = [c for c in _published_names(name) if official_key_to_ours(c) == name]
@@ -214,17 +214,17 @@ _LOAD_CHILD = r"""
 import json, resource, sys, torch
 mode, path, llm_json, dtype = sys.argv[1:5]
 from radfm.model.config import RadFMConfig
-from radfm.model.radfm import RadFM
+from radfm.model.radfm import RadFMForConditionalGeneration
 from radfm.model.official import infer_official_sizes, map_official_keys
 llm = json.loads(llm_json)
 import transformers.models.llama.modeling_llama  # library code counts as startup, not as loading
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 if mode == "ours":
-    model = RadFM.from_official(path, llm_config=llm, dtype=None if dtype == "none" else dtype, progress=False)
+    model = RadFMForConditionalGeneration.from_official(path, llm_config=llm, dtype=None if dtype == "none" else dtype, progress=False)
 else:  # the usual path: build the model for real, torch.load the whole file, load_state_dict
     state = torch.load(path, map_location="cpu", weights_only=True)
     vision, perceiver = infer_official_sizes(state)
-    model = RadFM(RadFMConfig(llm=llm, vision=vision, perceiver=perceiver))
+    model = RadFMForConditionalGeneration(RadFMConfig(text_config=llm, vision_config=vision, perceiver_config=perceiver))
     mapping, _, _ = map_official_keys(state)
     model.load_state_dict({ours: state[key] for key, ours in mapping.items()}, strict=True)
     del state
@@ -262,7 +262,7 @@ def bench_load(size_gb: float, keep: Path | None) -> list[str]:
         if out.returncode != 0:
             raise RuntimeError(f"load subprocess ({mode}, {dtype}) failed:\n{out.stderr[-3000:]}")
         result = json.loads(out.stdout.strip().splitlines()[-1])
-        name = "RadFM.from_official (meta + mmap + per-tensor copy)" if mode == "ours" else "naive torch.load + load_state_dict"
+        name = "RadFMForConditionalGeneration.from_official (meta + mmap + per-tensor copy)" if mode == "ours" else "naive torch.load + load_state_dict"
         lines.append(
             f"| {name} | {'float32' if dtype == 'none' else dtype} | {result['weights'] / 1e9:.2f} | {result['peak'] / 1e9:.2f} | "
             f"{result['peak'] / result['weights']:.2f}× | {(result['peak'] - result['baseline']) / result['weights']:.2f}× |"
@@ -278,7 +278,7 @@ _FOLDER_CHILD = r"""
 import json, resource, sys, torch
 folder, dtype = sys.argv[1:3]
 import radfm
-from radfm.model.radfm import RadFM
+from radfm.model.radfm import RadFMForConditionalGeneration
 try:
     from radfm.model.loading import _load_weights  # radfm.load's weight loading (dtype cast included)
 except ImportError:
@@ -291,7 +291,7 @@ if _load_weights is not None:  # transformers' from_pretrained, as radfm.load ca
     model = _load_weights(Path(folder), device="cpu", dtype=dtype, device_map=None, max_memory=None,
                           offload_folder=None, quantization=None)
 else:  # the hand-written loader before
-    model = RadFM.from_pretrained(folder, dtype=getattr(torch, dtype), device="cpu")
+    model = RadFMForConditionalGeneration.from_pretrained(folder, dtype=getattr(torch, dtype), device="cpu")
 # touch every weight once: memory-mapped weights count in RSS once they are used
 touched = sum(float(t.sum()) for t in model.state_dict().values() if t.is_floating_point())
 weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -311,9 +311,9 @@ def bench_folder(size_gb: float, keep: Path | None, code: Path | None) -> list[s
     if not folder.exists():
         print(f"writing a {layers}-layer, {hidden}-wide model folder to {folder} …", flush=True)
         subprocess.run(
-            [sys.executable, "-c", "import sys, torch; from radfm.model.radfm import RadFM; "
+            [sys.executable, "-c", "import sys, torch; from radfm.model.radfm import RadFMForConditionalGeneration; "
              f"sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_model as b; torch.manual_seed(0); "
-             f"RadFM(b._load_config({hidden}, {layers})).save_pretrained({str(folder)!r}, max_shard_size='1GB')"],
+             f"RadFMForConditionalGeneration(b._load_config({hidden}, {layers})).save_pretrained({str(folder)!r}, max_shard_size='1GB')"],
             check=True, env=env,
         )
     file_gb = sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 1e9

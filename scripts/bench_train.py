@@ -45,11 +45,11 @@ from pathlib import Path
 
 def build_model(size: str):
     from radfm.model.config import RadFMConfig
-    from radfm.model.radfm import RadFM
+    from radfm.model.radfm import RadFMForConditionalGeneration
 
     if size not in ("tiny", "cpu-small"):
         raise ValueError(f"unknown size {size!r}; choose tiny or cpu-small")
-    return RadFM(RadFMConfig.preset(size))
+    return RadFMForConditionalGeneration(RadFMConfig.preset(size))
 
 
 def _rss_now() -> int:
@@ -123,14 +123,14 @@ def compare_published(steps: int, batch_size: int, text_tokens: int, threads: in
     from radfm.engines.loss import weighted_next_token_loss
     from radfm.engines.trainer import RadFMTrainer
     from radfm.model.config import RadFMConfig
-    from radfm.model.radfm import RadFM
+    from radfm.model.radfm import RadFMForConditionalGeneration
     from radfm.model.processing import image_token_ids
     from radfm.model.vision import SelfAttention
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     config = RadFMConfig.preset("cpu-small")
-    model = RadFM(config).train()
+    model = RadFMForConditionalGeneration(config).train()
     for module in model.modules():  # dropout off: both steps must compute the same function
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0

@@ -139,13 +139,13 @@ def materialise(model: torch.nn.Module, device: torch.device, dtype: torch.dtype
 def build_llm_model(sizes: Sizes, device: torch.device, dtype: torch.dtype):
     """RadFM with the 13B-shaped LLaMA (tiny on CPU), built on meta and materialised on ``device``."""
     from radfm.model.config import RadFMConfig
-    from radfm.model.radfm import RadFM
+    from radfm.model.radfm import RadFMForConditionalGeneration
 
     config = RadFMConfig.preset(sizes.llm_preset, **sizes.llm_overrides)
     if not sizes.vision_full:
-        config = RadFMConfig(text_config=config.llm, vision_config=RadFMConfig.preset("tiny").vision,
-                             perceiver_config=RadFMConfig.preset("tiny").perceiver)
-    return materialise(RadFM.empty(config), device, dtype).eval()
+        config = RadFMConfig(text_config=config.text_config.to_dict(), vision_config=RadFMConfig.preset("tiny").vision_config,
+                             perceiver_config=RadFMConfig.preset("tiny").perceiver_config)
+    return materialise(RadFMForConditionalGeneration.empty(config), device, dtype).eval()
 
 
 def prompt_ids(model) -> torch.Tensor:
@@ -207,7 +207,7 @@ def check_vision(sizes: Sizes, device: torch.device, state: dict) -> list[tuple[
     from radfm.model.vision import VisionEncoder3D
 
     vision, perceiver = (VisionConfig(), PerceiverConfig()) if sizes.vision_full else (
-        RadFMConfig.preset("tiny").vision, RadFMConfig.preset("tiny").perceiver)
+        RadFMConfig.preset("tiny").vision_config, RadFMConfig.preset("tiny").perceiver_config)
     torch.manual_seed(0)
     encoder = VisionEncoder3D(vision).to(device, torch.bfloat16).eval()
     resampler = PerceiverResampler(vision.dim, perceiver).to(device, torch.bfloat16).eval()

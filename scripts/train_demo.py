@@ -186,7 +186,7 @@ def evaluate(model_dir: Path, phantom_dir: Path, batch_size: int = 32) -> dict:
 
     from radfm.data.loaders import default_image_loader
     from radfm.metrics.closed import match_closed_set, match_reference
-    from radfm.engines.validation import generate_answers
+    from radfm.engines.inference import answer_prompts
     from radfm.model.loading import load
 
     model, processor = load(model_dir, device="cpu", dtype="float32")
@@ -216,9 +216,7 @@ def evaluate(model_dir: Path, phantom_dir: Path, batch_size: int = 32) -> dict:
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]
             images = [[torch.zeros_like(image(r)) if zero_images else image(r) for r in s["images"]] for s in chunk]
-            with torch.no_grad():
-                answers = generate_answers(model, processor.tokenizer, [s["instruction"] for s in chunk], images,
-                                           max_new_tokens=8)
+            answers = answer_prompts(model, processor, [s["instruction"] for s in chunk], images, max_new_tokens=8)
             for s, answer in zip(chunk, answers):
                 choices = s.get("closed_set") or ["yes", "no"]
                 correct += match_closed_set(answer, choices) == match_reference(s["response"], choices)

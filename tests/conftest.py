@@ -85,11 +85,11 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     """A randomly initialised tiny RadFM (4 LLM layers) saved with its tokenizer."""
     import torch
 
-    from radfm import RadFM, RadFMConfig
+    from radfm import RadFMForConditionalGeneration, RadFMConfig
 
     torch.manual_seed(0)
     base = tiny_tokenizer.convert_tokens_to_ids("<image>")
-    model = RadFM(RadFMConfig.preset("tiny", vocab_size=base, num_hidden_layers=4)).eval()
+    model = RadFMForConditionalGeneration(RadFMConfig.preset("tiny", vocab_size=base, num_hidden_layers=4)).eval()
     folder = tmp_path_factory.mktemp("model") / "tiny"
     model.save_pretrained(folder, tokenizer=tiny_tokenizer)
     return folder

@@ -36,14 +36,6 @@ try:  # ISA-L's gzip: optional, a faster inflate of .nii.gz (nibabel's zlib read
 except ImportError:  # pragma: no cover - isal ships wheels for the usual platforms
     _igzip = None
 
-# the suffixes of each reader, from the one registry of formats (radfm.transforms.formats)
-NIFTI_SUFFIXES = formats.NIFTI.suffixes
-DICOM_SUFFIXES = formats.DICOM.suffixes
-NRRD_SUFFIXES = formats.NRRD.suffixes
-ITK_SUFFIXES = formats.METAIMAGE.suffixes
-IMAGE_SUFFIXES = formats.PNG.suffixes + formats.JPEG.suffixes
-NUMPY_SUFFIXES = formats.NUMPY.suffixes
-SUPPORTED = formats.supported_text()
 
 # PIL modes that PILReader cannot hand over as plain grey/RGB(A) arrays
 _PIL_CONVERT = {"P": "RGBA", "PA": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "1": "L"}

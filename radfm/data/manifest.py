@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from radfm.utils.io import atomic_write_text  # also imported from here by older code
-from radfm.utils.io import read_text
+from radfm.utils.io import atomic_write_text, read_text
 
 TASKS = (
     "modality_inductive",

@@ -1,4 +1,4 @@
-"""Building blocks the bundle configs call: the model (with tokenizer), LoRA, the optimizer."""
+"""Building blocks the bundle configs call: the model and its processor, LoRA, the optimizer."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def load_model(
     vision_init: str | os.PathLike | None = None,
     image_grid: dict[str, Any] | None = None,
 ):
-    """A ``RadFM`` with ``.tokenizer`` and ``.processor`` attached (built or loaded through :func:`radfm.load`).
+    """The model to train and its processor, as :func:`radfm.load` returns them (``(model, processor)``).
 
     ``model``: a ``save_pretrained`` directory (weights loaded), a ``RadFMConfig`` JSON file or a
     preset name (random init; then ``tokenizer_dir`` gives the tokenizer, default the preset's
@@ -34,11 +34,14 @@ def load_model(
     run feeds the model; for a saved model folder it must be the grid recorded there
     (``radfm.model.processing.GridMismatchError`` otherwise). ``gradient_checkpointing``: ``False``,
     ``True``/``"full"`` or ``"selective"`` (:func:`checkpointing_mode`).
+
+    The processor (tokenizer + the grid this run trains at) is what ``SavePretrained`` writes beside
+    the weights and what validation generates through; a bundle config names it ``@processor``.
     """
     from radfm.model.config import RadFMConfig
-    from radfm.model.loading import load
+    from radfm.model.loading import LoadedModel, load
     from radfm.model.processing import RadFMImageProcessor, RadFMProcessor
-    from radfm.model.radfm import RadFM
+    from radfm.model.radfm import RadFMForConditionalGeneration
 
     source = Path(os.fspath(model))
     if source.is_dir():
@@ -46,8 +49,7 @@ def load_model(
         RadFMImageProcessor.from_model_dir(source).check_same_grid(image_grid, model=f"the model in {source}")
         net, processor = load(source, device="cpu", dtype="float32")
         if tokenizer_dir is not None:
-            net.tokenizer = _load_tokenizer(tokenizer_dir)
-            net.processor = RadFMProcessor(processor.image_processor, net.tokenizer)
+            processor = RadFMProcessor(processor.image_processor, _load_tokenizer(tokenizer_dir))
     else:
         if tokenizer_dir is not None:
             tokenizer = _load_tokenizer(tokenizer_dir)
@@ -71,12 +73,11 @@ def load_model(
         parts["llm"]["vocab_size"] = base
         if seed is not None:
             torch.manual_seed(seed)
-        net = RadFM(RadFMConfig(text_config=parts["llm"], vision_config=parts["vision"],
+        net = RadFMForConditionalGeneration(RadFMConfig(text_config=parts["llm"], vision_config=parts["vision"],
                                        perceiver_config=_perceiver_sizes(parts["perceiver"]),
                                        max_images=config.max_images))
-        net.tokenizer = tokenizer
         # the grid this run trains at travels with the weights (SavePretrained writes the processor)
-        net.processor = RadFMProcessor(RadFMImageProcessor(**(image_grid or {})), tokenizer)
+        processor = RadFMProcessor(RadFMImageProcessor(**(image_grid or {})), tokenizer)
     if vision_init is not None:
         from safetensors.torch import load_file
 
@@ -87,7 +88,7 @@ def load_model(
     mode = checkpointing_mode(gradient_checkpointing)
     if mode is not None:
         net.activation_checkpointing_enable(mode=mode)
-    return net.to(device)
+    return LoadedModel(net.to(device), processor)
 
 
 def checkpointing_mode(value: bool | str | None) -> str | None:
@@ -95,7 +96,7 @@ def checkpointing_mode(value: bool | str | None) -> str | None:
 
     ``"full"`` (= ``true``) recomputes each ViT block and LLM decoder layer in the backward pass;
     ``"selective"`` keeps their matmul/attention outputs and recomputes only elementwise ops
-    (``RadFM.activation_checkpointing_enable``).
+    (``RadFMForConditionalGeneration.activation_checkpointing_enable``).
     """
     from radfm.model.recompute import CHECKPOINTING_MODES
 

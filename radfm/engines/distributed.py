@@ -46,7 +46,6 @@ def wrap_fsdp(model: nn.Module, *, device: torch.device, param_dtype: torch.dtyp
         precision = MixedPrecision(param_dtype=param_dtype, reduce_dtype=torch.float32, buffer_dtype=param_dtype)
     wrapped = FullyShardedDataParallel(model, auto_wrap_policy=policy, mixed_precision=precision, device_id=device,
                                        use_orig_params=True)
-    wrapped.tokenizer = getattr(model, "tokenizer", None)
     return wrapped
 
 

@@ -53,16 +53,20 @@ class ProgressBar:
 
 
 class SavePretrained:
-    """At ``COMPLETED``, write the model (safetensors + config + processor) with ``save_pretrained``,
+    """At ``COMPLETED``, write the model (safetensors + config) and ``processor`` with ``save_pretrained``,
     and the run's ``image_grid`` in the processor's ``processor_config.json``.
+
+    ``processor``: the run's :class:`~radfm.model.processing.RadFMProcessor` (the bundle's ``@processor``,
+    from :func:`radfm.engines.build.load_model`), so the folder loads on its own.
 
     LoRA adapters are merged into the LLM weights of the copy written, so the output loads
     with plain ``radfm.load`` / ``from_pretrained``.
     """
 
-    def __init__(self, model: torch.nn.Module, output_dir: str, merge_lora: bool = True,
+    def __init__(self, model: torch.nn.Module, output_dir: str, processor: Any, merge_lora: bool = True,
                  image_grid: dict | None = None) -> None:
         self.model = model
+        self.processor = processor
         self.output_dir = output_dir
         self.merge_lora = merge_lora
         self.image_grid = image_grid
@@ -81,7 +85,7 @@ class SavePretrained:
 
             model = copy.deepcopy(model)
             model.language_model = model.language_model.merge_and_unload()
-        model.save_pretrained(self.output_dir)
+        model.save_pretrained(self.output_dir, processor=self.processor)
         if self.image_grid is not None:  # the grid travels with the weights; inference reads it back
             RadFMImageProcessor.at_grid(self.image_grid).save_grid(self.output_dir)
         logger.info("saved model to %s", Path(self.output_dir).resolve())
@@ -93,16 +97,14 @@ class SavePretrained:
         if not isinstance(self.model, FullyShardedDataParallel):
             return None
         from radfm.engines.distributed import FullStateModel
-        from radfm.model.radfm import RadFM
+        from radfm.model.radfm import RadFMForConditionalGeneration
 
         state = FullStateModel(self.model).state_dict()
         if not is_rank0():
             return None
         inner = self.model.module
-        full = RadFM(inner.config)
+        full = RadFMForConditionalGeneration(inner.config)
         full.load_state_dict(state)
-        full.tokenizer = getattr(self.model, "tokenizer", None) or getattr(inner, "tokenizer", None)
-        full.processor = getattr(self.model, "processor", None) or getattr(inner, "processor", None)
         return full
 
 

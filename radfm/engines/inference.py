@@ -3,6 +3,9 @@
 ``inference.json`` / ``evaluate.json`` engine parts (a MONAI inference workflow):
 :class:`GenerationInferer` (greedy answers, grid checks), :class:`AnswerEvaluator` (the
 ``evaluator``), :class:`PrintAnswerd` (postprocessing), :class:`AnswerWriter` (JSONL handler).
+:func:`answer_prompts` is how every engine generates (these and the training run's validation,
+:mod:`radfm.engines.validation`): through the request path's own wrapper,
+:meth:`radfm.answering.answerer.ModelAnswerer.answer_batch`.
 Their data comes from ``radfm.data.loaders`` (``prompt_items``, ``EachImaged``, ``collate_cases``,
 ``ClosedSetDataset``) and their closed-set metric from ``radfm.metrics.ignite_metrics``
 (``ClosedSetScore``).
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +27,47 @@ from monai.inferers import Inferer
 from radfm.utils.io import atomic_write_text
 
 
+def answer_prompts(model: torch.nn.Module, processor: Any, prompts: Sequence[str],
+                   images: Sequence[Sequence[torch.Tensor]], max_new_tokens: int = 16,
+                   **generate_kwargs: Any) -> list[str]:
+    """Greedy answers for a batch of prompts and their preprocessed scans, generated the way a request is.
+
+    One wrapper for the whole toolkit: the request path's
+    :meth:`~radfm.answering.answerer.ModelAnswerer.answer_batch` (the processor tokenises the batch once,
+    ``model.generate``, cut at EOS and decoded once), so validation, the bundles and the service
+    cannot answer the same case differently.
+
+    Args:
+        model: a plain RadFM model (DDP's ``module`` or FSDP's gathered model, see
+            :func:`radfm.engines.distributed.generation_model`).
+        processor: its :class:`~radfm.model.processing.RadFMProcessor` (``radfm.load`` returns it; a
+            bundle names it ``@processor``): the tokenizer, the prompt rules and the grid.
+        prompts: one prompt per case (``<image>`` placeholders, or none: one per scan in front).
+        images: per case its ``[3, H, W, D]`` scans, already at the processor's grid (else
+            :class:`~radfm.model.processing.GridMismatchError`).
+        max_new_tokens: the longest answer in tokens.
+        generate_kwargs: more ``model.generate`` arguments (e.g. ``synced_gpus=False`` on one rank).
+
+    Returns:
+        One answer per prompt.
+    """
+    from radfm.answering.answerer import ModelAnswerer
+    from radfm.answering.identity import ModelIdentity
+    from radfm.answering.options import GenerationOptions
+
+    images = [list(case) for case in images]
+    for case in images:  # a tensor off the grid would be preprocessed a second time by the processor: refuse it
+        processor.image_processor.check_images(case)
+    # the identity only labels service answers; hashing the weights for it at every batch would cost a pass
+    answerer = ModelAnswerer(model, processor, identity=ModelIdentity(), generate_kwargs=generate_kwargs)
+    return answerer.answer_batch(list(prompts), images, GenerationOptions(max_new_tokens=max_new_tokens))
+
+
 class GenerationInferer(Inferer):
     """Greedy answers for a batch ``{"prompt": [...], "images": [[tensors]]}`` from a RadFM network.
+
+    ``processor``: the model's :class:`~radfm.model.processing.RadFMProcessor` (``radfm.load(...).processor``);
+    answers come from :func:`answer_prompts`.
 
     ``trained_grid`` (from the model folder's processor (``processor_config.json``)) is checked twice: against the
     config's ``image_grid`` at construction and against every scan's shape before generation,
@@ -32,10 +75,11 @@ class GenerationInferer(Inferer):
     (:class:`radfm.model.processing.GridMismatchError`, naming both grids).
     """
 
-    def __init__(self, max_new_tokens: int = 32, trained_grid: dict | None = None, image_grid: dict | None = None,
-                 model_name: str = "the model") -> None:
+    def __init__(self, processor: Any, max_new_tokens: int = 32, trained_grid: dict | None = None,
+                 image_grid: dict | None = None, model_name: str = "the model") -> None:
         from radfm.model.processing import RadFMImageProcessor
 
+        self.processor = processor
         self.max_new_tokens = max_new_tokens
         self.trained = None if trained_grid is None else RadFMImageProcessor.at_grid(trained_grid, "trained_grid")
         self.model_name = model_name
@@ -43,17 +87,14 @@ class GenerationInferer(Inferer):
             self.trained.check_same_grid(image_grid, model=model_name)
 
     def __call__(self, inputs: dict[str, Any], network: torch.nn.Module, *args: Any, **kwargs: Any) -> list[str]:
-        from radfm.engines.validation import generate_answers
-
         model = getattr(network, "module", network)
         if self.trained is not None:
             for images, names in zip(inputs["images"], inputs.get("image_paths") or [None] * len(inputs["images"])):
                 self.trained.check_images(images, names=names, model=self.model_name)
-        dtype = next(model.parameters()).dtype
-        images = [[img.to(device=model.device, dtype=dtype) for img in case] for case in inputs["images"]]
-        with torch.no_grad():
-            return generate_answers(model, model.tokenizer, list(inputs["prompt"]), images,
-                                    max_new_tokens=self.max_new_tokens, **kwargs)
+        # float32 at the processor's grid passes through it unchanged; the model casts to its own dtype
+        images = [[img.to(device=model.device) for img in case] for case in inputs["images"]]
+        return answer_prompts(model, self.processor, inputs["prompt"], images, max_new_tokens=self.max_new_tokens,
+                              **kwargs)
 
 
 class AnswerEvaluator(SupervisedEvaluator):

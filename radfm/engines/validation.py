@@ -22,34 +22,19 @@ import torch
 from monai.engines import Evaluator
 
 from radfm.engines.distributed import generation_model, world
+from radfm.engines.inference import answer_prompts
 from radfm.metrics.closed import match_closed_set, match_reference
 from radfm.metrics.ignite_metrics import ClosedSetAccuracy
 
 logger = logging.getLogger(__name__)
 
 
-def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], images: Sequence[Sequence[torch.Tensor]],
-                     max_new_tokens: int = 16, **generate_kwargs: Any) -> list[str]:
-    """Greedy answers ``[B]`` for a batch of prompts (``<image>`` placeholders) and their preprocessed images.
-
-    The processor's rules build the left-padded ``[B, L]`` prompt batch
-    (:func:`radfm.model.processing.encode_prompts`) and decode the new tokens
-    (:func:`~radfm.model.processing.decode_answers`); ``generate_kwargs`` go to ``model.generate``.
-    """
-    from radfm.model.processing import decode_answers, encode_prompts, generation_token_ids
-
-    images = [list(case) for case in images]
-    input_ids, attention_mask = encode_prompts(tokenizer, list(prompts), [len(case) for case in images],
-                                               base_vocab_size=model.config.base_vocab_size)
-    new_tokens = model.generate(input_ids=input_ids, images=images, attention_mask=attention_mask,
-                                max_new_tokens=max_new_tokens, **{**generation_token_ids(tokenizer), **generate_kwargs})
-    return decode_answers(tokenizer, new_tokens)
-
-
 class ClosedSetEvaluator(Evaluator):
     """Runs the model over ``ClosedSetDataset`` batches; metrics: ``val_accuracy`` (+ per task).
 
-    The model and tokenizer are needed for generation; ``tasks`` adds ``val_accuracy_<task>``.
+    ``processor``: the model's :class:`~radfm.model.processing.RadFMProcessor` (the bundle's ``@processor``);
+    answers come from :func:`radfm.engines.inference.answer_prompts`, the request path's generation.
+    ``tasks`` adds ``val_accuracy_<task>``.
     Under DDP/FSDP every rank must run it (as ``ValidationHandler`` does), each on its shard.
     """
 
@@ -58,7 +43,7 @@ class ClosedSetEvaluator(Evaluator):
         device: str | torch.device,
         val_data_loader: Any,
         network: torch.nn.Module,
-        tokenizer: Any,
+        processor: Any,
         *,
         max_new_tokens: int = 16,
         tasks: Sequence[str] = (),
@@ -77,7 +62,7 @@ class ClosedSetEvaluator(Evaluator):
             **kwargs,
         )
         self.network = network
-        self.tokenizer = tokenizer
+        self.processor = processor
         self.max_new_tokens = max_new_tokens
         self.generation_network: torch.nn.Module | None = None  # set while ``run`` holds it
 
@@ -119,8 +104,8 @@ class ClosedSetEvaluator(Evaluator):
         model.eval()
         images = [[img.to(engine.state.device) for img in case] for case in batchdata["images"]]
         # each rank generates alone (see ``generation_model``): HF must not wait for the others at every token
-        answers = generate_answers(model, engine.tokenizer, batchdata["prompt"], images, engine.max_new_tokens,
-                                   synced_gpus=False)
+        answers = answer_prompts(model, engine.processor, batchdata["prompt"], images, engine.max_new_tokens,
+                                 synced_gpus=False)
         matched = [match_closed_set(a, c) for a, c in zip(answers, batchdata["choices"])]
         truth = [match_reference(r, c) for r, c in zip(batchdata["reference"], batchdata["choices"])]
         engine.state.output = {

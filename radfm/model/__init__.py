@@ -13,7 +13,6 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "RadFM": "radfm.model.radfm",
     "RadFMForConditionalGeneration": "radfm.model.radfm",
     "RadFMConfig": "radfm.model.config",
     "VisionConfig": "radfm.model.config",

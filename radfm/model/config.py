@@ -169,6 +169,7 @@ SIZE_LIMITS: dict[str, int] = {
 }
 # Largest whole model (parameters): 1e12 (4 TB in fp32), 70x the published 14B model.
 MAX_PARAMETERS = 10**12
+# the parts of an old-format config.json (before transformers): refused on load, read by `radfm convert`
 LEGACY_KEYS = ("llm", "vision", "perceiver")
 CONVERTER_HINT = "radfm convert OLD_FOLDER --output NEW_FOLDER"
 
@@ -195,11 +196,7 @@ def _derived_head_dim(text_config: PreTrainedConfig) -> bool:
 
 
 class RadFMConfig(PreTrainedConfig):
-    """Whole-model config: ``text_config`` (any causal LM), ``vision_config``, ``perceiver_config``.
-
-    Old names still work as read-only views: ``llm`` (the text config as a dict), ``vision``,
-    ``perceiver``; ``RadFMConfig(llm=..., vision=..., perceiver=...)`` is accepted too.
-    """
+    """Whole-model config: ``text_config`` (any causal LM), ``vision_config``, ``perceiver_config``."""
 
     model_type = "radfm"
     sub_configs_defaults = {
@@ -216,10 +213,10 @@ class RadFMConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs: Any) -> None:
-        for old, new in zip(LEGACY_KEYS, ("text_config", "vision_config", "perceiver_config")):
-            if old in kwargs:  # RadFMConfig(llm=..., vision=..., perceiver=...) from older code
-                value = kwargs.pop(old)
-                setattr(self, new, value.to_dict() if isinstance(value, PreTrainedConfig) and old == "llm" else value)
+        old_names = sorted(set(kwargs) & set(LEGACY_KEYS))
+        if old_names:  # the old format's names; an old config.json is refused earlier, naming the converter
+            raise TypeError(f"RadFMConfig: unknown argument(s) {old_names}; the parts are text_config, "
+                            "vision_config and perceiver_config")
         if isinstance(self.text_config, dict):
             self.text_config = copy.deepcopy(self.text_config)
             if "model_type" not in self.text_config:
@@ -241,20 +238,6 @@ class RadFMConfig(PreTrainedConfig):
                 f"RadFMConfig describes about {self.estimated_parameters():.3g} parameters, more than the limit "
                 f"{MAX_PARAMETERS:.0e}; check the sizes in text_config/vision_config"
             )
-
-    # ---- old names (read-only views) -------------------------------------------------
-    @property
-    def llm(self) -> dict[str, Any]:
-        """The text config as a plain dict (includes ``model_type``)."""
-        return self.text_config.to_dict()
-
-    @property
-    def vision(self) -> VisionConfig:
-        return self.vision_config
-
-    @property
-    def perceiver(self) -> PerceiverConfig:
-        return self.perceiver_config
 
     # ---- derived sizes -------------------------------------------------------------
     @property

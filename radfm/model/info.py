@@ -123,7 +123,7 @@ def info(
     """
     from radfm.model.loading import demo_model_dir, resolve_model_dir
     from radfm.model.config import RadFMConfig
-    from radfm.model.radfm import RadFM
+    from radfm.model.radfm import RadFMForConditionalGeneration
 
     stored = None
     if preset is not None:
@@ -134,7 +134,7 @@ def info(
         stored = stored_dtypes(model_dir)
     else:
         config, title = RadFMConfig.preset("radfm-14b"), "RadFM preset 'radfm-14b' (no model folder given)"
-    summary = describe_model(RadFM.empty(config))  # meta device: counts without memory
+    summary = describe_model(RadFMForConditionalGeneration.empty(config))  # meta device: counts without memory
     for part in summary["parts"].values():
         part["devices"] = ["not loaded"]
     from radfm.model.cpu_bf16 import cpu_bf16_support

@@ -22,7 +22,7 @@ from torch import nn
 from radfm.model.config import RadFMConfig
 from radfm.model.folder import WEIGHT_FILES, check_model_folder
 from radfm.model.processing import RadFMImageProcessor, RadFMProcessor
-from radfm.model.radfm import RadFM
+from radfm.model.radfm import RadFMForConditionalGeneration
 
 __all__ = ["LoadedModel", "load", "resolve_model_dir", "demo_model_dir", "check_model_folder", "tiny_tokenizer",
            "tiny_processor"]
@@ -87,7 +87,7 @@ class LoadedModel(NamedTuple):
     scan preprocessing at the model's grid (``processor.image_processor``).
     """
 
-    model: RadFM
+    model: RadFMForConditionalGeneration
     processor: RadFMProcessor
 
 
@@ -209,7 +209,7 @@ def load(
         if device_map is not None or quantization is not None:
             raise ValueError("the 'tiny' preset loads on one device: device_map and quantization need a model folder")
         processor = tiny_processor()
-        model = RadFM(RadFMConfig.preset("tiny", vocab_size=processor.base_vocab_size))
+        model = RadFMForConditionalGeneration(RadFMConfig.preset("tiny", vocab_size=processor.base_vocab_size))
         target = resolve_device(device)
         model = model.to(device=target, dtype=resolve_dtype(dtype, target))
     elif path.is_dir():
@@ -219,7 +219,7 @@ def load(
             if device_map is not None or quantization is not None:
                 raise ValueError("weights=False builds the network on one device: device_map and quantization need weights")
             target = resolve_device(device)
-            model = RadFM(RadFMConfig.from_json_file(path / "config.json"))
+            model = RadFMForConditionalGeneration(RadFMConfig.from_json_file(path / "config.json"))
             model = model.to(device=target, dtype=resolve_dtype(dtype, target))
         else:
             model = _load_weights(path, device=device, dtype=dtype, device_map=device_map, max_memory=max_memory,
@@ -233,8 +233,6 @@ def load(
         raise ValueError("the radfm-14b preset has no weights here; convert the published checkpoint with `radfm convert`")
     else:
         raise ValueError(f"{name!r} is neither a model directory nor a preset ('tiny')")
-    model.tokenizer = processor.tokenizer  # older callers read model.tokenizer
-    model.processor = processor
     if processor.base_vocab_size != model.config.base_vocab_size:
         raise ValueError(f"{name}: the tokenizer puts <image> at id {processor.base_vocab_size} but the model's "
                          f"vocabulary is {model.config.base_vocab_size}")
@@ -254,7 +252,7 @@ def _device_of(device_map: dict[str, Any], module_name: str) -> Any:
     return device
 
 
-def plan_device_map(model: RadFM, strategy: str | dict, max_memory: str | dict | None, dtype: torch.dtype) -> dict:
+def plan_device_map(model: RadFMForConditionalGeneration, strategy: str | dict, max_memory: str | dict | None, dtype: torch.dtype) -> dict:
     """The device map ``from_pretrained(device_map=strategy, max_memory=...)`` computes for ``model`` in ``dtype``.
 
     transformers' own planner (no GPU needed; e.g. a meta-device 14B model for ``radfm info --plan``).
@@ -293,7 +291,7 @@ def _safetensors_mappings() -> list[tuple[int, int]]:
     return ranges
 
 
-def _cast_releasing_pages(model: RadFM, dtype: torch.dtype) -> RadFM:
+def _cast_releasing_pages(model: RadFMForConditionalGeneration, dtype: torch.dtype) -> RadFMForConditionalGeneration:
     """Cast floating tensors to ``dtype`` one at a time, dropping each source's mapped file pages.
 
     After the cast of a memory-mapped tensor its pages are released (``madvise``), so the peak
@@ -323,7 +321,7 @@ def _cast_releasing_pages(model: RadFM, dtype: torch.dtype) -> RadFM:
     return model
 
 
-def _load_weights(folder: Path, *, device, dtype, device_map, max_memory, offload_folder, quantization) -> RadFM:
+def _load_weights(folder: Path, *, device, dtype, device_map, max_memory, offload_folder, quantization) -> RadFMForConditionalGeneration:
     """transformers' ``from_pretrained`` with our device/dtype defaults; errors name the folder's files."""
     kwargs: dict[str, Any] = {}
     cast_to = None
@@ -346,7 +344,7 @@ def _load_weights(folder: Path, *, device, dtype, device_map, max_memory, offloa
         check_vision_placement(kwargs["device_map"])
     try:
         with _quiet_bar_off_terminal():
-            model = RadFM.from_pretrained(str(folder), **kwargs)
+            model = RadFMForConditionalGeneration.from_pretrained(str(folder), **kwargs)
         return _cast_releasing_pages(model, cast_to) if cast_to is not None else model
     except Exception as error:  # noqa: BLE001 — safetensors/accelerate raise their own types; name the files
         if isinstance(error, (FileNotFoundError, ValueError)) and str(folder) in str(error):

@@ -42,7 +42,7 @@ from radfm.model.tokenizer import BLOCK_LENGTH, DEFAULT_MAX_IMAGES, IMAGE_PLACEH
 # transformers 5 saves the image processor's config inside processor_config.json ("image_processor")
 PROCESSOR_FILE = "processor_config.json"
 TOKENIZER_FILE = "tokenizer_config.json"
-LEGACY_PREPROCESS_FILE = "preprocess.json"
+PREPROCESS_FILE = "preprocess.json"  # a classifier folder's grid (an old RadFM folder's too, read by `radfm convert`)
 # Options of preprocess_scan a model records (series_uid and window may also be given per scan).
 MODEL_PREPROCESS_KEYS = ("size_2d", "size_3d", "max_depth", "window", "nonfinite", "axcodes", "contiguous")
 KNOWN_LOADERS = ("radfm.transforms.preprocess_scan",)
@@ -197,9 +197,9 @@ class RadFMImageProcessor(BaseImageProcessor):
             except (TypeError, ValueError) as error:
                 message = str(error)
                 raise ValueError(message if message.startswith(str(path)) else f"{path}: {message}") from None
-        if (folder / LEGACY_PREPROCESS_FILE).is_file():
-            return cls.from_preprocess_json(folder / LEGACY_PREPROCESS_FILE)
-        raise FileNotFoundError(f"{path} is missing (and no {LEGACY_PREPROCESS_FILE}): {folder} does not record the "
+        if (folder / PREPROCESS_FILE).is_file():
+            return cls.from_preprocess_json(folder / PREPROCESS_FILE)
+        raise FileNotFoundError(f"{path} is missing (and no {PREPROCESS_FILE}): {folder} does not record the "
                                 "grid its model was trained at")
 
     @classmethod
@@ -225,7 +225,7 @@ class RadFMImageProcessor(BaseImageProcessor):
             spec = read_json(path)
             spec.setdefault("image_processor", {}).update(self.grid)
         else:
-            path = folder / LEGACY_PREPROCESS_FILE
+            path = folder / PREPROCESS_FILE
             spec = {"loader": KNOWN_LOADERS[0]}
             if path.is_file():
                 spec.update(read_json(path))
@@ -316,7 +316,8 @@ class RadFMImageProcessor(BaseImageProcessor):
 
     @classmethod
     def from_preprocess_json(cls, path: str | os.PathLike) -> RadFMImageProcessor:
-        """From a legacy ``preprocess.json`` (the options of ``preprocess_scan``)."""
+        """From a ``preprocess.json`` (the options of ``preprocess_scan``): a classifier folder's grid, or an
+        old RadFM folder's."""
         path = Path(path)
         return cls(**check_preprocess_options(read_json(path), path))
 
@@ -542,10 +543,10 @@ def missing_processor_files(folder: str | os.PathLike, *, raise_error: bool = Fa
     missing = [name for name in (PROCESSOR_FILE, TOKENIZER_FILE) if not (folder / name).is_file()]
     if missing and raise_error:
         hint = ""
-        if PROCESSOR_FILE in missing and (folder / LEGACY_PREPROCESS_FILE).is_file():
+        if PROCESSOR_FILE in missing and (folder / PREPROCESS_FILE).is_file():
             from radfm.model.config import CONVERTER_HINT
 
-            hint = f"; it has the old {LEGACY_PREPROCESS_FILE}: convert the folder with `{CONVERTER_HINT}`"
+            hint = f"; it has the old {PREPROCESS_FILE}: convert the folder with `{CONVERTER_HINT}`"
         raise FileNotFoundError(f"{folder / missing[0]} is missing: a RadFM model folder needs its processor "
                                 f"files ({', '.join(missing)}){hint}")
     return missing

@@ -3,7 +3,7 @@
 A transformers ``PreTrainedModel`` + ``GenerationMixin``: ``save_pretrained``/``from_pretrained``
 (sharded safetensors, ``dtype``, ``device_map``, ``max_memory``, ``offload_folder``,
 ``quantization_config``), ``generate`` (streamers, stopping criteria, beams, KV cache) and
-gradient checkpointing are transformers' own. ``RadFM`` is the same class (the older name).
+gradient checkpointing are transformers' own.
 
 ``model(input_ids=[B, L], images=[[Tensor[3, H, W, D], ...], ...])`` → ``CausalLMOutputWithPast``
 with ``.logits [B, L, V]``; ``model.generate(input_ids, images=..., attention_mask=...)`` →
@@ -98,8 +98,6 @@ class RadFMForConditionalGeneration(RadFMPreTrainedModel, GenerationMixin):
         # registered after the vision side: a device map fills devices in module order, so the
         # vision side lands on the first (main) device, next to the token embeddings
         self.language_model = language_model
-        self.tokenizer = None  # optional; older callers read it (the processor carries it too)
-        self.processor = None  # optional RadFMProcessor, saved by save_pretrained
         self.vision_batch_size: int | None = None  # images per encoder call (None = whole group)
         self.post_init()
 
@@ -165,13 +163,14 @@ class RadFMForConditionalGeneration(RadFMPreTrainedModel, GenerationMixin):
                         **kwargs: Any) -> None:
         """transformers' ``save_pretrained``, plus the processor so the folder loads on its own.
 
-        ``processor`` (or the attached ``.processor``) is saved as is; with only a tokenizer (given
-        or ``.tokenizer``), a processor at the standard grid is saved (``RadFMImageProcessor.save_grid``
-        records another grid).
+        Args:
+            save_directory: the model folder to write.
+            tokenizer: with no ``processor``, a processor at the standard grid is built around it and saved
+                (``RadFMImageProcessor.save_grid`` records another grid).
+            processor: the :class:`~radfm.model.processing.RadFMProcessor` to save beside the weights
+                (``radfm.load`` returns it with the model); the model holds no processor of its own.
         """
         super().save_pretrained(save_directory, *args, **kwargs)
-        processor = processor if processor is not None else self.processor
-        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         if processor is None and tokenizer is not None:
             from radfm.model.processing import RadFMImageProcessor, RadFMProcessor
 
@@ -397,5 +396,3 @@ def _length(config: Any, max_new_tokens: int) -> dict[str, int]:
         config.min_new_tokens = max_new_tokens  # cut to the context, as max_new_tokens was
     return {}
 
-
-RadFM = RadFMForConditionalGeneration

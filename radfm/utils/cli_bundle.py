@@ -27,8 +27,6 @@ from typing import Any
 
 from radfm.utils.cli import INPUT_ERRORS, UsageError, nearest, one_line
 
-# errors a user causes: the same classes the `radfm` command prints in one line
-USER_ERRORS = INPUT_ERRORS
 DEBUG_ENV = "RADFM_DEBUG"
 PROGRAM = "monai.bundle run"
 
@@ -161,14 +159,15 @@ def user_error(error: BaseException) -> BaseException | None:
     """The error a user caused inside MONAI's wrappers (the ``__cause__`` chain), or ``None``.
 
     MONAI wraps errors in ``RuntimeError`` ("Failed to evaluate ...", "applying transform ...")
-    with ``raise ... from``; the innermost error of :data:`USER_ERRORS` is the one that says what is
-    wrong. (``__context__``, an error merely being handled nearby, is not followed.)
+    with ``raise ... from``; the innermost error of :data:`radfm.utils.cli.INPUT_ERRORS` (errors a user
+    causes, printed in one line as by the ``radfm`` command) is the one that says what is wrong.
+    (``__context__``, an error merely being handled nearby, is not followed.)
     """
     found, seen = None, set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, USER_ERRORS):
+        if isinstance(current, INPUT_ERRORS):
             found = current
         current = current.__cause__
     return found

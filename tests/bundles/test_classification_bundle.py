@@ -44,8 +44,8 @@ def test_multilabel_3d_from_radfm_checkpoint(phantom_data, tmp_path):
     from radfm.engines.build import load_model
 
     radfm_dir = tmp_path / "radfm"
-    source = load_model("tiny", seed=3)
-    source.save_pretrained(radfm_dir)
+    source, processor = load_model("tiny", seed=3)
+    source.save_pretrained(radfm_dir, processor=processor)
     items, rows = _items(phantom_data, tmp_path, 3, lambda c: [["mass", "cyst"].index(d) for d in c["diseases"]])
     workflow = run_bundle(CONFIG, META, bundle_root=str(tmp_path), train_items=str(items), val_items=str(items),
                           num_classes=2, multi_label=True, radfm_dir=str(radfm_dir), image_grid=SMALL_GRID, ckpt_dir=str(tmp_path / "models"),

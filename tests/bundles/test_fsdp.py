@@ -55,7 +55,7 @@ def test_fsdp_two_processes_match_one_process_with_the_global_batch(phantom_data
         torch.testing.assert_close(sharded[name], single[name], atol=2e-4, rtol=0, msg=name)
     from radfm.engines.build import load_model
 
-    initial_model = load_model("tiny", seed=0, config_overrides=NO_DROPOUT)
+    initial_model = load_model("tiny", seed=0, config_overrides=NO_DROPOUT).model
     initial = initial_model.state_dict()
     moved = max((single[k] - initial[k]).abs().max().item() for k in single if k in initial)
     assert moved > 1e-2  # the comparison above is about real updates, not two untouched models

@@ -56,10 +56,10 @@ def test_pretrain_freezes_llm_and_tracks_mlflow(pretrained):
     assert json.loads((model_dir / "processor_config.json").read_text())["image_processor"]["size_2d"] == [64, 64]
     assert list((tmp_path / "scan_cache").glob("*.pt"))  # PersistentDataset cached the preprocessed scans
     from radfm.engines.build import load_model
-    from radfm.model.radfm import RadFM
+    from radfm.model.radfm import RadFMForConditionalGeneration
 
-    trained = RadFM.from_pretrained(model_dir)
-    initial = load_model("tiny", seed=0)  # the config's init (seed 0)
+    trained = RadFMForConditionalGeneration.from_pretrained(model_dir)
+    initial = load_model("tiny", seed=0).model  # the config's init (seed 0)
     # frozen_llm_epochs=1 in pretrain.json and a 1-epoch run: the LLM must be exactly the initial one
     for name, value in initial.language_model.state_dict().items():
         assert torch.equal(value, trained.language_model.state_dict()[name]), name
@@ -218,8 +218,8 @@ def test_a_model_folder_other_than_the_demo_loads_whole(config, tmp_path):
 
     from radfm.engines.build import load_model
 
-    source = load_model("tiny", seed=3)
-    source.save_pretrained(tmp_path / "finetuned")
+    source, processor = load_model("tiny", seed=3)
+    source.save_pretrained(tmp_path / "finetuned", processor=processor)
     workflow = create_workflow(config_file=str(RADFM_BUNDLE / "configs" / config), meta_file=str(META),
                                bundle_root=str(RADFM_BUNDLE), model_dir=str(tmp_path / "finetuned"))
     assert workflow.parser.get_parsed_content("ckpt_path") is None

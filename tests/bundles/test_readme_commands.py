@@ -81,7 +81,8 @@ def test_radfm_readme_command(command, phantom_data, tmp_path, monkeypatch, caps
             from radfm.engines.build import load_model
             from radfm.model.processing import RadFMImageProcessor
 
-            load_model("tiny").save_pretrained(tmp_path / "pretrain_model")
+            model, processor = load_model("tiny")
+            model.save_pretrained(tmp_path / "pretrain_model", processor=processor)
             RadFMImageProcessor.at_grid(SMALL_GRID).save_grid(tmp_path / "pretrain_model")
             kwargs["model"] = str(tmp_path / "pretrain_model")
         if "image_grid" not in kwargs and "instruct.json" not in config:

@@ -29,10 +29,10 @@ def test_dataset_loader_end_to_end(phantom_dir, tiny_tokenizer, base_vocab_size,
 
 
 def test_batches_feed_the_tiny_model(phantom_dir, tiny_tokenizer, base_vocab_size):
-    from radfm import RadFM, RadFMConfig
+    from radfm import RadFMForConditionalGeneration, RadFMConfig
 
     torch.manual_seed(0)
-    model = RadFM(RadFMConfig.preset("tiny", vocab_size=base_vocab_size)).eval()
+    model = RadFMForConditionalGeneration(RadFMConfig.preset("tiny", vocab_size=base_vocab_size)).eval()
     builder = SequenceBuilder(tiny_tokenizer, base_vocab_size, max_length=128)
     ds = ManifestDataset(phantom_dir / "val.jsonl", builder, tasks=["report"])
     batch = collate_samples([ds[i] for i in range(min(2, len(ds))) if ds.dims[i] == ds.dims[0]])

@@ -30,7 +30,8 @@ def model_dir(tmp_path_factory) -> Path:
     from radfm.engines.build import load_model
 
     folder = tmp_path_factory.mktemp("tiny_model") / "tiny"
-    load_model("tiny", seed=0).save_pretrained(folder)
+    model, processor = load_model("tiny", seed=0)
+    model.save_pretrained(folder, processor=processor)
     return folder
 
 

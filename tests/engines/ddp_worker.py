@@ -43,12 +43,13 @@ def make_evaluator(distributed: bool):
     from radfm.data.loaders import collate_cases
     from radfm.engines.validation import ClosedSetEvaluator
 
-    model = load_model("tiny", seed=0)
+    # the cases' scans are 64x64x4: the processor's grid, so they reach the model as they are
+    model, processor = load_model("tiny", seed=0, image_grid={"size_3d": [64, 64], "max_depth": 4})
     network = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     cases = val_cases()
     sampler = DistributedSampler(cases, shuffle=False, even_divisible=False) if distributed else None
     loader = torch.utils.data.DataLoader(cases, batch_size=1, sampler=sampler, collate_fn=collate_cases)
-    evaluator = ClosedSetEvaluator(device="cpu", val_data_loader=loader, network=network, tokenizer=model.tokenizer,
+    evaluator = ClosedSetEvaluator(device="cpu", val_data_loader=loader, network=network, processor=processor,
                                    max_new_tokens=3)
     evaluator.seen_ids = []
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda e: e.seen_ids.extend(e.state.output["ids"]))

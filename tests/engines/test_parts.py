@@ -20,7 +20,7 @@ def test_cli_resolves_named_configs_and_rejects_unknown(tmp_path):
 def test_lora_trains_only_adapters_in_the_llm():
     from radfm.engines.build import apply_lora, load_model, make_optimizer
 
-    model = apply_lora(load_model("tiny", seed=0), rank=4)
+    model = apply_lora(load_model("tiny", seed=0).model, rank=4)
     total = sum(p.numel() for p in model.parameters())
     llm_total = sum(p.numel() for p in model.language_model.parameters())
     lora = sum(p.numel() for n, p in model.language_model.named_parameters() if "lora_" in n)
@@ -40,7 +40,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     from radfm.model.processing import image_token_ids
 
     def grads(checkpointing: bool) -> dict[str, torch.Tensor]:
-        model = load_model("tiny", seed=0, gradient_checkpointing=checkpointing).train()
+        model = load_model("tiny", seed=0, gradient_checkpointing=checkpointing).model.train()
         vocab = model.config.base_vocab_size
         ids = torch.tensor([[1, *image_token_ids(vocab, 0), 5, 6, 7, 2]])
         weights = torch.zeros(ids.shape)

@@ -48,7 +48,7 @@ def make_batch(vocab: int) -> dict:
 
 
 def published_step(batch: dict) -> tuple[float, dict[str, torch.Tensor]]:
-    model = load_model("tiny", seed=0, config_overrides=NO_DROPOUT).train()
+    model = load_model("tiny", seed=0, config_overrides=NO_DROPOUT).model.train()
     embeds = one_hot_embeddings(model, batch["input_ids"], batch["images"])
     logits = model.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
     loss = weighted_next_token_loss(logits, batch["input_ids"], batch["loss_weights"])
@@ -57,7 +57,7 @@ def published_step(batch: dict) -> tuple[float, dict[str, torch.Tensor]]:
 
 
 def our_step(batch: dict, *, checkpointing: bool | str = False, loss_logits_only: bool = True):
-    model = load_model("tiny", seed=0, config_overrides=NO_DROPOUT, gradient_checkpointing=checkpointing)
+    model = load_model("tiny", seed=0, config_overrides=NO_DROPOUT, gradient_checkpointing=checkpointing).model
     head_rows: list[int] = []
     model.language_model.lm_head.register_forward_hook(
         lambda _m, args, _out: head_rows.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
@@ -76,7 +76,7 @@ def our_step(batch: dict, *, checkpointing: bool | str = False, loss_logits_only
 
 @pytest.fixture(scope="module")
 def batch_and_published():
-    vocab = load_model("tiny", seed=0).config.base_vocab_size
+    vocab = load_model("tiny", seed=0).model.config.base_vocab_size
     batch = make_batch(vocab)
     return batch, published_step(batch)
 
@@ -107,7 +107,7 @@ def test_checkpointing_modes_are_named():
         None, None, None, None, "full", "full", "full", "selective"]
     with pytest.raises(ValueError, match="gradient_checkpointing: expected false, true, 'full' or 'selective'"):
         checkpointing_mode("partial")
-    model = load_model("tiny", seed=0)
+    model = load_model("tiny", seed=0).model
     with pytest.raises(ValueError, match="activation checkpointing mode must be one of"):
         model.activation_checkpointing_enable(mode="partial")
 
@@ -117,7 +117,7 @@ def test_bundle_optimizer_is_fused_adamw_with_the_same_update():
 
     updated = []
     for fused in (True, False):
-        model = load_model("tiny", seed=0)
+        model = load_model("tiny", seed=0).model
         optimizer = make_optimizer(model, lr=1e-2, weight_decay=0.1, fused=fused)
         assert optimizer.defaults["fused"] is (True if fused else False)
         for p in model.parameters():
@@ -125,4 +125,4 @@ def test_bundle_optimizer_is_fused_adamw_with_the_same_update():
         optimizer.step()
         updated.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     torch.testing.assert_close(updated[0], updated[1], rtol=1e-6, atol=1e-7)
-    assert make_optimizer(load_model("tiny", seed=0)).defaults["fused"] is True  # the default
+    assert make_optimizer(load_model("tiny", seed=0).model).defaults["fused"] is True  # the default

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from radfm.model.config import RadFMConfig
-from radfm.model.radfm import RadFM
+from radfm.model.radfm import RadFMForConditionalGeneration
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +26,7 @@ def official_cases(official_tiny_dir) -> dict[str, dict[str, torch.Tensor]]:
 
 @pytest.fixture(scope="session")
 def official_model(official_tiny_dir, official_fixture):
-    return RadFM.from_official(official_tiny_dir / "pytorch_model.bin", llm_config=official_fixture["llm_config"])
+    return RadFMForConditionalGeneration.from_official(official_tiny_dir / "pytorch_model.bin", llm_config=official_fixture["llm_config"])
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +35,9 @@ def tiny_base_vocab(tiny_tokenizer) -> int:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tiny_base_vocab) -> RadFM:
+def tiny_model(tiny_base_vocab) -> RadFMForConditionalGeneration:
     torch.manual_seed(0)
-    model = RadFM(RadFMConfig.preset("tiny", vocab_size=tiny_base_vocab)).eval()
+    model = RadFMForConditionalGeneration(RadFMConfig.preset("tiny", vocab_size=tiny_base_vocab)).eval()
     # random init gives near-flat logits; a sharper LM head makes greedy choices well separated
     with torch.no_grad():
         model.language_model.lm_head.weight.mul_(20.0)
@@ -56,12 +56,21 @@ def make_image():
 
 
 def answer_texts(model, tokenizer, prompts, images, max_new_tokens: int = 8, **generate_kwargs) -> list[str]:
-    """Prompts and already-preprocessed images (any sizes) -> answers: the processor's prompt batch,
-    ``model.generate``, the processor's decoding (what the engines and the request path do)."""
-    from radfm.engines.validation import generate_answers
+    """Prompts and already-preprocessed images (any sizes) -> answers, from the model alone.
 
+    The processor's own steps (its prompt batch, ``model.generate``, its decoding) without its grid,
+    so these model tests may feed scans of any size; the engines and the request path generate
+    through ``radfm.answering.answerer.ModelAnswerer.answer_batch`` (tests/engines, tests/serving).
+    """
+    from radfm.model.processing import decode_answers, encode_prompts, generation_token_ids
+
+    input_ids, attention_mask = encode_prompts(tokenizer, list(prompts), [len(case) for case in images],
+                                               base_vocab_size=model.config.base_vocab_size)
     with torch.no_grad():
-        return generate_answers(model, tokenizer, prompts, images, max_new_tokens=max_new_tokens, **generate_kwargs)
+        new_tokens = model.generate(input_ids=input_ids, images=[list(case) for case in images],
+                                    attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                    **{**generation_token_ids(tokenizer), **generate_kwargs})
+    return decode_answers(tokenizer, new_tokens)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from radfm.model.config import RadFMConfig
 def test_presets_and_json_round_trip(tmp_path):
     big = RadFMConfig.preset("radfm-14b")
     assert big.base_vocab_size == 32000 and big.hidden_size == 5120
-    assert big.vision.dim == 768 and big.vision.depth == 12 and big.perceiver.depth == 6
+    assert big.vision_config.dim == 768 and big.vision_config.depth == 12 and big.perceiver_config.depth == 6
     tiny = RadFMConfig.preset("tiny", vocab_size=321)
     assert tiny.base_vocab_size == 321 and tiny.total_vocab_size == 321 + 2 + 32 * tiny.max_images
     path = tmp_path / "config.json"
@@ -83,9 +83,26 @@ def test_explicit_head_dim_is_kept(overrides, head_dim):
 
 def test_cpu_small_preset_is_the_benchmark_model():
     """One small model for every benchmark: 50.2 M parameters (docs/training.md quotes them)."""
-    from radfm.model.radfm import RadFM
+    from radfm.model.radfm import RadFMForConditionalGeneration
 
     config = RadFMConfig.preset("cpu-small")
     assert (config.hidden_size, config.text_config.num_hidden_layers, config.base_vocab_size) == (512, 4, 32000)
-    assert (config.vision.dim, config.vision.depth) == (192, 4)
-    assert round(sum(p.numel() for p in RadFM(config).parameters()) / 1e6, 1) == 50.2
+    assert (config.vision_config.dim, config.vision_config.depth) == (192, 4)
+    assert round(sum(p.numel() for p in RadFMForConditionalGeneration(config).parameters()) / 1e6, 1) == 50.2
+
+
+def test_names_kept_for_older_callers_are_gone():
+    """Issue 30: a 0.x package keeps no aliases: the class has transformers' name only, the config its
+    parts' names only (an old config.json is refused on load, naming `radfm convert`)."""
+    import radfm
+    import radfm.model
+    import radfm.model.radfm as module
+
+    base = RadFMConfig.preset("tiny")
+    with pytest.raises(TypeError, match="text_config, vision_config and perceiver_config"):
+        RadFMConfig(llm=base.text_config.to_dict(), vision=base.vision_config, perceiver=base.perceiver_config)
+    assert not any(hasattr(base, name) for name in ("llm", "vision", "perceiver"))
+    assert not hasattr(module, "RadFM")
+    for package in (radfm, radfm.model):
+        with pytest.raises(AttributeError):
+            package.RadFM  # noqa: B018

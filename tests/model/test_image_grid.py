@@ -22,9 +22,9 @@ STANDARD = {"size_2d": [512, 512], "size_3d": [256, 256], "max_depth": 64}
 @pytest.fixture(scope="module")
 def saved_tiny(tmp_path_factory):
     """A saved tiny model folder (weights + processor at the standard grid)."""
-    model, _ = load("tiny")
+    model, processor = load("tiny")
     folder = tmp_path_factory.mktemp("tiny_model")
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, processor=processor)
     return folder
 
 
@@ -121,8 +121,8 @@ def test_load_gives_a_processor_at_the_model_grid(saved_tiny, volume_path):
 
 
 def test_weights_false_builds_the_architecture_only(saved_tiny):
-    built = load(saved_tiny, weights=False).model
-    stored = load(saved_tiny).model
+    built, built_processor = load(saved_tiny, weights=False)
+    stored, stored_processor = load(saved_tiny)
     assert {n: p.shape for n, p in built.state_dict().items()} == {n: p.shape for n, p in stored.state_dict().items()}
-    assert built.tokenizer.get_vocab() == stored.tokenizer.get_vocab()
+    assert built_processor.tokenizer.get_vocab() == stored_processor.tokenizer.get_vocab()
     assert not torch.equal(built.projection.weight, stored.projection.weight)  # fresh weights, for a CheckpointLoader

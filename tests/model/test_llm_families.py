@@ -7,7 +7,7 @@ import torch
 
 from radfm.model.config import RadFMConfig
 from radfm.model.processing import encode_prompts
-from radfm.model.radfm import RadFM
+from radfm.model.radfm import RadFMForConditionalGeneration
 
 FAMILIES = {
     "qwen2": {"tie_word_embeddings": True, "max_window_layers": 2, "layer_types": ["full_attention"] * 2},
@@ -19,12 +19,12 @@ FAMILIES = {
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_family_runs_trains_and_generates(family, tiny_tokenizer, tiny_base_vocab, make_image, answers):
     base = RadFMConfig.preset("tiny")
-    llm = {key: base.llm[key] for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+    llm = {key: base.text_config.to_dict()[key] for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                         "num_attention_heads", "num_key_value_heads", "max_position_embeddings")}
     llm.update(model_type=family, vocab_size=tiny_base_vocab, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     llm.update(FAMILIES[family])
     torch.manual_seed(0)
-    model = RadFM(RadFMConfig(llm=llm, vision=base.vision, perceiver=base.perceiver))
+    model = RadFMForConditionalGeneration(RadFMConfig(text_config=llm, vision_config=base.vision_config, perceiver_config=base.perceiver_config))
     assert type(model.language_model).__name__.lower().startswith(family)
 
     prompts = ["<image> Findings:", "Compare <image> and <image>."]

@@ -17,9 +17,9 @@ def counts():
 def meta_14b():
     """The 14B network on the meta device (sizes only, no memory)."""
     from radfm.model.config import RadFMConfig
-    from radfm.model.radfm import RadFM
+    from radfm.model.radfm import RadFMForConditionalGeneration
 
-    return RadFM.empty(RadFMConfig.preset("radfm-14b"))
+    return RadFMForConditionalGeneration.empty(RadFMConfig.preset("radfm-14b"))
 
 
 def test_counts_match_the_model_built_from_the_14b_preset(counts, meta_14b):

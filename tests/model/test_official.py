@@ -10,13 +10,13 @@ import torch
 
 from radfm.model.config import RadFMConfig
 from radfm.model.official import map_official_keys
-from radfm.model.radfm import RadFM
+from radfm.model.radfm import RadFMForConditionalGeneration
 from radfm.model.weights import CheckpointError
 
 CASES = ("xray2d", "ct3d_two_scans")
 
 
-def _check_parity(model: RadFM, case: dict[str, torch.Tensor]) -> None:
+def _check_parity(model: RadFMForConditionalGeneration, case: dict[str, torch.Tensor]) -> None:
     images = case["vision_x_uint8"].float() / 255.0
     with torch.no_grad():
         logits = model(input_ids=case["input_ids"], images=images).logits
@@ -46,7 +46,7 @@ def test_save_pretrained_round_trip_keeps_parity(official_model, official_cases,
     shards = sorted(p.name for p in out.glob("model-*.safetensors"))
     assert len(shards) > 1  # sharded
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
-    loaded = RadFM.from_pretrained(out)
+    loaded = RadFMForConditionalGeneration.from_pretrained(out)
     assert (out / "processor_config.json").is_file() and (out / "tokenizer_config.json").is_file()
     for name in CASES:
         _check_parity(loaded, official_cases[name])
@@ -59,13 +59,13 @@ def test_radfm_convert_cli_keeps_parity(official_tiny_dir, official_fixture, off
     llm_config.write_text(json.dumps(official_fixture["llm_config"]))
     out = tmp_path / "converted"
     main(["convert", str(official_tiny_dir / "pytorch_model.bin"), "--llm-config", str(llm_config), "--output", str(out)])
-    loaded = RadFM.from_pretrained(out)
+    loaded = RadFMForConditionalGeneration.from_pretrained(out)
     for name in CASES:
         _check_parity(loaded, official_cases[name])
 
 
 def test_bfloat16_load_casts_every_float_tensor(official_tiny_dir, official_fixture):
-    model = RadFM.from_official(
+    model = RadFMForConditionalGeneration.from_official(
         official_tiny_dir / "pytorch_model.bin", llm_config=official_fixture["llm_config"], dtype="bfloat16"
     )
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
@@ -81,7 +81,7 @@ def test_unknown_keys_and_wrong_shapes_are_listed(official_tiny_dir, official_fi
     bad = tmp_path / "unknown.bin"
     torch.save(state, bad)
     with pytest.raises(CheckpointError, match="embedding_layer.surprise.weight"):
-        RadFM.from_official(bad, llm_config=official_fixture["llm_config"])
+        RadFMForConditionalGeneration.from_official(bad, llm_config=official_fixture["llm_config"])
 
     state = _official_state(official_tiny_dir)
     state["embedding_layer.fc.bias"] = torch.zeros(7)
@@ -89,7 +89,7 @@ def test_unknown_keys_and_wrong_shapes_are_listed(official_tiny_dir, official_fi
     bad = tmp_path / "shape.bin"
     torch.save(state, bad)
     with pytest.raises(CheckpointError) as info:
-        RadFM.from_official(bad, llm_config=official_fixture["llm_config"])
+        RadFMForConditionalGeneration.from_official(bad, llm_config=official_fixture["llm_config"])
     message = str(info.value)
     assert "projection.bias: file [7]" in message
     assert "language_model.model.norm.weight" in message and "missing" in message
@@ -101,7 +101,7 @@ def test_non_weights_pickle_is_refused(tmp_path, official_fixture):
     bad = tmp_path / "code.bin"
     torch.save({"weights": torch.zeros(1), "obj": argparse.Namespace(run="code")}, bad)
     with pytest.raises(CheckpointError, match="refused"):
-        RadFM.from_official(bad, llm_config=official_fixture["llm_config"])
+        RadFMForConditionalGeneration.from_official(bad, llm_config=official_fixture["llm_config"])
 
 
 def test_radfm_14b_on_meta_matches_published_key_list(data_files):
@@ -112,7 +112,7 @@ def test_radfm_14b_on_meta_matches_published_key_list(data_files):
     assert unknown == []
     assert any(k.endswith("rotary_emb.inv_freq") for k in dropped)
     assert "lang_model.model.embed_tokens.weight" in dropped  # shared, kept once
-    model = RadFM.empty(RadFMConfig.preset("radfm-14b"))
+    model = RadFMForConditionalGeneration.empty(RadFMConfig.preset("radfm-14b"))
     assert next(model.parameters()).device.type == "meta"
     ours = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     expected = {mapping[key]: published[key] for key in mapping}
@@ -124,5 +124,5 @@ def test_radfm_14b_on_meta_matches_published_key_list(data_files):
 def test_legacy_pickle_format_loads_without_mmap(official_tiny_dir, official_fixture, official_cases, tmp_path):
     legacy = tmp_path / "legacy.bin"
     torch.save(_official_state(official_tiny_dir), legacy, _use_new_zipfile_serialization=False)
-    model = RadFM.from_official(legacy, llm_config=official_fixture["llm_config"])
+    model = RadFMForConditionalGeneration.from_official(legacy, llm_config=official_fixture["llm_config"])
     _check_parity(model, official_cases["ct3d_two_scans"])

@@ -39,7 +39,7 @@ def _offload_half_map(num_layers: int) -> dict[str, str]:
 
 def test_disk_offload_of_half_the_layers_gives_identical_outputs(tiny_model_dir, tmp_path, plain, inputs, answers):
     model, tokenizer = plain
-    layers = model.config.llm["num_hidden_layers"]
+    layers = model.config.text_config.num_hidden_layers
     offloaded, _ = load(tiny_model_dir, device_map=_offload_half_map(layers), dtype="float32",
                            offload_folder=str(tmp_path / "offload"))
     on_meta = {n for n, p in offloaded.named_parameters() if p.device.type == "meta"}
@@ -67,7 +67,7 @@ def test_auto_device_map_with_memory_cap_spills_to_disk(tiny_model_dir, tmp_path
 
 
 def test_vision_side_must_share_the_embedding_device(tiny_model_dir, plain, tmp_path):
-    device_map = _offload_half_map(plain[0].config.llm["num_hidden_layers"])
+    device_map = _offload_half_map(plain[0].config.text_config.num_hidden_layers)
     device_map["perceiver"] = "disk"
     with pytest.raises(ValueError, match="perceiver.*disk.*embed_tokens.*cpu"):
         load(tiny_model_dir, device_map=device_map, offload_folder=str(tmp_path))

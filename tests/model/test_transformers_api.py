@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import threading
@@ -175,10 +176,13 @@ def test_old_format_folder_names_the_converter_and_converts(tmp_path):
         shutil.copy2(DEMO / name, old / name)
     grid = json.loads((DEMO / "processor_config.json").read_text())["image_processor"]
     (old / "preprocess.json").write_text(json.dumps({k: grid[k] for k in ("size_2d", "size_3d", "max_depth")}))
-    with pytest.raises(ValueError) as error:
-        load(old, device="cpu")
-    assert "old-format" in str(error.value) and "radfm convert" in str(error.value)
-    assert "\n" not in str(error.value)
+    for loader in (lambda: load(old, device="cpu"), lambda: RadFMForConditionalGeneration.from_pretrained(old)):
+        with pytest.raises(ValueError) as error:
+            loader()
+        assert "old-format" in str(error.value) and "radfm convert" in str(error.value)
+        assert "\n" not in str(error.value)
+    # the upgrade is the converter's alone: no loader-side module for old folders is left (issue 30)
+    assert importlib.util.find_spec("radfm.model.legacy") is None
     convert(str(old), output=str(tmp_path / "new"))
     converted = load(tmp_path / "new", device="cpu")
     assert converted.processor.image_processor.grid == {k: grid[k] for k in ("size_2d", "size_3d", "max_depth")}

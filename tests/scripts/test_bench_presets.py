@@ -23,7 +23,7 @@ def test_bench_script_builds_the_cpu_small_preset(monkeypatch, script):
     def capture(config):
         raise _Built(config)
 
-    monkeypatch.setattr(radfm.model.radfm, "RadFM", capture)
+    monkeypatch.setattr(radfm.model.radfm, "RadFMForConditionalGeneration", capture)
     monkeypatch.syspath_prepend(str(REPO / "scripts"))
     module = importlib.import_module(script)
     try:
