@@ -4,7 +4,7 @@
     .venv-deploy/bin/python -m radfm.hospital.deploy_app -i DICOM_DIR -o OUT [-m MODEL_DIR] [--rules RULES.json]
 
 The input folder is first checked with radfm's scan guards and staged (``deploy_rules.stage_input``):
-the SDK's loader reads only the files a rule may select.
+the SDK's loader reads only the series the rules (the node's, ``series_rules``) choose.
 
 ``compose()`` chains the SDK's own DICOM operators with two of ours::
 
@@ -139,7 +139,7 @@ class RadFMOperator(Operator):
                                 "series": str(selected.series.SeriesInstanceUID), "rule": selected.selection_name,
                                 "identity": path.answerer.identity})
         if not reports:  # the rules chose none of the staged series (e.g. all below min_instances)
-            logger.warning("no series matched the selection rules; nothing to answer")
+            logger.warning("no series matched the series rules; nothing to answer")
         op_output.emit(reports, "report")
 
 
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     are ours.
 
     The input folder is first checked with radfm's scan guards and staged (``deploy_rules.stage_input``):
-    the SDK's loader then reads only files a rule may select. No such file: one line, exit status 0.
+    the SDK's loader then reads only the series the rules choose. No such file: one line, exit status 0.
     """
     argv = list(sys.argv if argv is None else argv)
     rules_path, max_new_tokens = None, 128
