@@ -243,7 +243,10 @@ class ModelAnswerer:
         from radfm.model.processing import generation_token_ids
 
         tokenizer = self.processor.tokenizer
-        kwargs = {**generation_token_ids(tokenizer), **self.generate_kwargs, **options.hf_kwargs()}
+        # the options become the one GenerationConfig of this call (on top of the folder's own)
+        config = options.generation_config(getattr(self.model, "generation_config", None),
+                                           **generation_token_ids(tokenizer))
+        kwargs = {**self.generate_kwargs, "generation_config": config}
         stopping = list(_deadline_stopping_criteria() or [])
         # the prepared scans are at the processor's grid and pass through unchanged; the prompts get
         # their <image> blocks and are tokenised here, once, in one tokenizer call

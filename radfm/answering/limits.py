@@ -1,95 +1,119 @@
-"""The limits every request meets, whatever door it came through (one object, applied in one place)."""
+"""The limits every request meets, whatever door it came through (one object, applied in one place).
+
+Sizes are bytes here; the CLI's and the node config's flags are MiB, converted by :func:`mib_to_bytes`
+(the one place that knows the unit) in :meth:`Limits.from_flags`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from typing import Annotated, Any
 
-from radfm.answering.options import GenerationOptions
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+
+from radfm.answering.options import GenerationOptions, field_path
 
 MiB = 1024 * 1024
+DEFAULT_MAX_SCAN_MB = 2048  # decoded bytes of one scan, checked from its header (every door's default)
 
 
-@dataclass
-class Limits:
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # True is an int to Python, never a size
+        raise ValueError("expected a whole number, not true/false")
+    return value
+
+
+Whole = Annotated[int, BeforeValidator(_no_bool), Field(ge=1)]
+_MIB = TypeAdapter(Whole)  # a flag in MiB, before it becomes bytes
+
+
+def mib_to_bytes(mib: int) -> int:
+    """A flag's MiB as bytes (the one conversion of the unit).
+
+    Args:
+        mib: a whole number of MiB (already checked >= 1).
+
+    Returns:
+        ``mib * 1024 * 1024``.
+    """
+    return mib * MiB
+
+
+class Limits(BaseModel):
     """Request limits; ``max_images`` defaults to what the model takes per prompt.
 
-    Byte sizes are bytes; :meth:`from_flags` takes the CLI's MiB flags. :meth:`check` refuses
-    values that make no sense (a zero body limit, a negative queue) before any work is done.
+    Validated on construction and assignment (a zero body limit or a negative queue is refused
+    before any work is done); byte sizes are bytes, :meth:`from_flags` takes the CLI's MiB flags.
     """
 
-    max_request_bytes: int = 512 * MiB  # request body (HTTP doors)
-    max_files: int = 2000  # uploaded files (a DICOM series is one file per slice)
-    max_images: int | None = None  # scans per prompt
-    max_queue: int = 32  # requests waiting for the model before 503 (a request counts until it runs)
-    max_new_tokens: int = 1024
-    max_num_beams: int = GenerationOptions.MAX_NUM_BEAMS
-    max_beam_tokens: int = GenerationOptions.MAX_BEAM_TOKENS  # max_new_tokens x num_beams
-    generation_timeout_s: float | None = 300.0  # per request, from the start of its generation
-    max_prompt_chars: int = 8000
-    parallel_preprocess: int = 2  # uploads read and preprocessed at once (threads of the pool)
-    # decoded bytes of one scan, checked from its header before decompressing (radfm.transforms.guards)
-    max_scan_bytes: int = 2 * 1024**3
-    # bytes the scans' headers claim, summed over every request reading at once (admission to the pool)
-    prepare_budget_bytes: int = 2 * 1024**3
-    # the chat page's kept scans (all clients together): model inputs, display volumes and files; oldest evicted
-    max_kept_scan_bytes: int = 1024 * MiB
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    max_request_bytes: Whole = Field(512 * MiB, description="request body (HTTP doors)")
+    max_files: Whole = Field(2000, description="uploaded files (a DICOM series is one file per slice)")
+    max_images: Whole | None = Field(None, description="scans per prompt (None: what the model takes)")
+    max_queue: Whole = Field(32, description="requests waiting for the model before 503 (counted until it runs)")
+    max_new_tokens: Whole = 1024
+    max_num_beams: Whole = GenerationOptions.MAX_NUM_BEAMS
+    max_beam_tokens: Whole = Field(GenerationOptions.MAX_BEAM_TOKENS, description="max_new_tokens x num_beams")
+    generation_timeout_s: float | None = Field(300.0, gt=0, allow_inf_nan=False,
+                                               description="per request, from the start of its generation")
+    max_prompt_chars: Whole = 8000
+    parallel_preprocess: Whole = Field(2, description="uploads read and preprocessed at once (pool threads)")
+    max_scan_bytes: Whole = Field(mib_to_bytes(DEFAULT_MAX_SCAN_MB),
+                                  description="decoded bytes of one scan, checked from its header before decompressing")
+    prepare_budget_bytes: Whole = Field(2 * 1024**3, description="bytes the scans' headers claim, summed over every "
+                                        "request reading at once (admission to the pool)")
+    max_kept_scan_bytes: Whole = Field(1024 * MiB, description="the chat page's kept scans (all clients together); "
+                                       "oldest evicted")
 
     def check(self) -> Limits:
-        """Raise ``ValueError`` naming the first limit out of range; returns ``self``."""
-        positive = ("max_request_bytes", "max_files", "max_queue", "max_new_tokens", "max_num_beams", "max_beam_tokens",
-                    "max_prompt_chars", "parallel_preprocess", "max_scan_bytes", "prepare_budget_bytes",
-                    "max_kept_scan_bytes")
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r}: expected a whole number >= 1")
-        if self.max_images is not None and (not isinstance(self.max_images, int) or self.max_images < 1):
-            raise ValueError(f"max_images={self.max_images!r}: expected a whole number >= 1")
-        timeout = self.generation_timeout_s
-        if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout < float("inf")):
-            raise ValueError(f"generation_timeout_s={timeout!r}: expected a number of seconds > 0")
+        """Validate again (after assignments that skipped validation); returns ``self``.
+
+        Raises:
+            ValueError: (pydantic's ``ValidationError``) naming the first limit out of range.
+        """
+        type(self).model_validate(self.model_dump())
         return self
 
     @classmethod
-    def from_flags(cls, **flags) -> Limits:
+    def from_flags(cls, **flags: Any) -> Limits:
         """Limits from CLI flags: ``*_mb`` flags in MiB (``max_request_mb``, ``max_scan_mb``, ...).
 
-        A flag's error names the flag as the user typed it (``--max_scan_mb``).
+        Args:
+            **flags: flag name -> value as typed (``None``: the default); ``max_new_tokens_limit`` is
+                ``max_new_tokens``.
+
+        Returns:
+            The checked limits.
+
+        Raises:
+            ValueError: naming the flag as the user typed it (``--max_scan_mb=-5: ...``), from pydantic's
+                error location.
         """
         values, flag_of = {}, {}
-        names = {f.name for f in fields(cls)}
         for flag, value in flags.items():
             if value is None:
                 continue
             name = flag[: -len("_mb")] + "_bytes" if flag.endswith("_mb") else flag
             name = {"max_new_tokens_limit": "max_new_tokens"}.get(name, name)
-            if name not in names:
+            if name not in cls.model_fields:
                 raise ValueError(f"--{flag}: not a limit")
             flag_of[name] = flag
-            number = _number(flag, value, float if name == "generation_timeout_s" else int)
             if flag.endswith("_mb"):
-                if number < 1:
-                    raise ValueError(f"--{flag}={value!r}: expected a whole number of MiB >= 1")
-                number *= MiB
-            values[name] = number
+                try:
+                    value = mib_to_bytes(_MIB.validate_python(value))
+                except ValidationError:
+                    raise ValueError(f"--{flag}={value!r}: expected a whole number of MiB >= 1") from None
+            values[name] = value
         try:
-            return cls(**values).check()
-        except ValueError as error:
-            name = str(error).split("=", 1)[0]
+            return cls.model_validate(values)
+        except ValidationError as error:
+            detail = error.errors(include_url=False)[0]
+            name = field_path(detail["loc"][:1])
             flag = flag_of.get(name, name)
-            raise ValueError(f"--{flag}={flags.get(flag)!r}: {str(error).split(': ', 1)[-1]}") from None
+            raise ValueError(f"--{flag}={flags.get(flag)!r}: {detail['msg']}") from None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        """The limits as plain values (``/health``)."""
+        return self.model_dump()
 
 
-def _number(flag: str, value, kind: type):
-    if isinstance(value, bool):
-        raise ValueError(f"--{flag}={value!r}: expected a number")
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"--{flag}={value!r}: expected {'a whole number' if kind is int else 'a number'}") from None
-    if kind is int and float(value) != number:
-        raise ValueError(f"--{flag}={value!r}: expected a whole number")
-    return number

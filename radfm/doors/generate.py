@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from radfm.answering.refusal import RequestError
-from radfm.answering.limits import Limits
+from radfm.answering.limits import DEFAULT_MAX_SCAN_MB, Limits
 from radfm.answering.options import GenerationOptions, parse_options
 from radfm.utils.cli import UsageError
 from radfm.utils.io import atomic_write_text
@@ -63,6 +63,8 @@ def generate(
     json: bool = False,
     output: str | None = None,
     max_new_tokens: int = 256,
+    min_new_tokens: int = 0,
+    ignore_eos: bool = False,
     do_sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,
@@ -79,7 +81,7 @@ def generate(
     max_memory: str | None = None,
     offload_folder: str | None = None,
     quantize: str | None = None,
-    max_scan_mb: int = 2048,
+    max_scan_mb: int = DEFAULT_MAX_SCAN_MB,
 ) -> None:
     """Answer a prompt about one or more scans; prints the answer (or a JSON record with --json).
 
@@ -95,6 +97,8 @@ def generate(
         json: print a JSON record (answer, prompt, scans, model name/version/weights hash, options).
         output: also write the JSON record to this file (atomically); feed it to `radfm export-sr --from_json`.
         max_new_tokens: longest answer in tokens.
+        min_new_tokens: the answer may not end (EOS) before this many tokens.
+        ignore_eos: never stop at EOS: the answer is max_new_tokens tokens long (benchmarks).
         do_sample / temperature / top_p / top_k: sampling (greedy by default, reproducible).
         num_beams: beam search width.
         repetition_penalty: >1 discourages repeats.
@@ -123,8 +127,9 @@ def generate(
     # fire turns numeric-looking values into numbers
     scan_paths = [with_volume(str(scan), volume) for scan in scans]
     prompt = str(prompt)
-    raw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k,
-               num_beams=num_beams, repetition_penalty=repetition_penalty, seed=seed)
+    raw = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, ignore_eos=ignore_eos, do_sample=do_sample,
+               temperature=temperature, top_p=top_p, top_k=top_k, num_beams=num_beams,
+               repetition_penalty=repetition_penalty, seed=seed)
     if not scan_paths:
         raise UsageError("no scans given: pass one or more scan files or DICOM folders")
     try:

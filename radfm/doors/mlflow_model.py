@@ -101,7 +101,7 @@ def _paths(images: Any) -> list[Path]:
 
 
 def _options(params: dict[str, Any] | None) -> dict[str, Any]:
-    """The pyfunc params as raw generation options (``seed`` -1: none); the request path checks them."""
+    """The pyfunc params as raw generation options (``seed`` -1: none); ``parse_options`` checks them, once."""
     values = {**PARAM_DEFAULTS, **(params or {})}
     unknown = set(values) - set(PARAM_DEFAULTS)
     if unknown:
@@ -128,6 +128,15 @@ def pinned_requirements() -> list[str]:
     return sorted(set(pins), key=str.lower)
 
 
+def _mlflow_type(name: str) -> str:
+    """MLflow's type of a param, from the generation option's own type (the one definition of the field)."""
+    from radfm.answering.options import GenerationOptions
+
+    annotation = GenerationOptions.model_fields[name].annotation
+    kinds = {bool: "boolean", int: "long", float: "double"}
+    return next(kinds[kind] for kind in (bool, int, float) if kind is annotation or kind in getattr(annotation, "__args__", ()))
+
+
 def signature():
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
@@ -136,12 +145,7 @@ def signature():
         inputs=Schema([ColSpec("string", "prompt"), ColSpec(Array("string"), "images")]),
         outputs=Schema([ColSpec("string", "answer", required=False), ColSpec("string", "error", required=False)]),
         params=ParamSchema([
-            ParamSpec("max_new_tokens", "long", PARAM_DEFAULTS["max_new_tokens"]),
-            ParamSpec("do_sample", "boolean", PARAM_DEFAULTS["do_sample"]),
-            ParamSpec("temperature", "double", PARAM_DEFAULTS["temperature"]),
-            ParamSpec("top_p", "double", PARAM_DEFAULTS["top_p"]),
-            ParamSpec("seed", "long", PARAM_DEFAULTS["seed"]),
-        ]),
+            ParamSpec(name, _mlflow_type(name), default) for name, default in PARAM_DEFAULTS.items()]),
     )
 
 

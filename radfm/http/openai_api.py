@@ -12,7 +12,10 @@ Clients written for OpenAI's Chat Completions API (the official ``openai`` packa
   has placeholders, they must match the message's scans one to one;
 * ``max_tokens`` (or ``max_completion_tokens``), ``temperature``, ``top_p``, ``seed``, ``stop``
   and ``n=1``; no ``temperature``/``top_p`` means greedy decoding (reproducible);
-  ``temperature: 0`` is greedy too;
+  ``temperature: 0`` is greedy too; vLLM's sampling extras ``min_tokens`` and ``ignore_eos``
+  fix an answer's length (benchmarks);
+* the body is validated by :class:`~radfm.http.api_schema.ChatCompletionRequest` (the
+  error's ``param`` is pydantic's error location) and its options parsed once;
 * ``stream: true`` answers with server-sent events in OpenAI's ``chat.completion.chunk``
   format ending with ``data: [DONE]`` (``stream_options.include_usage`` adds a usage chunk);
 * errors are ``{"error": {"message", "type", "param", "code"}}``.
@@ -32,32 +35,33 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 
-from radfm.http.api_schema import CHAT_COMPLETIONS_JSON
+from radfm.http.api_schema import (CHAT_COMPLETIONS_JSON, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
+                                      ChatMessage, OpenAIError)
 from radfm.answering.conversation import PLACEHOLDER, Turn, conversation_prompt
-from radfm.answering.options import check_number, parse_options, shown
+from radfm.answering.options import GenerationOptions, field_path, parse_options
 from radfm.answering.refusal import RequestError
 from radfm.answering.request import AnswerRequest, ScanInput
 from radfm.http.http_guard import decode_json
 
-# accepted and ignored (they do not change the answer); anything not listed is refused
-_IGNORED = {"user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls", "model"}
-_HANDLED = {"messages", "stream", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop", "seed"}
-# accepted only at their no-op value
-_NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "logprobs": False, "logit_bias": {}, "tools": [],
-            "response_format": {"type": "text"}}
 _IMAGE_MIME = {"image/png": ("png", ".png"), "image/jpeg": ("jpeg", ".jpg"), "image/jpg": ("jpeg", ".jpg")}
-MAX_STOP_STRINGS = 4
 
 
 def _error_type(status: int) -> str:
     return "invalid_request_error" if status < 500 else ("server_error" if status != 503 else "rate_limit_error")
 
 
+# the request path's option names that this door spells OpenAI's (or vLLM's) way
+_PARAM_OF = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"}
+
+
 def openai_body(error: RequestError) -> dict[str, Any]:
     """OpenAI's error shape; the request path's ``max_new_tokens`` is this door's ``max_tokens``."""
-    param = "max_tokens" if error.field == "max_new_tokens" else error.field
-    message = str(error).replace("max_new_tokens", "max_tokens")
+    param = _PARAM_OF.get(error.field, error.field)
+    message = str(error)
+    for ours, theirs in _PARAM_OF.items():
+        message = message.replace(ours, theirs)
     return {"error": {"message": message, "type": _error_type(error.status_code), "param": param, "code": error.code}}
 
 
@@ -102,61 +106,50 @@ def _decode_base64(value: Any, param: str, expect_mime: bool) -> tuple[str | Non
 
 
 class _ParsedRequest:
-    def __init__(self) -> None:
+    def __init__(self, body: ChatCompletionRequest, options: GenerationOptions) -> None:
         self.turns: list[Turn] = []
         self.files: list[tuple[str, bytes, str]] = []  # (name, bytes, param) in order
-        self.options: dict[str, Any] = {}  # raw values; the request path validates them
-        self.stop: list[str] = []
-        self.stream = False
-        self.include_usage = False
+        self.options = options  # parsed once, against the service's limits; the request path reuses them
+        self.stop: list[str] = [s for s in (body.stop or []) if s]
+        self.stream = body.stream is True
+        self.include_usage = self.stream and body.stream_options is not None and body.stream_options.include_usage is True
 
 
-def _parse_content(content: Any, param: str, role: str, parsed: _ParsedRequest) -> Turn:
+def _parse_content(message: ChatMessage, param: str, role: str, parsed: _ParsedRequest) -> Turn:
+    """One validated message as a turn: its text, and its scans (decoded) as ``<image>`` positions."""
+    content = message.content
     if isinstance(content, str):
         return Turn(role, content)
-    if content is None and role == "assistant":
-        return Turn(role, "")
-    if not isinstance(content, list):
+    if content is None:
+        if role == "assistant":
+            return Turn(role, "")
         raise APIError(400, f"{param}: expected a string or a list of content parts", param, "invalid_type")
     pieces: list[str] = []
     scans: list[int] = []
-    text_has_placeholders = any(isinstance(p, dict) and p.get("type") == "text" and PLACEHOLDER in str(p.get("text", ""))
-                                for p in content)
+    text_has_placeholders = any(part.type == "text" and PLACEHOLDER in part.text for part in content)
     for j, part in enumerate(content):
         where = f"{param}[{j}]"
-        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise APIError(400, f"{where}: expected an object with a 'type'", where, "invalid_type")
-        kind = part["type"]
-        if kind == "text":
-            if not isinstance(part.get("text"), str):
-                raise APIError(400, f"{where}.text: expected a string", f"{where}.text", "invalid_type")
-            pieces.append(part["text"])
+        if part.type == "text":
+            pieces.append(part.text)
             continue
         if role != "user":
-            raise APIError(400, f"{where}: {role} messages may hold text only, not {kind!r}", where, "invalid_value")
-        if kind == "image_url":
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            mime, data = _decode_base64(url, f"{where}.image_url.url", expect_mime=True)
+            raise APIError(400, f"{where}: {role} messages may hold text only, not {part.type!r}", where, "invalid_value")
+        if part.type == "image_url":
+            mime, data = _decode_base64(part.image_url.url, f"{where}.image_url.url", expect_mime=True)
             if mime not in _IMAGE_MIME:
                 raise APIError(400, f"{where}.image_url.url: data URL of type {mime!r}; expected image/png or image/jpeg "
                                     "(send 3D scans and DICOM as 'file' parts)", f"{where}.image_url.url", "invalid_image_url")
             name = f"image{len(parsed.files)}{_IMAGE_MIME[mime][1]}"
-        elif kind == "file":
-            spec = part.get("file")
-            if not isinstance(spec, dict):
-                raise APIError(400, f"{where}.file: expected an object with 'filename' and 'file_data'", f"{where}.file", "invalid_type")
-            if "file_id" in spec and "file_data" not in spec:
+        else:  # file
+            spec = part.file
+            if spec.file_id is not None and spec.file_data is None:
                 raise APIError(400, f"{where}.file.file_id: uploaded-file ids are not supported; send the bytes as "
                                     "base64 in 'file_data'", f"{where}.file.file_id", "unsupported_value")
-            name = spec.get("filename")
-            if not isinstance(name, str) or not name.strip():
+            name = spec.filename
+            if not name or not name.strip():
                 raise APIError(400, f"{where}.file.filename: a file name is required (its suffix tells NIfTI, NRRD, "
                                     "DICOM or zip apart)", f"{where}.file.filename", "missing_value")
-            _, data = _decode_base64(spec.get("file_data"), f"{where}.file.file_data", expect_mime=False)
-        else:
-            raise APIError(400, f"{where}: content part type {kind!r} is not supported; use text, image_url or file",
-                           f"{where}.type", "unsupported_value")
+            _, data = _decode_base64(spec.file_data, f"{where}.file.file_data", expect_mime=False)
         if not data:
             raise APIError(400, f"{where}: the scan is empty", where, "invalid_value")
         scans.append(len(parsed.files))
@@ -166,83 +159,55 @@ def _parse_content(content: Any, param: str, role: str, parsed: _ParsedRequest) 
     return Turn(role, " ".join(p.strip() for p in pieces if p.strip()), scans)
 
 
-def _number(body: dict, key: str, kind: type, low: float | None = None) -> Any:
-    value = body.get(key)
-    if value is None:
-        return None
-    try:
-        check_number(key, value, integer=kind is int)
-    except ValueError as error:
-        raise APIError(400, str(error), key, "invalid_type") from None
-    if low is not None and value < low:
-        raise APIError(400, f"{key}: expected >= {low}, got {value!r}", key, "invalid_value")
-    return kind(value)
+def _body_error(error: ValidationError) -> RequestError:
+    """The first problem pydantic found, in OpenAI's terms: ``param`` is its location (union tags dropped)."""
+    details = error.errors(include_url=False)
+    unknown = sorted(str(d["loc"][0]) for d in details if d["type"] == "extra_forbidden" and len(d["loc"]) == 1)
+    if unknown:
+        return APIError(400, f"unrecognized request argument(s): {', '.join(unknown)}", unknown[0], "unsupported_parameter")
+    detail = details[0]
+    param = field_path(part for part in detail["loc"] if not (isinstance(part, str) and part.startswith("#")))
+    kind = detail["type"]
+    if kind == "unsupported_part":
+        kind = detail["input"].get("type") if isinstance(detail["input"], dict) else None
+        if not isinstance(kind, str):
+            return APIError(400, f"{param}: expected an object with a 'type'", param, "invalid_type")
+        return APIError(400, f"{param}: content part type {kind!r} is not supported; use text, image_url or file",
+                        f"{param}.type", "unsupported_value")
+    if kind in ("invalid_type", "invalid_value", "unsupported_value"):
+        message = detail["msg"] if detail["msg"].startswith(param) else f"{param}: {detail['msg']}"
+        return APIError(400, message, param, kind)
+    code = "missing_value" if kind == "missing" else "invalid_value" if "literal" in kind or "too_" in kind \
+        or kind.endswith(("_than", "_equal")) else "invalid_type"
+    return APIError(400, f"{param}: {detail['msg']}", param, code)
 
 
 def parse_request(body: Any, service) -> _ParsedRequest:
-    """Validate a chat-completions body; raises :class:`APIError` naming the parameter."""
+    """Validate a chat-completions body (:class:`ChatCompletionRequest`) and parse its options once.
+
+    Args:
+        body: the decoded JSON body.
+        service: the :class:`~radfm.http.service.InferenceService` (its model id and limits).
+
+    Returns:
+        The turns, the decoded scans, the checked options, stop strings and streaming flags.
+
+    Raises:
+        RequestError: an :func:`APIError` naming the parameter (from pydantic's error location).
+    """
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object", None, "invalid_json")
-    unknown = sorted(set(body) - _IGNORED - _HANDLED - set(_NEUTRAL))
-    if unknown:
-        raise APIError(400, f"unrecognized request argument(s): {', '.join(unknown)}", unknown[0], "unsupported_parameter")
-    for key, neutral in _NEUTRAL.items():
-        if key in body and body[key] not in (neutral, None):
-            raise APIError(400, f"{key}={shown(body[key])} is not supported by this server", key, "unsupported_value")
-    requested = body.get("model")
-    if requested is not None and requested != model_id(service):
-        raise APIError(404, f"the model {requested!r} does not exist; this server serves {model_id(service)!r}",
+    try:
+        request = ChatCompletionRequest.model_validate(body)
+    except ValidationError as error:
+        raise _body_error(error) from None
+    if request.model is not None and request.model != model_id(service):
+        raise APIError(404, f"the model {request.model!r} does not exist; this server serves {model_id(service)!r}",
                        "model", "model_not_found")
-    parsed = _ParsedRequest()
-    parsed.stream = body.get("stream") in (True,)
-    if body.get("stream") not in (None, True, False):
-        raise APIError(400, "stream: expected true or false", "stream", "invalid_type")
-    options = body.get("stream_options")
-    parsed.include_usage = parsed.stream and isinstance(options, dict) and options.get("include_usage") is True
-    n = _number(body, "n", int)
-    if n not in (None, 1):
-        raise APIError(400, f"n={n}: this server returns one choice (n=1)", "n", "unsupported_value")
-    stop = body.get("stop")
-    stop = [stop] if isinstance(stop, str) else stop
-    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)
-                             or len(stop) > MAX_STOP_STRINGS):
-        raise APIError(400, f"stop: expected a string or a list of up to {MAX_STOP_STRINGS} strings", "stop", "invalid_type")
-    parsed.stop = [s for s in (stop or []) if s]
-
-    values: dict[str, Any] = {}
-    max_tokens = _number(body, "max_completion_tokens", int)
-    max_tokens = _number(body, "max_tokens", int) if max_tokens is None else max_tokens
-    if max_tokens is not None:
-        values["max_new_tokens"] = max_tokens
-    temperature, top_p = _number(body, "temperature", float), _number(body, "top_p", float)
-    if temperature is not None and temperature < 0:
-        raise APIError(400, f"temperature: expected >= 0, got {temperature}", "temperature", "invalid_value")
-    if (temperature not in (None, 0.0)) or (top_p is not None and top_p < 1.0):
-        values["do_sample"] = True
-        if temperature not in (None, 0.0):
-            values["temperature"] = temperature
-        if top_p is not None:
-            values["top_p"] = top_p
-        values["top_k"] = 0  # OpenAI has no top-k: sample from the whole (nucleus-cut) vocabulary
-    seed = _number(body, "seed", int)
-    if seed is not None:
-        values["seed"] = seed
-    parse_options(values, service.limits)  # refused before the messages are looked at (run() checks again)
-    parsed.options = values
-
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise APIError(400, "messages: expected a non-empty list of messages", "messages", "invalid_type")
-    for i, message in enumerate(messages):
-        param = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise APIError(400, f"{param}: expected an object with 'role' and 'content'", param, "invalid_type")
-        role = message.get("role")
-        role = "system" if role == "developer" else role
-        if role not in ("system", "user", "assistant"):
-            raise APIError(400, f"{param}.role: {message.get('role')!r} is not supported; expected system, user or "
-                                "assistant", f"{param}.role", "unsupported_value")
-        parsed.turns.append(_parse_content(message.get("content"), f"{param}.content", role, parsed))
+    parsed = _ParsedRequest(request, parse_options(request.option_values(), service.limits))
+    for i, message in enumerate(request.messages):
+        role = "system" if message.role == "developer" else message.role
+        parsed.turns.append(_parse_content(message, f"messages[{i}].content", role, parsed))
     if parsed.turns[-1].role != "user":
         raise APIError(400, "messages: the last message must come from the user", "messages", "invalid_value")
     return parsed
@@ -263,7 +228,11 @@ def add_openai_routes(app: FastAPI, service) -> None:
             "radfm": {**identity.to_dict(), "max_images": service.limits.max_images, "verification": "UNVERIFIED"},
         }]}
 
-    @app.post("/v1/chat/completions", openapi_extra=CHAT_COMPLETIONS_JSON)
+    @app.post("/v1/chat/completions", openapi_extra=CHAT_COMPLETIONS_JSON, responses={
+        200: {"model": ChatCompletion, "description": "the answer; with stream: true, server-sent "
+              "chat.completion.chunk events ending with data: [DONE]",
+              "content": {"text/event-stream": {"schema": ChatCompletionChunk.model_json_schema()}}},
+        **{status: {"model": OpenAIError} for status in (400, 404, 413, 503, 504)}})
     async def chat_completions(request: Request):
         try:
             try:
@@ -288,14 +257,12 @@ def add_openai_routes(app: FastAPI, service) -> None:
                     result = value
         except RequestError as error:
             return openai_error(error)
-        return JSONResponse({
-            "id": completion_id, "object": "chat.completion", "created": created, "model": model_id(service),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text, "refusal": None},
-                         "logprobs": None, "finish_reason": result.finish_reason}],
-            "usage": _usage(result),
-            "system_fingerprint": service.answerer.identity.weights_sha256[:16],
-            "radfm": {"prompt": result.prompt, "verification": "UNVERIFIED", "generation": result.options.to_dict()},
-        })
+        return JSONResponse(ChatCompletion(
+            id=completion_id, created=created, model=model_id(service),
+            choices=[{"message": {"content": result.text}, "finish_reason": result.finish_reason}],
+            usage=_usage(result), system_fingerprint=service.answerer.identity.weights_sha256[:16],
+            radfm={"prompt": result.prompt, "verification": "UNVERIFIED", "generation": result.options.to_dict()},
+        ).model_dump())
 
 
 def _answer_request(parsed: _ParsedRequest) -> AnswerRequest:
@@ -317,9 +284,9 @@ async def _stream(service, parsed: _ParsedRequest, events, completion_id: str, c
     model = model_id(service)
 
     def chunk(delta: dict, finish: str | None = None) -> bytes:
-        return _sse({"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                     "system_fingerprint": service.answerer.identity.weights_sha256[:16],
-                     "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+        return _sse(ChatCompletionChunk(
+            id=completion_id, created=created, model=model, system_fingerprint=service.answerer.identity.weights_sha256[:16],
+            choices=[{"delta": delta, "finish_reason": finish}]).model_dump(exclude={"usage"}))
 
     yield chunk({"role": "assistant", "content": ""})
     try:
@@ -329,8 +296,8 @@ async def _stream(service, parsed: _ParsedRequest, events, completion_id: str, c
             elif event == "done":
                 yield chunk({}, value.finish_reason)
                 if parsed.include_usage:
-                    yield _sse({"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                                "model": model, "choices": [], "usage": _usage(value)})
+                    yield _sse(ChatCompletionChunk(id=completion_id, created=created, model=model, choices=[],
+                                                   usage=_usage(value)).model_dump(exclude={"system_fingerprint"}))
     except RequestError as error:
         yield _sse(openai_body(error))
     finally:

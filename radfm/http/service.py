@@ -31,10 +31,12 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
-from radfm.http.api_schema import ANSWER_FORM
+from pydantic import ValidationError
+
+from radfm.http.api_schema import ANSWER_FORM, AnswerForm
 from radfm.answering.refusal import BodyTooLarge, RequestError
-from radfm.answering.limits import Limits
-from radfm.answering.options import OPTION_NAMES, GenerationOptions, parse_bool, refuse_unknown
+from radfm.answering.limits import DEFAULT_MAX_SCAN_MB, Limits
+from radfm.answering.options import GenerationOptions, request_error
 from radfm.answering.request import AnswerRequest, AnswerResult, RequestPath, ScanInput
 from radfm.answering.scans import Scan
 from radfm.http.http_guard import GuardLimits, bind_socket, guarded_server
@@ -42,12 +44,41 @@ from radfm.http.http_guard import GuardLimits, bind_socket, guarded_server
 log = logging.getLogger("radfm.service")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 FILE_FIELDS = ("files", "file")  # the multipart fields that carry scans
-ANSWER_FIELDS = ("prompt", "sr", *FILE_FIELDS, *OPTION_NAMES)
+ANSWER_FIELDS = (*AnswerForm.model_fields, *FILE_FIELDS)
 
 
 def error_response(error: RequestError) -> JSONResponse:
     """A refusal on the plain routes: ``{"error": message}`` with the error's status."""
     return JSONResponse({"error": str(error)}, status_code=error.status_code)
+
+
+def parse_answer_form(form: Any, limits: Limits) -> AnswerForm:
+    """The non-file fields of ``POST /v1/answer`` as an :class:`AnswerForm`, options checked against ``limits``.
+
+    Args:
+        form: the parsed multipart form (Starlette's ``FormData``); file fields are the caller's.
+        limits: the service's limits (the options' caps).
+
+    Returns:
+        The validated form; ``.options()`` are the request's generation options (parsed once, here).
+
+    Raises:
+        RequestError: 400 for a missing prompt, 422 naming the field (pydantic's error location) otherwise.
+    """
+    values = {key: form.get(key) for key in dict.fromkeys(form.keys()) if key not in FILE_FIELDS}
+    values = {key: value for key, value in values.items() if value != "" or key == "prompt"}
+    values.setdefault("prompt", None)  # its validator names what is missing
+    values.setdefault("max_new_tokens", min(GenerationOptions.model_fields["max_new_tokens"].default,
+                                            limits.max_new_tokens))
+    try:
+        checked = AnswerForm.model_validate(values, context={"limits": limits})
+    except ValidationError as error:
+        refusal = request_error(error, "form field", ANSWER_FIELDS)
+        if refusal.field == "prompt":
+            refusal.status_code = 400
+        raise refusal from None
+    checked._limits = limits
+    return checked
 
 
 class _BodyLimit:
@@ -148,15 +179,10 @@ class InferenceService:
                 raise RequestError(f"file(s) sent in field(s) {stray}; send scans in the field 'files'", 400)
             if not uploads:
                 raise RequestError("no scans uploaded: send one or more files in the multipart field 'files'", 400)
-            refuse_unknown(list(dict.fromkeys(form.keys())), ANSWER_FIELDS, "form field")
-            prompt = form.get("prompt")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise RequestError("missing form field 'prompt' (the question, optionally with <image> placeholders)", 400)
-            want_sr = parse_bool("sr", form.get("sr") or "false")
-            options = {name: form.get(name) for name in OPTION_NAMES if name in form}
+            fields = parse_answer_form(form, self.limits)
             scans = [ScanInput(upload.filename or f"file{i}", data=upload.file) for i, (_, upload) in enumerate(uploads)]
-            result = await self.path.run(AnswerRequest(prompt, scans, options, one_scan_per_input=False,
-                                                       after=self._sr_for if want_sr else None))
+            result = await self.path.run(AnswerRequest(fields.prompt, scans, fields.options(), one_scan_per_input=False,
+                                                       after=self._sr_for if fields.sr else None))
         finally:
             await form.close()
         body = result.record(self.answerer.identity)
@@ -249,7 +275,7 @@ def serve(
     generation_timeout_s: float = 300.0,
     header_timeout_s: float = 10.0,
     body_timeout_s: float = 600.0,
-    max_scan_mb: int = 2048,
+    max_scan_mb: int = DEFAULT_MAX_SCAN_MB,
     prepare_budget_mb: int = 2048,
     max_kept_scan_mb: int = 1024,
 ) -> None:

@@ -12,6 +12,8 @@ with ``.logits [B, L, V]``; ``model.generate(input_ids, images=..., attention_ma
 
 from __future__ import annotations
 
+import copy
+
 import logging
 import os
 from collections import defaultdict
@@ -344,18 +346,25 @@ class RadFMForConditionalGeneration(RadFMPreTrainedModel, GenerationMixin):
         input_ids: torch.Tensor | None = None,
         images=None,
         attention_mask: torch.Tensor | None = None,
-        max_new_tokens: int = 64,
+        max_new_tokens: int | None = None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """``[B, new]`` new token ids: transformers' ``generate`` on the spliced prompt embeddings.
 
         Prompts must be left padded (``attention_mask`` 0 on the left). Greedy by default; pass
         ``num_beams``, ``do_sample``/``top_p``/``temperature``, ``streamer``, ``stopping_criteria``
-        etc. as in transformers. ``max_new_tokens`` is cut to fit the LM's context (logged).
+        etc. as in transformers, or one ``generation_config``. ``max_new_tokens`` (default: the
+        ``generation_config``'s, else 64) is cut to fit the LM's context (logged).
         """
+        config = generate_kwargs.pop("generation_config", None)
+        if max_new_tokens is None:
+            max_new_tokens = getattr(config, "max_new_tokens", None) or 64
+        if config is not None:  # the length travels inside the config (transformers: not both)
+            config = copy.deepcopy(config)
+            generate_kwargs["generation_config"] = config
         if input_ids is None or "inputs_embeds" in generate_kwargs:
             return super().generate(input_ids=input_ids, attention_mask=attention_mask,
-                                    max_new_tokens=max_new_tokens, **generate_kwargs)
+                                    **_length(config, max_new_tokens), **generate_kwargs)
         self._check_context(input_ids.shape[1])
         inputs_embeds = self.embed(input_ids, images)
         if attention_mask is None:
@@ -373,10 +382,20 @@ class RadFMForConditionalGeneration(RadFMPreTrainedModel, GenerationMixin):
                 )
             logger.warning("max_new_tokens %d cut to %d to fit the %d-token context", max_new_tokens, allowed, context)
             max_new_tokens = allowed
-        if "do_sample" not in generate_kwargs and not any(k in generate_kwargs for k in ("temperature", "top_p")):
+        if not {"do_sample", "temperature", "top_p", "generation_config"} & set(generate_kwargs):
             generate_kwargs["do_sample"] = False  # greedy (or beam) unless sampling is asked for
         return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                max_new_tokens=max_new_tokens, **generate_kwargs)
+                                **_length(config, max_new_tokens), **generate_kwargs)
+
+
+def _length(config: Any, max_new_tokens: int) -> dict[str, int]:
+    """``max_new_tokens`` set on ``config`` when there is one (and ``min_new_tokens`` kept within it), else a kwarg."""
+    if config is None:
+        return {"max_new_tokens": max_new_tokens}
+    config.max_new_tokens = max_new_tokens
+    if config.min_new_tokens is not None and config.min_new_tokens > max_new_tokens:
+        config.min_new_tokens = max_new_tokens  # cut to the context, as max_new_tokens was
+    return {}
 
 
 RadFM = RadFMForConditionalGeneration

@@ -1,4 +1,4 @@
-"""The DICOM node's configuration: one JSON file, every field checked before the node starts.
+"""The DICOM node's configuration: one JSON file, every field checked (pydantic) before the node starts.
 
 Example (``docs/hospital.md`` explains each field)::
 
@@ -10,168 +10,278 @@ Example (``docs/hospital.md`` explains each field)::
       "model": null, "rules": [...],
       "destinations": [{"name": "pacs", "kind": "dimse", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242}]
     }
+
+Every object refuses unknown fields (``extra="forbid"``: a misspelt limit must not fall back to its
+default); an error names the file and the field's path from pydantic's error location
+(``node.json: rules[0].prompt: expected ...``).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field, fields
-from difflib import get_close_matches
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-MiB = 1024 * 1024
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
+from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
+
+from radfm.dicom.series_rules import (DEFAULT_RULES, MAX_INSTANCES_PER_STUDY, STRICT, SeriesRules, expected,
+                                        validation_message, whole)
+from radfm.answering.limits import DEFAULT_MAX_SCAN_MB, mib_to_bytes
+
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 printable chars, no backslash
+DAY_S = 86400.0
 
 
 class NodeConfigError(ValueError):
-    """The config file is wrong; the message names the file and the field."""
+    """The config file is wrong; the message names the file and the field.
+
+    ``field``: the field's path (``"rules[0].prompt"``, from pydantic's error location), or ``None``
+    when the file itself is unreadable or not a JSON object.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
-def _fail(source: str, name: str, expected: str, value: Any) -> NodeConfigError:
-    return NodeConfigError(f"{source}: {name}: expected {expected}, got {value!r}")
-
-
-def _check_keys(source: str, where: str, given: dict, known: set[str]) -> None:
-    for key in given:
-        if key not in known:
-            near = get_close_matches(key, sorted(known), n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else f" (known: {', '.join(sorted(known))})"
-            raise NodeConfigError(f"{source}: {where}{key}: unknown field{hint}")
-
-
-def _ae(source: str, name: str, value: Any) -> str:
+def _ae(value: Any) -> str:
     if not isinstance(value, str) or not _AE_TITLE.match(value) or not value.strip():
-        raise _fail(source, name, "an AE title of 1-16 printable characters (no backslash)", value)
+        raise expected("an AE title of 1-16 printable characters (no backslash)")
     return value.strip()
 
 
-def _int(source: str, name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _fail(source, name, f"a whole number >= {low} and <= {high}", value)
+def _host(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > 255 or any(c.isspace() for c in value):
+        raise expected("a host name or IP address")
     return value
 
 
-def _seconds(source: str, name: str, value: Any, low: float, high: float) -> float:
+def _seconds(low: float, high: float):
+    def check(value: Any) -> float:
+        return _in_seconds(value, low, high)
+    return BeforeValidator(check)
+
+
+def _in_seconds(value: Any, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low <= value <= high):
-        raise _fail(source, name, f"a number of seconds >= {low:g} and <= {high:g}", value)
+        raise expected(f"a number of seconds >= {low:g} and <= {high:g}")
     return float(value)
 
 
-DAY_S = 86400.0
-# Upper bounds: a value past these is a typo or an attack on the node's memory/disk, never a setting
-# (e.g. max_studies_in_memory 1e9 let the node grow past 2.5 GB). (low, high) per whole-number field.
-INT_BOUNDS = {
-    "max_studies_in_memory": (1, 64),
-    "max_instance_mb": (1, 4096),  # one DICOM instance over the network
-    "max_scan_mb": (1, 65536),  # decoded size of one series
-    "max_instances_per_study": (1, 100_000),
-    "max_new_tokens": (1, 8192),
-    "max_attempts": (1, 1000),
-    "max_job_attempts": (1, 100),
-    "max_associations": (1, 64),
-    "max_associations_per_host": (1, 64),
-}
+def _url(value: Any) -> str:
+    if not isinstance(value, str) or not re.match(r"https?://", value):
+        raise expected("the DICOMweb root, http(s)://HOST:PORT/dicom-web")
+    return value.rstrip("/")
 
 
-def _host(source: str, name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value or len(value) > 255 or any(c.isspace() for c in value):
-        raise _fail(source, name, "a host name or IP address", value)
+def _text_or_none(value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise expected("a string or null")
     return value
 
 
-@dataclass
+AETitle = Annotated[str, BeforeValidator(_ae)]
+Host = Annotated[str, BeforeValidator(_host)]
+DICOMwebURL = Annotated[str, BeforeValidator(_url)]
+TextOrNone = Annotated[str | None, BeforeValidator(_text_or_none)]
+
+
+@dataclass(config=STRICT)
 class Caller:
     """A calling AE allowed to send studies (and C-ECHO): its title and the host it connects from."""
 
-    ae_title: str
-    host: str
+    ae_title: AETitle = None  # type: ignore[assignment]  (None: refused, naming the field)
+    host: Host = None  # type: ignore[assignment]
 
 
-@dataclass
+@dataclass(config=STRICT)
 class Destination:
     """Where reports go: ``kind`` ``dimse`` (C-STORE to ae_title@host:port) or ``stow`` (STOW-RS to url)."""
 
-    name: str
-    kind: str
+    name: str | None = None  # default: destination{i}
+    kind: str | None = None
     ae_title: str | None = None
     host: str | None = None
     port: int | None = None
     url: str | None = None
 
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> Any:
+        if value is not None and (not isinstance(value, str) or not re.fullmatch(r"[\w.-]{1,64}", value)):
+            raise expected("a short name of letters, digits, ._-")
+        return value
 
-@dataclass
-class SeriesRule:
-    """Which series to answer about and what to ask: the first rule a series matches applies.
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _kind(cls, value: Any) -> str:
+        if value not in ("dimse", "stow"):
+            raise expected('"dimse" (C-STORE) or "stow" (STOW-RS)')
+        return value
 
-    ``modalities``: e.g. ``["CT"]``; ``description``: a regular expression searched (case-insensitive)
-    in the SeriesDescription, or ``null`` for any; ``min_instances``: fewer instances are skipped
-    (a scout); ``prompt``: the question, with ``<image>`` where the series goes (or none: it goes first).
-    """
-
-    name: str
-    modalities: list[str]
-    prompt: str
-    description: str | None = None
-    min_instances: int = 1
-
-
-DEFAULT_RULES = [
-    SeriesRule("ct", ["CT"], "<image> Describe the findings of this CT scan.", min_instances=4),
-    SeriesRule("mr", ["MR"], "<image> Describe the findings of this MRI scan.", min_instances=4),
-    SeriesRule("chest-xray", ["CR", "DX"], "<image> Describe the findings of this chest X-ray."),
-]
+    # the address fields a kind needs (validate_default: a missing one is named too)
+    @field_validator("ae_title", "host", "port", "url", mode="before")
+    @classmethod
+    def _address(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = info.data.get("kind")
+        name = info.field_name
+        if kind == "dimse" and name != "url":
+            return {"ae_title": _ae, "host": _host, "port": _port}[name](value)
+        if kind == "stow" and name == "url":
+            return _url(value)
+        return None if kind in ("dimse", "stow") else value
 
 
-@dataclass
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise expected("a whole number >= 1 and <= 65535")
+    return value
+
+
+@dataclass(config=STRICT)
 class PullConfig:
     """DICOMweb pull mode: ask ``url`` (QIDO-RS) every ``every_s`` for studies matching ``filter``.
 
     ``timeout_s``: one poll's deadline, the search and every study it fetches included.
     """
 
-    url: str
-    filter: dict[str, str] = field(default_factory=dict)
-    every_s: float = 30.0
-    timeout_s: float = 600.0
+    url: DICOMwebURL = None  # type: ignore[assignment]  (None: refused, naming the field)
+    filter: dict[str, str] = Field(default_factory=dict)
+    every_s: Annotated[float, _seconds(0.1, DAY_S)] = 30.0
+    timeout_s: Annotated[float, _seconds(1.0, DAY_S)] = 600.0  # a poll is a request, not a day's work
+
+    @field_validator("filter", mode="before")
+    @classmethod
+    def _filter(cls, value: Any) -> dict[str, str]:
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise expected('QIDO-RS study filters, e.g. {"ModalitiesInStudy": "CT"}')
+        return dict(value)
 
 
-@dataclass
-class NodeConfig:
-    ae_title: str = "RADFM"
-    host: str = "127.0.0.1"
-    port: int = 11112
-    allowed_callers: list[Caller] = field(default_factory=list)
+class NodeConfig(BaseModel):
+    """The node's settings (``docs/hospital.md``); sizes in MiB as written, ``*_bytes`` for code."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    ae_title: AETitle = "RADFM"
+    host: Host = "127.0.0.1"
+    port: Annotated[int, whole(0, 65535)] = 11112
+    allowed_callers: list[Caller] = Field(default_factory=list)
     state_dir: str = "radfm-node"
-    stable_after_s: float = 10.0  # no new instance of a study for this long: the study is complete
-    max_studies_in_memory: int = 1  # jobs read and answered at once (each holds one study's images)
-    max_instance_mb: int = 256  # one received instance, as received
-    max_scan_mb: int = 2048  # decoded size of one series, checked from its headers before reading
-    max_instances_per_study: int = 5000
-    model: str | None = None  # a model folder; null: the demo model
+    # no new instance of a study for this long: the study is complete
+    stable_after_s: Annotated[float, _seconds(0.1, DAY_S)] = 10.0
+    # Upper bounds: a value past these is a typo or an attack on the node's memory/disk, never a setting
+    # (e.g. max_studies_in_memory 1e9 let the node grow past 2.5 GB).
+    max_studies_in_memory: Annotated[int, whole(1, 64)] = 1  # jobs read and answered at once (one study each)
+    max_instance_mb: Annotated[int, whole(1, 4096)] = 256  # one received instance, as received
+    max_scan_mb: Annotated[int, whole(1, 65536)] = DEFAULT_MAX_SCAN_MB  # decoded size of one series (headers)
+    max_instances_per_study: Annotated[int, whole(1, MAX_INSTANCES_PER_STUDY)] = 5000
+    model: TextOrNone = None  # a model folder; null: the demo model
     device: str = "cpu"
-    max_new_tokens: int = 128
-    generation_timeout_s: float = 1800.0  # one series' generation; a full-size model on CPU takes minutes
-    rules: list[SeriesRule] = field(default_factory=lambda: list(DEFAULT_RULES))
-    destinations: list[Destination] = field(default_factory=list)
-    max_attempts: int = 8  # delivery tries per destination before the job is marked failed
-    retry_first_s: float = 5.0  # first wait between tries; doubles each time
-    retry_max_s: float = 600.0
-    max_job_attempts: int = 3  # a job interrupted (crash) or failing this often is marked failed
-    institution_name: str | None = None
+    max_new_tokens: Annotated[int, whole(1, 8192)] = 128
+    # one series' generation; a full-size model on CPU takes minutes
+    generation_timeout_s: Annotated[float, _seconds(1.0, DAY_S)] = 1800.0
+    rules: SeriesRules = Field(default_factory=lambda: list(DEFAULT_RULES))
+    destinations: list[Destination] = Field(default_factory=list)
+    max_attempts: Annotated[int, whole(1, 1000)] = 8  # delivery tries per destination before the job fails
+    retry_first_s: Annotated[float, _seconds(0.01, 3600.0)] = 5.0  # first wait between tries; doubles each time
+    retry_max_s: float = 600.0  # >= retry_first_s
+    max_job_attempts: Annotated[int, whole(1, 100)] = 3  # a job interrupted (crash) or failing this often fails
+    institution_name: TextOrNone = None
     pull: PullConfig | None = None
-    max_associations: int = 8  # associations of allowed callers at once (connections not yet asking come on top)
-    max_associations_per_host: int = 4  # of those, from one host
-    association_request_timeout_s: float = 5.0  # a connection sending no A-ASSOCIATE-RQ for this long is closed
-    source: str = field(default="<config>", repr=False)
+    # associations of allowed callers at once (connections not yet asking come on top), and of those from one host
+    max_associations: Annotated[int, whole(1, 64)] = 8
+    max_associations_per_host: Annotated[int, whole(1, 64)] = 4
+    # a connection sending no A-ASSOCIATE-RQ for this long is closed
+    association_request_timeout_s: Annotated[float, _seconds(0.5, 120.0)] = 5.0
+
+    _source: str = PrivateAttr(default="<config>")
+
+    @field_validator("allowed_callers", mode="before")
+    @classmethod
+    def _callers(cls, value: Any) -> Any:
+        if not isinstance(value, list) or not value:
+            raise expected('a non-empty list of {"ae_title", "host"} (who may send studies)')
+        return value
+
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _state_dir(cls, value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            raise expected("a folder path")
+        return value
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            raise expected("cpu, cuda or cuda:N")
+        return value
+
+    @field_validator("destinations", mode="before")
+    @classmethod
+    def _destinations(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            raise expected("a list")
+        return value
+
+    @field_validator("retry_max_s", mode="before")
+    @classmethod
+    def _retry_max(cls, value: Any, info: ValidationInfo) -> float:
+        return _in_seconds(value, info.data.get("retry_first_s", 0.01), DAY_S)
+
+    @field_validator("max_associations_per_host")
+    @classmethod
+    def _per_host(cls, value: int, info: ValidationInfo) -> int:
+        most = info.data.get("max_associations")
+        if most is not None and value > most:
+            raise expected(f"<= max_associations ({most})")
+        return value
+
+    @model_validator(mode="after")
+    def _names(self) -> NodeConfig:
+        for i, destination in enumerate(self.destinations):
+            destination.name = destination.name or f"destination{i}"
+        if len({d.name for d in self.destinations}) != len(self.destinations):
+            raise PydanticCustomError("plain", "destinations: two destinations share a name")
+        return self
+
+    @property
+    def source(self) -> str:
+        """The file this config came from (named in errors)."""
+        return self._source
 
     @property
     def state_path(self) -> Path:
         return Path(self.state_dir)
 
+    @property
+    def max_instance_bytes(self) -> int:
+        """``max_instance_mb`` in bytes."""
+        return mib_to_bytes(self.max_instance_mb)
+
+    @property
+    def max_scan_bytes(self) -> int:
+        """``max_scan_mb`` in bytes."""
+        return mib_to_bytes(self.max_scan_mb)
+
     @classmethod
     def from_file(cls, path: str | Path) -> NodeConfig:
+        """The config in a JSON file; a relative ``state_dir`` is relative to the file.
+
+        Args:
+            path: the JSON file.
+
+        Returns:
+            The checked config.
+
+        Raises:
+            NodeConfigError: naming the file and the field.
+        """
         path = Path(path)
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
@@ -186,124 +296,23 @@ class NodeConfig:
 
     @classmethod
     def from_dict(cls, raw: Any, source: str = "<config>") -> NodeConfig:
+        """The config from decoded JSON.
+
+        Args:
+            raw: the JSON object.
+            source: where it came from, named in errors.
+
+        Returns:
+            The checked config.
+
+        Raises:
+            NodeConfigError: ``"{source}: {field path}: expected ..., got ..."``, the path from pydantic's error.
+        """
         if not isinstance(raw, dict):
             raise NodeConfigError(f"{source}: expected a JSON object, got {type(raw).__name__}")
-        known = {f.name for f in fields(cls)} - {"source"}
-        _check_keys(source, "", raw, known)
-        c = cls(source=source)
-        s = source
-        c.ae_title = _ae(s, "ae_title", raw.get("ae_title", c.ae_title))
-        c.host = _host(s, "host", raw.get("host", c.host))
-        c.port = _int(s, "port", raw.get("port", c.port), 0, 65535)
-        callers = raw.get("allowed_callers", [])
-        if not isinstance(callers, list) or not callers:
-            raise _fail(s, "allowed_callers", "a non-empty list of {\"ae_title\", \"host\"} (who may send studies)",
-                        callers)
-        for i, _, item in _objects(s, "allowed_callers", callers, Caller, "", False):
-            c.allowed_callers.append(Caller(_ae(s, f"allowed_callers[{i}].ae_title", item.get("ae_title")),
-                                            _host(s, f"allowed_callers[{i}].host", item.get("host"))))
-        state = raw.get("state_dir", c.state_dir)
-        if not isinstance(state, str) or not state:
-            raise _fail(s, "state_dir", "a folder path", state)
-        c.state_dir = state
-        c.stable_after_s = _seconds(s, "stable_after_s", raw.get("stable_after_s", c.stable_after_s), 0.1, DAY_S)
-        for name, (low, high) in INT_BOUNDS.items():
-            setattr(c, name, _int(s, name, raw.get(name, getattr(c, name)), low, high))
-        if c.max_associations_per_host > c.max_associations:
-            raise _fail(s, "max_associations_per_host", f"<= max_associations ({c.max_associations})",
-                        c.max_associations_per_host)
-        c.generation_timeout_s = _seconds(s, "generation_timeout_s",
-                                          raw.get("generation_timeout_s", c.generation_timeout_s), 1.0, DAY_S)
-        c.retry_first_s = _seconds(s, "retry_first_s", raw.get("retry_first_s", c.retry_first_s), 0.01, 3600.0)
-        c.retry_max_s = _seconds(s, "retry_max_s", raw.get("retry_max_s", c.retry_max_s), c.retry_first_s, DAY_S)
-        c.association_request_timeout_s = _seconds(
-            s, "association_request_timeout_s",
-            raw.get("association_request_timeout_s", c.association_request_timeout_s), 0.5, 120.0)
-        for name in ("model", "institution_name"):
-            value = raw.get(name)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise _fail(s, name, "a string or null", value)
-            setattr(c, name, value)
-        device = raw.get("device", c.device)
-        if not isinstance(device, str) or not device:
-            raise _fail(s, "device", "cpu, cuda or cuda:N", device)
-        c.device = device
-        if "rules" in raw:
-            c.rules = _rules(s, raw["rules"])
-        c.destinations = _destinations(s, raw.get("destinations", []))
-        if raw.get("pull") is not None:
-            c.pull = _pull(s, raw["pull"])
-        return c
-
-
-def _objects(s: str, name: str, raw: Any, kind: type, what: str, non_empty: bool):
-    """``(i, "name[i]", item)`` for a list of objects with ``kind``'s fields (unknown keys refused)."""
-    if not isinstance(raw, list) or (non_empty and not raw):
-        raise _fail(s, name, what, raw)
-    for i, item in enumerate(raw):
-        where = f"{name}[{i}]"
-        if not isinstance(item, dict):
-            raise _fail(s, where, "an object", item)
-        _check_keys(s, f"{where}.", item, {f.name for f in fields(kind)})
-        yield i, where, item
-
-
-def _rules(s: str, raw: Any) -> list[SeriesRule]:
-    rules = []
-    for i, where, item in _objects(s, "rules", raw, SeriesRule, "a non-empty list of series rules", True):
-        name = item.get("name", f"rule{i}")
-        modalities = item.get("modalities")
-        if not isinstance(modalities, list) or not modalities or not all(
-                isinstance(m, str) and re.fullmatch(r"[A-Z]{2,16}", m) for m in modalities):
-            raise _fail(s, f"{where}.modalities", 'a list of DICOM modality codes such as ["CT"]', modalities)
-        prompt = item.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip() or prompt.count("<image>") > 1:
-            raise _fail(s, f"{where}.prompt", "a question with at most one <image>", prompt)
-        description = item.get("description")
-        if description is not None:
-            try:
-                re.compile(description)
-            except (re.error, TypeError) as error:
-                raise _fail(s, f"{where}.description", f"a regular expression ({error})", description) from None
-        rules.append(SeriesRule(str(name), list(modalities), prompt, description,
-                                _int(s, f"{where}.min_instances", item.get("min_instances", 1), 1,
-                                     INT_BOUNDS["max_instances_per_study"][1])))
-    return rules
-
-
-def _destinations(s: str, raw: Any) -> list[Destination]:
-    found = []
-    for i, where, item in _objects(s, "destinations", raw, Destination, "a list", False):
-        kind = item.get("kind")
-        name = item.get("name", f"destination{i}")
-        if not isinstance(name, str) or not re.fullmatch(r"[\w.-]{1,64}", name):
-            raise _fail(s, f"{where}.name", "a short name of letters, digits, ._-", name)
-        if kind == "dimse":
-            found.append(Destination(name, kind, _ae(s, f"{where}.ae_title", item.get("ae_title")),
-                                     _host(s, f"{where}.host", item.get("host")),
-                                     _int(s, f"{where}.port", item.get("port"), 1, 65535)))
-        elif kind == "stow":
-            url = item.get("url")
-            if not isinstance(url, str) or not re.match(r"https?://", url):
-                raise _fail(s, f"{where}.url", "the DICOMweb root, http(s)://HOST:PORT/dicom-web", url)
-            found.append(Destination(name, kind, url=url.rstrip("/")))
-        else:
-            raise _fail(s, f"{where}.kind", '"dimse" (C-STORE) or "stow" (STOW-RS)', kind)
-    if len({d.name for d in found}) != len(found):
-        raise NodeConfigError(f"{s}: destinations: two destinations share a name")
-    return found
-
-
-def _pull(s: str, raw: Any) -> PullConfig:
-    if not isinstance(raw, dict):
-        raise _fail(s, "pull", "an object", raw)
-    _check_keys(s, "pull.", raw, {f.name for f in fields(PullConfig)})
-    url = raw.get("url")
-    if not isinstance(url, str) or not re.match(r"https?://", url):
-        raise _fail(s, "pull.url", "the DICOMweb root, http(s)://HOST:PORT/dicom-web", url)
-    query = raw.get("filter", {})
-    if not isinstance(query, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in query.items()):
-        raise _fail(s, "pull.filter", 'QIDO-RS study filters, e.g. {"ModalitiesInStudy": "CT"}', query)
-    timeout = _seconds(s, "pull.timeout_s", raw.get("timeout_s", 600.0), 1.0, DAY_S)  # a poll is a request, not a day's work
-    return PullConfig(url.rstrip("/"), dict(query), _seconds(s, "pull.every_s", raw.get("every_s", 30.0), 0.1, DAY_S),
-                      timeout)
+        try:
+            config = cls.model_validate(raw)
+        except ValidationError as error:
+            raise NodeConfigError(*validation_message(source, error, NodeConfig)) from None
+        config._source = source
+        return config

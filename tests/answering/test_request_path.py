@@ -214,3 +214,17 @@ def test_a_batch_reads_each_request_alone_and_generates_them_together(nifti, tmp
     assert (first.text, third.text) == ("<image>q0 (1)", "<image>q2 (1)")
     assert BatchAnswerer.calls == [2]  # one generate call for the two good requests
     path.close()
+
+
+def test_options_are_parsed_once_per_request():
+    """Issue 30 item 3: a door's parsed options go through the request path as they are (not parsed again against
+    the same limits); other limits check them again."""
+    limits = Limits(max_new_tokens=16)
+    options = parse_options({"max_new_tokens": "8", "min_new_tokens": "2", "ignore_eos": "true"}, limits)
+    assert parse_options(options, limits) is options
+    with pytest.raises(RequestError, match="<= 4") as caught:
+        parse_options(options, Limits(max_new_tokens=4))
+    assert caught.value.field == "max_new_tokens"
+    with pytest.raises(RequestError, match=r"min_new_tokens=9: expected <= max_new_tokens \(8\)") as caught:
+        parse_options({"max_new_tokens": 8, "min_new_tokens": 9}, limits)
+    assert caught.value.field == "min_new_tokens"

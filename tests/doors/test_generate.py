@@ -63,3 +63,19 @@ def test_generate_bad_input_exits_with_reason(capsys, tiny_model_dir, small_scan
     assert exit_info.value.code == 1  # an input error (2 is for usage errors), as for every subcommand
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_generate_takes_min_new_tokens_and_ignore_eos(capsys, tiny_model_dir, tiny_answerer, small_scans):
+    """The CLI door passes the fixed-length options (issue 29) to the one GenerationOptions; a bad one names its flag."""
+    out = _run(capsys, str(small_scans["png"]), "--prompt", "<image> Which?", "--model", str(tiny_model_dir), "--json",
+               "--max_new_tokens", "4", "--ignore_eos", "--device", "cpu", "--dtype", "float32")
+    record = json.loads(out)
+    assert record["generation"]["ignore_eos"] is True and record["generation"]["max_new_tokens"] == 4
+    images = tiny_answerer.prepare([small_scans["png"]])
+    assert record["answer"] == tiny_answerer.answer("<image> Which?", images,
+                                                    GenerationOptions(max_new_tokens=4, ignore_eos=True))
+    with pytest.raises(SystemExit):
+        main(["generate", str(small_scans["png"]), "--prompt", "Which?", "--model", str(tiny_model_dir),
+              "--max_new_tokens", "4", "--min_new_tokens", "9"])
+    assert "--min_new_tokens: generation option min_new_tokens=9: expected <= max_new_tokens (4)" in \
+        capsys.readouterr().err

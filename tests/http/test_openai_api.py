@@ -153,3 +153,21 @@ def test_refused_parameters(client, model_name):
     status, body = _error_of(lambda: client.chat.completions.create(
         model=model_name, messages=[{"role": "user", "content": "<image> one placeholder, no scan"}]))
     assert status == 400 and "placeholder" in body["error"]["message"]
+
+
+def test_vllm_sampling_extras_fix_the_answer_length(client, model_name):
+    """Issue 29 item 3: ``min_tokens`` and ``ignore_eos`` (vLLM's sampling extras, sent as ``extra_body`` by the
+    openai client) reach the engine: the demo model's short answer is stretched to a fixed length."""
+    messages = [{"role": "user", "content": [_png_part(), {"type": "text", "text": "Which modality?"}]}]
+    plain = client.chat.completions.create(model=model_name, messages=messages, max_tokens=24)
+    assert plain.usage.completion_tokens < 24  # the demo model stops early on its own (EOS)
+    fixed = client.chat.completions.create(model=model_name, messages=messages, max_tokens=24,
+                                           extra_body={"ignore_eos": True})
+    assert fixed.usage.completion_tokens == 24 and fixed.choices[0].finish_reason == "length"
+    assert fixed.model_extra["radfm"]["generation"]["ignore_eos"] is True
+    at_least = client.chat.completions.create(model=model_name, messages=messages, max_tokens=24,
+                                              extra_body={"min_tokens": 16})
+    assert 16 <= at_least.usage.completion_tokens <= 24
+    status, body = _error_of(lambda: client.chat.completions.create(
+        model=model_name, messages=messages, max_tokens=4, extra_body={"min_tokens": 8}))
+    assert status == 400 and body["error"]["param"] == "min_tokens" and "max_tokens" in body["error"]["message"]

@@ -140,3 +140,35 @@ def test_full_queue_answers_503_and_then_drains(small_scans):
 def test_serve_refuses_remote_bind_without_flag():
     with pytest.raises(SystemExit, match="no authentication"):
         serve(host="0.0.0.0")
+
+
+def test_the_openapi_bodies_are_the_models_the_routes_validate_with(small_scans):
+    """Issue 30 item 2: /openapi.json is generated from the pydantic models (a new option appears in the schema
+    without a hand-written copy), and the answer form's options reach the request path parsed once."""
+    from fastapi.testclient import TestClient
+
+    from radfm.http.api_schema import AnswerForm, ChatCompletionRequest
+
+    seen = []
+
+    class Recording(BlockingAnswerer):
+        def answer(self, prompt, images, options):
+            seen.append(options)
+            return "ok"
+
+    client = TestClient(create_app(Recording(), Limits(max_new_tokens=32)))
+    schema = client.get("/openapi.json").json()
+    paths = schema["paths"]
+    form = paths["/v1/answer"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    chat = paths["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(form["properties"]) == set(AnswerForm.model_fields) | {"files"}
+    assert set(chat["properties"]) == set(ChatCompletionRequest.model_fields)
+    assert {"ignore_eos", "min_new_tokens"} <= set(form["properties"]) and {"ignore_eos", "min_tokens"} <= set(chat["properties"])
+    assert form["additionalProperties"] is False and chat["additionalProperties"] is False
+    assert "ChatCompletion" in schema["components"]["schemas"]  # the response body, from its model too
+    png = ("files", ("chest.png", small_scans["png"].read_bytes(), "image/png"))
+    reply = client.post("/v1/answer", files=[png], data={"prompt": "hi", "max_new_tokens": "8", "ignore_eos": "true"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["generation"]["ignore_eos"] is True and seen[0].max_new_tokens == 8 and seen[0].ignore_eos
+    refused = client.post("/v1/answer", files=[png], data={"prompt": "hi", "ignore_eso": "true"})
+    assert refused.status_code == 422 and "did you mean 'ignore_eos'" in refused.json()["error"]

@@ -76,3 +76,37 @@ def test_unreadable_file_and_bad_json_are_named(tmp_path):
     (tmp_path / "bad.json").write_text("{", encoding="utf-8")
     with pytest.raises(NodeConfigError, match="bad.json: not valid JSON"):
         NodeConfig.from_file(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("change, message", [
+    # a misspelt limit used to be refused at the top level only; nested objects are checked alike
+    ({"pull": {"url": "http://127.0.0.1/dw", "every_sec": 5}}, "pull.every_sec: unknown field (did you mean 'every_s'?)"),
+    ({"rules": [{"modalities": ["CT"], "prompt": "x", "min_instance": 2}]},
+     "rules[0].min_instance: unknown field (did you mean 'min_instances'?)"),
+    ({"destinations": [{"name": "pacs", "kind": "dimse", "ae_title": "P", "host": "h", "port": 104, "aet": "P"}]},
+     "destinations[0].aet: unknown field"),
+    # the unknown name is named even when it leaves a required field missing
+    ({"pull": {"ur": "http://127.0.0.1/dw"}}, "pull.ur: unknown field (did you mean 'url'?)"),
+])
+def test_a_typo_anywhere_is_refused_naming_the_field_path(tmp_path, change, message):
+    """The error carries the field's path (from pydantic's error location) for callers, not only in its text."""
+    path = _write(tmp_path, {"allowed_callers": CALLERS, **change})
+    with pytest.raises(NodeConfigError) as error:
+        NodeConfig.from_file(path)
+    assert str(error.value).startswith(f"{path}: {message}")
+    assert error.value.field == message.split(":")[0]
+
+
+def test_the_config_has_a_json_schema_that_refuses_unknown_fields_at_every_level():
+    """Editors and CI can check a node.json against the same model the node validates with."""
+    schema = NodeConfig.model_json_schema()
+    assert schema["additionalProperties"] is False
+    assert all(definition.get("additionalProperties") is False for definition in schema["$defs"].values())
+    assert {"Caller", "Destination", "SeriesRule", "PullConfig"} <= set(schema["$defs"])
+
+
+def test_sizes_are_converted_to_bytes_in_one_place(tmp_path):
+    config = NodeConfig.from_dict({"allowed_callers": CALLERS, "max_scan_mb": 3, "max_instance_mb": 2})
+    assert (config.max_scan_bytes, config.max_instance_bytes) == (3 * 1024 * 1024, 2 * 1024 * 1024)
+    assert [r.name for r in NodeConfig.from_dict({"allowed_callers": CALLERS, "rules": [
+        {"modalities": ["CT"], "prompt": "x"}, {"name": "mr", "modalities": ["MR"], "prompt": "y"}]}).rules] == ["rule0", "mr"]
