@@ -4,12 +4,14 @@
     .venv-deploy/bin/python -m radfm.deploy.deploy_app -i DICOM_DIR -o OUT [-m MODEL_DIR] [--rules RULES.json]
 
 The input folder is first checked with radfm's scan guards and staged (``deploy_rules.stage_input``):
-the SDK's loader reads only the files a rule may select.
+the SDK's loader reads only the series the rules (the node's, ``series_rules``) choose.
 
 ``compose()`` chains the SDK's own DICOM operators with two of ours::
 
     DICOMDataLoaderOperator          DICOM_DIR -> studies
-      -> DICOMSeriesSelectorOperator   rules JSON (the SDK's "selections"; each may carry a "prompt")
+      -> RadFMSeriesSelector           the node's series rules (--rules FILE, as in the node config):
+                                       the SDK's selector on our rules translated (deploy_rules.sdk_selections),
+                                       the choice made by the node's select_series (deploy_rules.select_sdk_series)
       -> DICOMSeriesToVolumeOperator   the selected series as a volume (checked: a readable image)
       -> RadFMOperator                 the series' files through the one request path
                                        (radfm.answering.request.RequestPath): our processor's grid,
@@ -40,6 +42,7 @@ SDK_MISSING = ("radfm deploy app: the MONAI Deploy App SDK is not installed in t
 try:
     from monai.deploy.conditions import CountCondition
     from monai.deploy.core import Application, ConditionType, Fragment, Operator, OperatorSpec
+    from monai.deploy.core.domain.dicom_series_selection import SelectedSeries, StudySelectedSeries
     from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
     from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
     from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesToVolumeOperator
@@ -48,12 +51,36 @@ except ModuleNotFoundError as missing:  # run as a command without the SDK: one 
         raise SystemExit(SDK_MISSING.format(python=sys.executable)) from None
     raise
 
-from radfm.deploy.deploy_rules import DEFAULT_RULES, load_rules, stage_input
+from radfm.deploy.deploy_rules import sdk_selections, select_sdk_series, stage_input
+from radfm.dicom.series_rules import DEFAULT_RULES, SeriesRule, load_series_rules
 
 logger = logging.getLogger("radfm.deploy")
 
 def _series_files(dicom_series) -> list[str]:
     return [sop.get_native_sop_instance().filename for sop in dicom_series.get_sop_instances()]
+
+
+class RadFMSeriesSelector(DICOMSeriesSelectorOperator):
+    """The SDK's series selector deciding as the node does: of the series the SDK's own matching finds for
+    our rules (:func:`~radfm.deploy.deploy_rules.sdk_selections`, all matches), the ones the node's
+    ``select_series`` chooses (``min_instances``, the most instances, first rule wins), named by rule."""
+
+    def __init__(self, fragment: Fragment, *args, series_rules: list[SeriesRule], **kwargs) -> None:
+        self.series_rules = list(series_rules)
+        super().__init__(fragment, *args, rules=json.dumps(sdk_selections(self.series_rules)), **kwargs)
+
+    def filter(self, selection_rules, dicom_study_list, all_matched: bool = False,
+               sort_by_sop_instance_count: bool = False) -> list:
+        """Per study, the series :func:`~radfm.deploy.deploy_rules.select_sdk_series` chooses among the SDK's
+        candidates (the selection's name is the rule's)."""
+        chosen_list = []
+        for candidates in super().filter(selection_rules, dicom_study_list, all_matched=True):
+            study = StudySelectedSeries(candidates.study)
+            for series, rule in select_sdk_series((s.series for s in candidates.selected_series), self.series_rules):
+                study.add_selected_series(SelectedSeries(rule.name, series, None))
+            if study.selected_series:
+                chosen_list.append(study)
+        return chosen_list
 
 
 class RadFMOperator(Operator):
@@ -64,10 +91,12 @@ class RadFMOperator(Operator):
     the answer is the one ``radfm generate`` or the node would give.
     """
 
-    def __init__(self, fragment: Fragment, *args, model_dir: str | None, rules: dict[str, Any],
+    def __init__(self, fragment: Fragment, *args, model_dir: str | None, rules: list[SeriesRule],
                  max_new_tokens: int = 128, **kwargs) -> None:
         self.model_dir = model_dir
-        self.prompts = {s.get("name"): s.get("prompt") for s in rules["selections"]}
+        self.prompts: dict[str, str] = {}
+        for rule in rules:  # the selection name is the rule's name (the first rule of a name chose it)
+            self.prompts.setdefault(rule.name, rule.prompt)
         self.max_new_tokens = max_new_tokens
         self._path = None
         super().__init__(fragment, *args, **kwargs)
@@ -99,7 +128,7 @@ class RadFMOperator(Operator):
         for study in studies:
             for selected in study.selected_series:
                 files = _series_files(selected.series)
-                prompt = self.prompts.get(selected.selection_name) or "<image> Describe the findings."
+                prompt = self.prompts[selected.selection_name]
                 with tempfile.TemporaryDirectory(prefix="radfm-deploy-") as folder:
                     for i, file in enumerate(files):  # one folder per series, so the reader sees one series
                         os.symlink(os.path.abspath(file), Path(folder) / f"{i:05d}.dcm")
@@ -109,8 +138,8 @@ class RadFMOperator(Operator):
                 reports.append({"text": result.text or "", "prompt": result.prompt, "files": files,
                                 "series": str(selected.series.SeriesInstanceUID), "rule": selected.selection_name,
                                 "identity": path.answerer.identity})
-        if not reports:  # the SDK's selector chose none of the staged series: said by main, not a traceback
-            logger.warning("no series matched the selection rules; nothing to answer")
+        if not reports:  # the rules chose none of the staged series (e.g. all below min_instances)
+            logger.warning("no series matched the series rules; nothing to answer")
         op_output.emit(reports, "report")
 
 
@@ -143,9 +172,9 @@ class RadFMDeployApp(Application):
     description = "RadFM answers about selected DICOM series, written as UNVERIFIED Comprehensive SR"
     version = "0.1"
 
-    def __init__(self, *args, rules: dict[str, Any] | None = None, max_new_tokens: int = 128,
+    def __init__(self, *args, rules: list[SeriesRule] | None = None, max_new_tokens: int = 128,
                  input_folder: str | None = None, **kwargs) -> None:
-        self.rules = rules or DEFAULT_RULES
+        self.rules = list(rules or DEFAULT_RULES)
         self.max_new_tokens = max_new_tokens
         self.input_folder = input_folder  # the staged input (main); None: the SDK's -i as given
         super().__init__(*args, **kwargs)
@@ -153,10 +182,9 @@ class RadFMDeployApp(Application):
     def compose(self) -> None:
         context = Application.init_app_context(self.argv)
         model = model_folder(context)
-        selections = {"selections": [{k: v for k, v in s.items() if k != "prompt"} for s in self.rules["selections"]]}
         loader = DICOMDataLoaderOperator(self, CountCondition(self, 1),
                                          input_folder=Path(self.input_folder or context.input_path), name="dicom_loader")
-        selector = DICOMSeriesSelectorOperator(self, rules=json.dumps(selections), name="series_selector")
+        selector = RadFMSeriesSelector(self, series_rules=self.rules, name="series_selector")
         to_volume = DICOMSeriesToVolumeOperator(self, name="series_to_volume")
         radfm = RadFMOperator(self, model_dir=model, rules=self.rules, max_new_tokens=self.max_new_tokens,
                               name="radfm")
@@ -174,10 +202,11 @@ def model_folder(context: Any) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``-i/-o/-m`` as the SDK reads them; ``--rules FILE`` and ``--max_new_tokens N`` are ours.
+    """``-i/-o/-m`` as the SDK reads them; ``--rules FILE`` (the node's series rules) and ``--max_new_tokens N``
+    are ours.
 
     The input folder is first checked with radfm's scan guards and staged (``deploy_rules.stage_input``):
-    the SDK's loader then reads only files a rule may select. No such file: one line, exit status 0.
+    the SDK's loader then reads only the series the rules choose. No such file: one line, exit status 0.
     """
     argv = list(sys.argv if argv is None else argv)
     rules_path, max_new_tokens = None, 128
@@ -194,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
                 max_new_tokens = int(value)
     logging.basicConfig(level=logging.INFO)
     try:
-        rules = load_rules(rules_path)
+        rules = DEFAULT_RULES if rules_path is None else load_series_rules(rules_path)
     except ValueError as error:
         raise SystemExit(f"radfm deploy app: {error}") from None
     sys.argv = argv  # the SDK parses -i/-o/-m from sys.argv
@@ -209,8 +238,8 @@ def main(argv: list[str] | None = None) -> None:
         for reason in staged.skipped:
             logger.info("left out of the input: %s", reason)
         if not staged.kept:
-            names = ", ".join(str(s.get("name", "?")) for s in rules["selections"])
-            print(f"radfm deploy app: no DICOM image in {context.input_path} matches the selection rules ({names}); "
+            names = ", ".join(rule.name for rule in rules)
+            print(f"radfm deploy app: no DICOM image in {context.input_path} matches the series rules ({names}); "
                   "nothing to answer", file=sys.stderr)
             return
         RadFMDeployApp(rules=rules, max_new_tokens=max_new_tokens, input_folder=staging).run()

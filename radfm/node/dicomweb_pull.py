@@ -330,7 +330,7 @@ class DicomwebPull:
 
     async def _fetch_study(self, client, uid: str) -> int:
         """Stream the study's WADO-RS answer part by part into the spool; returns the instances taken."""
-        cap = self.config.max_instance_mb * 1024 * 1024
+        cap = self.config.max_instance_bytes
         taken = 0
         async with self._get(client, f"{self.pull.url}/studies/{uid}", None, WADO_ACCEPT) as response:
             if response.status_code != 200:

@@ -20,20 +20,19 @@ from __future__ import annotations
 
 import json
 import re
-from difflib import get_close_matches
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
                       field_validator, model_validator)
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
+from radfm.dicom.series_rules import (DEFAULT_RULES, MAX_INSTANCES_PER_STUDY, STRICT, SeriesRules, expected,
+                                        validation_message, whole)
 from radfm.answering.limits import DEFAULT_MAX_SCAN_MB, mib_to_bytes
-from radfm.answering.options import field_path
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 printable chars, no backslash
-_STRICT = ConfigDict(extra="forbid", validate_default=True)  # a missing field's default is checked too
 DAY_S = 86400.0
 
 
@@ -49,29 +48,16 @@ class NodeConfigError(ValueError):
         self.field = field
 
 
-def _expected(what: str) -> PydanticCustomError:
-    """A field's error: what it expects (the message adds the path and the value given)."""
-    return PydanticCustomError("expected", "{expected}", {"expected": what})
-
-
 def _ae(value: Any) -> str:
     if not isinstance(value, str) or not _AE_TITLE.match(value) or not value.strip():
-        raise _expected("an AE title of 1-16 printable characters (no backslash)")
+        raise expected("an AE title of 1-16 printable characters (no backslash)")
     return value.strip()
 
 
 def _host(value: Any) -> str:
     if not isinstance(value, str) or not value or len(value) > 255 or any(c.isspace() for c in value):
-        raise _expected("a host name or IP address")
+        raise expected("a host name or IP address")
     return value
-
-
-def _whole(low: int, high: int):
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise _expected(f"a whole number >= {low} and <= {high}")
-        return value
-    return BeforeValidator(check)
 
 
 def _seconds(low: float, high: float):
@@ -82,19 +68,19 @@ def _seconds(low: float, high: float):
 
 def _in_seconds(value: Any, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low <= value <= high):
-        raise _expected(f"a number of seconds >= {low:g} and <= {high:g}")
+        raise expected(f"a number of seconds >= {low:g} and <= {high:g}")
     return float(value)
 
 
 def _url(value: Any) -> str:
     if not isinstance(value, str) or not re.match(r"https?://", value):
-        raise _expected("the DICOMweb root, http(s)://HOST:PORT/dicom-web")
+        raise expected("the DICOMweb root, http(s)://HOST:PORT/dicom-web")
     return value.rstrip("/")
 
 
 def _text_or_none(value: Any) -> str | None:
     if value is not None and (not isinstance(value, str) or not value):
-        raise _expected("a string or null")
+        raise expected("a string or null")
     return value
 
 
@@ -102,10 +88,9 @@ AETitle = Annotated[str, BeforeValidator(_ae)]
 Host = Annotated[str, BeforeValidator(_host)]
 DICOMwebURL = Annotated[str, BeforeValidator(_url)]
 TextOrNone = Annotated[str | None, BeforeValidator(_text_or_none)]
-MAX_INSTANCES_PER_STUDY = 100_000
 
 
-@dataclass(config=_STRICT)
+@dataclass(config=STRICT)
 class Caller:
     """A calling AE allowed to send studies (and C-ECHO): its title and the host it connects from."""
 
@@ -113,7 +98,7 @@ class Caller:
     host: Host = None  # type: ignore[assignment]
 
 
-@dataclass(config=_STRICT)
+@dataclass(config=STRICT)
 class Destination:
     """Where reports go: ``kind`` ``dimse`` (C-STORE to ae_title@host:port) or ``stow`` (STOW-RS to url)."""
 
@@ -128,14 +113,14 @@ class Destination:
     @classmethod
     def _name(cls, value: Any) -> Any:
         if value is not None and (not isinstance(value, str) or not re.fullmatch(r"[\w.-]{1,64}", value)):
-            raise _expected("a short name of letters, digits, ._-")
+            raise expected("a short name of letters, digits, ._-")
         return value
 
     @field_validator("kind", mode="before")
     @classmethod
     def _kind(cls, value: Any) -> str:
         if value not in ("dimse", "stow"):
-            raise _expected('"dimse" (C-STORE) or "stow" (STOW-RS)')
+            raise expected('"dimse" (C-STORE) or "stow" (STOW-RS)')
         return value
 
     # the address fields a kind needs (validate_default: a missing one is named too)
@@ -153,64 +138,11 @@ class Destination:
 
 def _port(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise _expected("a whole number >= 1 and <= 65535")
+        raise expected("a whole number >= 1 and <= 65535")
     return value
 
 
-@dataclass(config=_STRICT)
-class SeriesRule:
-    """Which series to answer about and what to ask: the first rule a series matches applies.
-
-    ``modalities``: e.g. ``["CT"]``; ``description``: a regular expression searched (case-insensitive)
-    in the SeriesDescription, or ``null`` for any; ``min_instances``: fewer instances are skipped
-    (a scout); ``prompt``: the question, with ``<image>`` where the series goes (or none: it goes first).
-    """
-
-    name: str = ""  # default: rule{i}
-    modalities: list[str] = Field(default_factory=list)
-    prompt: str = ""
-    description: str | None = None
-    min_instances: Annotated[int, _whole(1, MAX_INSTANCES_PER_STUDY)] = 1
-
-    @field_validator("name", mode="before")
-    @classmethod
-    def _name(cls, value: Any) -> str:
-        return str(value)
-
-    @field_validator("modalities", mode="before")
-    @classmethod
-    def _modalities(cls, value: Any) -> list[str]:
-        if not isinstance(value, list) or not value or not all(
-                isinstance(m, str) and re.fullmatch(r"[A-Z]{2,16}", m) for m in value):
-            raise _expected('a list of DICOM modality codes such as ["CT"]')
-        return value
-
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _prompt(cls, value: Any) -> str:
-        if not isinstance(value, str) or not value.strip() or value.count("<image>") > 1:
-            raise _expected("a question with at most one <image>")
-        return value
-
-    @field_validator("description", mode="before")
-    @classmethod
-    def _description(cls, value: Any) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except (re.error, TypeError) as error:
-                raise _expected(f"a regular expression ({error})") from None
-        return value
-
-
-DEFAULT_RULES = [
-    SeriesRule("ct", ["CT"], "<image> Describe the findings of this CT scan.", min_instances=4),
-    SeriesRule("mr", ["MR"], "<image> Describe the findings of this MRI scan.", min_instances=4),
-    SeriesRule("chest-xray", ["CR", "DX"], "<image> Describe the findings of this chest X-ray."),
-]
-
-
-@dataclass(config=_STRICT)
+@dataclass(config=STRICT)
 class PullConfig:
     """DICOMweb pull mode: ask ``url`` (QIDO-RS) every ``every_s`` for studies matching ``filter``.
 
@@ -226,7 +158,7 @@ class PullConfig:
     @classmethod
     def _filter(cls, value: Any) -> dict[str, str]:
         if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            raise _expected('QIDO-RS study filters, e.g. {"ModalitiesInStudy": "CT"}')
+            raise expected('QIDO-RS study filters, e.g. {"ModalitiesInStudy": "CT"}')
         return dict(value)
 
 
@@ -237,33 +169,33 @@ class NodeConfig(BaseModel):
 
     ae_title: AETitle = "RADFM"
     host: Host = "127.0.0.1"
-    port: Annotated[int, _whole(0, 65535)] = 11112
+    port: Annotated[int, whole(0, 65535)] = 11112
     allowed_callers: list[Caller] = Field(default_factory=list)
     state_dir: str = "radfm-node"
     # no new instance of a study for this long: the study is complete
     stable_after_s: Annotated[float, _seconds(0.1, DAY_S)] = 10.0
     # Upper bounds: a value past these is a typo or an attack on the node's memory/disk, never a setting
     # (e.g. max_studies_in_memory 1e9 let the node grow past 2.5 GB).
-    max_studies_in_memory: Annotated[int, _whole(1, 64)] = 1  # jobs read and answered at once (one study each)
-    max_instance_mb: Annotated[int, _whole(1, 4096)] = 256  # one received instance, as received
-    max_scan_mb: Annotated[int, _whole(1, 65536)] = DEFAULT_MAX_SCAN_MB  # decoded size of one series (headers)
-    max_instances_per_study: Annotated[int, _whole(1, MAX_INSTANCES_PER_STUDY)] = 5000
+    max_studies_in_memory: Annotated[int, whole(1, 64)] = 1  # jobs read and answered at once (one study each)
+    max_instance_mb: Annotated[int, whole(1, 4096)] = 256  # one received instance, as received
+    max_scan_mb: Annotated[int, whole(1, 65536)] = DEFAULT_MAX_SCAN_MB  # decoded size of one series (headers)
+    max_instances_per_study: Annotated[int, whole(1, MAX_INSTANCES_PER_STUDY)] = 5000
     model: TextOrNone = None  # a model folder; null: the demo model
     device: str = "cpu"
-    max_new_tokens: Annotated[int, _whole(1, 8192)] = 128
+    max_new_tokens: Annotated[int, whole(1, 8192)] = 128
     # one series' generation; a full-size model on CPU takes minutes
     generation_timeout_s: Annotated[float, _seconds(1.0, DAY_S)] = 1800.0
-    rules: list[SeriesRule] = Field(default_factory=lambda: list(DEFAULT_RULES))
+    rules: SeriesRules = Field(default_factory=lambda: list(DEFAULT_RULES))
     destinations: list[Destination] = Field(default_factory=list)
-    max_attempts: Annotated[int, _whole(1, 1000)] = 8  # delivery tries per destination before the job fails
+    max_attempts: Annotated[int, whole(1, 1000)] = 8  # delivery tries per destination before the job fails
     retry_first_s: Annotated[float, _seconds(0.01, 3600.0)] = 5.0  # first wait between tries; doubles each time
     retry_max_s: float = 600.0  # >= retry_first_s
-    max_job_attempts: Annotated[int, _whole(1, 100)] = 3  # a job interrupted (crash) or failing this often fails
+    max_job_attempts: Annotated[int, whole(1, 100)] = 3  # a job interrupted (crash) or failing this often fails
     institution_name: TextOrNone = None
     pull: PullConfig | None = None
     # associations of allowed callers at once (connections not yet asking come on top), and of those from one host
-    max_associations: Annotated[int, _whole(1, 64)] = 8
-    max_associations_per_host: Annotated[int, _whole(1, 64)] = 4
+    max_associations: Annotated[int, whole(1, 64)] = 8
+    max_associations_per_host: Annotated[int, whole(1, 64)] = 4
     # a connection sending no A-ASSOCIATE-RQ for this long is closed
     association_request_timeout_s: Annotated[float, _seconds(0.5, 120.0)] = 5.0
 
@@ -273,35 +205,28 @@ class NodeConfig(BaseModel):
     @classmethod
     def _callers(cls, value: Any) -> Any:
         if not isinstance(value, list) or not value:
-            raise _expected('a non-empty list of {"ae_title", "host"} (who may send studies)')
+            raise expected('a non-empty list of {"ae_title", "host"} (who may send studies)')
         return value
 
     @field_validator("state_dir", mode="before")
     @classmethod
     def _state_dir(cls, value: Any) -> str:
         if not isinstance(value, str) or not value:
-            raise _expected("a folder path")
+            raise expected("a folder path")
         return value
 
     @field_validator("device", mode="before")
     @classmethod
     def _device(cls, value: Any) -> str:
         if not isinstance(value, str) or not value:
-            raise _expected("cpu, cuda or cuda:N")
-        return value
-
-    @field_validator("rules", mode="before")
-    @classmethod
-    def _rules(cls, value: Any) -> Any:
-        if not isinstance(value, list) or not value:
-            raise _expected("a non-empty list of series rules")
+            raise expected("cpu, cuda or cuda:N")
         return value
 
     @field_validator("destinations", mode="before")
     @classmethod
     def _destinations(cls, value: Any) -> Any:
         if not isinstance(value, list):
-            raise _expected("a list")
+            raise expected("a list")
         return value
 
     @field_validator("retry_max_s", mode="before")
@@ -314,13 +239,11 @@ class NodeConfig(BaseModel):
     def _per_host(cls, value: int, info: ValidationInfo) -> int:
         most = info.data.get("max_associations")
         if most is not None and value > most:
-            raise _expected(f"<= max_associations ({most})")
+            raise expected(f"<= max_associations ({most})")
         return value
 
     @model_validator(mode="after")
     def _names(self) -> NodeConfig:
-        for i, rule in enumerate(self.rules):
-            rule.name = rule.name or f"rule{i}"
         for i, destination in enumerate(self.destinations):
             destination.name = destination.name or f"destination{i}"
         if len({d.name for d in self.destinations}) != len(self.destinations):
@@ -390,42 +313,6 @@ class NodeConfig(BaseModel):
         try:
             config = cls.model_validate(raw)
         except ValidationError as error:
-            raise NodeConfigError(*_message(source, error)) from None
+            raise NodeConfigError(*validation_message(source, error, NodeConfig)) from None
         config._source = source
         return config
-
-
-def _message(source: str, error: ValidationError) -> tuple[str, str]:
-    """``(message, field path)`` of the first error: ``"{source}: {path}: ..."``; an unknown field names the
-    nearest known one."""
-    details = error.errors(include_url=False)
-    # a misspelt field explains a missing one: the unknown name is named first
-    unknown = ("extra_forbidden", "unexpected_keyword_argument")  # (a pydantic dataclass says the latter)
-    detail = next((d for d in details if d["type"] in unknown), details[0])
-    loc, kind = detail["loc"], detail["type"]
-    path = field_path(loc)
-    if kind in unknown:
-        known = sorted(_fields_at(loc[:-1]))
-        near = get_close_matches(str(loc[-1]), known, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else f" (known: {', '.join(known)})"
-        return f"{source}: {path}: unknown field{hint}", path
-    if kind == "plain":
-        return f"{source}: {detail['msg']}", path
-    if kind == "expected":
-        return f"{source}: {path}: expected {detail['msg']}, got {detail['input']!r}", path
-    if kind in ("dataclass_type", "dataclass_args", "model_type", "dict_type"):
-        return f"{source}: {path}: expected an object, got {detail['input']!r}", path
-    return f"{source}: {path}: {detail['msg']}, got {detail['input']!r}", path
-
-
-def _fields_at(loc: tuple) -> set[str]:
-    """The field names of the object at ``loc`` (``("rules", 0)`` -> SeriesRule's)."""
-    kind: Any = NodeConfig
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        fields = getattr(kind, "model_fields", None) or kind.__pydantic_fields__
-        kind = fields[part].annotation
-        while get_args(kind):  # list[X], X | None
-            kind = next(arg for arg in get_args(kind) if arg is not type(None))
-    return set(getattr(kind, "model_fields", None) or kind.__pydantic_fields__)

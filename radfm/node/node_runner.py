@@ -50,7 +50,7 @@ class NodeRunner:
         if answerer is None:
             answerer = load_answerer(config)
         self.answerer = answerer
-        limits = Limits(max_scan_bytes=config.max_scan_mb * 1024 * 1024, max_new_tokens=max(config.max_new_tokens, 1),
+        limits = Limits(max_scan_bytes=config.max_scan_bytes, max_new_tokens=max(config.max_new_tokens, 1),
                         parallel_preprocess=config.max_studies_in_memory, max_queue=config.max_studies_in_memory,
                         max_files=config.max_instances_per_study, generation_timeout_s=config.generation_timeout_s)
         (config.state_path / "tmp-requests").mkdir(parents=True, exist_ok=True)

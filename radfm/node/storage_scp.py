@@ -94,7 +94,7 @@ def header_read_bytes(path: Path, config: NodeConfig) -> int:
 
     size = path.stat().st_size
     if _is_deflated(path):
-        size += 2 * min(DICOM_INFLATED_HEADER_BYTES, config.max_scan_mb * MiB)
+        size += 2 * min(DICOM_INFLATED_HEADER_BYTES, config.max_scan_bytes)
     return size + _HEADER_READ_BYTES
 
 
@@ -113,10 +113,10 @@ def check_instance(path: Path, config: NodeConfig, scratch: Path | None = None) 
     from radfm.transforms.guards import check_dicom, check_dicom_inflation, write_inflated_dicom
 
     size = path.stat().st_size
-    if size > config.max_instance_mb * MiB:
+    if size > config.max_instance_bytes:
         raise InstanceRefused(f"instance of {size} bytes exceeds max_instance_mb={config.max_instance_mb}",
                               STATUS_OUT_OF_RESOURCES)
-    limit = config.max_scan_mb * MiB
+    limit = config.max_scan_bytes
     fd, name = tempfile.mkstemp(dir=scratch, suffix=".dcm")
     os.close(fd)
     inflated = Path(name)
@@ -231,7 +231,7 @@ class StorageSCP:
         self._spool_tmp = queue.root / "tmp"
         self._spool_tmp.mkdir(exist_ok=True)
         # reading received headers: the service's budget, at most max_instance_mb at once
-        self.budget = MemoryBudget(config.max_instance_mb * MiB)
+        self.budget = MemoryBudget(config.max_instance_bytes)
         self._door = _Door(config.max_associations, config.max_associations_per_host, config.max_associations)
         self._dataset_bytes: dict[int, int] = {}  # id(association) -> bytes of the data set being received
 
@@ -398,7 +398,7 @@ class StorageSCP:
             else:
                 count += max(0, len(data) - 1)
         self._dataset_bytes[key] = count
-        cap = self.config.max_instance_mb * MiB
+        cap = self.config.max_instance_bytes
         if count > cap and not event.assoc.is_aborted:
             self.refused += 1
             self.aborted_oversized += 1

@@ -21,6 +21,7 @@ import pytest
 
 from support.synthetic import write_chest_xray, write_ct_series
 from radfm.model.loading import demo_model_dir
+from radfm.answering.identity import ModelIdentity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from hostile_files import deflated_dicom_bomb  # noqa: E402
@@ -54,9 +55,9 @@ def test_the_app_answers_the_selected_ct_series_and_writes_an_sr_referencing_it(
     deflated_dicom_bomb(tmp_path / "in" / "other" / "bomb.dcm", 64 * 1024**2)
     write_chest_xray(tmp_path / "in" / "dx", size=64, study_uid=pydicom.dcmread(ct_files[0]).StudyInstanceUID)
     rules = tmp_path / "rules.json"
-    rules.write_text(json.dumps({"selections": [
-        {"name": "ct", "conditions": {"Modality": "(?i)^CT$"},
-         "prompt": "Look at the image <image> and answer: Where is the lesion?"}]}), encoding="utf-8")
+    rules.write_text(json.dumps([{"name": "ct", "modalities": ["CT"],  # the node config's rules format
+                                  "prompt": "Look at the image <image> and answer: Where is the lesion?"}]),
+                     encoding="utf-8")
     out = tmp_path / "out"
     run = subprocess.run([DEPLOY_PYTHON, "-m", "radfm.deploy.deploy_app", "-i", str(tmp_path / "in"), "-o", str(out),
                           "-m", str(demo_model_dir()), "--rules", str(rules), "--max_new_tokens", "8"],
@@ -87,9 +88,8 @@ def test_the_app_writes_no_patient_data_to_its_output(tmp_path, patient_data):
     ct_files = write_ct_series(tmp_path / "in" / "ct", slices=8, size=64, description="AXIAL", patient_id=patient["id"])
     patient_data.give(ct_files, patient)
     rules = tmp_path / "rules.json"
-    rules.write_text(json.dumps({"selections": [
-        {"name": "ct", "conditions": {"Modality": "(?i)^CT$"}, "prompt": "<image> Where is the lesion?"}]}),
-        encoding="utf-8")
+    rules.write_text(json.dumps({"rules": [{"name": "ct", "modalities": ["CT"],
+                                            "prompt": "<image> Where is the lesion?"}]}), encoding="utf-8")
     out = tmp_path / "out"
     run = subprocess.run([DEPLOY_PYTHON, "-m", "radfm.deploy.deploy_app", "-i", str(tmp_path / "in"), "-o", str(out),
                           "-m", str(demo_model_dir()), "--rules", str(rules), "--max_new_tokens", "4"],
@@ -105,17 +105,83 @@ def test_the_app_writes_no_patient_data_to_its_output(tmp_path, patient_data):
 def test_an_input_no_rule_selects_ends_with_one_line_and_status_0_and_the_model_used_is_logged(tmp_path):
     write_chest_xray(tmp_path / "in" / "dx", size=32)
     rules = tmp_path / "rules.json"
-    rules.write_text(json.dumps({"selections": [{"name": "ct", "conditions": {"Modality": "(?i)^CT$"}}]}))
+    rules.write_text(json.dumps([{"name": "ct", "modalities": ["CT"], "prompt": "<image> Findings?"}]))
     run = subprocess.run([DEPLOY_PYTHON, "-m", "radfm.deploy.deploy_app", "-i", str(tmp_path / "in"),
                           "-o", str(tmp_path / "out"), "--rules", str(rules)],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-3000:]
     assert "Traceback" not in output
-    assert f"radfm deploy app: no DICOM image in {tmp_path / 'in'} matches the selection rules (ct); " \
+    assert f"radfm deploy app: no DICOM image in {tmp_path / 'in'} matches the series rules (ct); " \
            "nothing to answer" in run.stderr
     # no -m: the SDK says model_path=models; the demo model is what runs, and the log says so
     assert f"model: {demo_model_dir()}" in output
+
+
+class _FixedAnswerer:
+    """The node's answerer in process: reads the scan with our transforms, answers one sentence."""
+
+    identity = ModelIdentity("test-model", "1", "0" * 64)
+    max_images = 4
+
+    def prepare(self, paths):
+        from radfm.transforms import preprocess_scan
+
+        return [preprocess_scan(str(p), size_2d=(32, 32), size_3d=(32, 32), max_depth=4) for p in paths]
+
+    def answer(self, prompt, images, options):
+        return "an answer"
+
+
+@needs_sdk
+def test_the_node_and_the_app_answer_the_same_series_with_the_same_prompt_from_one_rules_list(tmp_path):
+    """One rules list, one study (a scout CT of 2 instances, a CT of 10): the node (its config's ``rules``) and
+    the Deploy app (``--rules``) both answer the 10-instance series (min_instances=4), with the rule's prompt;
+    the description rule is matched ignoring case by both."""
+    import time
+
+    from radfm.node.node_config import NodeConfig
+    from radfm.node.node_runner import NodeRunner
+    from radfm.node.storage_scp import StorageSCP
+    from radfm.dicom.sr import read_sr
+
+    ct = write_ct_series(tmp_path / "in" / "ct", slices=10, size=32, description="AXIAL 5MM")
+    study = pydicom.dcmread(ct[0]).StudyInstanceUID
+    scout = write_ct_series(tmp_path / "in" / "scout", slices=2, size=32, study_uid=study, description="axial scout")
+    rules = [{"name": "ct", "modalities": ["CT"], "description": "axial", "min_instances": 4,
+              "prompt": "Where is the lesion in <image>?"}]
+    (tmp_path / "rules.json").write_text(json.dumps(rules), encoding="utf-8")
+
+    config = NodeConfig.from_dict({"port": 0, "state_dir": str(tmp_path / "state"), "rules": rules,
+                                   "allowed_callers": [{"ae_title": "TESTSCU", "host": "127.0.0.1"}]})
+    node = NodeRunner(config, answerer=_FixedAnswerer())
+    try:
+        scp = StorageSCP(config, node.queue)
+        for file in [*scout, *ct]:
+            assert scp.ingest(file, "TESTSCU@127.0.0.1") == 0
+        node.queue.seal_stable(0.0, now=time.time() + 1)
+        assert node.run_next()
+        (record,) = node.queue.jobs()
+        (result,) = record["results"]
+        node_sr = read_sr(result["sr_path"])
+    finally:
+        node.path.close()
+        node.queue.close()
+
+    out = tmp_path / "out"
+    run = subprocess.run([DEPLOY_PYTHON, "-m", "radfm.deploy.deploy_app", "-i", str(tmp_path / "in"), "-o", str(out),
+                          "-m", str(demo_model_dir()), "--rules", str(tmp_path / "rules.json"),
+                          "--max_new_tokens", "4"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    (sr_path,) = sorted(out.glob("radfm-sr-*.dcm"))
+    app_sr = read_sr(sr_path)
+    series = pydicom.dcmread(ct[0], stop_before_pixels=True).SeriesInstanceUID
+    assert result["series_uid"] == series and sr_path.name == f"radfm-sr-{series}.dcm"
+    instances = sorted(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in ct)
+    assert sorted(node_sr["referenced_sop_instance_uids"]) == instances
+    assert sorted(app_sr["referenced_sop_instance_uids"]) == instances
+    assert node_sr["prompt"] == app_sr["prompt"] == "Where is the lesion in <image>?"
+    assert result["rule"] == "ct" and "rule=ct" in app_sr["algorithm_parameters"]
 
 
 def test_without_the_sdk_the_app_says_in_one_line_what_to_run(tmp_path):

@@ -1,7 +1,8 @@
 """Series selection: modality, description pattern, minimum instances, one series per rule."""
 
-from radfm.node.node_config import DEFAULT_RULES, SeriesRule
-from radfm.dicom.series_rules import select_series
+import pytest
+
+from radfm.dicom.series_rules import DEFAULT_RULES, SeriesRule, select_series
 
 
 def _series(uid, modality, description="", instances=10):
@@ -25,3 +26,39 @@ def test_description_pattern_is_case_insensitive_and_first_rule_wins():
 
 def test_nothing_matches_gives_an_empty_choice():
     assert select_series([_series("1", "US", "", 5)], DEFAULT_RULES) == []
+
+
+def test_a_rules_file_holds_the_node_configs_rules_as_a_list_or_under_rules(tmp_path):
+    import json
+
+    from radfm.dicom.series_rules import load_series_rules
+
+    rules = [{"modalities": ["CT"], "prompt": "<image> Findings?", "min_instances": 4},
+             {"name": "dx", "modalities": ["DX"], "prompt": "<image> Chest?", "description": "pa|ap"}]
+    for content in (rules, {"rules": rules}):
+        (tmp_path / "rules.json").write_text(json.dumps(content))
+        loaded = load_series_rules(tmp_path / "rules.json")
+        assert loaded == [SeriesRule("rule0", ["CT"], "<image> Findings?", min_instances=4),
+                          SeriesRule("dx", ["DX"], "<image> Chest?", description="pa|ap")]
+
+
+@pytest.mark.parametrize("content, message", [
+    ([{"modalities": ["CT"], "prompt": "<image> <image>"}], r"rules\[0\].prompt: expected a question with at most one"),
+    ({"rules": [{"modalities": ["CT"], "prompt": "x", "min_instance": 4}]},
+     r"rules\[0\].min_instance: unknown field \(did you mean 'min_instances'\?\)"),
+    ({"rulez": []}, r"rulez: unknown field \(did you mean 'rules'\?\)"),
+    ([], "rules: expected a non-empty list of series rules"),
+    ({"selections": [{"name": "ct", "conditions": {"Modality": "CT"}}]}, "selections: unknown field"),  # the SDK's
+    ("CT", r"expected a list of series rules or \{\"rules\": \[...\]\}, got str"),
+])
+def test_a_bad_rules_file_is_refused_naming_the_file_and_the_field(tmp_path, content, message):
+    import json
+
+    from radfm.dicom.series_rules import load_series_rules
+
+    (tmp_path / "rules.json").write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=r"rules.json: " + message):
+        load_series_rules(tmp_path / "rules.json")
+    (tmp_path / "bad.json").write_text("[")
+    with pytest.raises(ValueError, match="bad.json: not valid JSON"):
+        load_series_rules(tmp_path / "bad.json")
