@@ -92,7 +92,7 @@ def test_demo_text_prompts_get_the_same_answers(demo, demo_engine, sample_scans)
 def test_official_fixture_matches_transformers_and_the_published_tokens(official_folder, official_engine,
                                                                        official_tiny_dir, name):
     from radfm.model.processing import block_positions
-    from radfm.model.radfm import RadFM
+    from radfm.model.radfm import RadFMForConditionalGeneration
 
     case = torch.load(official_tiny_dir / f"case_{name}.pt", weights_only=True)
     scans = [image.float() / 255.0 for image in case["vision_x_uint8"][0]]
@@ -102,7 +102,7 @@ def test_official_fixture_matches_transformers_and_the_published_tokens(official
     for start, end in reversed(block_positions(ids, vocab)):  # the vLLM input: one <image> id per block
         prompt[start:end] = [vocab]
     published = case["greedy_new_tokens"].tolist()
-    model = RadFM.from_pretrained(official_folder).eval()
+    model = RadFMForConditionalGeneration.from_pretrained(official_folder).eval()
     tokens, logprobs = _reference(model, case["input_ids"], scans, len(published))
     assert tokens == published
     output = official_engine.generate([{"prompt_token_ids": prompt, "multi_modal_data": {"image": scans}}],
