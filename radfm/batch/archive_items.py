@@ -196,8 +196,10 @@ def folder_items(root: str | os.PathLike, prompt: str | None = None, rules: Sequ
     counts = {"series_not_selected": 0, "skipped_files": 0}
     # study -> series -> {"modality", "description", "files", "folders"}
     studies: dict[str, dict[str, dict[str, Any]]] = {}
+    files_in: dict[str, int] = {}  # folder -> its files: a series is read by reference only from a folder of its own
     for folder, subfolders, names in os.walk(root):
         subfolders.sort()
+        files_in[str(folder)] = len(names)
         for name in sorted(names):
             path = Path(folder) / name
             relative = path.relative_to(root).as_posix()
@@ -220,6 +222,10 @@ def folder_items(root: str | os.PathLike, prompt: str | None = None, rules: Sequ
                                                "select DICOM series only; give --prompt for other files")
                 items.append(_item(relative, "", [str(path)], question, origin="folder", error=error))
                 continue
+            if not header.get("SOPInstanceUID"):  # a preamble and little else: cut short or not DICOM after all
+                items.append(_item(relative, "", [str(path)], question, origin="folder",
+                                   error=f"InvalidDicom: {relative}: no SOPInstanceUID in its header (cut short?)"))
+                continue
             if "Rows" not in header:  # an SR or other non-image instance: nothing for the model
                 counts["skipped_files"] += 1
                 continue
@@ -239,8 +245,7 @@ def folder_items(root: str | os.PathLike, prompt: str | None = None, rules: Sequ
             chosen = [(s, question, "") for s in listed]
         for entry, text, rule in chosen:
             folder = next(iter(entry["folders"]))
-            alone = len(entry["folders"]) == 1 and sum(
-                1 for s in series.values() if folder in s["folders"]) == 1
+            alone = len(entry["folders"]) == 1 and files_in.get(folder) == len(entry["files"])
             # a folder holding this series only is read by reference; otherwise its files are listed
             # (the request path groups them into the one series)
             error = None if text else "NoPrompt: no --prompt and no --rules for this DICOM series"

@@ -123,6 +123,9 @@ def read_results(output: str | os.PathLike):
     frame["_failed"] = frame["error"].notna()
     frame = frame.sort_values(["key", "_failed", "finished_at"], ascending=[True, True, False])
     frame = frame.drop_duplicates("key", keep="first").drop(columns="_failed")
+    for name, kind in COLUMNS:  # a missing text is None (pandas reads it as NaN)
+        if kind == "string":
+            frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
     return frame.sort_values(["study_uid", "series_uid", "prompt"]).reset_index(drop=True)
 
 
