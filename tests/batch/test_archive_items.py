@@ -28,7 +28,7 @@ def test_an_item_listed_twice_is_kept_once():
 def test_a_prompt_bank_entry_is_rendered_for_one_scan_and_bad_entries_are_named():
     assert items.resolve_prompt("bank:report:3") == "<image> Describe the findings in this image."
     assert items.resolve_prompt("What is shown? <image>") == "What is shown? <image>"
-    with pytest.raises(items.BatchInputError, match=r"bank 'report' has entries 0-9"):
+    with pytest.raises(items.BatchInputError, match=r"bank 'report' has entries 0-10"):
         items.resolve_prompt("bank:report:99")
     with pytest.raises(items.BatchInputError, match=r"no prompt bank for task 'reprot'"):
         items.resolve_prompt("bank:reprot")
