@@ -1,7 +1,7 @@
 """``radfm batch`` (Ray Data) against ``radfm evaluate`` on the same studies: studies per minute and peak memory.
 
     .venv/bin/python scripts/bench_batch.py [--studies 200] [--models demo,cpu-small] [--workers 1,2]
-                                            [--max-new-tokens 16] [--batch-size 4] [--folder runs/bench_batch]
+                                            [--max-new-tokens 16] [--batch-size 8] [--folder outputs/bench_batch]
 
 The studies are generated phantoms (``radfm.hospital.synthetic``): half DICOM CT series (16 slices of
 128 x 128), half DX chest X-rays (256 x 256), listed in one manifest. Each command runs as its own
@@ -11,8 +11,9 @@ process, as a user runs it (model loading and, for batch, Ray's start-up include
 * ``radfm batch --manifest M --read_workers W --actors 1`` for each W in ``--workers`` (W CPU workers
   read + preprocess, one model actor with one torch thread; a local Ray with W + 1 CPUs).
 
-Reported per command: wall seconds, studies per minute over the wall time, the rate of the busy
-pipeline (first answer to last answer, from the batch's own rows), and peak RSS sampled every 0.2 s:
+Reported per command: wall seconds, studies per minute over the wall time (start-up included), the
+rate once the model is up (batch: first generate call to last answer, from its rows; evaluate: its
+progress bar's final rate over the prediction loop), and peak RSS sampled every 0.2 s:
 the driver, the largest Ray worker and all Ray workers together, and Ray's own daemons.
 Models: ``demo`` = bundles/radfm/models/demo; ``cpu-small`` = the ``cpu-small`` preset with random
 weights (its LLaMA vocabulary cut to the tiny tokenizer's), saved once under the folder.
@@ -129,14 +130,25 @@ def run(command: list[str], log: Path) -> tuple[float, dict[str, float], int]:
 
 
 def busy_rate(output: Path) -> float | None:
-    """Studies per minute from the first read start to the last answer (the pipeline while it runs)."""
+    """Studies per minute of ``radfm batch`` once the model is up: first generate call to last answer."""
     from radfm.batch.parquet_results import read_results
 
     rows = read_results(output)
     if not len(rows):
         return None
-    span = rows["generate_finished"].max() - rows["read_started"].min()
+    span = rows["generate_finished"].max() - rows["generate_started"].min()
     return len(rows) / span * 60 if span > 0 else None
+
+
+def evaluate_rate(log: Path) -> float | None:
+    """Studies per minute of ``radfm evaluate``'s prediction loop (its progress bar's final rate)."""
+    import re
+
+    rate = None
+    for match in re.finditer(r"(\d+(?:\.\d+)?)(case/s|s/case)", log.read_text(errors="replace")):
+        value = float(match.group(1))
+        rate = value * 60 if match.group(2) == "case/s" else 60 / value
+    return rate
 
 
 def main() -> None:
@@ -145,8 +157,8 @@ def main() -> None:
     parser.add_argument("--models", default="demo,cpu-small")
     parser.add_argument("--workers", default="1,2", help="CPU workers (read tasks) of radfm batch, comma-separated")
     parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--folder", default="runs/bench_batch")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--folder", default="outputs/bench_batch")
     args = parser.parse_args()
     folder = (ROOT / args.folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -155,14 +167,14 @@ def main() -> None:
     print(f"{args.studies} studies (phantoms: {args.studies - args.studies // 2} DICOM CT series of 16 x 128 x 128, "
           f"{args.studies // 2} DX X-rays of 256 x 256), batch size {args.batch_size}, "
           f"max_new_tokens {args.max_new_tokens}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")
-    print("| model | command | wall s | studies/min (wall) | studies/min (busy pipeline) | answered | "
+    print("| model | command | wall s | studies/min (wall) | studies/min (model up) | answered | "
           "driver peak MiB | largest worker MiB | workers total MiB | Ray daemons MiB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         model = model_folder(name, folder)
         runs = [("radfm evaluate", [*radfm, "evaluate", "--manifest", str(manifest), "--model", str(model),
                                     "--batch_size", str(args.batch_size), "--max_new_tokens", str(args.max_new_tokens),
-                                    "--bertscore", "False", "--n_resamples", "0"], None)]
+                                    "--bertscore", "False", "--n_resamples", "1"], None)]
         for workers in [int(w) for w in args.workers.split(",")]:
             runs.append((f"radfm batch, {workers} CPU worker(s)",
                          [*radfm, "batch", "--manifest", str(manifest), "--model", str(model), "--read_workers",
@@ -177,7 +189,7 @@ def main() -> None:
             if workers is None:
                 answered = sum(1 for line in (output / "predictions.jsonl").read_text().splitlines()
                                if line.strip() and json.loads(line).get("error") is None) if code == 0 else 0
-                busy = None
+                busy = evaluate_rate(folder / f"{output.name}.log")
             else:
                 from radfm.batch.parquet_results import read_results
 

@@ -299,8 +299,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, object_s
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=int(object_store_mb) * MiB,
-                 log_to_driver=False)
+        # address="local": a Ray of this run's own, even where another one runs on the machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 object_store_memory=int(object_store_mb) * MiB, log_to_driver=False)
     return True
 
 

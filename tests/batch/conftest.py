@@ -30,7 +30,8 @@ def ray_session():
     """The session's local Ray: 2 CPUs, no dashboard, a small object store (the machine is shared)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2,
+             log_to_driver=False)  # "local": never join another Ray running on the machine
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
