@@ -280,7 +280,12 @@ def write_sr_row(row: dict[str, Any], *, sr_folder: str) -> dict[str, Any]:
         target = Path(sr_folder) / f"{row['series_uid']}-{row['key'][:12]}.dcm"
         row["sr_path"] = str(write_dataset(sr, target))
     except Exception as error:  # noqa: BLE001 - the row keeps its answer; --retry_failed makes the SR again
-        row["error"] = f"SRExportError: {type(error).__name__}: {error}"
+        from radfm.interop.sr import SRExportError
+
+        # our own SR errors name the file and field; another library's message may quote a header value
+        # (a patient's name), so only its type goes into the output
+        reason = str(error) if isinstance(error, SRExportError) else f"{type(error).__name__} while building the SR"
+        row["error"] = f"SRExportError: {reason}"
     return row
 
 
