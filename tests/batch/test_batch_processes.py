@@ -62,13 +62,16 @@ def _raw_keys(output: Path) -> list[str]:
 def test_kill_9_of_the_driver_loses_only_the_batches_in_flight_and_a_rerun_finishes_exactly_once(
         ray_session, phantom_manifest, tmp_path):
     output = tmp_path / "out"
-    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(output), str(phantom_manifest), ray_session],
-                              cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "driver.log"  # a file, not a pipe: a full pipe nobody reads would stall the driver
+    with log.open("wb") as sink:
+        driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(output), str(phantom_manifest), ray_session],
+                                  cwd=tmp_path, env=_env(), stdout=sink, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 240
         while len(part_files(output)) < 3:  # answers are arriving: the run is under way
-            assert driver.poll() is None, driver.stderr.read().decode(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, "the driver wrote nothing in 240 s"
+            assert driver.poll() is None, log.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, "the driver wrote nothing in 240 s: " + log.read_text(
+                errors="replace")[-3000:]
             time.sleep(0.02)
         os.kill(driver.pid, signal.SIGKILL)
     finally:
