@@ -370,7 +370,7 @@ def check_batch(sizes: Sizes, device: torch.device, state: dict, studies: int = 
         common = ["--manifest", str(manifest), "--model", str(root / "model"), "--batch_size", "8",
                   "--max_new_tokens", "32", "--dtype", "bfloat16" if cuda else "float32",
                   "--device", "cuda" if cuda else "cpu"]
-        runs = [("radfm evaluate", [*radfm, "evaluate", *common, "--bertscore", "False", "--n_resamples", "0"]),
+        runs = [("radfm evaluate", [*radfm, "evaluate", *common, "--bertscore", "False", "--n_resamples", "1"]),
                 (f"radfm batch, {workers} CPU workers, 1 actor", [
                     *radfm, "batch", *common, "--read_workers", str(workers), "--actors", "1", "--num_cpus",
                     str(workers + 1), "--progress", "False", "--object_store_mb", "4096" if cuda else "200",
@@ -385,7 +385,7 @@ def check_batch(sizes: Sizes, device: torch.device, state: dict, studies: int = 
             busy = bench_batch.busy_rate(output) if "batch" in label else None
             rows.append((f"{label}: {count} studies (phantom CT series + X-rays), model {sizes.llm_preset}"
                          f"{'' if cuda else ' (tiny LLM)'}, 1 {'GPU' if cuda else 'CPU'}",
-                         f"{rates[label]:.1f} studies/min (wall){'' if busy is None else f', {busy:.1f} busy'}",
+                         f"{rates[label]:.1f} studies/min (wall){'' if busy is None else f', {busy:.1f} once the model is up'}",
                          f"driver {memory['driver_mb']:.0f} MiB, workers {memory['workers_total_mb']:.0f} MiB",
                          "-" if len(rates) == 1 else f"{rates[label] / rates['radfm evaluate']:.2f}x evaluate"))
     return rows
