@@ -27,6 +27,7 @@ LAYERS = {
     "radfm.interop": 7,
     "radfm.rating": 7,
     "radfm.hospital": 7,  # the DICOM node and the MONAI Deploy app: call the request path, write SR (interop)
+    "radfm.batch": 7,  # radfm batch (Ray Data): a door of the request path; reuses the node's rules and pull, SR
     "radfm.cli": 8,
     "radfm.demo": 8,
 }
