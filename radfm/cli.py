@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("radfm.model.convert:convert", "convert the published pytorch_model.bin (or an old-format model folder) to a transformers model folder"),
     "classify": ("radfm.doors.classify:classify", "classify scans with a classifier folder (the classification bundle's finetune)"),
     "evaluate": ("radfm.doors.evaluate:evaluate", "run a model over a manifest; write predictions, metrics, report, plot"),
+    "batch": ("radfm.batch.cli:batch", "run a model over an archive on Ray Data (manifest, folder tree, DICOMweb); Parquet, resumable"),
     "score": ("radfm.metrics.score:score", "score existing predictions (our JSONL or the published CSV layout)"),
     "data": ("radfm.data.cli:DataCommands", "dataset tools: convert public layouts to manifests, make phantoms"),
     "train": ("radfm.engines.cli:train", "run a training bundle config (pretrain, instruct, classification)"),

@@ -16,7 +16,10 @@ On one CUDA GPU (about 5-8 minutes on an 80 GB-class card):
   when not installed): ``torch.cuda.max_memory_allocated`` after loading and after one generate,
   against ``radfm info --plan``'s weights and peak (``radfm.model.memory_plan``);
 * ``fsdp``: three FSDP training steps of the instruct bundle (``torchrun --nproc_per_node=1``,
-  the bundle's FSDP mixin, the demo model, phantom data).
+  the bundle's FSDP mixin, the demo model, phantom data);
+* ``batch`` (only when named, ``--sections batch``): ``radfm batch`` with the 13B-shaped model on the
+  GPU (one actor, bf16) fed by CPU read workers, against ``radfm evaluate`` on the same 64 phantom
+  studies (DICOM CT series and X-rays): studies per minute and peak RSS (docs/batch.md).
 
 Without CUDA (``--device cpu``, or no GPU) the same code runs at tiny sizes in seconds: a small
 LLaMA, 64x64x8 scans, the tiny vision preset, fp32 FSDP over gloo; memory rows say "n/a (CPU)".
@@ -47,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # FSDP mixin last. Keep it the only place the list is written.
 INSTRUCT_FSDP_CONFIGS = ("configs/train.json", "configs/instruct.json", "configs/multi_gpu_fsdp.json")
 SECTIONS = ("decode", "vision", "memory", "fsdp")
+OPTIONAL_SECTIONS = ("batch",)  # run only when named: --sections batch (writes the 14B to disk, ~30 GB)
 GIB = 1024**3
 
 
@@ -341,7 +345,54 @@ def check_fsdp(sizes: Sizes, device: torch.device, state: dict, steps: int = 3) 
              f"passed in {seconds:.1f} s wall (incl. process start and data loading)", "final model written", "-")]
 
 
-CHECKS = {"decode": check_decode, "vision": check_vision, "memory": check_memory, "fsdp": check_fsdp}
+def check_batch(sizes: Sizes, device: torch.device, state: dict, studies: int = 64) -> list[tuple[str, str, str, str]]:
+    """``radfm batch`` with the 13B-shaped model on one GPU fed by CPU read workers, against ``radfm evaluate``.
+
+    The model (random init) is saved once to a temp folder; the studies are phantom DICOM CT series and
+    X-rays (scripts/bench_batch.py); each command runs as its own process (load and Ray start-up included).
+    """
+    import bench_batch
+    from radfm.model.loading import tiny_tokenizer
+
+    cuda = device.type == "cuda"
+    workers = max(1, min(12, (os.cpu_count() or 2) - 2)) if cuda else 1
+    count = studies if cuda else 8
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="gpu_check_batch_") as folder:
+        root = Path(folder)
+        model = state.pop("model", None) or build_llm_model(sizes, device, torch.bfloat16)
+        model.save_pretrained(root / "model", tokenizer=tiny_tokenizer(base_vocab_size=model.config.base_vocab_size))
+        del model
+        if cuda:
+            torch.cuda.empty_cache()  # the subprocesses need the GPU
+        manifest = bench_batch.make_studies(root, count)
+        radfm = [sys.executable, "-m", "radfm.cli"]
+        common = ["--manifest", str(manifest), "--model", str(root / "model"), "--batch_size", "8",
+                  "--max_new_tokens", "32", "--dtype", "bfloat16" if cuda else "float32",
+                  "--device", "cuda" if cuda else "cpu"]
+        runs = [("radfm evaluate", [*radfm, "evaluate", *common, "--bertscore", "False", "--n_resamples", "1"]),
+                (f"radfm batch, {workers} CPU workers, 1 actor", [
+                    *radfm, "batch", *common, "--read_workers", str(workers), "--actors", "1", "--num_cpus",
+                    str(workers + 1), "--progress", "False", "--object_store_mb", "4096" if cuda else "200",
+                    *(["--gpus_per_actor", "1"] if cuda else [])])]
+        rates = {}
+        for label, command in runs:
+            output = root / label.split(",")[0].replace(" ", "_")
+            wall, memory, code = bench_batch.run([*command, "--output", str(output)], root / f"{output.name}.log")
+            if code != 0:
+                raise RuntimeError(f"{label} failed (exit {code}): {(root / f'{output.name}.log').read_text()[-2000:]}")
+            rates[label] = count / wall * 60
+            busy = bench_batch.busy_rate(output) if "batch" in label else None
+            rows.append((f"{label}: {count} studies (phantom CT series + X-rays), model {sizes.llm_preset}"
+                         f"{'' if cuda else ' (tiny LLM)'}, 1 {'GPU' if cuda else 'CPU'}",
+                         f"{rates[label]:.1f} studies/min (wall){'' if busy is None else f', {busy:.1f} once the model is up'}",
+                         f"driver {memory['driver_mb']:.0f} MiB, workers {memory['workers_total_mb']:.0f} MiB",
+                         "-" if len(rates) == 1 else f"{rates[label] / rates['radfm evaluate']:.2f}x evaluate"))
+    return rows
+
+
+CHECKS = {"decode": check_decode, "vision": check_vision, "memory": check_memory, "fsdp": check_fsdp,
+          "batch": check_batch}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,9 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="also write the Markdown table here")
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = sorted(set(sections) - set(SECTIONS))
+    unknown = sorted(set(sections) - set(SECTIONS) - set(OPTIONAL_SECTIONS))
     if unknown:
-        parser.error(f"unknown section(s) {unknown}; choose from {SECTIONS}")
+        parser.error(f"unknown section(s) {unknown}; choose from {SECTIONS + OPTIONAL_SECTIONS}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but torch sees no CUDA GPU")
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())

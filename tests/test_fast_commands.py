@@ -44,6 +44,8 @@ def _radfm(*args: str, cwd: Path = ROOT) -> dict:
     (["node", "status"], 2),  # --config is required
     (["info", "--presett", "tiny"], 2),
     (["preprocess", "--help"], 0),
+    (["batch", "--help"], 0),  # radfm batch imports Ray, torch and the model only inside the run
+    (["batch", "--ouptut", "x"], 2),
 ])
 def test_help_and_usage_errors_import_no_torch_or_transformers(args, code):
     result = _radfm(*args)

@@ -30,6 +30,7 @@ LAYERS = {
     "radfm.rating": 8,
     "radfm.node": 8,  # the DICOM node
     "radfm.deploy": 8,  # the MONAI Deploy app
+    "radfm.batch": 8,  # radfm batch (Ray Data): a door; reuses the node's rules and pull client, the SR
     "radfm.cli": 9,
     "radfm.demo": 9,
 }
