@@ -67,12 +67,12 @@ def model_folder(name: str, folder: Path) -> Path:
 
         from radfm.model.config import RadFMConfig
         from radfm.model.loading import tiny_tokenizer
-        from radfm.model.radfm import RadFM
+        from radfm.model.radfm import RadFMForConditionalGeneration
 
         torch.manual_seed(0)
         tokenizer = tiny_tokenizer()
         base = tokenizer.convert_tokens_to_ids("<image>")
-        RadFM(RadFMConfig.preset("cpu-small", vocab_size=base)).eval().save_pretrained(target, tokenizer=tokenizer)
+        RadFMForConditionalGeneration(RadFMConfig.preset("cpu-small", vocab_size=base)).eval().save_pretrained(target, tokenizer=tokenizer)
     return target
 
 
