@@ -34,9 +34,10 @@ def small_scans(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_answerer(tiny_model_dir):
-    from radfm.serving.answerer import ModelAnswerer
+    """The tiny model on the engine the run selects (``RADFM_ENGINE=vllm``: one vLLM engine for the session)."""
+    from radfm.serving.engines import load_answerer
 
-    return ModelAnswerer.from_model_dir(tiny_model_dir, device="cpu", dtype="float32")
+    return load_answerer(tiny_model_dir, device="cpu", dtype="float32")
 
 
 class ConcurrencyProbe:
@@ -69,11 +70,18 @@ def probe(tiny_answerer):
 
 
 @pytest.fixture(scope="session")
-def server(probe):
+def served(tiny_answerer, probe):
+    """What the service fixtures serve: the probe around the model thread, or the vLLM engine itself
+    (its own continuous batching: a probe would put it behind the one model thread)."""
+    return tiny_answerer if hasattr(tiny_answerer, "start_engine") else probe
+
+
+@pytest.fixture(scope="session")
+def server(served):
     """The service with the tiny model on a free loopback port (small limits to test them)."""
     from radfm.interop.service import BackgroundServer, create_app
     from radfm.serving.limits import Limits
 
     limits = Limits(max_request_bytes=2 * 1024 * 1024, max_images=3, max_new_tokens=16)
-    with BackgroundServer(create_app(probe, limits)) as running:
+    with BackgroundServer(create_app(served, limits)) as running:
         yield running

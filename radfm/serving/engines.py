@@ -1,0 +1,67 @@
+"""Which engine answers: ``--engine transformers`` (one model thread) or ``--engine vllm`` (continuous batching).
+
+Every door (``radfm serve``, ``generate``, ``evaluate``, the MLflow model, the DICOM node) loads its
+answerer with :func:`load_answerer`; the request path then starts the answerer's engine
+(:func:`radfm.serving.worker.start_engine`). vLLM is imported only when that engine is chosen.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+ENGINES = ("transformers", "vllm")
+ENGINE_VARIABLE = "RADFM_ENGINE"  # the default engine of every door when no --engine is given
+
+
+def check_engine(engine: str | None) -> str:
+    """The engine to use: ``engine``, else ``$RADFM_ENGINE``, else ``transformers``; refuses other names.
+
+    Args:
+        engine: the door's ``--engine`` value (``None``: not given).
+
+    Returns:
+        ``"transformers"`` or ``"vllm"``.
+
+    Raises:
+        ValueError: naming the flag (or the variable) and the engines there are.
+    """
+    source = "--engine"
+    if engine is None:
+        engine, source = os.environ.get(ENGINE_VARIABLE) or "transformers", ENGINE_VARIABLE
+    if engine not in ENGINES:
+        raise ValueError(f"{source}={engine!r}: expected one of {', '.join(ENGINES)}")
+    return str(engine)
+
+
+def load_answerer(model_dir: str | Path, engine: str | None = None, preprocess_options: dict[str, Any] | None = None,
+                  **placement: Any):
+    """The answerer for a model folder on ``engine`` (see :func:`check_engine`); every door loads through here.
+
+    Args:
+        model_dir: a saved RadFM model folder.
+        engine: ``transformers`` (one model thread, :class:`radfm.serving.answerer.ModelAnswerer`) or ``vllm``
+            (continuous batching, :class:`radfm.serving.vllm_engine.VLLMAnswerer`, one per process).
+        preprocess_options: per-scan options (window, series_uid).
+        placement: dtype, device, device_map, max_memory, offload_folder, quantization (transformers);
+            vLLM takes dtype, tensor_parallel_size, quantization, max_num_seqs, max_model_len and ignores the
+            accelerate placement (it places the model itself).
+
+    Returns:
+        An answerer for :class:`radfm.serving.request.RequestPath`.
+    """
+    if check_engine(engine) == "vllm":
+        from radfm.serving.vllm_engine import VLLMAnswerer
+
+        quantization = placement.get("quantization")
+        vllm_args = {k: placement[k] for k in ("tensor_parallel_size", "max_num_seqs", "max_model_len")
+                     if placement.get(k) is not None}
+        return VLLMAnswerer.shared(model_dir, preprocess_options, dtype=placement.get("dtype") or "auto",
+                                   quantization={"8bit": "bitsandbytes", "4bit": "bitsandbytes"}.get(quantization,
+                                                                                                  quantization),
+                                   **vllm_args)
+    placement = {k: v for k, v in placement.items() if k not in ("tensor_parallel_size", "max_num_seqs", "max_model_len")}
+    from radfm.serving.answerer import ModelAnswerer
+
+    return ModelAnswerer.from_model_dir(model_dir, preprocess_options=preprocess_options, **placement)
