@@ -5,10 +5,12 @@ Reading, guards and preprocessing stay in the request path's reading pool (steps
 (:class:`radfm.serving.worker.ModelThread`), with vLLM's ``AsyncLLM`` (the V1 engine). Requests
 from different clients join the running batch as they arrive and leave it when they finish.
 
-* **Input**: the prompt with one ``<image>`` per scan (:func:`radfm.serving.answerer.build_prompt`)
-  and ``multi_modal_data={"image": [tensor [3, H, W, D], ...]}``, the prepared scans, as the
-  RadFM vLLM model (:mod:`radfm.model.vllm_radfm`, registered through the ``vllm.general_plugins``
-  entry point) takes them; it expands each ``<image>`` into the scan's embedding tokens.
+* **Input**: the prompt's token ids with one id ``V`` per scan, built by the processor's own rule
+  (:func:`radfm.model.processing.placeholder_prompt_ids`: the same ids ``RadFMProcessor`` gives the
+  transformers engine, before the image blocks are expanded) and
+  ``multi_modal_data={"image": [tensor [3, H, W, D], ...]}``, the prepared scans, as the RadFM vLLM
+  model (:mod:`radfm.model.vllm_radfm`, registered through the ``vllm.general_plugins`` entry point)
+  takes them; its prompt update expands each ``V`` into the scan's 34 embedding positions.
 * **Options**: :func:`sampling_params` maps the parsed :class:`GenerationOptions` to vLLM's
   ``SamplingParams`` (greedy unless ``do_sample``; the tokenizer's EOS stops as in transformers;
   ``min_tokens`` / ``ignore_eos`` where the options carry them). ``num_beams > 1`` is refused (422).
@@ -135,7 +137,7 @@ class EngineLoop:
         """Run ``coroutine`` on the engine's loop; cancelling the returned future cancels it (and aborts its request)."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
 
-    async def generate(self, prompt: str, images: list[Any], params, stream: AnswerStream | None,
+    async def generate(self, prompt_ids: list[int], images: list[Any], params, stream: AnswerStream | None,
                        limit: float | None) -> tuple[list[int], str, int]:
         """On the engine loop: ``(new token ids, streamed text, prompt tokens)`` for one request.
 
@@ -143,7 +145,9 @@ class EngineLoop:
         raises :class:`GenerationTimeout` once ``limit`` seconds have passed.
         """
         request_id = f"radfm-{os.getpid()}-{next(self._ids)}"
-        inputs = {"prompt": prompt, "multi_modal_data": {"image": list(images)}} if images else {"prompt": prompt}
+        inputs: dict[str, Any] = {"prompt_token_ids": list(prompt_ids)}
+        if images:
+            inputs["multi_modal_data"] = {"image": list(images)}
         tokens: list[int] = []
         text = ""
         prompt_tokens = 0
@@ -177,9 +181,16 @@ class EngineLoop:
             return
         self.closed = True
         try:
+            self.submit(self._quiet()).result(timeout=10)
             self.llm.shutdown()
         finally:
             self._stop_loop()
+
+    async def _quiet(self) -> None:
+        """Stop reading the engine core's outputs first: its shutdown is then no 'engine dead' error."""
+        handler = getattr(self.llm, "output_handler", None)
+        if handler is not None:
+            handler.cancel()
 
 
 class VLLMEngine:
@@ -224,6 +235,7 @@ class VLLMEngine:
         try:
             params = sampling_params(options, self.answerer.eos_token_id)
             self.answerer.check_images(images)
+            prompt_ids = [self.answerer.prompt_ids(prompt, len(scans)) for prompt, scans in zip(prompts, images)]
         except ValueError as error:
             raise RequestError(str(error), 422, code="invalid_prompt") from None
         with self._lock:
@@ -231,8 +243,8 @@ class VLLMEngine:
             self.in_flight += len(prompts)
         started = time.perf_counter()
         futures = [self.answerer.loop.submit(self.answerer.loop.generate(
-            prompt, self.answerer.as_inputs(scans), params, stream, self.limits.generation_timeout_s))
-            for prompt, scans, stream in zip(prompts, images, streams)]
+            ids, self.answerer.as_inputs(scans), params, stream, self.limits.generation_timeout_s))
+            for ids, scans, stream in zip(prompt_ids, images, streams)]
         try:
             results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         except asyncio.CancelledError:
@@ -346,6 +358,13 @@ class VLLMAnswerer:
         for scans in images:
             if len(scans) > self.max_images:
                 raise ValueError(f"{len(scans)} images given; this model takes at most {self.max_images} per prompt")
+
+    def prompt_ids(self, prompt: str, num_images: int) -> list[int]:
+        """The prompt's ids with one ``V`` per scan (the processor's rule; vLLM expands each to the scan's block)."""
+        from radfm.model.processing import placeholder_prompt_ids
+
+        return placeholder_prompt_ids(self.processor.tokenizer, prompt, num_images,
+                                      base_vocab_size=self.processor.base_vocab_size)
 
     @staticmethod
     def as_inputs(scans: list[Any]) -> list[Any]:
