@@ -68,13 +68,14 @@ def build_model(folder: Path, depth: int) -> Path:
     return folder
 
 
-def write_phantom(path: Path, depth: int) -> Path:
-    """A 256x256 x ``depth`` CT-like phantom: body ellipse, a bright sphere, noise (seed 0)."""
+def write_phantom(path: Path, depth: int, size: tuple[int, int] = (256, 256)) -> Path:
+    """A ``size`` x ``depth`` CT-like phantom NIfTI: body ellipse, a bright sphere, noise (seed 0)."""
     import nibabel as nib
     import numpy as np
 
     rng = np.random.default_rng(0)
-    x, y, z = np.meshgrid(np.linspace(-1, 1, 256), np.linspace(-1, 1, 256), np.linspace(-1, 1, depth), indexing="ij")
+    x, y, z = np.meshgrid(np.linspace(-1, 1, size[0]), np.linspace(-1, 1, size[1]), np.linspace(-1, 1, depth),
+                          indexing="ij")
     volume = np.where(x**2 / 0.8 + y**2 / 0.6 < 1, 40.0, -1000.0)
     volume[(x - 0.3) ** 2 + (y + 0.2) ** 2 + z**2 < 0.05] = 300.0
     volume += rng.normal(0, 10, volume.shape)
@@ -137,12 +138,27 @@ def single_stream(url: str, scan: bytes, new_tokens: int, extra: dict[str, str])
     return {"ttft_s": first - started, "tpot_s": (ended - first) / max(tokens - 1, 1), "tokens": tokens}
 
 
-def bench_engine(engine: str, model_dir: Path, scan: bytes, args, workdir: Path) -> dict:
-    """Every service figure for one engine (one ``radfm serve`` process)."""
-    flags = ["--model", str(model_dir), "--engine", engine, "--dtype", "float32", "--max_queue", "64",
+def bench_engine(engine: str, model_dir: Path, scan: bytes, args, workdir: Path, *, dtype: str = "float32",
+                 quantize: str | None = None, device: str = "cpu") -> dict:
+    """Every service figure for one engine (one ``radfm serve`` process).
+
+    Args:
+        engine: transformers | vllm.
+        model_dir: the model folder.
+        scan: the NIfTI each request uploads.
+        args: ``clients``, ``rounds``, ``new_tokens``, ``single_repeats``.
+        workdir: the service's temp folder.
+        dtype / quantize / device: ``radfm serve`` flags (scripts/gpu_check.py: bfloat16, 8bit, cuda).
+
+    Returns:
+        Start-up seconds, TTFT, TPOT and one throughput row per client count.
+    """
+    flags = ["--model", str(model_dir), "--engine", engine, "--dtype", dtype, "--max_queue", "64",
              "--max_new_tokens_limit", str(max(args.new_tokens, 16)), "--generation_timeout_s", "3600"]
+    if quantize:
+        flags += ["--quantize", quantize]
     started = time.perf_counter()
-    with running_service(flags, workdir) as (_, url):
+    with running_service(flags, workdir, device=device, start_timeout_s=1800.0) as (_, url):
         startup = time.perf_counter() - started
         extra = fixed_length(url, scan, args.new_tokens)
         answer(url, scan, args.new_tokens, extra)  # warm-up: first request pays lazy initialisation

@@ -13,6 +13,9 @@ from typing import Any
 
 ENGINES = ("transformers", "vllm")
 ENGINE_VARIABLE = "RADFM_ENGINE"  # the default engine of every door when no --engine is given
+# --quantize on the vllm engine: 8-bit weights as FP8 (quantised while loading; Ada/Hopper GPUs),
+# 4-bit with bitsandbytes (vLLM's in-flight bitsandbytes is 4-bit); other names go to vLLM as given
+VLLM_QUANTIZATION = {"8bit": "fp8", "4bit": "bitsandbytes"}
 
 
 def check_engine(engine: str | None) -> str:
@@ -54,12 +57,11 @@ def load_answerer(model_dir: str | Path, engine: str | None = None, preprocess_o
     if check_engine(engine) == "vllm":
         from radfm.serving.vllm_engine import VLLMAnswerer
 
-        quantization = placement.get("quantization")
         vllm_args = {k: placement[k] for k in ("tensor_parallel_size", "max_num_seqs", "max_model_len")
                      if placement.get(k) is not None}
         return VLLMAnswerer.shared(model_dir, preprocess_options, dtype=placement.get("dtype") or "auto",
-                                   quantization={"8bit": "bitsandbytes", "4bit": "bitsandbytes"}.get(quantization,
-                                                                                                  quantization),
+                                   quantization=VLLM_QUANTIZATION.get(placement.get("quantization"),
+                                                                      placement.get("quantization")),
                                    **vllm_args)
     placement = {k: v for k, v in placement.items() if k not in ("tensor_parallel_size", "max_num_seqs", "max_model_len")}
     from radfm.serving.answerer import ModelAnswerer

@@ -54,8 +54,9 @@ from radfm.serving.worker import queue_full, timeout_error
 DEFAULT_MAX_NUM_SEQS = 32  # sequences vLLM decodes at once; more wait in the request path's queue
 
 
-def vllm_dtype(dtype: str | None) -> str:
-    """Our ``--dtype`` (auto | float32 | bfloat16 | float16) as vLLM's; ``auto`` is float32 on a CPU-only vLLM.
+def resolved_dtype(dtype: str | None) -> str:
+    """Our ``--dtype`` (auto | float32 | bfloat16 | float16) as vLLM's; ``auto`` is float32 on a CPU-only vLLM
+    (as the transformers engine), vLLM's own choice on a GPU. One name per dtype: engines are shared by settings.
 
     Args:
         dtype: the door's dtype flag.
@@ -63,7 +64,11 @@ def vllm_dtype(dtype: str | None) -> str:
     Returns:
         The dtype name vLLM takes.
     """
-    return "auto" if dtype in (None, "auto") else str(dtype)
+    if dtype not in (None, "auto"):
+        return str(dtype)
+    from vllm.platforms import current_platform
+
+    return "float32" if current_platform.is_cpu() else "auto"
 
 
 def sampling_params(options: GenerationOptions, eos_token_id: int | None):
@@ -129,8 +134,6 @@ class EngineLoop:
         args = dict(self.engine_args)
         if current_platform.is_cpu():
             args.setdefault("enforce_eager", True)  # no graph capture or compile on a CPU: start-up in seconds
-            if args.get("dtype") == "auto":
-                args["dtype"] = "float32"  # as the transformers engine on a CPU
         return AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
 
     def submit(self, coroutine) -> concurrent.futures.Future:
@@ -198,16 +201,18 @@ class VLLMEngine:
 
     streams = True
 
-    def __init__(self, answerer: VLLMAnswerer, limits) -> None:
+    def __init__(self, answerer: VLLMAnswerer, limits, max_running: int | None = None) -> None:
+        """``max_running``: requests counted as running before more count as waiting (default: vLLM's max_num_seqs)."""
         self.answerer = answerer
         self.limits = limits
+        self.max_running = max_running
         self._lock = threading.Lock()
         self.in_flight = 0  # requests handed to vLLM and not yet finished
         self.served = 0
 
     @property
     def capacity(self) -> int:
-        return self.answerer.loop.max_num_seqs
+        return self.max_running or self.answerer.loop.max_num_seqs
 
     def counters(self) -> dict[str, int]:
         running = min(self.in_flight, self.capacity)
@@ -322,7 +327,7 @@ class VLLMAnswerer:
         Returns:
             The shared answerer (its preprocessing options are this call's).
         """
-        engine_args: dict[str, Any] = {"dtype": vllm_dtype(dtype), "tensor_parallel_size": int(tensor_parallel_size),
+        engine_args: dict[str, Any] = {"dtype": resolved_dtype(dtype), "tensor_parallel_size": int(tensor_parallel_size),
                                        "max_num_seqs": int(max_num_seqs)}
         if quantization:
             engine_args["quantization"] = str(quantization)
@@ -391,6 +396,15 @@ class VLLMAnswerer:
     def close(self) -> None:
         """Shut the shared engine down (at exit, or when the last user is done)."""
         self.loop.close()
+
+    @classmethod
+    def close_shared(cls) -> None:
+        """Shut every shared engine of this process down (a test session's end, before its log streams close)."""
+        with cls._shared_lock:
+            answerers = list(cls._shared.values())
+            cls._shared.clear()
+        for answerer in answerers:
+            answerer.close()
 
 
 class _NoLimits:

@@ -37,7 +37,10 @@ def tiny_answerer(tiny_model_dir):
     """The tiny model on the engine the run selects (``RADFM_ENGINE=vllm``: one vLLM engine for the session)."""
     from radfm.serving.engines import load_answerer
 
-    return load_answerer(tiny_model_dir, device="cpu", dtype="float32")
+    answerer = load_answerer(tiny_model_dir, device="cpu", dtype="float32")
+    yield answerer
+    if hasattr(answerer, "close_shared"):
+        answerer.close_shared()  # the vLLM engines of the session (doors load the same one), while logging still works
 
 
 class ConcurrencyProbe:
