@@ -4,7 +4,8 @@
         [--new-tokens 64] [--depth 64] [--single-repeats 3] [--node-studies 20] [--output bench_engines.md]
 
 The model is the ``cpu-small`` preset of ``RadFMConfig`` (the one small model of every benchmark)
-with random weights, saved as a model folder (its tokenizer puts ``<image>`` at id 32000) with a 3D
+with random weights (the LM-head rows of the tokenizer's filler ids zeroed, so answers are text), saved
+as a model folder (its tokenizer puts ``<image>`` at id 32000) with a 3D
 grid of 256x256 and depth ``--depth``; every request carries one generated 3D phantom
 (256x256x``--depth`` NIfTI) and asks for a fixed answer length: ``max_new_tokens`` = ``--new-tokens``
 with ``min_tokens`` = ``ignore_eos`` where the service accepts them (the options of issue 29; else the
@@ -62,6 +63,12 @@ def build_model(folder: Path, depth: int) -> Path:
     config = RadFMConfig.preset("cpu-small")
     model = RadFM(config).eval()
     tokenizer = tiny_tokenizer(base_vocab_size=config.text_config.vocab_size)
+    # ids between the tokenizer's trained vocabulary and 32000 are fillers that decode to nothing: with
+    # their LM-head rows zero the random model's greedy tokens are text, so a stream has pieces to time
+    # (same shapes and work per token)
+    trained = tiny_tokenizer().convert_tokens_to_ids("<image>")
+    with torch.no_grad():
+        model.get_output_embeddings().weight[trained:config.text_config.vocab_size] = 0
     model.save_pretrained(folder, tokenizer=tokenizer)
     grid = RadFMImageProcessor.from_model_dir(folder).grid
     RadFMImageProcessor(**{**grid, "size_3d": (256, 256), "max_depth": depth}).save_grid(folder)
