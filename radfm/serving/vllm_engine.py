@@ -13,7 +13,8 @@ from different clients join the running batch as they arrive and leave it when t
   takes them; its prompt update expands each ``V`` into the scan's 34 embedding positions.
 * **Options**: :func:`sampling_params` maps the parsed :class:`GenerationOptions` to vLLM's
   ``SamplingParams`` (greedy unless ``do_sample``; the tokenizer's EOS stops as in transformers;
-  ``min_tokens`` / ``ignore_eos`` where the options carry them). ``num_beams > 1`` is refused (422).
+  ``min_new_tokens`` -> ``min_tokens`` and ``ignore_eos`` where the options carry them). ``num_beams > 1``
+  is refused (422).
 * **Behaviour kept from the model thread**: the queue limit (503 ``queue_full``: more than
   ``limits.max_queue`` requests beyond the ``max_num_seqs`` vLLM runs at once), the deadline
   (504 ``timeout``: ``limits.generation_timeout_s`` from the moment the request enters vLLM),
@@ -94,7 +95,7 @@ def sampling_params(options: GenerationOptions, eos_token_id: int | None):
     sampled = bool(options.do_sample)
     return SamplingParams(
         max_tokens=int(options.max_new_tokens),
-        min_tokens=int(getattr(options, "min_tokens", 0) or 0),
+        min_tokens=int(getattr(options, "min_new_tokens", 0) or 0),
         ignore_eos=ignore_eos,
         temperature=float(options.temperature) if sampled else 0.0,  # 0: greedy, as do_sample=False
         top_p=float(options.top_p) if sampled else 1.0,
@@ -186,6 +187,7 @@ class EngineLoop:
         try:
             self.submit(self._quiet()).result(timeout=10)
             self.llm.shutdown()
+            self.llm = None  # its __del__ (a second shutdown) runs now, not at interpreter exit
         finally:
             self._stop_loop()
 
@@ -273,8 +275,8 @@ class VLLMEngine:
         texts = []
         for (tokens, _, _), stream in zip(results, streams):
             answer = self.answerer.decode(tokens)  # the one decoding of a whole answer, as the transformers engine
-            if stream is not None:
-                answer = stream.finish(stream.text.strip(), options.max_new_tokens)
+            if stream is not None:  # stop strings cut it; what the pieces held back (a split character) goes out
+                answer = stream.finish(answer, options.max_new_tokens)
             texts.append(answer)
         return texts, 0.0, time.perf_counter() - started
 

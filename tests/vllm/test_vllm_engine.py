@@ -58,10 +58,13 @@ def scan(tmp_path_factory):
 
 
 def long_options(tokens: int) -> GenerationOptions:
-    """``tokens`` new tokens exactly: EOS ignored (the options' vLLM extras, set here on the parsed options)."""
-    options = GenerationOptions(max_new_tokens=tokens)
-    options.ignore_eos = True  # what the options parser gives for ignore_eos=true (issue 29); read by sampling_params
-    return options
+    """``tokens`` new tokens exactly: EOS ignored (``ignore_eos``, one of the options' vLLM extras)."""
+    try:
+        return GenerationOptions(max_new_tokens=tokens, ignore_eos=True)
+    except TypeError:  # options without the extras yet (they land with the pydantic options): set it as parsed
+        options = GenerationOptions(max_new_tokens=tokens)
+        options.ignore_eos = True
+        return options
 
 
 def test_concurrent_requests_batch_and_answer_as_the_transformers_engine_does(answerer, model_dir, scan):
