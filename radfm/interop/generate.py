@@ -114,7 +114,7 @@ def generate(
         engine: transformers | vllm (see `radfm serve --engine`); default $RADFM_ENGINE, else transformers.
     """
     from radfm.model.loading import demo_model_dir, resolve_model_dir
-    from radfm.serving.engines import check_engine, load_answerer
+    from radfm.serving.engines import check_engine, check_placement, load_answerer
     from radfm.serving.request import RequestPath
     from radfm.transforms.volumes import with_volume
 
@@ -132,6 +132,7 @@ def generate(
     try:
         limits = Limits.from_flags(max_scan_mb=max_scan_mb, **CLI_LIMITS)
         engine = check_engine(engine)
+        check_placement(engine, device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
     except ValueError as error:
         raise UsageError(str(error)) from None
     try:

@@ -303,9 +303,10 @@ def serve(
                                    max_scan_mb=max_scan_mb, prepare_budget_mb=prepare_budget_mb,
                                    max_kept_scan_mb=max_kept_scan_mb)
         guard = GuardLimits(header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s).check()
-        from radfm.serving.engines import check_engine
+        from radfm.serving.engines import check_engine, check_placement
 
         engine = check_engine(engine)
+        check_placement(engine, device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
         for name, value in (("tensor_parallel_size", tensor_parallel_size), ("max_num_seqs", max_num_seqs)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"--{name}={value!r}: expected a whole number >= 1")

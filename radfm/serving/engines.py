@@ -38,6 +38,24 @@ def check_engine(engine: str | None) -> str:
     return str(engine)
 
 
+def check_placement(engine: str, **flags: Any) -> None:
+    """Refuse transformers-only placement flags (``device_map``, ``max_memory``, ``offload_folder``) on vLLM.
+
+    Args:
+        engine: the checked engine name.
+        flags: the door's placement flags by name (``None``: not given).
+
+    Raises:
+        ValueError: naming the flag and what vLLM uses instead.
+    """
+    if engine != "vllm":
+        return
+    for name, value in flags.items():
+        if value is not None:
+            raise ValueError(f"--{name}: not used by --engine vllm (vLLM places the model itself; split it over "
+                             "GPUs with --tensor_parallel_size)")
+
+
 def load_answerer(model_dir: str | Path, engine: str | None = None, preprocess_options: dict[str, Any] | None = None,
                   **placement: Any):
     """The answerer for a model folder on ``engine`` (see :func:`check_engine`); every door loads through here.

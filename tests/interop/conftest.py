@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,8 @@ def tiny_answerer(tiny_model_dir):
     from radfm.serving.engines import load_answerer
 
     answerer = load_answerer(tiny_model_dir, device="cpu", dtype="float32")
+    if os.environ.get("RADFM_ENGINE") == "vllm":  # the run asked for vLLM: never the model thread instead
+        assert type(answerer).__name__ == "VLLMAnswerer", type(answerer)
     yield answerer
     if hasattr(answerer, "close_shared"):
         answerer.close_shared()  # the vLLM engines of the session (doors load the same one), while logging still works

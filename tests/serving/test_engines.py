@@ -126,3 +126,13 @@ def test_a_wrong_engine_is_a_usage_error_before_anything_loads(command, capsys, 
     assert exited.value.code == 2
     assert "--engine='tgi': expected one of transformers, vllm" in capsys.readouterr().err
     assert "vllm" not in sys.modules  # refused before any engine is imported
+
+
+def test_accelerate_placement_flags_are_refused_on_the_vllm_engine(capsys, tmp_path, monkeypatch):
+    from radfm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(["generate", "scan.nii.gz", "--prompt", "hi", "--engine", "vllm", "--device_map", "auto"])
+    assert exited.value.code == 2
+    assert "--device_map: not used by --engine vllm" in capsys.readouterr().err
