@@ -268,6 +268,16 @@ class RadFMForConditionalGenerationVLLM(nn.Module, SupportsMultiModal):
         figure = self.figure_token_weight.to(latents.dtype)
         return [torch.cat([figure[0:1], latents[i], figure[1:2]]) for i in range(len(scans))]
 
+    def embed_input_ids(self, input_ids: torch.Tensor, multimodal_embeddings: MultiModalEmbeddings | None = None,
+                        *, is_multimodal: torch.Tensor | None = None) -> torch.Tensor:
+        """vLLM's embedding step; image-token ids outside a scan's block (a prompt without scans that names
+        them: vLLM passes it by our processor) become the pad id rather than rows past the decoder's table."""
+        stray = input_ids >= self.config.base_vocab_size
+        if is_multimodal is not None:
+            stray &= ~is_multimodal.to(device=stray.device, dtype=torch.bool)
+        return super().embed_input_ids(input_ids.masked_fill(stray, 0), multimodal_embeddings,
+                                       is_multimodal=is_multimodal)
+
     def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor, intermediate_tensors=None,
                 inputs_embeds: torch.Tensor | None = None, **kwargs: object):
         if intermediate_tensors is not None:

@@ -109,3 +109,18 @@ def test_official_fixture_matches_transformers_and_the_published_tokens(official
                                       _sampling(len(published)), use_tqdm=False)[0]
     assert list(output.prompt_token_ids) == ids
     _assert_same(output.outputs[0], tokens, logprobs, name)
+
+
+def test_image_ids_without_scans_do_not_break_the_engine(demo, demo_engine):
+    """A prompt naming image-token ids but sent without scans skips our processor (vLLM only runs it for
+    multimodal data): the ids must not index past the decoder's embedding rows, and the engine goes on."""
+    from vllm import SamplingParams
+
+    _, processor = demo
+    base = processor.base_vocab_size
+    last = len(processor.tokenizer) - 1  # the last <imageK> id, past vLLM's padded embedding table
+    stray = {"prompt_token_ids": [processor.tokenizer.bos_token_id, base, last, base + 1]}
+    plain = {"prompt_token_ids": processor(text="Is this a CT?")["input_ids"][0].tolist()}
+    outputs = demo_engine.generate([stray, plain], SamplingParams(temperature=0.0, max_tokens=4, min_tokens=4),
+                                   use_tqdm=False)
+    assert [len(output.outputs[0].token_ids) for output in outputs] == [4, 4]
