@@ -374,7 +374,7 @@ def check_engines(sizes: Sizes, device: torch.device, state: dict) -> list[tuple
         scan = bench_engines.write_phantom(folder / "phantom.nii.gz", depth, size=sizes.decode_scan[:2]).read_bytes()
         args = _argparse.Namespace(clients=[1, 4, 8, 16], rounds=1, new_tokens=sizes.new_tokens, single_repeats=3)
         dtype = "bfloat16" if device.type == "cuda" else "float32"
-        for mode, quantize in (("bf16", None), ("8-bit", "8bit")):
+        for mode, quantize in ((dtype.replace("bfloat16", "bf16"), None), ("8-bit", "8bit")):
             if device.type != "cuda" and quantize:
                 continue  # 8-bit needs a GPU on both engines (bitsandbytes' CUDA kernels, FP8)
             by_engine = {}
