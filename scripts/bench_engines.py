@@ -201,6 +201,9 @@ def table(results: list[dict], node: dict[str, dict], args) -> str:
             lines.append(f"TPOT vLLM / transformers = {v['tpot_s'] / t['tpot_s']:.2f}x (target <= 1.2); "
                          f"TTFT vLLM / transformers = {v['ttft_s'] / t['ttft_s']:.2f}x (target <= 1.1)")
     for engine, figures in node.items():
+        if "error" in figures:
+            lines.append(f"node, {engine}: failed: {figures['error']}")
+            continue
         lines.append(f"node, {engine}: {figures.get('studies_per_minute')} studies/min "
                      f"({figures.get('done')}/{figures.get('studies')} done, {figures.get('elapsed_s')} s)")
     return "\n".join(lines)
