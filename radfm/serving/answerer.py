@@ -51,6 +51,12 @@ def deadline_passed() -> bool:
     return value is not None and time.monotonic() >= value[0]
 
 
+def deadline_remaining() -> float | None:
+    """Seconds left of this thread's generation deadline (``None``: no deadline; may be <= 0)."""
+    value = getattr(_deadline, "value", None)
+    return None if value is None else value[0] - time.monotonic()
+
+
 def check_deadline() -> None:
     """Raise :class:`GenerationTimeout` when this thread's generation deadline has passed."""
     if deadline_passed():

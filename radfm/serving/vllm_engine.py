@@ -46,7 +46,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from radfm.serving.answerer import AnswerStream, GenerationTimeout, prepare_scans
+from radfm.serving.answerer import AnswerStream, GenerationTimeout, check_deadline, deadline_remaining, prepare_scans
 from radfm.serving.identity import identity_of_model_dir
 from radfm.serving.options import GenerationOptions
 from radfm.serving.refusal import RequestError
@@ -188,8 +188,16 @@ class EngineLoop:
             self.submit(self._quiet()).result(timeout=10)
             self.llm.shutdown()
             self.llm = None  # its __del__ (a second shutdown) runs now, not at interpreter exit
+            self.submit(self._cancel_rest()).result(timeout=10)  # no task left pending when the loop stops
         finally:
             self._stop_loop()
+
+    @staticmethod
+    async def _cancel_rest() -> None:
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _quiet(self) -> None:
         """Stop reading the engine core's outputs first: its shutdown is then no 'engine dead' error."""
@@ -309,7 +317,6 @@ class VLLMAnswerer:
         args = {"model": str(self.model_dir), "tokenizer": str(self.model_dir), "max_num_seqs": DEFAULT_MAX_NUM_SEQS,
                 "limit_mm_per_prompt": {"image": self.max_images}, "disable_log_stats": True, **engine_args}
         self.loop = EngineLoop(args)
-        self._engine = VLLMEngine(self, _NoLimits())  # for the blocking answer()
 
     @classmethod
     def shared(cls, model_dir: str | Path, preprocess_options: dict[str, Any] | None = None, *,
@@ -350,7 +357,6 @@ class VLLMAnswerer:
         view = object.__new__(VLLMAnswerer)
         view.__dict__.update(self.__dict__)
         view.preprocess_options = dict(preprocess_options)
-        view._engine = VLLMEngine(view, _NoLimits())
         return view
 
     def start_engine(self, limits) -> VLLMEngine:
@@ -385,15 +391,28 @@ class VLLMAnswerer:
         return decode_answers(self.processor.tokenizer, [tokens])[0] if tokens else ""
 
     def answer(self, prompt: str, images: list[Any], options: GenerationOptions, stream: AnswerStream | None = None) -> str:
-        """Blocking: one answer through the shared engine (for callers outside a request path)."""
-        return asyncio.run(self._engine.answer(prompt, images, options, stream))[0]
+        """Blocking: one answer through the shared engine (for callers outside a request path, e.g. behind the
+        model thread), under this thread's :func:`~radfm.serving.answerer.generation_deadline` as ModelAnswerer."""
+        return self._blocking(lambda engine: engine.answer(prompt, images, options, stream))[0]
 
     def answer_batch(self, prompts: Sequence[str], images: Sequence[list[Any]], options: GenerationOptions,
                      stream: AnswerStream | None = None) -> list[str]:
-        """Blocking: answers for several prompts (batched continuously by vLLM)."""
+        """Blocking: answers for several prompts (batched continuously by vLLM), under this thread's deadline."""
         if stream is not None:
             raise ValueError("a stream follows one prompt")
-        return asyncio.run(self._engine.answer_batch(prompts, images, options))[0]
+        return self._blocking(lambda engine: engine.answer_batch(prompts, images, options))[0]
+
+    def _blocking(self, call):
+        check_deadline()  # already past: GenerationTimeout, nothing sent to vLLM
+        engine = VLLMEngine(self, _NoLimits(deadline_remaining()))
+        try:
+            return asyncio.run(call(engine))
+        except RequestError as error:
+            if error.code == "timeout":  # the blocking answerer's contract: GenerationTimeout, as ModelAnswerer
+                raise GenerationTimeout(str(error).split("; ask for")[0]) from None
+            if error.code == "invalid_prompt":
+                raise ValueError(str(error)) from None
+            raise
 
     def close(self) -> None:
         """Shut the shared engine down (at exit, or when the last user is done)."""
@@ -410,7 +429,9 @@ class VLLMAnswerer:
 
 
 class _NoLimits:
-    """Limits for the blocking :meth:`VLLMAnswerer.answer`: no queue cap, no deadline (the caller's own)."""
+    """Limits for the blocking :meth:`VLLMAnswerer.answer`: no queue cap; the calling thread's deadline."""
 
     max_queue = 1 << 30
-    generation_timeout_s = None
+
+    def __init__(self, generation_timeout_s: float | None = None) -> None:
+        self.generation_timeout_s = generation_timeout_s
