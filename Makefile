@@ -65,7 +65,8 @@ demo: install
 
 # tests/vllm run in the vLLM side environment (one vLLM engine per model for the session), then the door
 # tests again with every door on the vLLM engine (RADFM_ENGINE=vllm; one engine for the session)
-VLLM_DOOR_TESTS := tests/interop/test_doors.py tests/interop/test_service_limits.py
+VLLM_DOOR_TESTS := tests/interop/test_doors.py tests/interop/test_service_limits.py tests/interop/test_openai_api.py \
+	tests/interop/test_chat_api.py
 test: install install-deploy install-vllm
 	RADFM_DEPLOY_PYTHON=$(abspath $(DEPLOY_VENV))/bin/python $(PY) -m pytest -q tests --ignore=tests/vllm
 	$(VLLM_PY) -m pytest -q tests/vllm
