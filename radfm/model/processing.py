@@ -361,16 +361,33 @@ def with_placeholders(text: str, num_images: int) -> str:
 
     ``ValueError`` naming both counts when it has placeholders, but not one per scan.
     """
-    have = count_placeholders(text)
+    return IMAGE_PLACEHOLDER * placeholders_to_prepend(count_placeholders(text), num_images) + text
+
+
+def placeholders_to_prepend(have: int, num_images: int) -> int:
+    """The placement rule on counts: how many ``<image>`` go in front of a prompt that has ``have`` of them.
+
+    Args:
+        have: placeholders already in the prompt (text, or ``<image>`` ids of a tokenised prompt).
+        num_images: scans given with the prompt.
+
+    Returns:
+        ``0`` when the prompt has one per scan, ``num_images`` when it has none.
+
+    Raises:
+        ValueError: naming both counts when the prompt has placeholders, but not one per scan.
+    """
     if have == num_images:
-        return text
+        return 0
     if have == 0:
-        return IMAGE_PLACEHOLDER * num_images + text
+        return num_images
     raise ValueError(f"prompt has {have} {IMAGE_PLACEHOLDER} placeholder(s) but {num_images} image(s) were given")
 
 
-def _token_ids(tokenizer, texts: Sequence[str], *, base_vocab_size: int, add_bos: bool) -> list[list[int]]:
-    """Ids of each text with every ``<image>`` expanded to its 34-id block (BOS first when ``add_bos``).
+def _token_ids(tokenizer, texts: Sequence[str], *, base_vocab_size: int, add_bos: bool,
+               expand: bool = True) -> list[list[int]]:
+    """Ids of each text with every ``<image>`` expanded to its 34-id block (BOS first when ``add_bos``);
+    with ``expand=False`` each ``<image>`` stays one id ``V`` (the block is vLLM's prompt update).
 
     The text between placeholders of every prompt goes through the tokenizer in one call.
     """
@@ -385,7 +402,7 @@ def _token_ids(tokenizer, texts: Sequence[str], *, base_vocab_size: int, add_bos
             if segment:
                 ids.extend(next(encoded))
             if s < len(segments) - 1:
-                ids.extend(image_token_ids(base_vocab_size, s))
+                ids.extend(image_token_ids(base_vocab_size, s) if expand else [base_vocab_size])
         out.append(ids)
     return out
 
@@ -402,6 +419,29 @@ def encode_prompt(tokenizer, text: str, *, base_vocab_size: int, num_images: int
         raise ValueError(f"prompt has {count_placeholders(text)} {IMAGE_PLACEHOLDER} placeholder(s) but "
                          f"{num_images} image(s) were given")
     return _token_ids(tokenizer, [text], base_vocab_size=base_vocab_size, add_bos=add_bos)[0]
+
+
+def placeholder_prompt_ids(tokenizer, text: str, num_images: int, *, base_vocab_size: int,
+                           add_bos: bool = True) -> list[int]:
+    """The ids of a prompt before its image blocks are expanded: each ``<image>`` is the one id ``V``.
+
+    The same text handling as :func:`encode_prompts` (a prompt without placeholders gets one per scan
+    in front; segments tokenised alike, BOS first), so expanding each ``V`` to
+    ``image_token_ids(V, s)`` (vLLM's prompt update, ``radfm.model.vllm_radfm``) gives exactly the
+    ids ``RadFMProcessor`` builds.
+
+    Args:
+        tokenizer: the model's tokenizer (with the image tokens).
+        text: the prompt, with or without ``<image>`` placeholders.
+        num_images: scans given with it.
+        base_vocab_size: ``V``.
+        add_bos: put the tokenizer's BOS id first.
+
+    Returns:
+        The token ids, with ``num_images`` ids equal to ``V``.
+    """
+    return _token_ids(tokenizer, [with_placeholders(text, num_images)], base_vocab_size=base_vocab_size,
+                      add_bos=add_bos, expand=False)[0]
 
 
 def block_positions(input_ids: Sequence[int], base_vocab_size: int) -> list[tuple[int, int]]:

@@ -151,6 +151,7 @@ class NodeConfig:
     max_instances_per_study: int = 5000
     model: str | None = None  # a model folder; null: the demo model
     device: str = "cpu"
+    engine: str = "transformers"  # or "vllm": the node's series batch continuously (docs/vllm.md)
     max_new_tokens: int = 128
     generation_timeout_s: float = 1800.0  # one series' generation; a full-size model on CPU takes minutes
     rules: list[SeriesRule] = field(default_factory=lambda: list(DEFAULT_RULES))
@@ -228,6 +229,10 @@ class NodeConfig:
         if not isinstance(device, str) or not device:
             raise _fail(s, "device", "cpu, cuda or cuda:N", device)
         c.device = device
+        engine = raw.get("engine", c.engine)
+        if engine not in ("transformers", "vllm"):
+            raise _fail(s, "engine", '"transformers" or "vllm"', engine)
+        c.engine = engine
         if "rules" in raw:
             c.rules = _rules(s, raw["rules"])
         c.destinations = _destinations(s, raw.get("destinations", []))

@@ -19,6 +19,7 @@ from radfm.model.processing import (
     encode_prompt,
     encode_prompts,
     image_token_ids,
+    placeholder_prompt_ids,
     with_placeholders,
 )
 from radfm.model.tokenizer import BLOCK_LENGTH
@@ -26,7 +27,7 @@ from radfm.model.tokenizer import BLOCK_LENGTH
 REPO = Path(__file__).resolve().parents[2]
 PROMPT_RULES = ("image_token_ids", "count_placeholders", "split_on_placeholders", "with_placeholders",
                 "encode_prompt", "encode_prompts", "block_positions", "decode_answers", "build_prompt_batch",
-                "decode_new_tokens", "generate_text")
+                "decode_new_tokens", "generate_text", "placeholder_prompt_ids", "placeholders_to_prepend")
 
 
 def test_image_token_ids_follow_published_scheme():
@@ -34,6 +35,29 @@ def test_image_token_ids_follow_published_scheme():
     assert len(ids) == BLOCK_LENGTH == 34
     assert ids[0] == 1000 and ids[-1] == 1001
     assert ids[1:-1] == list(range(1000 + 2 + 32, 1000 + 2 + 64))
+
+
+@pytest.mark.parametrize("text,scans", [("What is shown?", 2), ("<image> left <image> lung?", 2), ("no scan", 0)])
+def test_placeholder_prompt_ids_expand_to_the_processor_ids(tiny_tokenizer, text, scans):
+    # vLLM gets one <image> id per scan and expands it (radfm.model.vllm_radfm): the result must be the processor's ids
+    base = tiny_tokenizer.convert_tokens_to_ids("<image>")
+    ids = placeholder_prompt_ids(tiny_tokenizer, text, scans, base_vocab_size=base)
+    assert ids.count(base) == scans and ids[0] == tiny_tokenizer.bos_token_id
+    expanded, seen = [], 0
+    for token in ids:
+        if token == base:
+            expanded += image_token_ids(base, seen)
+            seen += 1
+        else:
+            expanded.append(token)
+    reference, _ = encode_prompts(tiny_tokenizer, [text], [scans], base_vocab_size=base)
+    assert expanded == reference[0].tolist()
+
+
+def test_placeholder_prompt_ids_refuse_a_wrong_count(tiny_tokenizer):
+    base = tiny_tokenizer.convert_tokens_to_ids("<image>")
+    with pytest.raises(ValueError, match="1 <image> placeholder.*2 image"):
+        placeholder_prompt_ids(tiny_tokenizer, "<image> and?", 2, base_vocab_size=base)
 
 
 def test_encode_prompt_expands_each_placeholder(tiny_tokenizer):

@@ -76,3 +76,12 @@ def test_unreadable_file_and_bad_json_are_named(tmp_path):
     (tmp_path / "bad.json").write_text("{", encoding="utf-8")
     with pytest.raises(NodeConfigError, match="bad.json: not valid JSON"):
         NodeConfig.from_file(tmp_path / "bad.json")
+
+
+def test_the_engine_field_picks_transformers_or_vllm(tmp_path):
+    """``"engine"`` (issue 29): the node's series are answered on the transformers or the vLLM engine."""
+    assert NodeConfig.from_file(_write(tmp_path, {"allowed_callers": CALLERS})).engine == "transformers"
+    assert NodeConfig.from_file(_write(tmp_path, {"allowed_callers": CALLERS, "engine": "vllm"})).engine == "vllm"
+    path = _write(tmp_path, {"allowed_callers": CALLERS, "engine": "tensorrt"})
+    with pytest.raises(NodeConfigError, match="engine: expected \"transformers\" or \"vllm\", got 'tensorrt'"):
+        NodeConfig.from_file(path)
