@@ -63,10 +63,14 @@ install-vllm: $(VLLM_VENV)/.installed
 demo: install
 	$(PY) -m radfm.demo
 
-# tests/vllm run in the vLLM side environment (one vLLM engine per model for the session)
+# tests/vllm run in the vLLM side environment (one vLLM engine per model for the session), then the door
+# tests again with every door on the vLLM engine (RADFM_ENGINE=vllm; one engine for the session)
+VLLM_DOOR_TESTS := tests/doors/test_doors.py tests/http/test_service_limits.py tests/http/test_openai_api.py \
+	tests/http/test_chat_api.py
 test: install install-deploy install-vllm
 	RADFM_DEPLOY_PYTHON=$(abspath $(DEPLOY_VENV))/bin/python $(PY) -m pytest -q tests --ignore=tests/vllm
 	$(VLLM_PY) -m pytest -q tests/vllm
+	RADFM_ENGINE=vllm VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_PY) -m pytest -q $(VLLM_DOOR_TESTS)
 
 clean:
 	rm -rf $(VENV) $(DEPLOY_VENV) $(VLLM_VENV) .pytest_cache

@@ -1,6 +1,7 @@
 """Benchmark of the DICOM node: N studies pushed at once through Orthanc -> node -> SR back (demo model).
 
-    python scripts/bench_node.py --studies 20 [--max_studies_in_memory 1] [--json out.json]
+    python scripts/bench_node.py --studies 20 [--max_studies_in_memory 1] [--engine transformers|vllm]
+                                 [--model DIR] [--json out.json]
 
 Starts Debian's Orthanc (``apt-get install orthanc orthanc-dicomweb``) and ``radfm node run`` on
 free ports of 127.0.0.1, writes N synthetic studies (CT series and chest X-rays, alternating) into
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--stable_after_s", type=float, default=2.0)
     parser.add_argument("--max_new_tokens", type=int, default=16)
     parser.add_argument("--timeout_s", type=float, default=900.0)
+    parser.add_argument("--engine", default="transformers", choices=("transformers", "vllm"),
+                        help="the node config's engine (vllm: run this script with .venv-vllm/bin/python)")
+    parser.add_argument("--model", default=None, help="model folder (default: the demo model)")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     if args.studies < 1:
@@ -75,13 +79,14 @@ def main(argv: list[str] | None = None) -> dict:
         "allowed_callers": [{"ae_title": ORTHANC_AET, "host": LOOPBACK}, {"ae_title": "TESTSCU", "host": LOOPBACK}],
         "stable_after_s": args.stable_after_s, "max_new_tokens": args.max_new_tokens,
         "max_studies_in_memory": args.max_studies_in_memory, "retry_first_s": 0.5, "retry_max_s": 5,
+        "engine": args.engine, "model": args.model,
         "rules": [{"name": "ct", "modalities": ["CT"], "prompt": "Look at the image <image> and answer: Where is the lesion?"},
                   {"name": "chest-xray", "modalities": ["DX"], "prompt": "What is the modality of the input scan <image>?"}],
         "destinations": [{"name": "orthanc", "kind": "dimse", "ae_title": ORTHANC_AET, "host": LOOPBACK,
                           "port": orthanc.dicom_port}],
     })
     try:
-        node.start()
+        node.start(timeout_s=900.0)  # the vLLM engine starts in tens of seconds to minutes on a busy CPU
         studies = []
         for i in range(args.studies):
             folder = work / "studies" / f"{i:03d}"
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
             "max_jobs_holding_images_at_once": overlap, "max_studies_in_memory": args.max_studies_in_memory,
             "node_peak_rss_mib": _peak_rss_mib(node.process.pid),
             "ct": f"{args.ct_slices} x {args.ct_size}x{args.ct_size}", "xray": "512x512",
-            "max_new_tokens": args.max_new_tokens, "stable_after_s": args.stable_after_s,
+            "max_new_tokens": args.max_new_tokens, "stable_after_s": args.stable_after_s, "engine": args.engine,
         }
     finally:
         node.stop()

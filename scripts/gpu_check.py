@@ -2,6 +2,7 @@
 
     python scripts/gpu_check.py [--device auto|cuda|cpu] [--sections decode,vision,memory,fsdp]
                                 [--output gpu_check.md]
+    .venv-vllm/bin/python scripts/gpu_check.py --sections engines   # the engines table (vLLM environment)
 
 On one CUDA GPU (about 5-8 minutes on an 80 GB-class card):
 
@@ -20,6 +21,10 @@ On one CUDA GPU (about 5-8 minutes on an 80 GB-class card):
 * ``batch`` (only when named, ``--sections batch``): ``radfm batch`` with the 13B-shaped model on the
   GPU (one actor, bf16) fed by CPU read workers, against ``radfm evaluate`` on the same 64 phantom
   studies (DICOM CT series and X-rays): studies per minute and peak RSS (docs/batch.md).
+* ``engines`` (by name only; the vLLM environment): scripts/bench_engines.py's table for the
+  13B-shaped model (random weights saved as a folder, one 256x256x64 scan per request, 64 new
+  tokens): output tokens/s at 1/4/8/16 clients, TTFT and TPOT through ``radfm serve``, the
+  transformers engine vs the vLLM engine, in bf16 and 8-bit (bitsandbytes / FP8).
 
 Without CUDA (``--device cpu``, or no GPU) the same code runs at tiny sizes in seconds: a small
 LLaMA, 64x64x8 scans, the tiny vision preset, fp32 FSDP over gloo; memory rows say "n/a (CPU)".
@@ -49,8 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The instruct stage's bundle config files, relative to the bundle root, in merge order, with the
 # FSDP mixin last. Keep it the only place the list is written.
 INSTRUCT_FSDP_CONFIGS = ("configs/train.json", "configs/instruct.json", "configs/multi_gpu_fsdp.json")
-SECTIONS = ("decode", "vision", "memory", "fsdp")
-OPTIONAL_SECTIONS = ("batch",)  # run only when named: --sections batch (writes the 14B to disk, ~30 GB)
+SECTIONS = ("decode", "vision", "memory", "fsdp")  # the default run
+OPTIONAL_SECTIONS = ("batch", "engines")  # run by name: batch writes the 14B to disk (~30 GB); engines needs the vLLM environment
 GIB = 1024**3
 
 
@@ -391,14 +396,68 @@ def check_batch(sizes: Sizes, device: torch.device, state: dict, studies: int = 
     return rows
 
 
+def check_engines(sizes: Sizes, device: torch.device, state: dict) -> list[tuple[str, str, str, str]]:
+    """scripts/bench_engines.py's table for the 14B-shaped model on one GPU: the transformers engine vs
+    the vLLM engine through ``radfm serve``, bf16 and 8-bit (bitsandbytes on transformers, FP8 on vLLM).
+
+    Not in the default sections: run it in the vLLM environment (``.venv-vllm/bin/python
+    scripts/gpu_check.py --sections engines``; on a GPU machine that environment has the CUDA ``vllm``).
+    """
+    import argparse as _argparse
+
+    import bench_engines
+    from radfm.model.loading import tiny_tokenizer
+    from radfm.model.processing import RadFMImageProcessor
+
+    depth = sizes.decode_scan[2]
+    model = state.pop("model", None) or build_llm_model(sizes, device, torch.bfloat16)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="gpu_check_engines_") as folder:
+        folder = Path(folder)
+        model.save_pretrained(folder / "model", tokenizer=tiny_tokenizer(base_vocab_size=model.config.base_vocab_size))
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # each engine runs in its own `radfm serve` process with the whole GPU
+        grid = RadFMImageProcessor.from_model_dir(folder / "model").grid
+        RadFMImageProcessor(**{**grid, "size_3d": sizes.decode_scan[:2], "max_depth": depth}).save_grid(folder / "model")
+        scan = bench_engines.write_phantom(folder / "phantom.nii.gz", depth, size=sizes.decode_scan[:2]).read_bytes()
+        args = _argparse.Namespace(clients=[1, 4, 8, 16], rounds=1, new_tokens=sizes.new_tokens, single_repeats=3)
+        dtype = "bfloat16" if device.type == "cuda" else "float32"
+        for mode, quantize in ((dtype.replace("bfloat16", "bf16"), None), ("8-bit", "8bit")):
+            if device.type != "cuda" and quantize:
+                continue  # 8-bit needs a GPU on both engines (bitsandbytes' CUDA kernels, FP8)
+            by_engine = {}
+            for engine in ("transformers", "vllm"):
+                (folder / engine).mkdir(exist_ok=True)
+                try:
+                    by_engine[engine] = bench_engines.bench_engine(engine, folder / "model", scan, args, folder / engine,
+                                                                   dtype=dtype, quantize=quantize, device=device.type)
+                except (Exception, SystemExit) as error:  # one engine failing must not hide the other's row
+                    rows.append((f"{engine} engine, {mode}", f"FAILED: {type(error).__name__}: {error}", "-", "-"))
+                    continue
+                r = by_engine[engine]
+                rates = ", ".join(f"{t['tokens_per_s']:.0f}" for t in r["throughput"])
+                rows.append((f"{engine} engine, {mode}: output tokens/s at 1/4/8/16 clients (radfm serve)", rates,
+                             f"TTFT {r['ttft_s'] * 1000:.0f} ms, TPOT {r['tpot_s'] * 1000:.1f} ms", "-"))
+            if len(by_engine) == 2:
+                t, v = by_engine["transformers"], by_engine["vllm"]
+                at8 = next(x["tokens_per_s"] for x in t["throughput"] if x["clients"] == 8)
+                av8 = next(x["tokens_per_s"] for x in v["throughput"] if x["clients"] == 8)
+                rows.append((f"vLLM / transformers, {mode}", f"8 clients {av8 / at8:.2f}x; TPOT "
+                             f"{v['tpot_s'] / t['tpot_s']:.2f}x; TTFT {v['ttft_s'] / t['ttft_s']:.2f}x",
+                             "targets: >= 4x, <= 1.2x, <= 1.1x", "-"))
+    return rows
+
+
 CHECKS = {"decode": check_decode, "vision": check_vision, "memory": check_memory, "fsdp": check_fsdp,
-          "batch": check_batch}
+          "batch": check_batch, "engines": check_engines}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {SECTIONS + OPTIONAL_SECTIONS}")
     parser.add_argument("--output", help="also write the Markdown table here")
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]

@@ -38,12 +38,15 @@ def rss_with_children(process: psutil.Process) -> int:
 
 
 @contextlib.contextmanager
-def running_service(flags: list[str], tmpdir: Path) -> Iterator[tuple[psutil.Process, str]]:
+def running_service(flags: list[str], tmpdir: Path, device: str = "cpu",
+                    start_timeout_s: float = 120.0) -> Iterator[tuple[psutil.Process, str]]:
     """``radfm serve FLAGS`` on a free loopback port with ``TMPDIR=tmpdir``, until the block ends.
 
     Args:
-        flags: the command's flags after ``serve`` (``--port`` and ``--device cpu`` are added).
+        flags: the command's flags after ``serve`` (``--port`` and ``--device DEVICE`` are added).
         tmpdir: the service's temp folder (its request workspaces go there).
+        device: the service's ``--device``.
+        start_timeout_s: how long it may take to answer ``/health`` (a vLLM engine starts in minutes on a busy CPU).
 
     Yields:
         ``(process, url)`` once ``/health`` answers 200.
@@ -54,12 +57,13 @@ def running_service(flags: list[str], tmpdir: Path) -> Iterator[tuple[psutil.Pro
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "radfm.cli", "serve", "--port", str(port), "--device", "cpu",
+    server = subprocess.Popen([sys.executable, "-m", "radfm.cli", "serve", "--port", str(port), "--device", device,
                                *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env={**os.environ, "TMPDIR": str(tmpdir), "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
+        deadline = time.monotonic() + start_timeout_s
+        while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                     break
@@ -67,6 +71,8 @@ def running_service(flags: list[str], tmpdir: Path) -> Iterator[tuple[psutil.Pro
                 time.sleep(0.2)
             if server.poll() is not None:
                 raise SystemExit("the service did not start")
+        else:
+            raise SystemExit(f"the service did not answer /health within {start_timeout_s:g} s")
         yield psutil.Process(server.pid), url
     finally:
         server.terminate()

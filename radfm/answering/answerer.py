@@ -51,6 +51,12 @@ def deadline_passed() -> bool:
     return value is not None and time.monotonic() >= value[0]
 
 
+def deadline_remaining() -> float | None:
+    """Seconds left of this thread's generation deadline (``None``: no deadline; may be <= 0)."""
+    value = getattr(_deadline, "value", None)
+    return None if value is None else value[0] - time.monotonic()
+
+
 def check_deadline() -> None:
     """Raise :class:`GenerationTimeout` when this thread's generation deadline has passed."""
     if deadline_passed():
@@ -178,6 +184,32 @@ def readable_cause(error: BaseException) -> str | None:
     return None
 
 
+def prepare_scans(image_processor, scan_paths: Sequence[Path], preprocess_options: dict[str, Any]) -> list[Any]:
+    """Each scan (file or DICOM folder) -> ``[3, H, W, D]`` float tensor at the processor's grid (every engine's reading).
+
+    Args:
+        image_processor: the model folder's :class:`radfm.model.processing.RadFMImageProcessor`.
+        scan_paths: the scans, in prompt order.
+        preprocess_options: per-scan options (window, series_uid).
+
+    Returns:
+        The prepared images.
+
+    Raises:
+        ValueError: the first readable cause of a reader's failure (it names the file).
+    """
+    images = []
+    for path in scan_paths:
+        try:
+            images.append(image_processor.process_one(str(path), **preprocess_options))
+        except Exception as error:
+            reason = readable_cause(error)
+            if reason is None:
+                raise
+            raise ValueError(reason) from error
+    return images
+
+
 class ModelAnswerer:
     """A RadFM model and its processor behind the answerer interface."""
 
@@ -207,16 +239,7 @@ class ModelAnswerer:
 
     def prepare(self, scan_paths: Sequence[Path]) -> list[Any]:
         """Each scan (file or DICOM folder) -> ``[3, H, W, D]`` float tensor at the model's grid (the processor's)."""
-        images = []
-        for path in scan_paths:
-            try:
-                images.append(self.processor.image_processor.process_one(str(path), **self.preprocess_options))
-            except Exception as error:
-                reason = readable_cause(error)
-                if reason is None:
-                    raise
-                raise ValueError(reason) from error
-        return images
+        return prepare_scans(self.processor.image_processor, scan_paths, self.preprocess_options)
 
     def answer(self, prompt: str, images: list[Any], options: GenerationOptions, stream: AnswerStream | None = None) -> str:
         """Generated text for ``prompt`` (with one ``<image>`` per image) about ``images``.

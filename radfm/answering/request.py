@@ -8,7 +8,8 @@ OpenAI routes, the MLflow model, ``radfm generate``, ``radfm evaluate``)::
       2. one temp folder (Workspace) for the request, removed on success, error and cancellation
       3. in the reading pool, admitted by the memory budget: bytes written, zips unpacked, format
          detected (scans.detect_kind), DICOM series grouped, scans read and preprocessed
-      4. the model queue (503 when full), generation under the deadline (504)
+      4. the engine (answering/worker.py: the model thread; answering/vllm_engine.py: vLLM): its queue
+         (503 when full), generation under the deadline (504), streamed and cancellable
       5. AnswerResult: text, prompt, scans, usage, timings (+ what ``request.after`` adds, e.g. SR)
 
 Every refusal is a :class:`~radfm.answering.refusal.RequestError`; doors only change its shape.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import inspect
 import os
 import shutil
 import tempfile
@@ -34,7 +34,7 @@ from radfm.answering.refusal import RequestError
 from radfm.answering.limits import Limits
 from radfm.answering.options import GenerationOptions, parse_options
 from radfm.answering.scans import Scan, claimed_bytes, group_scans, reference_scan, save_scan
-from radfm.answering.worker import Worker
+from radfm.answering.worker import Worker, start_engine
 from radfm.transforms import formats
 from radfm.transforms.volumes import split_suffix
 
@@ -173,14 +173,6 @@ def _as_sent(message: str, scans: list[Scan], workdir: Path) -> str:
     return message
 
 
-def supports_streaming(answerer) -> bool:
-    """Whether ``answerer.answer`` takes ``stream=`` (the model answerer does; simple test doubles may not)."""
-    try:
-        return "stream" in inspect.signature(answerer.answer).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 class Batch:
     """Requests whose generations run as one ``generate`` call: each :meth:`RequestPath.run` with
     this batch reads its scans alone, then waits until every member is ready (or has failed)."""
@@ -213,10 +205,9 @@ class Batch:
         prompts, images = [m[0] for m in members], [m[1] for m in members]
         options = members[0][2]
         try:
-            if any(m[2] != options for m in members) or not hasattr(path.answerer, "answer_batch"):
-                raise RuntimeError("a batch needs the same options and an answerer with answer_batch")
-            texts, queued_s, generate_s = await path.worker.generate(
-                lambda: path.answerer.answer_batch(prompts, images, options))
+            if any(m[2] != options for m in members):
+                raise RuntimeError("a batch needs the same options")
+            texts, queued_s, generate_s = await path.engine.answer_batch(prompts, images, options)
         except BaseException as error:  # every member gets the failure (the caller retries them alone)
             for *_, future in members:
                 if not future.done():
@@ -228,7 +219,11 @@ class Batch:
 
 
 class RequestPath:
-    """The answerer, the limits and the workers; :meth:`run` takes a request from start to end."""
+    """The answerer, the limits, the reading pool and the engine; :meth:`run` takes a request from start to end.
+
+    The engine (:func:`radfm.answering.worker.start_engine`) is the answerer's own (vLLM's continuous
+    batching) or the one model thread (transformers); nothing else here depends on which.
+    """
 
     def __init__(self, answerer, limits: Limits | None = None, temp_root: str | Path | None = None) -> None:
         self.answerer = answerer
@@ -237,6 +232,7 @@ class RequestPath:
             self.limits.max_images = int(answerer.max_images)
         self.temp_root = Path(temp_root or tempfile.gettempdir())
         self.worker = Worker(self.limits)
+        self.engine = start_engine(answerer, self.limits)
         self._live: set[Path] = set()
         self._lock = threading.Lock()
         self.stale_removed = remove_stale_folders(self.temp_root)
@@ -273,21 +269,15 @@ class RequestPath:
                 names = [scan.names[0] if scan.names else "?" for scan in scans]
                 raise RequestError(f"{error} (scans: {names}; a DICOM series counts once)", 422, field="prompt",
                                    code="invalid_prompt") from None
-            if stream is None and supports_streaming(self.answerer):
+            if stream is None and self.engine.streams:
                 stream = AnswerStream(stop=request.stop)  # counts the tokens (usage)
             if queued is not None:
-                self.worker.check_queue()  # a streaming door still answers a full queue with 503
+                self.engine.check_queue()  # a streaming door still answers a full queue with 503
                 queued.set()
-            try:
-                if batch is not None:
-                    text, queued_s, generate_s = await batch.generate(self, prompt, images, options)
-                else:
-                    text, queued_s, generate_s = await self.worker.generate(
-                        lambda: self._answer(prompt, images, options, stream))
-            except asyncio.CancelledError:
-                if stream is not None:
-                    stream.cancel()  # the model stops after its current token; the thread is free again
-                raise
+            if batch is not None:
+                text, queued_s, generate_s = await batch.generate(self, prompt, images, options)
+            else:  # cancelled (client gone): the engine stops after the current token
+                text, queued_s, generate_s = await self.engine.answer(prompt, images, options, stream)
             timings.update(queued=queued_s, generate=generate_s, total=time.perf_counter() - started)
             result = AnswerResult(text, prompt, scans, images, options, timings)
             if stream is not None:
@@ -325,7 +315,7 @@ class RequestPath:
         stream = AnswerStream(on_text=lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece),
                               stop=request.stop)
         queued = asyncio.Event()
-        streaming = supports_streaming(self.answerer)
+        streaming = self.engine.streams
         work = asyncio.ensure_future(self.run(request, stream=stream if streaming else None, queued=queued))
         try:
             waiter = asyncio.ensure_future(queued.wait())
@@ -494,18 +484,14 @@ class RequestPath:
                 images.append(entry.image)
         return scans, images, waited, seconds
 
-    def _answer(self, prompt: str, images: list, options: GenerationOptions, stream: AnswerStream | None) -> str:
-        try:
-            if stream is not None:
-                return self.answerer.answer(prompt, images, options, stream=stream)
-            return self.answerer.answer(prompt, images, options)
-        except ValueError as error:
-            raise RequestError(str(error), 422, code="invalid_prompt") from None
-
     # ---- lifetime ----------------------------------------------------------------------------
     def live_folders(self) -> list[Path]:
         with self._lock:
             return sorted(self._live)
+
+    def counters(self) -> dict[str, int]:
+        """The engine's queue (``waiting``, ``running``, ``served``) and the bytes being read (``/health``)."""
+        return {**self.engine.counters(), "reading_bytes": self.worker.budget.in_use}
 
     def release(self, folder: Path) -> None:
         """Remove a folder handed out with ``keep_files`` (the chat page drops a kept upload)."""
@@ -516,6 +502,7 @@ class RequestPath:
     def close(self) -> None:
         """Stop the workers and remove every folder this path still holds (shutdown, SIGTERM)."""
         self.worker.close()
+        self.engine.close()
         for folder in self.live_folders():
             shutil.rmtree(folder, ignore_errors=True)
         with self._lock:

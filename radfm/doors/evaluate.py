@@ -259,7 +259,8 @@ def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] 
              max_new_tokens: int = 64, limit: int | None = None, prompt_format: str = "radfm", shots: int = 0,
              retry_failed: bool = False, model_name: str | None = None, device: str = "cpu", dtype: str | None = None,
              data_root: str | None = None, bertscore: bool = True, bertscore_model: str | None = None,
-             terms: str | None = None, n_resamples: int = 1000, seed: int = 0, max_scan_mb: int = 2048) -> str:
+             terms: str | None = None, n_resamples: int = 1000, seed: int = 0, max_scan_mb: int = 2048,
+             engine: str | None = None) -> str:
     """Evaluate a model on a manifest: predictions.jsonl, metrics.json, report.md, metrics.png in OUTPUT.
 
     Args:
@@ -280,9 +281,12 @@ def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] 
         data_root: folder image paths must stay inside (default: the manifest's folder).
         bertscore / bertscore_model / terms / n_resamples / seed: scoring options, as in ``radfm score``.
         max_scan_mb: largest decoded size of one scan in MiB (checked from its header); a larger one fails its case.
+        engine: transformers | vllm (a batch's cases then batch continuously in vLLM; one process, no torchrun);
+            default $RADFM_ENGINE, else transformers.
     Returns:
         the path of report.md.
     """
+    from radfm.answering.engines import check_engine
     from radfm.answering.limits import Limits
     from radfm.answering.options import GenerationOptions
     from radfm.utils.cli import UsageError
@@ -291,6 +295,10 @@ def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] 
                 n_resamples=n_resamples)
     try:
         limits = Limits.from_flags(max_scan_mb=max_scan_mb, max_new_tokens=GenerationOptions.MAX_BEAM_TOKENS)
+        engine = check_engine(engine)
+        if engine == "vllm" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("--engine vllm runs in one process (it batches and splits the model itself): "
+                             "start it without torchrun")
     except ValueError as error:
         raise UsageError(str(error)) from None
     from radfm.data.manifest import load_manifest
@@ -309,14 +317,18 @@ def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] 
 
     with _process_group(device) as (rank, world_size, device):
         from radfm.answering.answerer import ModelAnswerer
+        from radfm.answering.engines import load_answerer
         from radfm.answering.identity import ModelIdentity
         from radfm.answering.request import RequestPath
 
-        network, processor = load(model, device=device, dtype=dtype)
         name = model_name or Path(str(model)).name or str(model)
-        # each rank generates alone: HF must not wait for the others at every token
-        answerer = ModelAnswerer(network, processor, identity=ModelIdentity(name=name),
-                                 generate_kwargs={"synced_gpus": False} if world_size > 1 else None)
+        if engine == "vllm":
+            answerer = load_answerer(model, engine, dtype=dtype)
+        else:
+            network, processor = load(model, device=device, dtype=dtype)
+            # each rank generates alone: HF must not wait for the others at every token
+            answerer = ModelAnswerer(network, processor, identity=ModelIdentity(name=name),
+                                     generate_kwargs={"synced_gpus": False} if world_size > 1 else None)
         path = RequestPath(answerer, limits)
         predict = model_predictor(path, max_new_tokens=max_new_tokens)
         predictions_path = output_dir / PREDICTIONS_NAME

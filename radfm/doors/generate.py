@@ -82,6 +82,7 @@ def generate(
     offload_folder: str | None = None,
     quantize: str | None = None,
     max_scan_mb: int = DEFAULT_MAX_SCAN_MB,
+    engine: str | None = None,
 ) -> None:
     """Answer a prompt about one or more scans; prints the answer (or a JSON record with --json).
 
@@ -114,9 +115,10 @@ def generate(
         offload_folder: folder for weights offloaded to disk.
         quantize: 8bit | 4bit (bitsandbytes: a CUDA GPU, or its CPU backend).
         max_scan_mb: largest decoded size of one scan in MiB, checked from its header before it is read.
+        engine: transformers | vllm (see `radfm serve --engine`); default $RADFM_ENGINE, else transformers.
     """
     from radfm.model.loading import demo_model_dir, resolve_model_dir
-    from radfm.answering.answerer import ModelAnswerer
+    from radfm.answering.engines import check_engine, check_placement, load_answerer
     from radfm.answering.request import RequestPath
     from radfm.transforms.volumes import with_volume
 
@@ -134,6 +136,8 @@ def generate(
         raise UsageError("no scans given: pass one or more scan files or DICOM folders")
     try:
         limits = Limits.from_flags(max_scan_mb=max_scan_mb, **CLI_LIMITS)
+        engine = check_engine(engine)
+        check_placement(engine, device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
     except ValueError as error:
         raise UsageError(str(error)) from None
     try:
@@ -148,9 +152,10 @@ def generate(
     if series_uid is not None:
         preprocess_options["series_uid"] = str(series_uid)
     model_dir = resolve_model_dir(model)
-    answerer = ModelAnswerer.from_model_dir(model_dir, preprocess_options=preprocess_options, dtype=dtype, device=device,
-                                            device_map=device_map, max_memory=max_memory,
-                                            offload_folder=offload_folder, quantization=quantize)
+    placement = dict(dtype=dtype, quantization=quantize)
+    if engine == "transformers":
+        placement.update(device=device, device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
+    answerer = load_answerer(model_dir, engine, preprocess_options=preprocess_options, **placement)
     path = RequestPath(answerer, limits)
     try:
         record = run_generate(path, scan_paths, prompt, options)  # ScanReadError names the file (exit 1)

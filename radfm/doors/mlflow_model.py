@@ -55,11 +55,14 @@ class RadFMPyfunc:
 
     def load_context(self, context) -> None:
         from radfm.doors.generate import CLI_LIMITS
-        from radfm.answering.answerer import ModelAnswerer
+        from radfm.answering.engines import load_answerer
         from radfm.answering.limits import Limits
         from radfm.answering.request import RequestPath
 
-        answerer = ModelAnswerer.from_model_dir(context.artifacts["model_dir"], device="auto", dtype="auto")
+        # the engine logged with the model (log_model(engine=...)); none: $RADFM_ENGINE, else transformers
+        engine = (getattr(context, "model_config", None) or {}).get("engine")
+        placement = {"dtype": "auto"} if engine == "vllm" else {"device": "auto", "dtype": "auto"}
+        answerer = load_answerer(context.artifacts["model_dir"], engine, **placement)
         self.path = RequestPath(answerer, Limits(**CLI_LIMITS))
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
@@ -180,13 +183,23 @@ def log_model(
     run_id: str | None = None,
     name: str = "radfm",
     example_scan: str | Path | None = None,
+    engine: str | None = None,
 ) -> dict[str, Any]:
-    """Log ``model_dir`` as a pyfunc model (in ``run_id``, else a new run); returns uri, run id, version."""
+    """Log ``model_dir`` as a pyfunc model (in ``run_id``, else a new run); returns uri, run id, version.
+
+    ``engine`` (transformers | vllm) is recorded in the model's ``model_config``: the loaded model
+    answers on it (none recorded: ``$RADFM_ENGINE`` where it is loaded, else transformers).
+    """
     import mlflow
 
+    from radfm.answering.engines import check_engine
+
+    if engine is not None:
+        check_engine(engine)
     with _restored_mlflow_globals(mlflow):
         return _log_model(mlflow, model_dir, tracking_uri=tracking_uri, registered_model_name=registered_model_name,
-                          experiment_name=experiment_name, run_id=run_id, name=name, example_scan=example_scan)
+                          experiment_name=experiment_name, run_id=run_id, name=name, example_scan=example_scan,
+                          engine=engine)
 
 
 @contextlib.contextmanager
@@ -212,7 +225,8 @@ def _restored_mlflow_globals(mlflow):
 
 
 def _log_model(mlflow, model_dir: str | Path, *, tracking_uri: str | None, registered_model_name: str | None,
-               experiment_name: str, run_id: str | None, name: str, example_scan: str | Path | None) -> dict[str, Any]:
+               experiment_name: str, run_id: str | None, name: str, example_scan: str | Path | None,
+               engine: str | None = None) -> dict[str, Any]:
     from radfm.answering.identity import identity_of_model_dir
 
     model_dir = Path(model_dir)
@@ -250,6 +264,7 @@ def _log_model(mlflow, model_dir: str | Path, *, tracking_uri: str | None, regis
             signature=signature(),
             input_example=input_example,
             registered_model_name=registered_model_name,
+            model_config={"engine": engine} if engine is not None else None,
             metadata={"radfm": {**identity.to_dict(), "preprocess": preprocess, "verification": "UNVERIFIED"}},
         )
         mlflow.set_tags({"radfm.weights_sha256": identity.weights_sha256, "radfm.model_name": identity.name})
@@ -306,6 +321,7 @@ class MLflowCommands:
         experiment_name: str = "radfm",
         name: str = "radfm",
         example_scan: str | None = None,
+        engine: str | None = None,
     ) -> dict[str, Any]:
         """Log a RadFM model folder to MLflow as a pyfunc model (and register it).
 
@@ -316,7 +332,16 @@ class MLflowCommands:
             experiment_name: MLflow experiment of the run.
             name: the model's name inside the run.
             example_scan: the scan used as input example (default: a shipped phantom CT).
+            engine: the engine the loaded model answers on: transformers | vllm (needs the vLLM environment).
         Returns the model URI, run id and registered version.
         """
+        from radfm.utils.cli import UsageError
+
+        from radfm.answering.engines import check_engine
+
+        try:
+            engine = check_engine(engine) if engine is not None else None
+        except ValueError as error:
+            raise UsageError(str(error)) from None
         return log_model(model_dir, tracking_uri=tracking_uri, registered_model_name=registered_model_name,
-                         experiment_name=experiment_name, name=name, example_scan=example_scan)
+                         experiment_name=experiment_name, name=name, example_scan=example_scan, engine=engine)

@@ -143,7 +143,7 @@ class InferenceService:
 
         @app.get("/health")
         def health() -> dict:
-            return {"status": "ok", "model": self.answerer.identity.to_dict(), "queue": self.path.worker.counters(),
+            return {"status": "ok", "model": self.answerer.identity.to_dict(), "queue": self.path.counters(),
                     "limits": self.limits.to_dict()}
 
         @app.post("/v1/answer", openapi_extra=ANSWER_FORM)
@@ -278,6 +278,9 @@ def serve(
     max_scan_mb: int = DEFAULT_MAX_SCAN_MB,
     prepare_budget_mb: int = 2048,
     max_kept_scan_mb: int = 1024,
+    engine: str | None = None,
+    tensor_parallel_size: int = 1,
+    max_num_seqs: int = 32,
 ) -> None:
     """Serve a RadFM model over HTTP: chat page at /, POST /v1/answer, POST /v1/chat/completions
     (OpenAI-compatible), GET /health; the API schema at /openapi.json.
@@ -305,6 +308,10 @@ def serve(
         max_scan_mb: largest decoded size of one uploaded scan in MiB, checked from its header (413).
         prepare_budget_mb: MiB of image data (as the scans' headers claim) read at once over all requests.
         max_kept_scan_mb: MiB the chat page keeps over all clients (model inputs, display volumes, files; oldest dropped first).
+        engine: transformers (default: one request at a time) | vllm (continuous batching; the vLLM environment,
+            see docs/vllm.md); default $RADFM_ENGINE, else transformers.
+        tensor_parallel_size: vllm engine: GPUs the model is split over (e.g. 2 for the 14B on two 24 GB cards).
+        max_num_seqs: vllm engine: requests decoded at once; --max_queue more may wait beyond them.
     """
     from radfm.utils.cli import UsageError
 
@@ -322,6 +329,13 @@ def serve(
                                    max_scan_mb=max_scan_mb, prepare_budget_mb=prepare_budget_mb,
                                    max_kept_scan_mb=max_kept_scan_mb)
         guard = GuardLimits(header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s).check()
+        from radfm.answering.engines import check_engine, check_placement
+
+        engine = check_engine(engine)
+        check_placement(engine, device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
+        for name, value in (("tensor_parallel_size", tensor_parallel_size), ("max_num_seqs", max_num_seqs)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"--{name}={value!r}: expected a whole number >= 1")
     except ValueError as error:
         raise UsageError(str(error)) from None
     try:  # the port is taken before the model loads (minutes for a big one), and held until uvicorn listens
@@ -333,26 +347,33 @@ def serve(
     try:
         _load_and_serve(model, host, port, listening, limits, guard, placement=dict(
             dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
-            offload_folder=offload_folder, quantization=quantize))
+            offload_folder=offload_folder, quantization=quantize), engine=engine,
+            engine_options=dict(tensor_parallel_size=tensor_parallel_size, max_num_seqs=max_num_seqs))
     finally:
         listening.close()
 
 
 def _load_and_serve(model: str | None, host: str, port: int, listening: socket.socket, limits: Limits,
-                    guard: GuardLimits, placement: dict[str, Any]) -> None:
+                    guard: GuardLimits, placement: dict[str, Any], engine: str = "transformers",
+                    engine_options: dict[str, Any] | None = None) -> None:
     """Load the model and serve on the socket ``serve`` bound (returns on SIGTERM/Ctrl-C)."""
     from radfm.model.loading import resolve_model_dir
-    from radfm.answering.answerer import ModelAnswerer
+    from radfm.answering.engines import load_answerer
 
     model_dir = resolve_model_dir(model)
     import radfm.transforms  # noqa: F401  (imports ITK/MONAI now, not during the first request)
 
-    print(f"loading {model_dir} ({', '.join(f'{k}={v}' for k, v in placement.items() if v is not None)}) ...", flush=True)
-    answerer = ModelAnswerer.from_model_dir(model_dir, **placement)
+    if engine == "vllm":
+        placement = {"dtype": placement["dtype"], "quantization": placement["quantization"], **(engine_options or {})}
+    print(f"loading {model_dir} on the {engine} engine "
+          f"({', '.join(f'{k}={v}' for k, v in placement.items() if v is not None)}) ...", flush=True)
+    answerer = load_answerer(model_dir, engine, **placement)
     service = InferenceService(answerer, limits)
-    print(f"RadFM service on http://{host}:{port} (model {answerer.identity.name}, "
+    print(f"RadFM service on http://{host}:{port} ({engine} engine, model {answerer.identity.name}, "
           f"weights sha256 {answerer.identity.weights_sha256[:12]}...)", flush=True)
     try:
         guarded_server(service.app, host, int(port), guard, log_level="info").run(sockets=[listening])
     finally:
         service.close()  # SIGTERM/Ctrl-C: uvicorn returns here; no temp folder outlives the process
+        if hasattr(answerer, "close"):
+            answerer.close()  # the vLLM engine's core process

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
                       field_validator, model_validator)
@@ -182,6 +182,7 @@ class NodeConfig(BaseModel):
     max_instances_per_study: Annotated[int, whole(1, MAX_INSTANCES_PER_STUDY)] = 5000
     model: TextOrNone = None  # a model folder; null: the demo model
     device: str = "cpu"
+    engine: Literal["transformers", "vllm"] = "transformers"  # "vllm": the node's series batch continuously (docs/vllm.md)
     max_new_tokens: Annotated[int, whole(1, 8192)] = 128
     # one series' generation; a full-size model on CPU takes minutes
     generation_timeout_s: Annotated[float, _seconds(1.0, DAY_S)] = 1800.0

@@ -38,7 +38,8 @@ class JobFailed(Exception):
 
 
 class NodeRunner:
-    """The node: ``answerer`` (a :class:`radfm.answering.answerer.ModelAnswerer`, or loaded from ``config.model``)."""
+    """The node: ``answerer`` (an answerer of :func:`radfm.answering.answerer.load_answerer`, or loaded from
+    ``config.model`` on ``config.engine``)."""
 
     def __init__(self, config: NodeConfig, answerer: Any = None,
                  sender: Callable[..., str | None] = send) -> None:
@@ -218,6 +219,7 @@ class NodeRunner:
 def load_answerer(config: NodeConfig):
     """The model behind the node (``config.model`` or the demo model), loaded once at start."""
     from radfm.model.loading import resolve_model_dir
-    from radfm.answering.answerer import ModelAnswerer
+    from radfm.answering.engines import load_answerer
 
-    return ModelAnswerer.from_model_dir(resolve_model_dir(config.model), device=config.device)
+    placement = {} if config.engine == "vllm" else {"device": config.device}
+    return load_answerer(resolve_model_dir(config.model), config.engine, **placement)

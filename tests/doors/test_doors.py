@@ -121,7 +121,7 @@ def test_a_one_mb_scan_limit_refuses_a_3_mb_scan_on_every_door(one_mb_server, bi
     from radfm.cli import main
     from radfm.doors.evaluate import evaluate
     from radfm.doors.mlflow_model import RadFMPyfunc
-    from radfm.answering.answerer import ModelAnswerer
+    from radfm.answering.engines import load_answerer
 
     data = big_scan.read_bytes()
     url = one_mb_server.url
@@ -136,8 +136,7 @@ def test_a_one_mb_scan_limit_refuses_a_3_mb_scan_on_every_door(one_mb_server, bi
     assert str(big_scan.parent) not in reply.text  # the server's folders are never named
 
     model = RadFMPyfunc()
-    model.path = RequestPath(ModelAnswerer.from_model_dir(tiny_model_dir, device="cpu", dtype="float32"),
-                             Limits(max_scan_bytes=MiB))
+    model.path = RequestPath(load_answerer(tiny_model_dir, device="cpu", dtype="float32"), Limits(max_scan_bytes=MiB))
     frame = model.predict(None, {"prompt": ["Which?"], "images": [[str(big_scan)]]})
     assert frame["answer"][0] is None and "over the limit" in frame["error"][0]
 
@@ -191,13 +190,13 @@ def test_generate_marks_its_plain_answer_unverified(tiny_model_dir, small_scans,
 ])
 def test_generate_checks_inputs_before_loading_the_model(monkeypatch, small_scans, tmp_path, scans, prompt, message):
     from radfm.doors import generate as door
-    from radfm.answering.answerer import ModelAnswerer
+    from radfm.answering import engines
     from radfm.answering.refusal import RequestError
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the inputs were checked")
 
-    monkeypatch.setattr(ModelAnswerer, "from_model_dir", no_load)
+    monkeypatch.setattr(engines, "load_answerer", no_load)  # every engine loads through it
     (tmp_path / "notes.txt").write_text("not an image")
     paths = {"png": str(small_scans["png"]), "text": str(tmp_path / "notes.txt"), "missing": str(tmp_path / "nope.nii.gz")}
     with pytest.raises(RequestError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -60,10 +60,10 @@ def test_unbounded_or_non_finite_options_get_422(server_limits, small_scans, fie
 
 
 @pytest.fixture(scope="module")
-def server_limits(probe):
+def server_limits(served):
     limits = Limits(max_request_bytes=2 * 1024 * 1024, max_images=3, max_new_tokens=16,
                            max_num_beams=4, max_beam_tokens=40)
-    with BackgroundServer(create_app(probe, limits)) as running:
+    with BackgroundServer(create_app(served, limits)) as running:
         yield running
 
 

@@ -110,3 +110,12 @@ def test_sizes_are_converted_to_bytes_in_one_place(tmp_path):
     assert (config.max_scan_bytes, config.max_instance_bytes) == (3 * 1024 * 1024, 2 * 1024 * 1024)
     assert [r.name for r in NodeConfig.from_dict({"allowed_callers": CALLERS, "rules": [
         {"modalities": ["CT"], "prompt": "x"}, {"name": "mr", "modalities": ["MR"], "prompt": "y"}]}).rules] == ["rule0", "mr"]
+
+
+def test_the_engine_field_picks_transformers_or_vllm(tmp_path):
+    """``"engine"`` (issue 29): the node's series are answered on the transformers or the vLLM engine."""
+    assert NodeConfig.from_file(_write(tmp_path, {"allowed_callers": CALLERS})).engine == "transformers"
+    assert NodeConfig.from_file(_write(tmp_path, {"allowed_callers": CALLERS, "engine": "vllm"})).engine == "vllm"
+    path = _write(tmp_path, {"allowed_callers": CALLERS, "engine": "tensorrt"})
+    with pytest.raises(NodeConfigError, match="engine: expected \"transformers\" or \"vllm\", got 'tensorrt'"):
+        NodeConfig.from_file(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +35,15 @@ def small_scans(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_answerer(tiny_model_dir):
-    from radfm.answering.answerer import ModelAnswerer
+    """The tiny model on the engine the run selects (``RADFM_ENGINE=vllm``: one vLLM engine for the session)."""
+    from radfm.answering.engines import load_answerer
 
-    return ModelAnswerer.from_model_dir(tiny_model_dir, device="cpu", dtype="float32")
+    answerer = load_answerer(tiny_model_dir, device="cpu", dtype="float32")
+    if os.environ.get("RADFM_ENGINE") == "vllm":  # the run asked for vLLM: never the model thread instead
+        assert type(answerer).__name__ == "VLLMAnswerer", type(answerer)
+    yield answerer
+    if hasattr(answerer, "close_shared"):
+        answerer.close_shared()  # the vLLM engines of the session (doors load the same one), while logging still works
 
 
 class ConcurrencyProbe:
@@ -69,11 +76,18 @@ def probe(tiny_answerer):
 
 
 @pytest.fixture(scope="session")
-def server(probe):
+def served(tiny_answerer, probe):
+    """What the service fixtures serve: the probe around the model thread, or the vLLM engine itself
+    (its own continuous batching: a probe would put it behind the one model thread)."""
+    return tiny_answerer if hasattr(tiny_answerer, "start_engine") else probe
+
+
+@pytest.fixture(scope="session")
+def server(served):
     """The service with the tiny model on a free loopback port (small limits to test them)."""
     from radfm.http.service import BackgroundServer, create_app
     from radfm.answering.limits import Limits
 
     limits = Limits(max_request_bytes=2 * 1024 * 1024, max_images=3, max_new_tokens=16)
-    with BackgroundServer(create_app(probe, limits)) as running:
+    with BackgroundServer(create_app(served, limits)) as running:
         yield running
