@@ -117,5 +117,5 @@ def test_the_engine_field_picks_transformers_or_vllm(tmp_path):
     assert NodeConfig.from_file(_write(tmp_path, {"allowed_callers": CALLERS})).engine == "transformers"
     assert NodeConfig.from_file(_write(tmp_path, {"allowed_callers": CALLERS, "engine": "vllm"})).engine == "vllm"
     path = _write(tmp_path, {"allowed_callers": CALLERS, "engine": "tensorrt"})
-    with pytest.raises(NodeConfigError, match="engine: expected \"transformers\" or \"vllm\", got 'tensorrt'"):
+    with pytest.raises(NodeConfigError, match="engine: Input should be 'transformers' or 'vllm', got 'tensorrt'"):
         NodeConfig.from_file(path)
