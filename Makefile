@@ -68,6 +68,7 @@ demo: install
 VLLM_DOOR_TESTS := tests/doors/test_doors.py tests/http/test_service_limits.py tests/http/test_openai_api.py \
 	tests/http/test_chat_api.py
 test: install install-deploy install-vllm
+	$(PY) -m ruff check .
 	RADFM_DEPLOY_PYTHON=$(abspath $(DEPLOY_VENV))/bin/python $(PY) -m pytest -q tests --ignore=tests/vllm
 	$(VLLM_PY) -m pytest -q tests/vllm
 	RADFM_ENGINE=vllm VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_PY) -m pytest -q $(VLLM_DOOR_TESTS)

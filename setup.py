@@ -91,6 +91,7 @@ setup(
             "schemathesis>=4.32",  # fuzzes the service against its OpenAPI schema (tests/http/test_api_fuzz.py)
             "hypothesis>=6.100",  # property tests of the scan guards (generated NRRD/MetaImage headers)
             "bitsandbytes==0.50.2",  # quantised loading on the CPU backend (tests/model/test_quantized_loading.py)
+            "ruff==0.17.6",  # make test lints first (ruff.toml)
         ],
     },
     entry_points={

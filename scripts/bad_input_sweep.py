@@ -39,13 +39,14 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hostile_files import deflated_dicom_bomb, hostile_headers  # noqa: E402
+
 DEMO_MODEL = REPO / "bundles" / "radfm" / "models" / "demo"
 DEFAULT_OUTPUT = REPO / "docs" / "bad_input_sweep.md"
 CASE_TIMEOUT_S = 300
@@ -388,7 +389,7 @@ def raw_request(port: int, head: bytes, body: bytes = b"", timeout_s: float = 30
         try:
             while chunk := client.recv(65536):
                 data += chunk
-        except (socket.timeout, ConnectionResetError):
+        except (TimeoutError, ConnectionResetError):
             pass
     match = re.match(rb"HTTP/1\.[01] (\d{3})", data)
     return (int(match.group(1)) if match else None), data.partition(b"\r\n\r\n")[2].decode(errors="replace")
@@ -410,7 +411,7 @@ def slow_head(port: int, budget_s: float) -> tuple[int | None, float]:
                 if not chunk:
                     break
                 data += chunk
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 break
@@ -594,9 +595,9 @@ def rating_cases(rating_port: int, session_cookie: str) -> list[HttpCase]:
 # ------------------------------------------------------------------------ servers ----
 def start_service(work: Path):
     from radfm.answering.answerer import ModelAnswerer
-    from radfm.http.service import BackgroundServer, create_app
     from radfm.answering.limits import Limits
     from radfm.http.http_guard import GuardLimits
+    from radfm.http.service import BackgroundServer, create_app
 
     answerer = ModelAnswerer.from_model_dir(DEMO_MODEL, device="cpu", dtype="float32")
     limits = Limits(max_request_bytes=4 << 20, max_new_tokens=64, generation_timeout_s=60)
@@ -607,10 +608,10 @@ def start_service(work: Path):
 def start_rating_app(work: Path):
     import httpx
 
+    from radfm.http.http_guard import GuardLimits
     from radfm.http.service import BackgroundServer
     from radfm.rating.app import create_app
     from radfm.rating.study import create_study
-    from radfm.http.http_guard import GuardLimits
 
     # cases 1-2 show the PNG; cases 3.. get a valid one-file NRRD/MetaImage, replaced below by a hostile header
     valid = {".nrrd": b"NRRD0004\ntype: uint8\ndimension: 2\nsizes: 4 4\nencoding: raw\n\n" + bytes(16),
@@ -635,7 +636,7 @@ def start_rating_app(work: Path):
     summary = create_study(work / "study", files, raters=["alice"])
     token = summary["tokens"]["alice"]
     hostile = hostile_headers(work / "host" / "passwd")
-    for number, (name, placeholder) in enumerate(planted, start=3):
+    for number, (name, _placeholder) in enumerate(planted, start=3):
         stored = next((work / "study" / "images" / f"c{number - 1:05d}").iterdir())
         stored.write_bytes(hostile[name])
     server = BackgroundServer(create_app(work / "study"), guard=GuardLimits(header_timeout_s=2.0)).start()

@@ -87,7 +87,7 @@ def main() -> None:
             check_source(code)
         times: dict[tuple[str, str], list[float]] = {}
         for label, command in COMMANDS:
-            for side, code in sides.items():  # one warm-up each: the page cache, not the code, is cold at first
+            for _side, code in sides.items():  # one warm-up each: the page cache, not the code, is cold at first
                 run_once(code, command)
             for repeat in range(args.repeats):
                 order = list(sides.items()) if repeat % 2 == 0 else list(sides.items())[::-1]

@@ -152,7 +152,7 @@ def main() -> None:
         return
     args.output = args.output or Path("outputs/bench_data.md")
 
-    from radfm import RadFMForConditionalGeneration, RadFMConfig
+    from radfm import RadFMConfig, RadFMForConditionalGeneration
     from radfm.data.dataset import ManifestDataset
     from radfm.data.phantoms import make_phantoms
     from radfm.data.sampler import ModalityBatchSampler, collate_samples

@@ -115,7 +115,7 @@ def main() -> None:
     options = ScoringOptions(n_resamples=args.resamples, bertscore=bertscore, term_extractor=extractor)
     bert = None
     result = None
-    for repeat in range(args.repeats):
+    for _ in range(args.repeats):
         floor = forward_floor(bertscore, token_ids, args.batch_size)
         times.setdefault("forward floor (plain batched MiniLM)", []).append(floor)
         print(f"  {'forward floor (plain batched MiniLM)':<34s} {floor:8.2f} s  ({n_tokens} tokens)", flush=True)

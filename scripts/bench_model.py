@@ -97,7 +97,7 @@ def bench_vision(repeats: int) -> list[str]:
         for shape in ((256, 256, 64), (512, 512, 4), (512, 512, 64)):
             image = torch.rand(1, 3, *shape, dtype=dtype)
             with torch.inference_mode():
-                seconds = timed(lambda: perceiver(encoder(image)), repeats)
+                seconds = timed(lambda image=image: perceiver(encoder(image)), repeats)
             gflop = vision_flops(shape, v, p) / 1e9
             tokens = (shape[0] // 32) * (shape[1] // 32) * (shape[2] // 4)
             rate = gflop / seconds

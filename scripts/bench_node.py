@@ -64,7 +64,6 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--studies must be >= 1")
 
     import pydicom
-
     from support.orthanc_lab import LOOPBACK, ORTHANC_AET, NodeProcess, Orthanc, free_port
     from support.synthetic import write_chest_xray, write_ct_series
 

@@ -70,7 +70,6 @@ def _store_ct(port: int, files: list[Path], deadline_s: float = 120.0) -> tuple[
     """
     import pydicom
     from pynetdicom import AE
-
     from support.synthetic import CT_IMAGE_STORAGE
 
     started = time.perf_counter()
@@ -91,9 +90,8 @@ def _store_ct(port: int, files: list[Path], deadline_s: float = 120.0) -> tuple[
 
 
 def _store_file(port: int, path: Path, results: list, index: int) -> None:
-    from pynetdicom import AE
     from pydicom.uid import DeflatedExplicitVRLittleEndian
-
+    from pynetdicom import AE
     from support.synthetic import CT_IMAGE_STORAGE
 
     ae = AE(ae_title="TESTSCU")

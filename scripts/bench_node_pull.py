@@ -61,7 +61,6 @@ def _vm_hwm(pid: int) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     import psutil
-
     from support.dicomweb_lab import BOUNDARY, HostileDicomweb, Reply, endless_part, qido_answer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

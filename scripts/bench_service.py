@@ -106,7 +106,7 @@ def main() -> None:
                 break
             except httpx.HTTPError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"service did not start: {server.stderr.read().decode()[-2000:]}")
+                    raise SystemExit(f"service did not start: {server.stderr.read().decode()[-2000:]}") from None
                 time.sleep(0.5)
         payload = scan.read_bytes()
 

@@ -43,6 +43,7 @@ import sys
 import time
 from pathlib import Path
 
+
 def build_model(size: str):
     from radfm.model.config import RadFMConfig
     from radfm.model.radfm import RadFMForConditionalGeneration
@@ -123,8 +124,8 @@ def compare_published(steps: int, batch_size: int, text_tokens: int, threads: in
     from radfm.engines.loss import weighted_next_token_loss
     from radfm.engines.trainer import RadFMTrainer
     from radfm.model.config import RadFMConfig
-    from radfm.model.radfm import RadFMForConditionalGeneration
     from radfm.model.processing import image_token_ids
+    from radfm.model.radfm import RadFMForConditionalGeneration
     from radfm.model.vision import SelfAttention
 
     torch.set_num_threads(threads)

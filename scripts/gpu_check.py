@@ -357,6 +357,7 @@ def check_batch(sizes: Sizes, device: torch.device, state: dict, studies: int = 
     X-rays (scripts/bench_batch.py); each command runs as its own process (load and Ray start-up included).
     """
     import bench_batch
+
     from radfm.model.loading import tiny_tokenizer
 
     cuda = device.type == "cuda"
@@ -406,6 +407,7 @@ def check_engines(sizes: Sizes, device: torch.device, state: dict) -> list[tuple
     import argparse as _argparse
 
     import bench_engines
+
     from radfm.model.loading import tiny_tokenizer
     from radfm.model.processing import RadFMImageProcessor
 

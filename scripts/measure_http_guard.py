@@ -20,9 +20,9 @@ from PIL import Image
 
 from radfm.answering.answerer import check_deadline
 from radfm.answering.identity import ModelIdentity
-from radfm.http.service import BackgroundServer, create_app
 from radfm.answering.limits import Limits
 from radfm.http.http_guard import GuardLimits
+from radfm.http.service import BackgroundServer, create_app
 
 TOKEN_SECONDS = 0.05  # the slow answerer's "decoding" speed: 2000 tokens = 100 s
 
@@ -54,7 +54,7 @@ def slowloris_hold_s(port: int, budget_s: float = 60.0) -> float:
                 client.sendall(b"X-a: 1\r\n")
                 client.recv(4096)  # the 408 or end of stream: the server has given up on us
                 break
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 break

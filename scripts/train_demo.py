@@ -109,8 +109,8 @@ def warm_start_vision(phantom_dir: Path, out_file: Path, steps: int, seed: int, 
     import torch
     from safetensors.torch import save_file
 
-    from radfm.model.classifier import load_classifier
     from radfm.data.loaders import default_image_loader
+    from radfm.model.classifier import load_classifier
 
     loader = default_image_loader(**IMAGE_SIZES)
 
@@ -185,8 +185,8 @@ def evaluate(model_dir: Path, phantom_dir: Path, batch_size: int = 32) -> dict:
     import torch
 
     from radfm.data.loaders import default_image_loader
-    from radfm.metrics.closed import match_closed_set, match_reference
     from radfm.engines.inference import answer_prompts
+    from radfm.metrics.closed import match_closed_set, match_reference
     from radfm.model.loading import load
 
     model, processor = load(model_dir, device="cpu", dtype="float32")

@@ -85,7 +85,7 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     """A randomly initialised tiny RadFM (4 LLM layers) saved with its tokenizer."""
     import torch
 
-    from radfm import RadFMForConditionalGeneration, RadFMConfig
+    from radfm import RadFMConfig, RadFMForConditionalGeneration
 
     torch.manual_seed(0)
     base = tiny_tokenizer.convert_tokens_to_ids("<image>")

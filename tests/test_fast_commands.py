@@ -27,7 +27,7 @@ try:
 except SystemExit as exit_:
     code = exit_.code
 print(json.dumps({"code": code, "imported": [m for m in %r if m in sys.modules]}), file=sys.__stderr__)
-""" % (HEAVY,)
+""" % (HEAVY,)  # noqa: UP031 (the code below is a template with braces of its own)
 
 
 def _radfm(*args: str, cwd: Path = ROOT) -> dict:

@@ -38,9 +38,9 @@ def test_radfm_load_is_the_package_attribute():
 
 
 def test_generate_loads_through_radfm_load(load_calls, tiny_model_dir, tmp_path):
-    from radfm.doors.generate import generate
-
     import numpy as np
+
+    from radfm.doors.generate import generate
 
     scan = tmp_path / "scan.npy"
     np.save(scan, np.zeros((4, 4, 4), np.float32))  # checked before the load (a scan), read after: never here

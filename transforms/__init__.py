@@ -5,8 +5,10 @@ bundles: ``preprocess_pipeline(keys=("image",), ...)`` or the individual transfo
 (array version and dictionary version ending in ``d``). See docs/transforms.md.
 """
 
+from . import formats
 from .dicom import DicomSeriesInfo, list_dicom_series
 from .errors import ScanReadError, ScanTooLargeError
+from .formats import ScanFormat, detect_format, detect_upload
 from .guards import DEFAULT_MAX_SCAN_BYTES, scan_size_limit
 from .image_reader import RadFMDicomReader
 from .intensity import (
@@ -22,8 +24,6 @@ from .intensity import (
     resolve_window,
 )
 from .preprocess import describe, preprocess_cli, preprocess_pipeline, preprocess_scan, preprocess_transforms
-from . import formats
-from .formats import ScanFormat, detect_format, detect_upload
 from .readers import LoadScan, LoadScand, read_scan, scan_format, scan_spatial_dims
 from .spatial import (
     OrientToRAS,

@@ -31,8 +31,14 @@ import numpy as np
 
 from . import formats
 from .errors import ScanReadError
-from .guards import (HeaderCheck, check_claimed_size, check_dicom_inflation, dicom_pixel_bytes, effective_limit,
-                     inflated_dicom)
+from .guards import (
+    HeaderCheck,
+    check_claimed_size,
+    check_dicom_inflation,
+    dicom_pixel_bytes,
+    effective_limit,
+    inflated_dicom,
+)
 
 # header fields read when scanning a folder (no pixel data)
 _HEADER_TAGS = [

@@ -628,7 +628,7 @@ def check_dicom_inflation(path: str | os.PathLike, max_scan_bytes: int | None = 
 
         def at_pixels(tag, vr, length) -> bool:
             if int(tag) in _DICOM_PIXEL_TAGS:
-                stopped.append(int(tag))
+                stopped.append(int(tag))  # noqa: B023 (called within this iteration only)
                 return True
             return False
 

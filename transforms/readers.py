@@ -28,8 +28,8 @@ from monai.utils import TransformBackends
 from . import formats
 from .dicom import apply_rescale, read_dicom_file, read_dicom_series
 from .errors import ScanReadError
-from .volumes import split_volume
 from .guards import ALLOWED_PIL_FORMATS, read_metaimage_header, read_nrrd_bounded, read_nrrd_header
+from .volumes import split_volume
 
 try:  # ISA-L's gzip: optional, a faster inflate of .nii.gz (nibabel's zlib read otherwise)
     from isal import igzip as _igzip

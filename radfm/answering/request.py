@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from radfm.answering.answerer import AnswerStream, build_prompt, readable_cause
-from radfm.answering.refusal import RequestError
 from radfm.answering.limits import Limits
 from radfm.answering.options import GenerationOptions, parse_options
+from radfm.answering.refusal import RequestError
 from radfm.answering.scans import Scan, claimed_bytes, group_scans, reference_scan, save_scan
 from radfm.answering.worker import Worker, start_engine
 from radfm.transforms import formats

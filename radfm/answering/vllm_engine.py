@@ -128,9 +128,8 @@ class EngineLoop:
 
     async def _start(self):
         from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
         from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
 
         args = dict(self.engine_args)
         if current_platform.is_cpu():

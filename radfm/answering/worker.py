@@ -20,9 +20,10 @@ import asyncio
 import inspect
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from radfm.answering.answerer import AnswerStream, GenerationTimeout, generation_deadline
 from radfm.answering.options import GenerationOptions

@@ -185,8 +185,8 @@ def folder_items(root: str | os.PathLike, prompt: str | None = None, rules: Sequ
         ``(items, counts)``: counts of ``series_not_selected`` (no rule matched) and ``skipped_files``.
         A damaged DICOM file, or a scan file without a question, becomes an item with its ``error``.
     """
-    from radfm.dicom.series_rules import select_series
     from radfm.answering.scans import suffix_kind
+    from radfm.dicom.series_rules import select_series
 
     root = Path(root)
     if not root.is_dir():

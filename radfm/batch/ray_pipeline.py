@@ -269,8 +269,8 @@ def write_sr_row(row: dict[str, Any], *, sr_folder: str) -> dict[str, Any]:
     if row["error"] or not row["series_uid"]:
         return row
     try:
-        from radfm.dicom.sr import build_sr, read_dicom_headers, write_dataset
         from radfm.answering.identity import ModelIdentity
+        from radfm.dicom.sr import build_sr, read_dicom_headers, write_dataset
 
         paths = json.loads(row["files"]) or json.loads(row["sources"])
         headers = [h for p in paths for h in read_dicom_headers(p)
@@ -375,11 +375,11 @@ def run_batch(output: str, *, manifest: str | None = None, folder: str | None = 
     Returns:
         ``{"output", "answered", "failed", "skipped", "summary", "parts", "wall_s", ...counts}``.
     """
+    from radfm.answering.identity import identity_of_model_dir
+    from radfm.answering.limits import Limits
     from radfm.batch import archive_items as sources
     from radfm.batch import parquet_results as results
     from radfm.model.loading import resolve_model_dir
-    from radfm.answering.identity import identity_of_model_dir
-    from radfm.answering.limits import Limits
     from radfm.utils.cli import UsageError
     from radfm.utils.io import atomic_write_text
 

@@ -170,7 +170,9 @@ def parse_sample(obj: Any, *, source: str, line: int, base_dir: Path, data_root:
     if split is not None and split not in SPLITS:
         raise _fail(source, line, "split", f"expected one of {SPLITS}, got {split!r}")
     extra = {k: v for k, v in obj.items() if k not in _KNOWN_KEYS}
-    from radfm.model.processing import count_placeholders  # the processor's rule; here, so `radfm data --help` skips torch
+    from radfm.model.processing import (
+        count_placeholders,  # the processor's rule; here, so `radfm data --help` skips torch
+    )
 
     if "text" in obj:
         text = _require_str(obj, "text", source, line)

@@ -299,6 +299,7 @@ def make_phantoms(output: str | os.PathLike, n: int = 200, seed: int = 0, *, ove
         iterator = range(n)
         if progress:
             from tqdm import tqdm
+
             from radfm.utils.progress import tqdm_options
             iterator = tqdm(iterator, desc="phantoms", unit="case", **tqdm_options())
         for i in iterator:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import random
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from radfm.model.tokenizer import IMAGE_PLACEHOLDER
@@ -18,7 +18,7 @@ from radfm.model.tokenizer import IMAGE_PLACEHOLDER
 PROMPT_DIR = Path(__file__).resolve().parent / "prompts"
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_bank(task: str) -> tuple[str, ...]:
     """The paraphrases for ``task`` (a manifest task name)."""
     path = PROMPT_DIR / f"{task}.json"

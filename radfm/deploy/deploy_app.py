@@ -51,8 +51,9 @@ except ModuleNotFoundError as missing:  # run as a command without the SDK: one 
         raise SystemExit(SDK_MISSING.format(python=sys.executable)) from None
     raise
 
-from radfm.deploy.deploy_rules import sdk_selections, select_sdk_series, stage_input
-from radfm.dicom.series_rules import DEFAULT_RULES, SeriesRule, load_series_rules
+# after the SDK's imports: without the SDK the command says what to run, in one line (above)
+from radfm.deploy.deploy_rules import sdk_selections, select_sdk_series, stage_input  # noqa: E402
+from radfm.dicom.series_rules import DEFAULT_RULES, SeriesRule, load_series_rules  # noqa: E402
 
 logger = logging.getLogger("radfm.deploy")
 
@@ -108,9 +109,9 @@ class RadFMOperator(Operator):
 
     def request_path(self):
         if self._path is None:
-            from radfm.model.loading import resolve_model_dir
             from radfm.answering.answerer import ModelAnswerer
             from radfm.answering.request import RequestPath
+            from radfm.model.loading import resolve_model_dir
 
             answerer = ModelAnswerer.from_model_dir(resolve_model_dir(self.model_dir), device="cpu")
             self._path = RequestPath(answerer)

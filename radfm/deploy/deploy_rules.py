@@ -120,6 +120,7 @@ def stage_input(folder: str | os.PathLike, rules: Sequence[SeriesRule], target: 
         The count kept and one reason per file left out.
     """
     import pydicom
+
     from radfm.transforms.errors import ScanReadError
     from radfm.transforms.guards import (
         DICOM_INFLATED_HEADER_BYTES,

@@ -25,9 +25,10 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from radfm.data.loaders import ImageLoader
 from radfm.metrics.fewshot import Exemplar, few_shot_prompt, select_exemplars
@@ -152,6 +153,7 @@ def run_predictions(cases: Sequence[EvalCase], predict_batch: PredictBatch, load
     recorded with ``error``. Returns counts: ``skipped`` (already done), ``predicted``, ``failed``.
     """
     from tqdm.auto import tqdm
+
     from radfm.utils.progress import tqdm_options
 
     if batch_size < 1:
@@ -341,8 +343,8 @@ def evaluate(manifest: str, model: str, output: str, tasks: str | Sequence[str] 
                                     batch_size=batch_size, retry_failed=retry_failed)
         finally:
             path.close()
-        logger.info("rank %d/%d predictions: %%(predicted)d new, %%(failed)d failed, %%(skipped)d already done"
-                    % (rank, world_size), counts)
+        logger.info(f"rank {rank}/{world_size} predictions: %(predicted)d new, %(failed)d failed, "
+                    "%(skipped)d already done", counts)
         if rank != 0:
             return str(output_dir / "report.md")  # rank 0 writes it
         return score_predictions(predictions_path, output_dir, case_ids=[c.id for c in cases], name=name,
@@ -429,8 +431,8 @@ def score_predictions(predictions_path: Path, output_dir: Path, *, case_ids: Seq
                       options: Any) -> str:
     """Score the cases of this run (ids in ``case_ids``) from predictions.jsonl into output_dir."""
     from radfm.metrics.predictions import deduplicate
-    from radfm.metrics.suite import score_records
     from radfm.metrics.score import write_outputs
+    from radfm.metrics.suite import score_records
 
     wanted = set(case_ids)
     records, dropped = deduplicate([r for r in read_jsonl(predictions_path) if r.id in wanted])

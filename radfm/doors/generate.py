@@ -6,9 +6,9 @@ import json as jsonlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from radfm.answering.refusal import RequestError
 from radfm.answering.limits import DEFAULT_MAX_SCAN_MB, Limits
 from radfm.answering.options import GenerationOptions, parse_options
+from radfm.answering.refusal import RequestError
 from radfm.utils.cli import UsageError
 from radfm.utils.io import atomic_write_text
 
@@ -117,9 +117,9 @@ def generate(
         max_scan_mb: largest decoded size of one scan in MiB, checked from its header before it is read.
         engine: transformers | vllm (see `radfm serve --engine`); default $RADFM_ENGINE, else transformers.
     """
-    from radfm.model.loading import demo_model_dir, resolve_model_dir
     from radfm.answering.engines import check_engine, check_placement, load_answerer
     from radfm.answering.request import RequestPath
+    from radfm.model.loading import demo_model_dir, resolve_model_dir
     from radfm.transforms.volumes import with_volume
 
     if prompt is None:

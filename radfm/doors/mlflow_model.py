@@ -27,8 +27,8 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
-import os
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -54,10 +54,10 @@ class RadFMPyfunc:
         self.path = None
 
     def load_context(self, context) -> None:
-        from radfm.doors.generate import CLI_LIMITS
         from radfm.answering.engines import load_answerer
         from radfm.answering.limits import Limits
         from radfm.answering.request import RequestPath
+        from radfm.doors.generate import CLI_LIMITS
 
         # the engine logged with the model (log_model(engine=...)); none: $RADFM_ENGINE, else transformers
         engine = (getattr(context, "model_config", None) or {}).get("engine")
@@ -69,8 +69,8 @@ class RadFMPyfunc:
         """A DataFrame with ``answer`` and ``error`` for each row of ``prompt``/``images``."""
         import pandas as pd
 
-        from radfm.doors.generate import run_generate
         from radfm.answering.options import parse_options
+        from radfm.doors.generate import run_generate
 
         options = parse_options(_options(params), self.path.limits)
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
@@ -335,9 +335,8 @@ class MLflowCommands:
             engine: the engine the loaded model answers on: transformers | vllm (needs the vLLM environment).
         Returns the model URI, run id and registered version.
         """
-        from radfm.utils.cli import UsageError
-
         from radfm.answering.engines import check_engine
+        from radfm.utils.cli import UsageError
 
         try:
             engine = check_engine(engine) if engine is not None else None

@@ -34,9 +34,10 @@ import secrets
 import threading
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -45,14 +46,14 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
-from radfm.http.api_schema import CHAT_ANSWER_JSON, CHAT_SCANS_FORM, CHAT_SR_JSON
 from radfm.answering.conversation import Turn, conversation_prompt
-from radfm.answering.refusal import BodyTooLarge, RequestError
 from radfm.answering.options import refuse_unknown
+from radfm.answering.refusal import BodyTooLarge, RequestError
 from radfm.answering.request import AnswerRequest, AnswerResult, ScanInput
 from radfm.answering.scans import Scan
-from radfm.transforms.formats import label_of
+from radfm.http.api_schema import CHAT_ANSWER_JSON, CHAT_SCANS_FORM, CHAT_SR_JSON
 from radfm.http.http_guard import decode_json
+from radfm.transforms.formats import label_of
 
 STATIC_DIR = Path(__file__).resolve().parent / "static" / "chat"
 MAX_KEPT_SCANS = 32

@@ -161,7 +161,7 @@ class HttpGuard:
             remaining = limits.body_timeout_s - (time.monotonic() - started)
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(0.0, min(limits.body_idle_timeout_s, remaining)))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if state["response_started"]:  # the app answered without the body: just stop reading
                     return {"type": "http.disconnect"}
                 state["timed_out"] = True

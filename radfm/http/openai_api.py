@@ -37,12 +37,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
-from radfm.http.api_schema import (CHAT_COMPLETIONS_JSON, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
-                                      ChatMessage, OpenAIError)
 from radfm.answering.conversation import PLACEHOLDER, Turn, conversation_prompt
 from radfm.answering.options import GenerationOptions, field_path, parse_options
 from radfm.answering.refusal import RequestError
 from radfm.answering.request import AnswerRequest, ScanInput
+from radfm.http.api_schema import (
+    CHAT_COMPLETIONS_JSON,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatMessage,
+    OpenAIError,
+)
 from radfm.http.http_guard import decode_json
 
 _IMAGE_MIME = {"image/png": ("png", ".png"), "image/jpeg": ("jpeg", ".jpg"), "image/jpg": ("jpeg", ".jpg")}

@@ -28,17 +28,16 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
-from pydantic import ValidationError
-
-from radfm.http.api_schema import ANSWER_FORM, AnswerForm
-from radfm.answering.refusal import BodyTooLarge, RequestError
 from radfm.answering.limits import DEFAULT_MAX_SCAN_MB, Limits
 from radfm.answering.options import GenerationOptions, request_error
+from radfm.answering.refusal import BodyTooLarge, RequestError
 from radfm.answering.request import AnswerRequest, AnswerResult, RequestPath, ScanInput
 from radfm.answering.scans import Scan
+from radfm.http.api_schema import ANSWER_FORM, AnswerForm
 from radfm.http.http_guard import GuardLimits, bind_socket, guarded_server
 
 log = logging.getLogger("radfm.service")
@@ -357,8 +356,8 @@ def _load_and_serve(model: str | None, host: str, port: int, listening: socket.s
                     guard: GuardLimits, placement: dict[str, Any], engine: str = "transformers",
                     engine_options: dict[str, Any] | None = None) -> None:
     """Load the model and serve on the socket ``serve`` bound (returns on SIGTERM/Ctrl-C)."""
-    from radfm.model.loading import resolve_model_dir
     from radfm.answering.engines import load_answerer
+    from radfm.model.loading import resolve_model_dir
 
     model_dir = resolve_model_dir(model)
     import radfm.transforms  # noqa: F401  (imports ITK/MONAI now, not during the first request)

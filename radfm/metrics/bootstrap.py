@@ -17,8 +17,8 @@ four metrics, Fig. 3a's AVG) are resampled consistently.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import f1_score, roc_auc_score
 
-from radfm.metrics.bootstrap import Bootstrap, Estimate, DEFAULT_RESAMPLES, DEFAULT_SEED
+from radfm.metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, Bootstrap, Estimate
 
 
 def macro_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:

@@ -25,8 +25,8 @@ since Flamingo prompts put the images before the question.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 IMAGE = "<image>"
 END_OF_CHUNK = "<|endofchunk|>"

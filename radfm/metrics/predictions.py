@@ -100,7 +100,7 @@ def read_csv(path: str | Path) -> list[PredictionRecord]:
                              f"{', '.join(CSV_COLUMNS.values())} (got {', '.join(header) or 'no header'})")
         records = []
         for number, row in enumerate(reader):
-            get = lambda key: (row.get(header[CSV_COLUMNS[key]]) or "").strip()  # noqa: E731
+            get = lambda key, row=row: (row.get(header[CSV_COLUMNS[key]]) or "").strip()  # noqa: E731
             records.append(PredictionRecord(id=str(number), dataset=get("dataset") or "unknown", task="unknown",
                                             reference=get("reference"), prediction=get("prediction"),
                                             instruction=get("question"), model=path.stem))

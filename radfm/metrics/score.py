@@ -8,8 +8,8 @@ writes ``scores/metrics.json``, ``scores/report.md`` and ``scores/metrics.png``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from radfm.metrics.predictions import PredictionRecord, deduplicate, model_name, read_predictions
 from radfm.metrics.report import ModelResults, write_bar_plot, write_markdown, write_metrics_json

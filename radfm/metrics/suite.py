@@ -11,15 +11,22 @@ Failed cases (``error`` set) are not scored; they are counted in ``n_failed``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from radfm.metrics import closed as closed_metrics
 from radfm.metrics import text as text_metrics
-from radfm.metrics.bootstrap import (DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, Bootstrap, Estimate,
-                                     mean_stats, reduce_mean)
+from radfm.metrics.bootstrap import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    Bootstrap,
+    Estimate,
+    mean_stats,
+    reduce_mean,
+)
 from radfm.metrics.predictions import PredictionRecord
 from radfm.metrics.terms import TermExtractor, term_precision_recall
 
@@ -206,6 +213,7 @@ def score_records(records: Sequence[PredictionRecord], options: ScoringOptions) 
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
+
     from radfm.utils.progress import tqdm_options
 
     groups = group_records(records)

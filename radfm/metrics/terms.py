@@ -16,10 +16,12 @@ Every output names the extractor used.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
+
 
 @runtime_checkable
 class TermExtractor(Protocol):
@@ -49,13 +51,13 @@ class VocabularyTermExtractor:
         return set(self._matcher.terms(text))
 
     @classmethod
-    def from_terms(cls, terms: Iterable[str], name: str = "vocabulary") -> "VocabularyTermExtractor":
+    def from_terms(cls, terms: Iterable[str], name: str = "vocabulary") -> VocabularyTermExtractor:
         from radfm.data.medical_terms import MedicalTermMatcher
 
         return cls(MedicalTermMatcher(terms), name)
 
     @classmethod
-    def from_files(cls, paths: Sequence[Path], name: str | None = None) -> "VocabularyTermExtractor":
+    def from_files(cls, paths: Sequence[Path], name: str | None = None) -> VocabularyTermExtractor:
         """One term per line; blank lines and lines starting with ``#`` are skipped."""
         from radfm.data.medical_terms import MedicalTermMatcher
 
@@ -63,7 +65,7 @@ class VocabularyTermExtractor:
         return cls(MedicalTermMatcher.from_files(paths), label)
 
     @classmethod
-    def shipped(cls) -> "VocabularyTermExtractor":
+    def shipped(cls) -> VocabularyTermExtractor:
         """The vocabulary shipped in ``radfm/data/vocab/`` (ICD-10-CM phrases + a radiology list)."""
         from radfm.data.medical_terms import VOCAB_DIR, default_matcher
 

@@ -14,7 +14,7 @@ the answer are skipped, so a one-word answer gets a BLEU-4 equal to its BLEU-1).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import sacrebleu

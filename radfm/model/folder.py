@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from radfm.model.config import check_config_dict
-from radfm.model.processing import PROCESSOR_FILE, TOKENIZER_FILE, RadFMImageProcessor, missing_processor_files, read_json
+from radfm.model.processing import (
+    PROCESSOR_FILE,
+    TOKENIZER_FILE,
+    RadFMImageProcessor,
+    missing_processor_files,
+    read_json,
+)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 # Files transformers reads an ``auto_map`` (custom code to import) from.

@@ -121,8 +121,8 @@ def info(
         json_output: print JSON instead of Markdown.
         output: also write the report to this file.
     """
-    from radfm.model.loading import demo_model_dir, resolve_model_dir
     from radfm.model.config import RadFMConfig
+    from radfm.model.loading import demo_model_dir, resolve_model_dir
     from radfm.model.radfm import RadFMForConditionalGeneration
 
     stored = None

@@ -199,7 +199,7 @@ class Plan:
 def plan(
     counts: ParameterCounts,
     mode: LoadingMode,
-    shape: LLMShape = LLMShape(),
+    shape: LLMShape = LLMShape(),  # noqa: B008 (read, never changed)
     cuda_context_gib: float = 0.6,
     shard_gib: float = 2.0,
 ) -> Plan:

@@ -158,7 +158,7 @@ def load_official(
 
     def pairs() -> Iterator[tuple[str, torch.Tensor]]:
         for key, ours in mapping.items():
-            yield ours, state[key]
+            yield ours, state[key]  # noqa: F821 (state is deleted only after pairs() is consumed)
 
     # releasing pages is only safe for tensors that live in the (private, read-only) file mapping
     assign_weights(model, pairs(), source=str(bin_path), dtype=dtype, device=device, release_source=mapped, progress=progress)

@@ -13,7 +13,6 @@ with ``.logits [B, L, V]``; ``model.generate(input_ids, images=..., attention_ma
 from __future__ import annotations
 
 import copy
-
 import logging
 import os
 from collections import defaultdict

@@ -46,19 +46,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-
-from radfm.model.config import RadFMConfig
-from radfm.model.perceiver import PerceiverResampler
-from radfm.model.processing import (
-    RadFMImageProcessor,
-    image_token_ids,
-    placeholder_prompt_ids,
-    placeholders_to_prepend,
-)
-from radfm.model.radfm import RadFMForConditionalGeneration
-from radfm.model.tokenizer import BLOCK_LENGTH, IMAGE_PLACEHOLDER
-from radfm.model.vision import VisionEncoder3D
-
 from vllm.config import VllmConfig
 from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal
 from vllm.model_executor.models.utils import (
@@ -77,6 +64,18 @@ from vllm.multimodal.processing import (
     PromptReplacement,
     PromptUpdateDetails,
 )
+
+from radfm.model.config import RadFMConfig
+from radfm.model.perceiver import PerceiverResampler
+from radfm.model.processing import (
+    RadFMImageProcessor,
+    image_token_ids,
+    placeholder_prompt_ids,
+    placeholders_to_prepend,
+)
+from radfm.model.radfm import RadFMForConditionalGeneration
+from radfm.model.tokenizer import BLOCK_LENGTH, IMAGE_PLACEHOLDER
+from radfm.model.vision import VisionEncoder3D
 
 ARCHITECTURE = "RadFMForConditionalGeneration"
 # Our folder's tensor names (RadFMForConditionalGeneration.save_pretrained) -> this module's names.

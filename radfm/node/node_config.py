@@ -23,14 +23,30 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
-from radfm.dicom.series_rules import (DEFAULT_RULES, MAX_INSTANCES_PER_STUDY, STRICT, SeriesRules, expected,
-                                        validation_message, whole)
 from radfm.answering.limits import DEFAULT_MAX_SCAN_MB, mib_to_bytes
+from radfm.dicom.series_rules import (
+    DEFAULT_RULES,
+    MAX_INSTANCES_PER_STUDY,
+    STRICT,
+    SeriesRules,
+    expected,
+    validation_message,
+    whole,
+)
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 printable chars, no backslash
 DAY_S = 86400.0

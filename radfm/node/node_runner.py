@@ -23,10 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from radfm.dicom.series_rules import select_series
 from radfm.node.destinations import send
 from radfm.node.job_queue import Job, JobQueue
 from radfm.node.node_config import NodeConfig
-from radfm.dicom.series_rules import select_series
 from radfm.node.storage_scp import StorageSCP
 from radfm.utils.patient_data import redact
 
@@ -165,11 +165,11 @@ class NodeRunner:
     # ---- one job ----------------------------------------------------------------------------------
     def run_job(self, job: Job) -> None:
         """Answer each selected series of ``job`` and write its SR; then hand the SRs to the sender."""
-        from radfm.dicom.sr import SRExportError, build_sr, read_dicom_headers, write_dataset
+        import pydicom
+
         from radfm.answering.refusal import RequestError
         from radfm.answering.request import AnswerRequest, ScanInput
-
-        import pydicom
+        from radfm.dicom.sr import SRExportError, build_sr, read_dicom_headers, write_dataset
 
         row = self.queue.jobs_row(job.id)
         timings = {"receive": row["last_received_at"] - row["first_received_at"],
@@ -218,8 +218,8 @@ class NodeRunner:
 
 def load_answerer(config: NodeConfig):
     """The model behind the node (``config.model`` or the demo model), loaded once at start."""
-    from radfm.model.loading import resolve_model_dir
     from radfm.answering.engines import load_answerer
+    from radfm.model.loading import resolve_model_dir
 
     placement = {} if config.engine == "vllm" else {"device": config.device}
     return load_answerer(resolve_model_dir(config.model), config.engine, **placement)

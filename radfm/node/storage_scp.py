@@ -36,10 +36,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from radfm.answering.worker import MemoryBudget
 from radfm.dicom.dicom_uid import is_dicom_uid
 from radfm.node.job_queue import JobQueue
 from radfm.node.node_config import NodeConfig
-from radfm.answering.worker import MemoryBudget
 
 logger = logging.getLogger("radfm.node")
 

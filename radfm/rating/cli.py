@@ -97,8 +97,8 @@ class RateCommands:
           session_hours: a sign-in expires after this many hours (the rater enters the token again).
           max_scan_mb: largest decoded scan (MiB) a file's header may claim; bigger ones are refused.
         """
-        from radfm.rating.app import create_app
         from radfm.http.http_guard import guarded_server
+        from radfm.rating.app import create_app
 
         app = create_app(study, session_ttl_s=float(session_hours) * 3600, max_scan_bytes=int(max_scan_mb) * 1024**2)
         if not _is_loopback(host):

@@ -150,7 +150,7 @@ def _dicom_files(folder: Path) -> list[Path]:
 
     root = folder.resolve()
     found = []
-    for current, dirs, files in os.walk(folder, followlinks=False):
+    for current, _dirs, files in os.walk(folder, followlinks=False):
         for name in sorted(files):
             entry = Path(current) / name
             if entry.is_symlink() and not entry.resolve().is_relative_to(root):
@@ -305,6 +305,7 @@ def _fill(conn, build_dir: Path, cases: list[CaseRecord], link: bool, notes: lis
           dicom_files: dict[Path, list[Path] | None]) -> None:
     """Insert cases/candidates and copy each case's scans into ``build_dir/images``."""
     from tqdm.auto import tqdm
+
     from radfm.utils.progress import tqdm_options
 
     for position, case in enumerate(tqdm(cases, desc="building study", unit="case", leave=False, **tqdm_options())):

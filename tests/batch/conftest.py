@@ -46,9 +46,9 @@ def _pydicom_file(name: str) -> Path:
 def archive(tmp_path_factory) -> dict:
     """``{"root", "rules", "good": {name: what}, "bad": [names]}`` for the folder tree described above."""
     from nibabel.testing import data_path
+    from support.synthetic import write_chest_xray, write_ct_series
 
     from radfm.data.phantoms import write_nifti_gz, write_png
-    from support.synthetic import write_ct_series, write_chest_xray
 
     root = tmp_path_factory.mktemp("archive")
     ct2 = _pydicom_file("CT_small.dcm").parent / "dicomdirtests" / "77654033" / "CT2"

@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from support.orthanc_lab import LabUnavailable, Orthanc
 
 from radfm.batch.parquet_results import read_results
 from radfm.batch.ray_pipeline import run_batch
-from support.orthanc_lab import LabUnavailable, Orthanc
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def orthanc(tmp_path):
 
 
 def test_a_qido_query_is_fetched_and_answered_per_the_rules_once(ray_session, orthanc, archive, tmp_path):
-    from support.synthetic import write_ct_series, write_chest_xray
+    from support.synthetic import write_chest_xray, write_ct_series
 
     ct_a = write_ct_series(tmp_path / "a", slices=4, size=32, patient_id="BATCH1")
     ct_b = write_ct_series(tmp_path / "b", slices=4, size=32, patient_id="BATCH2")

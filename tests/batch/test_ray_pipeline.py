@@ -27,8 +27,8 @@ def archive_run(ray_session, archive, tmp_path_factory):
 
 
 def test_a_folder_tree_gives_one_row_per_series_or_file_with_the_rules_or_bank_prompt(archive_run, archive):
-    from radfm.model.loading import demo_model_dir
     from radfm.answering.identity import identity_of_model_dir
+    from radfm.model.loading import demo_model_dir
 
     outcome, rows, _ = archive_run
     assert len(rows) == 10 and outcome["skipped_files"] == 1  # the RT plan: DICOM without pixels, not a study

@@ -29,7 +29,7 @@ def test_dataset_loader_end_to_end(phantom_dir, tiny_tokenizer, base_vocab_size,
 
 
 def test_batches_feed_the_tiny_model(phantom_dir, tiny_tokenizer, base_vocab_size):
-    from radfm import RadFMForConditionalGeneration, RadFMConfig
+    from radfm import RadFMConfig, RadFMForConditionalGeneration
 
     torch.manual_seed(0)
     model = RadFMForConditionalGeneration(RadFMConfig.preset("tiny", vocab_size=base_vocab_size)).eval()

@@ -27,7 +27,7 @@ def test_instruction_weights(builder, tiny_tokenizer, base_vocab_size):
     prompt = encode_prompt(tiny_tokenizer, "<image> Does the patient have pneumothorax?", base_vocab_size=base_vocab_size)
     assert ids[: len(prompt)] == prompt
     assert all(w == 0 for w in weights[: len(prompt)])  # instruction (incl. its "pneumothorax") and image block
-    assert all(l == IGNORE_INDEX for l in labels[: len(prompt)])
+    assert all(label == IGNORE_INDEX for label in labels[: len(prompt)])
     resp_ids, resp_w = np.array(ids[len(prompt):-1]), np.array(weights[len(prompt):-1])
     # exactly the tokens of the medical term get 3; the rest of the response 1
     assert tiny_tokenizer.decode(resp_ids[resp_w == 3]) == " pneumothorax lung"  # both in the vocabulary
@@ -54,7 +54,7 @@ def test_interleaved_weights(builder, tiny_tokenizer, base_vocab_size):
     assert len(spans) == 2 and out["num_images"] == 2
     for start, end in spans:
         assert weights[start:end] == [0.0] * BLOCK_LENGTH
-        assert all(l == IGNORE_INDEX for l in out["labels"].tolist()[start:end])
+        assert all(label == IGNORE_INDEX for label in out["labels"].tolist()[start:end])
     assert weights[0] == 0.0  # BOS
     ids_np, w_np = np.array(ids), np.array(weights)
     assert tiny_tokenizer.decode(ids_np[w_np == 3]) == " pneumothorax lung"

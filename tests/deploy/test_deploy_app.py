@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
-
 from support.synthetic import write_chest_xray, write_ct_series
-from radfm.model.loading import demo_model_dir
+
 from radfm.answering.identity import ModelIdentity
+from radfm.model.loading import demo_model_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from hostile_files import deflated_dicom_bomb  # noqa: E402
@@ -140,10 +140,10 @@ def test_the_node_and_the_app_answer_the_same_series_with_the_same_prompt_from_o
     the description rule is matched ignoring case by both."""
     import time
 
+    from radfm.dicom.sr import read_sr
     from radfm.node.node_config import NodeConfig
     from radfm.node.node_runner import NodeRunner
     from radfm.node.storage_scp import StorageSCP
-    from radfm.dicom.sr import read_sr
 
     ct = write_ct_series(tmp_path / "in" / "ct", slices=10, size=32, description="AXIAL 5MM")
     study = pydicom.dcmread(ct[0]).StudyInstanceUID

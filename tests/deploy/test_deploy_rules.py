@@ -50,8 +50,9 @@ def test_the_input_is_checked_by_the_scan_guards_and_only_files_a_rule_may_selec
     import sys
     from pathlib import Path
 
-    from radfm.deploy.deploy_rules import stage_input
     from support.synthetic import write_ct_series
+
+    from radfm.deploy.deploy_rules import stage_input
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
     from hostile_files import deflated_dicom_bomb, deflated_multiframe_dicom

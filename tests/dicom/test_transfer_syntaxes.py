@@ -13,10 +13,10 @@ import pytest
 from pydicom.data import get_testdata_file
 from pynetdicom import AE
 
+from radfm.dicom.transfer_syntaxes import decodable_storage_contexts, decodable_transfer_syntaxes
 from radfm.node.job_queue import JobQueue
 from radfm.node.node_config import NodeConfig
 from radfm.node.storage_scp import StorageSCP
-from radfm.dicom.transfer_syntaxes import decodable_storage_contexts, decodable_transfer_syntaxes
 
 LOOPBACK = "127.0.0.1"
 MPEG2 = "1.2.840.10008.1.2.4.100"  # video: no pixel decoder of pydicom reads it

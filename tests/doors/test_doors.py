@@ -18,9 +18,9 @@ import httpx
 import numpy as np
 import pytest
 
-from radfm.http.service import BackgroundServer, create_app
 from radfm.answering.limits import Limits
 from radfm.answering.request import RequestPath
+from radfm.http.service import BackgroundServer, create_app
 
 MiB = 1024 * 1024
 
@@ -118,10 +118,10 @@ def test_all_six_doors_call_the_request_path(monkeypatch, tiny_answerer, tiny_mo
 # ---------------------------------------------------------------- one limit on six doors ----
 def test_a_one_mb_scan_limit_refuses_a_3_mb_scan_on_every_door(one_mb_server, big_scan, tiny_model_dir, tmp_path,
                                                                 capsys):
+    from radfm.answering.engines import load_answerer
     from radfm.cli import main
     from radfm.doors.evaluate import evaluate
     from radfm.doors.mlflow_model import RadFMPyfunc
-    from radfm.answering.engines import load_answerer
 
     data = big_scan.read_bytes()
     url = one_mb_server.url
@@ -189,9 +189,9 @@ def test_generate_marks_its_plain_answer_unverified(tiny_model_dir, small_scans,
     (["missing"], "hi", "nope.nii.gz: no such file"),
 ])
 def test_generate_checks_inputs_before_loading_the_model(monkeypatch, small_scans, tmp_path, scans, prompt, message):
-    from radfm.doors import generate as door
     from radfm.answering import engines
     from radfm.answering.refusal import RequestError
+    from radfm.doors import generate as door
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the inputs were checked")

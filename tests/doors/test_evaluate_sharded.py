@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from radfm.engines.distributed import rank_slice
 from radfm.doors.evaluate import _merge_shards
+from radfm.engines.distributed import rank_slice
 
 
 @pytest.fixture(scope="module")

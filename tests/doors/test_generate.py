@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from radfm.cli import main
 from radfm.answering.options import GenerationOptions
+from radfm.cli import main
 from radfm.dicom.sr import read_sr
 
 PROMPT = "Compare the CT <image>, the MRI <image> and the radiograph <image>."

@@ -136,9 +136,9 @@ def test_out_of_range_params_are_refused_naming_the_param(params, field):
 
     import pandas as pd
 
+    from radfm.answering.limits import Limits
     from radfm.doors.generate import CLI_LIMITS
     from radfm.doors.mlflow_model import RadFMPyfunc
-    from radfm.answering.limits import Limits
 
     model = RadFMPyfunc()
     model.path = SimpleNamespace(limits=Limits(**CLI_LIMITS))  # the checks come before any model call

@@ -39,8 +39,8 @@ def make_evaluator(distributed: bool):
     from ignite.engine import Events
     from monai.data import DistributedSampler
 
-    from radfm.engines.build import load_model
     from radfm.data.loaders import collate_cases
+    from radfm.engines.build import load_model
     from radfm.engines.validation import ClosedSetEvaluator
 
     # the cases' scans are 64x64x4: the processor's grid, so they reach the model as they are

@@ -43,11 +43,11 @@ def wrapper_calls(monkeypatch):
 
 
 def test_validation_the_inferer_and_the_request_path_give_the_same_answer(loaded, scan, wrapper_calls):
-    from radfm.engines.inference import GenerationInferer
-    from radfm.engines.validation import ClosedSetEvaluator
     from radfm.answering.identity import ModelIdentity
     from radfm.answering.limits import Limits
     from radfm.answering.request import AnswerRequest, RequestPath, ScanInput
+    from radfm.engines.inference import GenerationInferer
+    from radfm.engines.validation import ClosedSetEvaluator
 
     model, processor = loaded
     answerer = ModelAnswerer(model, processor, identity=ModelIdentity())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
 from radfm.engines.handlers import TrackingParams
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from ignite.engine import Events
 
+from radfm.data.resumable_sampler import ResumableSampler
 from radfm.data.sampler import ModalityBatchSampler
 from radfm.engines.checkpoint import ResumeFromCheckpoint, TrainingCheckpoint, latest_checkpoint
 from radfm.engines.freeze import FreezeLanguageModel, count_trainable
 from radfm.engines.rng import RNGState
-from radfm.data.resumable_sampler import ResumableSampler
 from radfm.engines.schedule import warmup_cosine_scheduler
 from radfm.engines.trainer import RadFMTrainer
 

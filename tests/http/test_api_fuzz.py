@@ -12,8 +12,8 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis", reason="install the test extra: pip install -e .[test]")
 from hypothesis import HealthCheck, Phase, settings  # noqa: E402  (schemathesis brings hypothesis)
 
-from radfm.http.service import create_app  # noqa: E402
 from radfm.answering.limits import Limits  # noqa: E402
+from radfm.http.service import create_app  # noqa: E402
 
 
 def test_no_route_answers_5xx_or_a_traceback(tiny_answerer):

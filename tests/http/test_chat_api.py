@@ -13,10 +13,10 @@ import pydicom
 import pytest
 
 from radfm.answering.answerer import AnswerStream
-from radfm.answering.options import GenerationOptions
 from radfm.answering.conversation import Turn, conversation_prompt
-from radfm.answering.scans import extract_zip_scans
+from radfm.answering.options import GenerationOptions
 from radfm.answering.refusal import RequestError
+from radfm.answering.scans import extract_zip_scans
 
 
 def _series_zip(ct_series_dir: Path, extra: dict[str, bytes] | None = None) -> bytes:

@@ -31,8 +31,8 @@ pytestmark = pytest.mark.slow
 def demo_service():
     """The app ``radfm serve`` runs, with the demo model, on a free loopback port."""
     from radfm.answering.answerer import ModelAnswerer
-    from radfm.http.service import BackgroundServer, create_app
     from radfm.answering.limits import Limits
+    from radfm.http.service import BackgroundServer, create_app
 
     answerer = ModelAnswerer.from_model_dir(DEMO, device="cpu", dtype="float32")
     with BackgroundServer(create_app(answerer, Limits(max_new_tokens=64))) as running:

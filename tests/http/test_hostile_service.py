@@ -13,8 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from radfm.http.service import BackgroundServer, create_app, serve
 from radfm.answering.limits import Limits
+from radfm.http.service import BackgroundServer, create_app, serve
 
 MiB = 1024 * 1024
 

@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
-from radfm.http.service import BackgroundServer, create_app
 from radfm.answering.limits import Limits
+from radfm.http.service import BackgroundServer, create_app
 
 SECRET = b"root:x:0:0:planted-secret-for-the-service-test\n" * 16
 

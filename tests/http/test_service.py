@@ -12,10 +12,10 @@ import httpx
 import pydicom
 import pytest
 
-from radfm.answering.options import GenerationOptions
 from radfm.answering.identity import ModelIdentity
-from radfm.http.service import BackgroundServer, create_app, serve
 from radfm.answering.limits import Limits
+from radfm.answering.options import GenerationOptions
+from radfm.http.service import BackgroundServer, create_app, serve
 
 PROMPT3 = "Compare <image> with <image> and <image>."
 

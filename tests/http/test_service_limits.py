@@ -10,11 +10,11 @@ import httpx
 import pytest
 
 from radfm.answering.answerer import GenerationTimeout, check_deadline, deadline_passed, generation_deadline
-from radfm.answering.options import GenerationOptions
 from radfm.answering.identity import ModelIdentity
-from radfm.http.service import BackgroundServer, create_app
 from radfm.answering.limits import Limits
+from radfm.answering.options import GenerationOptions
 from radfm.http.http_guard import GuardLimits
+from radfm.http.service import BackgroundServer, create_app
 
 
 class SlowAnswerer:

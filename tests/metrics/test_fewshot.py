@@ -1,7 +1,13 @@
 import pytest
 
-from radfm.metrics.fewshot import (END_OF_CHUNK, FEW_SHOT_HEADER, Exemplar, few_shot_prompt, select_exemplars,
-                                   zero_shot_prompt)
+from radfm.metrics.fewshot import (
+    END_OF_CHUNK,
+    FEW_SHOT_HEADER,
+    Exemplar,
+    few_shot_prompt,
+    select_exemplars,
+    zero_shot_prompt,
+)
 
 
 def test_zero_shot_prompt_is_the_med_flamingo_format():

@@ -77,9 +77,10 @@ def test_cpu_cast_keeps_ties_and_matches_a_plain_cast(tmp_path, tiny_tokenizer, 
 
 def test_loading_writes_no_progress_bar_into_a_log(capfd):
     """Off a terminal (a log file, CI) transformers' "Loading weights" bar would write carriage-return lines."""
+    from transformers.utils import logging as hf_logging
+
     import radfm
     from radfm.model.loading import demo_model_dir
-    from transformers.utils import logging as hf_logging
 
     radfm.load(demo_model_dir(), device="cpu")
     assert "\r" not in capfd.readouterr().err

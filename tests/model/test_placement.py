@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from radfm.model.loading import load
-from radfm.model.loading import parse_max_memory
+from radfm.model.loading import load, parse_max_memory
 
 
 @pytest.fixture(scope="module")

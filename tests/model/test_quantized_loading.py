@@ -5,12 +5,11 @@ precision, and the model still answers."""
 
 from __future__ import annotations
 
+import bitsandbytes as bnb  # the test extra installs it (setup.py); a missing package fails, it does not skip
 import pytest
 import torch
 
 from radfm.model.loading import load, quantization_config
-
-import bitsandbytes as bnb  # the test extra installs it (setup.py); a missing package fails, it does not skip
 
 KEPT = ("vision_encoder", "perceiver", "projection", "language_model.lm_head")
 QUANTISED = {"8bit": bnb.nn.Linear8bitLt, "4bit": bnb.nn.Linear4bit}
@@ -60,8 +59,9 @@ def test_radfm_load_quantises_the_language_model_only_and_answers(tiny_model_dir
 
 
 def test_auto_class_takes_the_same_quantisation_config(tiny_model_dir):
-    import radfm  # noqa: F401  (registers RadFM with the Auto classes)
     from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import radfm  # noqa: F401  (registers RadFM with the Auto classes)
 
     config = quantization_config("4bit", torch.float32)
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, quantization_config=config, device_map="cpu",

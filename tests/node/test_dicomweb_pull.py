@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from support.dicomweb_lab import HostileDicomweb, Reply, endless_part, qido_answer, wado_reply
+from support.synthetic import write_chest_xray
+
 from radfm.node.dicomweb_pull import DicomwebPull
 from radfm.node.job_queue import JobQueue
 from radfm.node.node_config import NodeConfig
 from radfm.node.storage_scp import StorageSCP
-from support.synthetic import write_chest_xray
 
 MiB = 1024 * 1024
 

@@ -31,13 +31,13 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from support.dicomweb_lab import BOUNDARY, HostileDicomweb, Reply
+from support.synthetic import write_chest_xray
+
 from radfm.node.dicomweb_pull import MAX_QIDO_BYTES, DicomwebPull, PullError
 from radfm.node.job_queue import JobQueue
 from radfm.node.node_config import NodeConfig
 from radfm.node.storage_scp import StorageSCP
-from support.synthetic import write_chest_xray
 
 EXAMPLES = int(os.environ.get("RADFM_PULL_EXAMPLES", "12"))
 PROPERTY_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 50, database=None,

@@ -7,13 +7,13 @@ import time
 
 import pydicom
 import pytest
+from support.synthetic import write_chest_xray, write_ct_series
 
+from radfm.answering.identity import ModelIdentity
+from radfm.dicom.sr import read_sr
 from radfm.node.node_config import NodeConfig
 from radfm.node.node_runner import NodeRunner
 from radfm.node.storage_scp import StorageSCP
-from support.synthetic import write_chest_xray, write_ct_series
-from radfm.dicom.sr import read_sr
-from radfm.answering.identity import ModelIdentity
 
 
 class CountingAnswerer:

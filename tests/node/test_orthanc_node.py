@@ -17,7 +17,6 @@ from pathlib import Path
 import pydicom
 import pytest
 from pynetdicom import AE
-
 from support.synthetic import write_chest_xray, write_ct_series
 
 pytestmark = pytest.mark.slow

@@ -34,12 +34,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
+from support.synthetic import CT_IMAGE_STORAGE
 
 from radfm.dicom.dicom_uid import is_dicom_uid
 from radfm.node.job_queue import JobQueue
 from radfm.node.node_config import NodeConfig
 from radfm.node.storage_scp import StorageSCP
-from support.synthetic import CT_IMAGE_STORAGE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from hostile_node_peers import idle_sockets  # noqa: E402

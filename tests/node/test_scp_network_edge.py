@@ -20,16 +20,16 @@ from pathlib import Path
 import pydicom
 import pytest
 from pynetdicom import AE
+from support.synthetic import CT_IMAGE_STORAGE, write_ct_series
 
 from radfm.dicom.dicom_uid import is_dicom_uid
 from radfm.node.job_queue import JobQueue
 from radfm.node.node_config import NodeConfig
 from radfm.node.storage_scp import StorageSCP
-from support.synthetic import CT_IMAGE_STORAGE, write_ct_series
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
-from hostile_node_peers import deflated_instance, idle_sockets  # noqa: E402  (the bench and fuzz use the same)
+from hostile_node_peers import idle_sockets  # noqa: E402  (the bench and fuzz use the same)
 
 LOOPBACK = "127.0.0.1"
 OTHER_HOST = "127.0.0.2"

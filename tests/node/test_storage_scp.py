@@ -7,11 +7,11 @@ import zlib
 import pydicom
 import pytest
 from pynetdicom import AE
+from support.synthetic import CT_IMAGE_STORAGE, write_ct_series
 
 from radfm.node.job_queue import JobQueue
 from radfm.node.node_config import NodeConfig
 from radfm.node.storage_scp import StorageSCP
-from support.synthetic import CT_IMAGE_STORAGE, write_ct_series
 
 LOOPBACK = "127.0.0.1"
 

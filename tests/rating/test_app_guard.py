@@ -7,9 +7,9 @@ import time
 
 import httpx
 
+from radfm.http.http_guard import GuardLimits
 from radfm.http.service import BackgroundServer
 from radfm.rating.app import create_app
-from radfm.http.http_guard import GuardLimits
 
 
 def test_rating_app_refuses_rebinding_and_drops_slow_heads(study):

@@ -85,8 +85,8 @@ def served(tiny_answerer, probe):
 @pytest.fixture(scope="session")
 def server(served):
     """The service with the tiny model on a free loopback port (small limits to test them)."""
-    from radfm.http.service import BackgroundServer, create_app
     from radfm.answering.limits import Limits
+    from radfm.http.service import BackgroundServer, create_app
 
     limits = Limits(max_request_bytes=2 * 1024 * 1024, max_images=3, max_new_tokens=16)
     with BackgroundServer(create_app(served, limits)) as running:

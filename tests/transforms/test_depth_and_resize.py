@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 
-from radfm.transforms import ResizeToRadFM, ResizeToRadFMd, radfm_spatial_size, target_depth
-from radfm.transforms import spatial
+from radfm.transforms import ResizeToRadFM, ResizeToRadFMd, radfm_spatial_size, spatial, target_depth
 
 
 @pytest.mark.parametrize("depth, expected", [

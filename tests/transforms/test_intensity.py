@@ -8,7 +8,14 @@ import torch
 from monai.data import MetaTensor
 
 from radfm.transforms import (
-    WINDOW_PRESETS, CTWindow, CTWindowd, DropAlpha, MinMaxScale, MinMaxScaled, ScanReadError, ToThreeChannels,
+    WINDOW_PRESETS,
+    CTWindow,
+    CTWindowd,
+    DropAlpha,
+    MinMaxScale,
+    MinMaxScaled,
+    ScanReadError,
+    ToThreeChannels,
     resolve_window,
 )
 from radfm.transforms.spatial import ResizeToRadFM, ScaleResizeToRadFM

@@ -9,8 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from radfm.transforms import ScanReadError, read_scan
-from radfm.transforms import readers
+from radfm.transforms import ScanReadError, read_scan, readers
 
 pytest.importorskip("isal")
 

@@ -10,8 +10,15 @@ import pytest
 import torch
 from monai.data import MetaTensor, list_data_collate
 
-from radfm.transforms import (MinMaxScale, ResizeToRadFM, ScaleResizeToRadFM, ToThreeChannels, preprocess_pipeline,
-                              preprocess_scan, read_scan)
+from radfm.transforms import (
+    MinMaxScale,
+    ResizeToRadFM,
+    ScaleResizeToRadFM,
+    ToThreeChannels,
+    preprocess_pipeline,
+    preprocess_scan,
+    read_scan,
+)
 from radfm.transforms.intensity import value_range
 
 

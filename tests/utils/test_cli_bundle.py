@@ -7,7 +7,13 @@ import sys
 
 import pytest
 
-from radfm.utils.cli_bundle import BundleOverrideError, check_bundle_run, one_line_excepthook, unknown_overrides, user_error
+from radfm.utils.cli_bundle import (
+    BundleOverrideError,
+    check_bundle_run,
+    one_line_excepthook,
+    unknown_overrides,
+    user_error,
+)
 
 
 @pytest.fixture

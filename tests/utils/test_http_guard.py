@@ -9,8 +9,8 @@ import time
 import httpx
 import pytest
 
-from radfm.http.service import BackgroundServer
 from radfm.http.http_guard import GuardLimits, is_loopback
+from radfm.http.service import BackgroundServer
 
 FAST = GuardLimits(header_timeout_s=0.6, body_idle_timeout_s=0.6, body_timeout_s=5.0)
 
@@ -52,7 +52,7 @@ def _drip(port: int, chunks: list[bytes], gap_s: float, budget_s: float) -> tupl
             index += 1
             try:
                 data = client.recv(4096)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 break

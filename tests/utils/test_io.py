@@ -86,7 +86,7 @@ def test_an_output_that_is_not_a_regular_file_is_refused_not_replaced(tmp_path):
     """22-M5: a symlink or special file at --output used to be replaced silently by a regular file."""
     for path, kind in _special_outputs(tmp_path):
         before = os.lstat(path)
-        for write in (lambda: atomic_write_text(path, "new"), lambda: atomic_write_bytes(path, b"new")):
+        for write in (lambda path=path: atomic_write_text(path, "new"), lambda path=path: atomic_write_bytes(path, b"new")):
             with pytest.raises(OutputNotRegularFileError, match=rf"{path.name}: the output exists and is {kind}.*refusing"):
                 write()
         after = os.lstat(path)

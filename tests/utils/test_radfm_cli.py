@@ -108,7 +108,7 @@ def test_a_config_from_elsewhere_keeps_monais_eval_warning(tmp_path):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with shipped_configs(files):
-                warnings.warn(f"parsing config_file {files}: ... is passed to Python `eval()`. Only proceed ...")
+                warnings.warn(f"parsing config_file {files}: ... is passed to Python `eval()`. Only proceed ...", stacklevel=1)
         assert bool(caught) is warned, files
 
 

@@ -21,7 +21,7 @@ except ImportError as error:
     if os.environ.get("CI", "").lower() == "true":
         raise RuntimeError("tests/vllm need vLLM: run them with the side environment's interpreter "
                            "(make install-vllm; .venv-vllm/bin/python -m pytest tests/vllm)") from error
-    warnings.warn("vLLM is not installed here: tests/vllm not collected (make install-vllm runs them)")
+    warnings.warn("vLLM is not installed here: tests/vllm not collected (make install-vllm runs them)", stacklevel=1)
     collect_ignore_glob = ["test_*.py"]
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache: the test models need a few MiB

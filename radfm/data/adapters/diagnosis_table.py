@@ -50,7 +50,7 @@ def convert(src: str | Path, *, dataset: str | None = None, seed: int = 0, balan
         inductive, _ = balance_normal_abnormal(inductive, rng)
     samples = list(inductive)
     if open_diagnosis:
-        for k, (rel, (image, diseases, split)) in enumerate(positives.items()):
+        for k, (_rel, (image, diseases, split)) in enumerate(positives.items()):
             case = tasks.LabelledCase(f"{dataset}-img{k}", dataset, [image], diseases, split)
             samples.append(tasks.diagnosis_open(case, rng))
     return samples
