@@ -33,7 +33,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "score": ("radfm.metrics.score:score", "score existing predictions (our JSONL or the published CSV layout)"),
     "data": ("radfm.data.cli:DataCommands", "dataset tools: convert public layouts to manifests, make phantoms"),
     "train": ("radfm.engines.cli:train", "run a training bundle config (pretrain, instruct, classification)"),
-    "serve": ("radfm.http.service:serve", "local inference service (HTTP, 127.0.0.1 by default)"),
+    "serve": ("radfm.http.cli:serve", "local inference service (HTTP, 127.0.0.1 by default)"),
     "export-sr": ("radfm.dicom.sr:export_sr", "write a generated answer as a DICOM Comprehensive SR"),
     "info": ("radfm.model.info:info", "model sizes, parameter counts, device and dtypes"),
     "rate": ("radfm.rating.cli:RateCommands", "blinded radiologist rating of model answers in the browser"),

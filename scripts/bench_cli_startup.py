@@ -30,6 +30,8 @@ COMMANDS: list[tuple[str, list[str]]] = [
     ("radfm --help", ["-c", CONSOLE_SCRIPT, "--help"]),
     ("radfm generate --limt 3 (misspelled flag)", ["-c", CONSOLE_SCRIPT, "generate", "--limt", "3"]),
     ("radfm node status --help", ["-c", CONSOLE_SCRIPT, "node", "status", "--help"]),
+    ("radfm serve --prot 1 (misspelled flag)", ["-c", CONSOLE_SCRIPT, "serve", "--prot", "1"]),
+    ("radfm evaluate --manifset m (misspelled flag)", ["-c", CONSOLE_SCRIPT, "evaluate", "--manifset", "m"]),
     ('python -c "import radfm.cli"', ["-c", "import radfm.cli"]),
 ]
 

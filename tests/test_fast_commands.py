@@ -46,6 +46,11 @@ def _radfm(*args: str, cwd: Path = ROOT) -> dict:
     (["preprocess", "--help"], 0),
     (["batch", "--help"], 0),  # radfm batch imports Ray, torch and the model only inside the run
     (["batch", "--ouptut", "x"], 2),
+    (["serve", "--help"], 0),  # the flags live in radfm/http/cli.py; the app loads inside the run
+    (["serve", "--prot", "1"], 2),
+    (["evaluate", "--help"], 0),  # the loaders and text metrics load inside the run
+    (["evaluate", "--manifset", "m.jsonl"], 2),
+    (["data", "--help"], 0),  # the manifest's placeholder rule loads the processor when a manifest is read
 ])
 def test_help_and_usage_errors_import_no_torch_or_transformers(args, code):
     result = _radfm(*args)

@@ -51,10 +51,10 @@ def test_generate_loads_through_radfm_load(load_calls, tiny_model_dir, tmp_path)
 
 
 def test_serve_loads_through_radfm_load(load_calls, tiny_model_dir, monkeypatch):
-    import radfm.http.service as service
+    import radfm.http.cli as serve_command
 
-    monkeypatch.setattr(service, "guarded_server", lambda *a, **k: pytest.fail("the service started without loading"))
-    serve = service.serve
+    monkeypatch.setattr(serve_command, "guarded_server", lambda *a, **k: pytest.fail("the service started without loading"))
+    serve = serve_command.serve
     with pytest.raises(LoaderReached):
         serve(model=str(tiny_model_dir), device="cpu", dtype="float32")
     assert [str(args[0]) for args, _ in load_calls] == [str(tiny_model_dir)]

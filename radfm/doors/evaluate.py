@@ -28,15 +28,16 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from radfm.data.loaders import ImageLoader
 from radfm.metrics.fewshot import Exemplar, few_shot_prompt, select_exemplars
 from radfm.metrics.predictions import PredictionRecord, read_jsonl
-from radfm.metrics.suite import CLOSED_TASKS
 from radfm.utils.cli import as_list
 from radfm.utils.io import atomic_write_text
 from radfm.utils.lock import locks_folder
+
+if TYPE_CHECKING:  # the loaders import torch: `radfm evaluate --help` and usage errors start without it
+    from radfm.data.loaders import ImageLoader
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ def closed_set_of(sample: Any) -> list[str] | None:
     extra = getattr(sample, "extra", None) or {}
     if isinstance(extra.get("closed_set"), list):
         return [str(choice) for choice in extra["closed_set"]]
+    from radfm.metrics.suite import CLOSED_TASKS  # imports the text metrics (ROUGE, nltk): here, not at --help
+
     return ["yes", "no"] if sample.task in CLOSED_TASKS else None
 
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from radfm.answering.limits import Limits
-from radfm.http.service import BackgroundServer, create_app, serve
+from radfm.http.cli import serve
+from radfm.http.service import BackgroundServer, create_app
 
 MiB = 1024 * 1024
 

@@ -15,7 +15,8 @@ import pytest
 from radfm.answering.identity import ModelIdentity
 from radfm.answering.limits import Limits
 from radfm.answering.options import GenerationOptions
-from radfm.http.service import BackgroundServer, create_app, serve
+from radfm.http.cli import serve
+from radfm.http.service import BackgroundServer, create_app
 
 PROMPT3 = "Compare <image> with <image> and <image>."
 
