@@ -54,13 +54,13 @@ def build_model(folder: Path, depth: int) -> Path:
     from radfm.model.config import RadFMConfig
     from radfm.model.loading import tiny_tokenizer
     from radfm.model.processing import RadFMImageProcessor
-    from radfm.model.radfm import RadFM
+    from radfm.model.radfm import RadFMForConditionalGeneration
 
     if (folder / "config.json").is_file():
         return folder
     torch.manual_seed(0)
     config = RadFMConfig.preset("cpu-small")
-    model = RadFM(config).eval()
+    model = RadFMForConditionalGeneration(config).eval()
     tokenizer = tiny_tokenizer(base_vocab_size=config.text_config.vocab_size)
     # ids between the tokenizer's trained vocabulary and 32000 are fillers that decode to nothing: with
     # their LM-head rows zero the random model's greedy tokens are text, so a stream has pieces to time

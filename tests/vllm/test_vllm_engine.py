@@ -26,7 +26,7 @@ PROMPTS = ["<image> Which modality?", "Describe <image>.", "<image> Where is the
 def model_dir(tmp_path_factory):
     import torch
 
-    from radfm import RadFM, RadFMConfig
+    from radfm import RadFMConfig, RadFMForConditionalGeneration
     from radfm.model.loading import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
@@ -34,7 +34,7 @@ def model_dir(tmp_path_factory):
     config = RadFMConfig.preset("tiny", vocab_size=tokenizer.convert_tokens_to_ids("<image>"), num_hidden_layers=4,
                                 num_attention_heads=2, num_key_value_heads=2)
     folder = tmp_path_factory.mktemp("engine") / "tiny32"
-    RadFM(config).eval().save_pretrained(folder, tokenizer=tokenizer)
+    RadFMForConditionalGeneration(config).eval().save_pretrained(folder, tokenizer=tokenizer)
     return folder
 
 
