@@ -97,8 +97,11 @@ def start_engine(answerer, limits) -> Engine:
 
 def supports_streaming(answerer) -> bool:
     """Whether ``answerer.answer`` takes ``stream=`` (the model answerer does; simple test doubles may not)."""
+    answer = getattr(answerer, "answer", None)  # a reading-only answerer (radfm batch's read tasks) has none
+    if answer is None:
+        return False
     try:
-        return "stream" in inspect.signature(answerer.answer).parameters
+        return "stream" in inspect.signature(answer).parameters
     except (TypeError, ValueError):
         return False
 
