@@ -102,12 +102,14 @@ def resolve_prompt(prompt: str | None) -> str | None:
 def load_rules(path: str | os.PathLike) -> list[Any]:
     """The series rules of a rules file, in the node's format, checked by the node's own validator.
 
-    The file is a node config (its ``rules`` are used), ``{"rules": [...]}`` or a bare list of rules
+    The file is a node config (its ``rules`` are used), ``{"rules": [...]}`` or a bare list of rules, as
+    :func:`radfm.dicom.series_rules.load_series_rules` reads them
     (docs/hospital.md describes the fields).
 
     Raises:
         BatchInputError: the file is missing, not JSON, or a rule is wrong (the message names the field).
     """
+    from radfm.dicom.series_rules import parse_series_rules
     from radfm.node.node_config import NodeConfig, NodeConfigError
 
     path = Path(path)
@@ -117,15 +119,11 @@ def load_rules(path: str | os.PathLike) -> list[Any]:
         raise BatchInputError(f"{path}: cannot read the rules file ({error.strerror})") from None
     except json.JSONDecodeError as error:
         raise BatchInputError(f"{path}: not valid JSON ({error})") from None
-    if isinstance(raw, dict) and "allowed_callers" in raw:
-        config = dict(raw)  # a whole node config: checked whole, its rules used
-    else:
-        rules = raw.get("rules") if isinstance(raw, dict) and set(raw) == {"rules"} else raw
-        # the node's validator, with the one field it requires besides the rules
-        config = {"allowed_callers": [{"ae_title": "RADFM", "host": "127.0.0.1"}], "rules": rules}
     try:
-        return NodeConfig.from_dict(config, source=str(path)).rules
-    except NodeConfigError as error:
+        if isinstance(raw, dict) and "allowed_callers" in raw:  # a whole node config: checked whole, its rules used
+            return NodeConfig.from_dict(raw, source=str(path)).rules
+        return parse_series_rules(raw, str(path))  # the one series-rule format (radfm.dicom.series_rules)
+    except (NodeConfigError, ValueError) as error:
         raise BatchInputError(str(error)) from None
 
 

@@ -152,6 +152,23 @@ def load_series_rules(path: str | os.PathLike) -> list[SeriesRule]:
         raise ValueError(f"{path}: cannot read the series rules ({error.strerror})") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
+    return parse_series_rules(raw, str(path))
+
+
+def parse_series_rules(raw: Any, source: str) -> list[SeriesRule]:
+    """The series rules in a parsed JSON value: a list of rules or ``{"rules": [...]}``.
+
+    Args:
+        raw: the parsed JSON.
+        source: the file (or ``<rules>``) the errors name first.
+
+    Returns:
+        The checked rules, in order (unnamed ones named ``rule{i}``).
+
+    Raises:
+        ValueError: ``"{source}: {field path}: expected ..., got ..."``.
+    """
+    path = source
     if isinstance(raw, list):
         raw = {"rules": raw}
     if not isinstance(raw, dict):
