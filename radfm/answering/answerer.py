@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from radfm.answering.identity import ModelIdentity, identity_of_model, identity_of_model_dir
 from radfm.answering.options import GenerationOptions
@@ -75,15 +75,6 @@ def _deadline_stopping_criteria():
             return torch.full((input_ids.shape[0],), deadline_passed(), dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([_Deadline()])
-
-
-class Answerer(Protocol):
-    identity: ModelIdentity
-    max_images: int
-
-    def prepare(self, scan_paths: Sequence[Path]) -> list[Any]: ...
-
-    def answer(self, prompt: str, images: list[Any], options: GenerationOptions) -> str: ...
 
 
 class AnswerStream:
