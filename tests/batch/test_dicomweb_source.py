@@ -1,6 +1,6 @@
 """``radfm batch --dicomweb``: a QIDO-RS query against a real Orthanc, fetched through the node's guarded pull client.
 
-Where Orthanc is not installed the test skips, except in CI (``CI=true``), where it fails (as in tests/hospital).
+Where Orthanc is not installed the test skips, except in CI (``CI=true``), where it fails (as in tests/node).
 """
 
 from __future__ import annotations

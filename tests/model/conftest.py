@@ -60,7 +60,7 @@ def answer_texts(model, tokenizer, prompts, images, max_new_tokens: int = 8, **g
 
     The processor's own steps (its prompt batch, ``model.generate``, its decoding) without its grid,
     so these model tests may feed scans of any size; the engines and the request path generate
-    through ``radfm.answering.answerer.ModelAnswerer.answer_batch`` (tests/engines, tests/serving).
+    through ``radfm.answering.answerer.ModelAnswerer.answer_batch`` (tests/engines, tests/answering).
     """
     from radfm.model.processing import decode_answers, encode_prompts, generation_token_ids
 

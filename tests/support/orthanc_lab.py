@@ -1,6 +1,6 @@
 """A local lab: Debian's Orthanc as a test PACS and ``radfm node run`` as a child process, on loopback ports.
 
-Used by the node's tests (tests/hospital) and its benchmark (scripts/bench_node.py); also handy to
+Used by the node's and the Deploy app's tests (tests/node, tests/deploy, tests/batch) and its benchmark (scripts/bench_node.py); also handy to
 try the node by hand. Orthanc runs in the foreground from a generated config with its own storage
 folder, on free ports of 127.0.0.1, with the DICOMweb plugin loaded (``apt-get install orthanc
 orthanc-dicomweb``). Nothing here listens on or connects to any address but 127.0.0.1.

@@ -63,7 +63,7 @@ def test_missing_unsupported_and_special_files(tmp_path):
 
 
 def test_upload_detection_keeps_the_service_rules():
-    """What radfm/interop/uploads.detect_kind decides today, from the registry."""
+    """What radfm/answering/scans.detect_kind decides today, from the registry."""
     head = {"dicom": bytes(128) + b"DICM" + bytes(220), "png": b"\x89PNG\r\n\x1a\n" + bytes(344),
             "jpeg": b"\xff\xd8\xff" + bytes(349), "nrrd": b"NRRD0004\n" + bytes(343), "nifti": NIFTI_HEAD}
     for kind, data in head.items():
