@@ -65,6 +65,7 @@ def _with_timeout(request, timeout_s: float):
 
 
 def send(path: Path, destination: Destination, calling_ae: str) -> str | None:
+    """Send the SR at ``path`` to ``destination`` (C-STORE or STOW-RS); ``None`` on success, else the error to retry with."""
     try:
         if destination.kind == "dimse":
             return send_cstore(path, destination, calling_ae)

@@ -124,14 +124,17 @@ class JobQueue:
             return self._db.execute(sql, args).fetchall()
 
     def close(self) -> None:
+        """Close the SQLite connection."""
         with self._lock:
             self._db.close()
 
     # ---- receiving --------------------------------------------------------------------------------
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        """Where an instance is spooled: ``incoming/<study key>/<series UID>/<SOP UID>.dcm``."""
         return self.incoming / study_key(study_uid) / series_uid / f"{sop_uid}.dcm"
 
     def pending_count(self, study_uid: str) -> int:
+        """How many instances of ``study_uid`` wait in the spool (not yet sealed into a job)."""
         return self._rows("SELECT COUNT(*) FROM instances WHERE study_uid = ?", (study_uid,))[0][0]
 
     def add_instance(self, study_uid: str, series_uid: str, sop_uid: str, path: Path, sha256: str,
@@ -192,6 +195,7 @@ class JobQueue:
             source.rename(target)
 
     def job_folder(self, job_id: int) -> Path:
+        """The job's own folder (its input copy and its SRs)."""
         return self.jobs_dir / str(job_id)
 
     # ---- running ----------------------------------------------------------------------------------
@@ -233,14 +237,17 @@ class JobQueue:
             return self.job(job_id)
 
     def job(self, job_id: int) -> Job:
+        """The job ``job_id`` as a :class:`Job` (state, attempts, series, folder, timings)."""
         row = self._rows("SELECT * FROM jobs WHERE id = ?", (job_id,))[0]
         return Job(row["id"], row["study_uid"], row["state"], row["attempts"], json.loads(row["series"]),
                    self.job_folder(row["id"]), json.loads(row["timings"] or "{}"))
 
     def jobs_row(self, job_id: int) -> sqlite3.Row:
+        """The job's raw row of the ``jobs`` table (``radfm node status`` reads it)."""
         return self._rows("SELECT * FROM jobs WHERE id = ?", (job_id,))[0]
 
     def add_timings(self, job_id: int, timings: dict[str, float]) -> None:
+        """Merge ``timings`` (seconds, by step name) into the job's recorded timings."""
         with self._lock:
             merged = {**self.job(job_id).timings, **{k: round(float(v), 4) for k, v in timings.items()}}
             self._tx([("UPDATE jobs SET timings = ? WHERE id = ?", (json.dumps(merged), job_id))])
@@ -259,6 +266,7 @@ class JobQueue:
         self._drop_input(job_id)
 
     def fail_job(self, job_id: int, reason: str) -> None:
+        """Mark the job failed with ``reason`` (names UIDs and causes, never the patient) and drop its input copy."""
         self._tx([("UPDATE jobs SET state = 'failed', reason = ?, finished_at = ? WHERE id = ?",
                    (reason[:2000], time.time(), job_id))])
         self._drop_input(job_id)
@@ -269,11 +277,13 @@ class JobQueue:
 
     # ---- delivering -------------------------------------------------------------------------------
     def due_deliveries(self, now: float | None = None) -> list[sqlite3.Row]:
+        """The pending deliveries whose next try is due by ``now``, soonest first."""
         now = time.time() if now is None else now
         return self._rows("SELECT * FROM deliveries WHERE state = 'pending' AND next_try_at <= ? "
                           "ORDER BY next_try_at", (now,))
 
     def next_delivery_at(self) -> float | None:
+        """When the next pending delivery is due (epoch seconds), or ``None`` when none is pending."""
         rows = self._rows("SELECT MIN(next_try_at) FROM deliveries WHERE state = 'pending'")
         return rows[0][0]
 
@@ -405,4 +415,5 @@ class JobQueue:
             shutil.rmtree(self.incoming / study_key(study_uid), ignore_errors=True)
 
     def waiting_instances(self) -> int:
+        """How many received instances wait in the spool, over all studies."""
         return self._rows("SELECT COUNT(*) FROM instances")[0][0]

@@ -274,6 +274,7 @@ class NodeConfig(BaseModel):
 
     @property
     def state_path(self) -> Path:
+        """``state_dir`` as a path (made absolute against the config file by :meth:`from_file`)."""
         return Path(self.state_dir)
 
     @property

@@ -67,6 +67,7 @@ class NodeRunner:
 
     # ---- lifetime ---------------------------------------------------------------------------------
     def start(self) -> None:
+        """Requeue interrupted jobs, start the Storage SCP and the sealer, sender, runner (and pull) threads."""
         requeued = self.queue.recover(self.config.max_job_attempts)
         if requeued:
             logger.info("%d interrupted job(s) queued again", requeued)
@@ -84,6 +85,7 @@ class NodeRunner:
             self._threads.append(thread)
 
     def stop(self) -> None:
+        """Stop every thread (each finishes its current step), then the SCP, the request path and the queue."""
         self._stop.set()
         self.scp.stop()
         for thread in self._threads:

@@ -239,9 +239,11 @@ class StorageSCP:
         return any(c.ae_title == title and c.host == host for c in self.config.allowed_callers)
 
     def handle_echo(self, event) -> int:
+        """C-ECHO: success (only allowed callers get an association, see ``_requested``)."""
         return STATUS_OK  # only allowed callers get an association (_requested)
 
     def handle_store(self, event) -> int:
+        """C-STORE: the instance pynetdicom already wrote to a temp file goes through :meth:`ingest`; returns its status."""
         caller = f"{event.assoc.requestor.ae_title.strip()}@{event.assoc.requestor.address}"
         # pynetdicom wrote the instance to a temp file as it arrived (STORE_RECV_CHUNKED_DATASET);
         # _pdu_received counted it on the way
@@ -302,6 +304,7 @@ class StorageSCP:
                 os.unlink(temp)
 
     def start(self) -> None:
+        """Listen on the configured port: decodable transfer syntaxes, allow-list at A-ASSOCIATE-RQ, P-DATA counted."""
         from pynetdicom import AE, _config, evt
         from pynetdicom.sop_class import Verification
         from pynetdicom.transport import ThreadedAssociationServer
@@ -438,9 +441,11 @@ class StorageSCP:
 
     @property
     def port(self) -> int:
+        """The port listened on (the configured one until started; the real one when it was 0)."""
         return self._server.server_address[1] if self._server is not None else self.config.port
 
     def stop(self) -> None:
+        """Stop listening and remove the spool's temp folder (partial instances included)."""
         if self._server is not None:
             self._server.shutdown()
             self._server = None
